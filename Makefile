@@ -1,0 +1,21 @@
+# Two commands do all the set-up on a machine that has only python3 and pip:
+#   make demo   the end-to-end demo
+#   make test   the whole test suite
+# Both install uv (with pip) if it is missing, then the locked environment in .venv.
+PYTHON ?= python3
+UV := $(PYTHON) -m uv
+EXTRAS ?= --extra coinrun
+
+.PHONY: demo test sync bootstrap
+
+bootstrap:
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+
+sync: bootstrap
+	$(UV) sync --locked $(EXTRAS) --group dev
+
+demo: sync
+	$(UV) run --locked $(EXTRAS) jasmine demo
+
+test: sync
+	$(UV) run --locked $(EXTRAS) --group dev pytest -q

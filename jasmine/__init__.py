@@ -1,0 +1,3 @@
+"""jasmine: JAX world models in the Genie family."""
+
+__version__ = "0.1.0"

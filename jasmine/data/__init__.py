@@ -1,0 +1,1 @@
+"""Data: episode records, dataset directories, the CoinRun generator and the Grain loader."""

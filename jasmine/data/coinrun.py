@@ -1,0 +1,157 @@
+"""Procgen CoinRun episodes with uniformly random actions (the Genie Appendix F case study).
+
+Each split plays its own vectorised procgen env ("hard" mode, 64x64 RGB) over a disjoint
+range of level seeds: train ``[0, L)``, val ``[L, L+E)``, test ``[L+E, L+2E)`` with
+``L = train_levels`` and ``E = eval_levels``. Procgen's stepping, the level choice and the
+actions are all seeded from ``seed``, so the records are a deterministic function of the
+arguments. Frame t is stored before action t is taken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from jasmine.data.dataset import DatasetWriter
+
+NUM_ACTIONS = 15
+FRAME_SHAPE = (64, 64, 3)
+
+
+@dataclass(frozen=True)
+class CoinRunArgs:
+    """Generate a procgen CoinRun dataset of random-policy episodes."""
+
+    out: Path
+    """Output dataset directory."""
+    train_episodes: int = 100
+    val_episodes: int = 10
+    test_episodes: int = 10
+    seed: int = 0
+    max_episode_len: int = 1000
+    """Longer episodes are cut here (procgen itself times out at 1000)."""
+    min_episode_len: int = 16
+    """Shorter episodes (early deaths) are discarded."""
+    chunk_len: int = 160
+    """Episodes are stored as records of at most this many frames."""
+    train_levels: int = 10_000
+    """Train levels are seeds [0, train_levels) (Genie used 10k)."""
+    eval_levels: int = 1_000
+    """Val and test each get their own disjoint range of this many level seeds."""
+    num_envs: int = 16
+    """Environments stepped together per split."""
+    num_threads: int = 2
+    """Procgen worker threads."""
+    records_per_shard: int = 100
+    overwrite: bool = False
+    """Replace an existing dataset in --out."""
+
+
+def level_ranges(args: CoinRunArgs) -> dict[str, tuple[int, int]]:
+    """Disjoint [start, stop) level-seed range of each split."""
+    t, e = args.train_levels, args.eval_levels
+    return {"train": (0, t), "val": (t, t + e), "test": (t + e, t + 2 * e)}
+
+
+def _procgen_env():
+    """Import procgen quietly (old ``gym`` prints a deprecation notice on import)."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            from procgen import ProcgenGym3Env
+    except ImportError as e:
+        raise ImportError(f"CoinRun generation needs procgen: install the 'coinrun' extra (uv sync --extra coinrun): {e}") from e
+    return ProcgenGym3Env
+
+
+def _episodes(split_index: int, n: int, lo: int, hi: int, args: CoinRunArgs):
+    """Yield ``n`` finished episodes ``(frames, actions, level_seed)`` in a deterministic order."""
+    ProcgenGym3Env = _procgen_env()
+    E, L = args.num_envs, args.max_episode_len
+    env = ProcgenGym3Env(
+        num=E,
+        env_name="coinrun",
+        distribution_mode="hard",
+        start_level=lo,
+        num_levels=hi - lo,
+        rand_seed=args.seed * 7919 + split_index,
+        num_threads=args.num_threads,
+    )
+    rng = np.random.default_rng([args.seed, split_index])
+    frames_ELHWC = np.empty((E, L, *FRAME_SHAPE), np.uint8)
+    actions_EL = np.empty((E, L), np.int32)
+    pos_E = np.zeros(E, np.int64)
+    recording_E = np.zeros(E, bool)  # False after a truncation, until procgen resets the env
+    seeds_E = np.zeros(E, np.int64)
+    done = 0
+
+    def finish(i):
+        nonlocal done
+        if pos_E[i] >= args.min_episode_len and done < n:
+            done += 1
+            return frames_ELHWC[i, : pos_E[i]].copy(), actions_EL[i, : pos_E[i]].copy(), int(seeds_E[i])
+        return None
+
+    while done < n:
+        _, obs, first_E = env.observe()
+        act_E = rng.integers(0, NUM_ACTIONS, size=E, dtype=np.int32)
+        if first_E.any():
+            info = env.get_info()
+            for i in np.flatnonzero(first_E):
+                if recording_E[i] and (ep := finish(i)) is not None:
+                    yield ep
+                pos_E[i], recording_E[i], seeds_E[i] = 0, True, info[i]["level_seed"]
+        idx = np.flatnonzero(recording_E)
+        frames_ELHWC[idx, pos_E[idx]] = obs["rgb"][idx]
+        actions_EL[idx, pos_E[idx]] = act_E[idx]
+        pos_E[idx] += 1
+        for i in idx[pos_E[idx] == L]:  # truncate: step on, record nothing until the reset
+            if (ep := finish(i)) is not None:
+                yield ep
+            recording_E[i] = False
+        env.act(act_E)
+
+
+def generate(args: CoinRunArgs) -> dict:
+    """Write the dataset to ``args.out``; returns its metadata."""
+    if args.min_episode_len < 1 or args.max_episode_len < args.min_episode_len:
+        raise ValueError(f"need 1 <= --min-episode-len ({args.min_episode_len}) <= --max-episode-len ({args.max_episode_len})")
+    ranges = level_ranges(args)
+    counts = {"train": args.train_episodes, "val": args.val_episodes, "test": args.test_episodes}
+    gen_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items() if k not in ("out", "overwrite")}
+    writer = DatasetWriter(
+        args.out,
+        frame_shape=FRAME_SHAPE,
+        num_actions=NUM_ACTIONS,
+        source="procgen:coinrun:hard",
+        generator={"name": "coinrun", "args": gen_args},
+        chunk_len=args.chunk_len,
+        records_per_shard=args.records_per_shard,
+        overwrite=args.overwrite,
+    )
+    total_frames, t0 = 0, time.perf_counter()
+    try:
+        with tqdm(total=sum(counts.values()), unit="ep", desc="coinrun", dynamic_ncols=True) as bar:
+            for split_index, (split, n) in enumerate(counts.items()):
+                if n <= 0:
+                    continue
+                episode_id = 0
+                for frames, actions, level_seed in _episodes(split_index, n, *ranges[split], args):
+                    meta = {"source": "procgen:coinrun:hard", "level_seed": level_seed, "episode_id": episode_id}
+                    writer.add_episode(split, frames, actions, meta)
+                    episode_id += 1
+                    total_frames += len(frames)
+                    bar.set_postfix(split=split, frames=total_frames, fps=f"{total_frames / (time.perf_counter() - t0):.0f}")
+                    bar.update()
+    except BaseException:
+        writer.abort()
+        raise
+    extra = {s: {"level_seeds": list(ranges[s])} for s in counts}
+    meta = writer.finish(**extra)
+    meta["generation_seconds"] = time.perf_counter() - t0
+    return meta

@@ -1,0 +1,162 @@
+"""Dataset directories: ``metadata.json`` plus one folder of ArrayRecord shards per split.
+
+Layout::
+
+    DIR/metadata.json                     written last; its absence means "incomplete"
+    DIR/{train,val,test}/shard-00000.array_record
+
+``metadata.json`` holds the format version, frame shape, number of actions (0 when the
+data has none), per-split episode/frame/record counts, the generator's arguments and,
+per shard, the length (in frames) of each record, so loaders can build their index
+without reading any record.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jasmine.data.records import FORMAT_VERSION, SHARD_SUFFIX, ShardWriter, encode_record, write_json_atomic
+
+METADATA = "metadata.json"
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """Bad or unreadable dataset input; the message names the path."""
+
+
+@dataclass
+class SplitInfo:
+    episodes: int = 0
+    frames: int = 0
+    records: int = 0
+    episode_lengths: list[int] = field(default_factory=list)
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class DatasetWriter:
+    """Writes episodes, chunked to ``chunk_len`` frames, into ``root/<split>/`` shards.
+
+    ``metadata.json`` is removed on open and rewritten atomically by :meth:`finish`, so a
+    dataset is only ever readable once every shard of every split is complete.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        frame_shape: tuple[int, int, int],
+        num_actions: int,
+        source: str,
+        generator: dict[str, Any],
+        chunk_len: int = 160,
+        records_per_shard: int = 100,
+        overwrite: bool = False,
+    ):
+        self.root = Path(root)
+        if (self.root / METADATA).exists() and not overwrite:
+            raise DataError(f"{self.root} already holds a dataset ({METADATA} exists); pass --overwrite to replace it")
+        (self.root / METADATA).unlink(missing_ok=True)
+        for split in SPLITS:
+            shutil.rmtree(self.root / split, ignore_errors=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.frame_shape, self.num_actions, self.source = tuple(frame_shape), num_actions, source
+        self.generator, self.chunk_len, self.records_per_shard = generator, chunk_len, records_per_shard
+        self.splits: dict[str, SplitInfo] = {}
+        self._writers: dict[str, ShardWriter] = {}
+
+    def add_episode(self, split: str, frames: np.ndarray, actions: np.ndarray | None, meta: dict[str, Any]) -> None:
+        """Append one episode (frames uint8 [T,H,W,C], actions int [T] or None)."""
+        if tuple(frames.shape[1:]) != self.frame_shape or frames.dtype != np.uint8:
+            raise DataError(f"episode frames {frames.dtype}{list(frames.shape)} != uint8[T, {self.frame_shape}]")
+        if split not in self._writers:
+            self._writers[split] = ShardWriter(self.root / split, self.records_per_shard)
+            self.splits[split] = SplitInfo()
+        info, writer = self.splits[split], self._writers[split]
+        for k, start in enumerate(range(0, len(frames), self.chunk_len)):
+            arrays = {"frames": frames[start : start + self.chunk_len]}
+            if actions is not None:
+                arrays["actions"] = np.asarray(actions[start : start + self.chunk_len], np.int32)
+            writer.write(encode_record(arrays, {**meta, "chunk_index": k}), len(arrays["frames"]))
+            info.records += 1
+        info.episodes += 1
+        info.frames += len(frames)
+        info.episode_lengths.append(len(frames))
+
+    def abort(self) -> None:
+        for writer in self._writers.values():
+            writer.abort()
+
+    def finish(self, **split_extra: dict[str, Any]) -> dict[str, Any]:
+        """Close all shards and write ``metadata.json``; returns the metadata."""
+        for split, writer in self._writers.items():
+            writer.close()
+            self.splits[split].shards = [{"file": f"{split}/{n}", "lengths": ls} for n, ls in writer.shards]
+        meta = {
+            "format": "jasmine-episodes",
+            "format_version": FORMAT_VERSION,
+            "frame_shape": list(self.frame_shape),
+            "num_actions": self.num_actions,
+            "source": self.source,
+            "chunk_len": self.chunk_len,
+            "generator": self.generator,
+            "splits": {
+                s: {
+                    "episodes": i.episodes,
+                    "frames": i.frames,
+                    "records": i.records,
+                    **split_extra.get(s, {}),
+                    "episode_lengths": i.episode_lengths,
+                    "shards": i.shards,
+                }
+                for s, i in self.splits.items()
+            },
+        }
+        write_json_atomic(self.root / METADATA, meta)
+        return meta
+
+
+def read_metadata(root: str | Path) -> dict[str, Any]:
+    """Load and check ``root/metadata.json``; raises :class:`DataError` naming the path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset directory {root} does not exist")
+    path = root / METADATA
+    if not path.exists():
+        shards = sorted(root.rglob(f"*{SHARD_SUFFIX}"))
+        what = "is empty" if not any(root.iterdir()) else "has no metadata.json (incomplete or not a jasmine dataset)"
+        hint = f"; it holds {len(shards)} shard(s) without metadata, e.g. from an interrupted generation" if shards else ""
+        raise DataError(f"dataset directory {root} {what}{hint}")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is not valid JSON: {e}") from e
+    if meta.get("format") != "jasmine-episodes":
+        raise DataError(f"{path}: 'format' is {meta.get('format')!r}, expected 'jasmine-episodes'")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{path}: format_version {meta.get('format_version')!r}, this jasmine reads {FORMAT_VERSION}")
+    for key in ("frame_shape", "num_actions", "splits"):
+        if key not in meta:
+            raise DataError(f"{path}: missing key {key!r}")
+    return meta
+
+
+def split_shards(root: str | Path, meta: dict[str, Any], split: str) -> list[tuple[Path, list[int]]]:
+    """The (path, record lengths) of each shard of ``split``, in sorted order, checked on disk."""
+    root = Path(root)
+    if split not in meta["splits"]:
+        raise DataError(f"{root / METADATA}: no split {split!r} (have {sorted(meta['splits'])})")
+    shards = sorted((root / s["file"], list(s["lengths"])) for s in meta["splits"][split]["shards"])
+    if not shards:
+        raise DataError(f"{root / split}: split {split!r} has no shards")
+    for path, _ in shards:
+        if not path.is_file():
+            raise DataError(f"shard {path} listed in {root / METADATA} is missing")
+    return shards

@@ -1,0 +1,36 @@
+"""Shared fixtures: small synthetic datasets whose pixels encode (episode, frame index)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jasmine.data.dataset import DatasetWriter
+
+FRAME_SHAPE = (8, 8, 3)
+
+
+def synthetic_episode(episode: int, length: int, frame_shape=FRAME_SHAPE) -> tuple[np.ndarray, np.ndarray]:
+    """Frames whose channel 0 is the frame index and channel 1 the episode id; actions = t % 7."""
+    t = np.arange(length)
+    frames = np.zeros((length, *frame_shape), np.uint8)
+    frames[..., 0] = (t % 256)[:, None, None]
+    frames[..., 1] = episode
+    return frames, (t % 7).astype(np.int32)
+
+
+def write_synthetic(root, lengths=(40, 33, 25, 60, 9), splits=("train", "val"), chunk_len=20, actions=True,
+                    records_per_shard=3, frame_shape=FRAME_SHAPE):
+    writer = DatasetWriter(root, frame_shape=frame_shape, num_actions=7 if actions else 0, source="synthetic",
+                           generator={"name": "synthetic"}, chunk_len=chunk_len, records_per_shard=records_per_shard)
+    for split in splits:
+        for e, n in enumerate(lengths):
+            frames, acts = synthetic_episode(e, n, frame_shape)
+            writer.add_episode(split, frames, acts if actions else None, {"source": "synthetic", "level_seed": e, "episode_id": e})
+    return writer.finish()
+
+
+@pytest.fixture
+def synthetic_dir(tmp_path):
+    write_synthetic(tmp_path / "ds")
+    return tmp_path / "ds"

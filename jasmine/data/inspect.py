@@ -10,7 +10,7 @@ import tyro
 from PIL import Image
 from tqdm import tqdm
 
-from jasmine.data.dataset import read_metadata, split_shards
+from jasmine.data.dataset import SPLITS, read_metadata, split_shards
 from jasmine.data.records import decode_record
 
 
@@ -92,7 +92,8 @@ def inspect(args: InspectArgs) -> dict:
     print(f"source    {meta.get('source', '?')}   format v{meta['format_version']}")
     print(f"frames    uint8 {meta['frame_shape']} (H, W, C)   actions: {num_actions or 'none'}")
     summary = {}
-    for split, info in meta["splits"].items():
+    order = sorted(meta["splits"], key=lambda s: (SPLITS.index(s) if s in SPLITS else len(SPLITS), s))
+    for split, info in ((s, meta["splits"][s]) for s in order):
         lengths = info.get("episode_lengths", [])
         print(f"\n[{split}] episodes {info['episodes']}  frames {info['frames']}  records {info['records']}  "
               f"shards {len(info['shards'])}  level seeds {info.get('level_seeds', '-')}")

@@ -44,3 +44,78 @@ def bench_data(args: BenchDataArgs) -> dict[int, float]:
               f"{results[workers]:,.0f} frames/s  ({args.batches / dt:.1f} batches/s)")
         del it
     return results
+
+
+def matmul_peak(dtype="float32", n: int = 2048, repeats: int = 20) -> float:
+    """Best-of-``repeats`` FLOP/s of an n x n matmul on the default device (the MFU denominator)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.dtype(dtype))
+    mm = jax.jit(lambda a, b: a @ b)
+    mm(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        mm(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def synthetic_batch(cfg, keys: tuple[str, ...], num_actions: int = 15, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    b, t = cfg.batch_size, cfg.seq_len
+    batch = {"frames": rng.integers(0, 256, (b, t, *cfg.image_size), dtype=np.uint8)}
+    if "actions" in keys:
+        batch["actions"] = rng.integers(0, num_actions, (b, t), dtype=np.int32)
+    return batch
+
+
+def bench_train(cfg, component, timed_steps: int = 10) -> dict[str, float]:
+    """Median step time, tokens/s, XLA FLOPs, model FLOPs (6 x params x tokens) and MFU."""
+    import jax
+
+    from jasmine import config as C
+    from jasmine.train.components import precision
+    from jasmine.train.loop import count_params, setup
+    from jasmine.train.mesh import global_batch, make_mesh
+
+    mesh = make_mesh()
+    C.validate(cfg, mesh.size)
+    model, state, _, step_fn = setup(cfg, component, mesh)
+    batch = global_batch(synthetic_batch(cfg, component.batch_keys), mesh)
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    xla_flops = float(cost.get("flops", 0.0))
+    times = []
+    for i in range(2 + timed_steps):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    step_s = float(np.median(times))
+    params = count_params(state["params"])
+    tokens = component.tokens_per_batch(cfg)
+    model_flops = 6 * params * tokens
+
+    peak = matmul_peak(precision(cfg).dtype)
+    r = {"step_s": step_s, "tokens_per_s": tokens / step_s, "xla_flops": xla_flops, "model_flops": model_flops,
+         "params": params, "peak_flops": peak, "mfu": model_flops / step_s / peak, "hfu": xla_flops / step_s / peak,
+         "compile_s": compile_s}
+    dev = jax.devices()[0]
+    print(f"{component.name}: {params / 1e6:.1f}M params, batch {cfg.batch_size}x{cfg.seq_len} of "
+          f"{'x'.join(map(str, cfg.image_size))}, {tokens} tokens/step, remat {cfg.remat}, "
+          f"{precision(cfg).dtype.name} on {mesh.size}x {dev.platform} ({dev.device_kind})")
+    print(f"  compile          {compile_s:.1f} s")
+    print(f"  step time        {step_s:.3f} s (median of {timed_steps}; min {min(times):.3f}, max {max(times):.3f})")
+    print(f"  tokens/s         {r['tokens_per_s']:,.0f}")
+    print(f"  XLA FLOPs/step   {xla_flops / 1e9:,.1f} GFLOP (cost analysis)")
+    print(f"  model FLOPs/step {model_flops / 1e9:,.1f} GFLOP (6 x params x tokens)")
+    print(f"  matmul peak      {peak / 1e9:,.1f} GFLOP/s ({precision(cfg).dtype.name} 2048^2, same process)")
+    print(f"  MFU              {r['mfu']:.1%}   (HFU from XLA FLOPs: {r['hfu']:.1%})")
+    return r

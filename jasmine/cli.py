@@ -5,6 +5,7 @@ This module only parses arguments (tyro) and calls into the package.
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Callable
 
@@ -38,6 +39,60 @@ def _bench_data(argv: list[str], prog: str) -> None:
     bench_data(tyro.cli(BenchDataArgs, args=argv, prog=prog))
 
 
+def _pop_flag(argv: list[str], flag: str, default: str) -> tuple[str, list[str]]:
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            return argv[i + 1], argv[:i] + argv[i + 2 :]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1], argv[:i] + argv[i + 1 :]
+    return default, argv
+
+
+def _train(component: str) -> Command:
+    def run(argv: list[str], prog: str) -> None:
+        from jasmine.config import PRESETS, preset
+        from jasmine.train.components import COMPONENTS
+        from jasmine.train.loop import train
+
+        name, rest = _pop_flag(argv, "--preset", "tiny")
+        base = preset(component, name)
+        desc = (f"Train the {component}. --preset NAME picks the defaults shown below "
+                f"({', '.join(PRESETS[component])}; default tiny); every field can be overridden.")
+        cfg = tyro.cli(type(base), default=base, args=rest, prog=f"{prog} [--preset NAME]", description=desc)
+        result = train(cfg, COMPONENTS[component])
+        _print_result(result)
+        if result["stopped"]:
+            sys.exit(128 + int(getattr(signal.Signals, result["stopped"])))
+
+    return run
+
+
+def _bench_train(argv: list[str], prog: str) -> None:
+    from jasmine.bench import bench_train
+    from jasmine.config import PRESETS, preset
+    from jasmine.train.components import COMPONENTS
+
+    if not argv or argv[0].startswith("-"):
+        sys.exit(f"usage: {prog} COMPONENT [--preset NAME] [--timed-steps N] [config flags]; "
+                 f"COMPONENT is one of {sorted(PRESETS)}")
+    component, argv = argv[0], argv[1:]
+    name, argv = _pop_flag(argv, "--preset", "coinrun")
+    timed, argv = _pop_flag(argv, "--timed-steps", "10")
+    base = preset(component, name)
+    desc = (f"Benchmark one {component} train step on synthetic data: step time, tokens/s, XLA and model FLOPs, "
+            f"MFU. --preset NAME (default coinrun), --timed-steps N (default 10); every config field can be set.")
+    cfg = tyro.cli(type(base), default=base, args=argv, prog=f"{prog} {component} [--preset NAME]", description=desc)
+    bench_train(cfg, COMPONENTS[component], int(timed))
+
+
+def _print_result(result: dict) -> None:
+    fmt = lambda m: "  ".join(f"{k} {v:.4g}" for k, v in m.items() if k in ("loss", "mse", "psnr", "ssim", "codebook_usage", "accuracy"))
+    print(f"step {result['step']}  train: {fmt(result['train'])}")
+    if result["val"]:
+        print(f"           val:   {fmt(result['val'])}")
+    print(f"run dir {result['run_dir']} (config.json, checkpoints/, metrics.jsonl, samples/, tensorboard/)")
+
+
 def _demo(argv: list[str], prog: str) -> None:
     from jasmine.demo import DemoArgs, demo
 
@@ -48,8 +103,10 @@ Command = Callable[[list[str], str], None]
 COMMANDS: dict[str, tuple[Command, str]] = {
     "data coinrun": (_data_coinrun, "generate a procgen CoinRun dataset"),
     "data inspect": (_data_inspect, "summarise a dataset; write a contact sheet and a GIF"),
+    "train tokenizer": (_train("tokenizer"), "train the VQ-VAE video tokenizer"),
     "demo": (_demo, "the end-to-end demo (the README's main command)"),
     "bench data": (_bench_data, "loader throughput in frames/s"),
+    "bench train": (_bench_train, "train-step time, tokens/s and MFU of a component"),
 }
 
 
@@ -73,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     fn, _ = COMMANDS[name]
     try:
         fn(argv[len(name.split()) :], f"jasmine {name}")
-    except DataError as e:
+    except (DataError, ValueError, FileNotFoundError) as e:
         sys.exit(f"jasmine {name}: error: {e}")
 
 

@@ -1,0 +1,205 @@
+"""Typed configs with named presets, JSON round trip, and validation with clear errors.
+
+A training run is a :class:`TrainConfig` subclass per component (it adds ``model``).
+Presets: ``tiny`` (CPU, tests, demo: minutes) and ``coinrun`` (the reference defaults).
+Every field is a command-line flag (``--steps``, ``--model.patch-size``, ``--optim.lr``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from jasmine.models.nn import Attention, Remat
+from jasmine.models.tokenizer import TokenizerConfig
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup, then WSD (warmup-stable-decay), cosine or constant."""
+
+    lr: float = 3e-4
+    warmup_steps: int = 10_000
+    schedule: Literal["wsd", "cosine", "constant"] = "wsd"
+    decay_fraction: float = 0.1
+    """WSD: the last fraction of steps decays linearly to end_lr."""
+    end_lr: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.9
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this (0 = off)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings shared by every component's training run."""
+
+    data: Path | None = None
+    """Dataset directory (from `jasmine data coinrun`)."""
+    out: Path | None = None
+    """Run directory: config.json, checkpoints/, metrics.jsonl, samples/, tensorboard/."""
+    steps: int = 1000
+    batch_size: int = 8
+    """Global batch size (sequences), split across devices."""
+    seq_len: int = 16
+    image_size: tuple[int, int, int] = (64, 64, 3)
+    """Frame height, width, channels; must match the dataset."""
+    seed: int = 0
+    resume: bool = False
+    """Continue from the latest checkpoint in --out."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Compute dtype; auto = bfloat16 on GPU/TPU, float32 on CPU."""
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    attention: Attention = "auto"
+    """auto = cuDNN flash attention on NVIDIA GPUs where shapes allow, XLA otherwise."""
+    remat: Remat = "none"
+    """Activation checkpointing per block: none, full, or dots (save matmul outputs)."""
+    sharding: Literal["dp", "fsdp"] = "dp"
+    """dp: replicate params; fsdp: shard params and optimizer state over devices."""
+    log_every: int = 10
+    val_every: int = 500
+    val_batches: int = 4
+    ckpt_every: int = 1000
+    keep_last: int = 3
+    """Checkpoints kept (most recent)."""
+    keep_every: int = 0
+    """Also keep every checkpoint whose step is a multiple of this (0 = none)."""
+    num_workers: int = 0
+    """Grain worker processes for loading."""
+    wandb: bool = False
+    """Also log to Weights & Biases (WANDB_MODE=offline works)."""
+    optim: OptimConfig = OptimConfig()
+
+
+@dataclass(frozen=True)
+class TokenizerTrainConfig(TrainConfig):
+    model: TokenizerConfig = TokenizerConfig()
+
+
+PRESETS: dict[str, dict[str, TrainConfig]] = {
+    "tokenizer": {
+        "coinrun": TokenizerTrainConfig(
+            steps=300_000, batch_size=48, seq_len=16, image_size=(64, 64, 3), ckpt_every=1000, val_every=20_000,
+            val_batches=50, log_every=50, keep_every=20_000,
+            optim=OptimConfig(lr=3e-4, warmup_steps=10_000, schedule="wsd", decay_fraction=0.1),
+            model=TokenizerConfig(patch_size=16, model_dim=512, ffn_dim=2048, num_blocks=4, num_heads=8,
+                                  latent_dim=32, num_latents=1024),
+        ),
+        "tiny": TokenizerTrainConfig(
+            steps=2000, batch_size=8, seq_len=8, image_size=(64, 64, 3), ckpt_every=500, val_every=500,
+            val_batches=2, log_every=20,
+            optim=OptimConfig(lr=1e-3, warmup_steps=100, schedule="wsd", decay_fraction=0.2),
+            model=TokenizerConfig(patch_size=8, model_dim=128, ffn_dim=512, num_blocks=2, num_heads=4, latent_dim=32,
+                                  num_latents=256, dead_code_reset_steps=50),
+        ),
+    },
+}
+
+
+def preset(component: str, name: str) -> TrainConfig:
+    if component not in PRESETS:
+        raise ValueError(f"unknown component {component!r}; have {sorted(PRESETS)}")
+    if name not in PRESETS[component]:
+        raise ValueError(f"--preset {name!r} does not exist for {component}; choose from {sorted(PRESETS[component])}")
+    return PRESETS[component][name]
+
+
+def validate(cfg: TrainConfig, num_devices: int = 1) -> None:
+    """Raise ValueError naming the flag for values that cannot work."""
+    if cfg.steps < 0:
+        raise ValueError(f"--steps must be >= 0, got {cfg.steps}")
+    if cfg.batch_size <= 0 or cfg.batch_size % num_devices:
+        raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {num_devices} devices")
+    if cfg.seq_len < 1:
+        raise ValueError(f"--seq-len must be >= 1, got {cfg.seq_len}")
+    for name in ("log_every", "val_every", "ckpt_every", "keep_last"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
+    if not 0 <= cfg.optim.decay_fraction <= 1:
+        raise ValueError(f"--optim.decay-fraction must be in [0, 1], got {cfg.optim.decay_fraction}")
+    model = getattr(cfg, "model", None)
+    if model is not None and hasattr(model, "patch_size"):
+        h, w, _ = cfg.image_size
+        if model.patch_size <= 0 or h % model.patch_size or w % model.patch_size:
+            raise ValueError(f"--model.patch-size {model.patch_size} does not divide the {h}x{w} frames "
+                             f"(--image-size); pick a divisor of both")
+    if model is not None and hasattr(model, "num_heads") and model.model_dim % model.num_heads:
+        raise ValueError(f"--model.model-dim {model.model_dim} is not divisible by --model.num-heads {model.num_heads}")
+
+
+# ---------------------------------------------------------------------------- JSON round trip
+
+def to_dict(cfg: Any) -> Any:
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, Path):
+        return str(cfg)
+    if isinstance(cfg, tuple):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value)
+    if tp is Path:
+        return Path(value)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _coerce(args[0], value)
+    if origin is tuple:
+        return tuple(value)
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a (nested) config dataclass from :func:`to_dict` output; unknown keys are errors."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown config keys {sorted(unknown)}")
+    return cls(**{k: _coerce(hints[k], v) for k, v in data.items()})
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    from jasmine.data.records import write_json_atomic
+
+    write_json_atomic(path, {"type": type(cfg).__name__, **to_dict(cfg)})
+
+
+def load_config(path: Path) -> TrainConfig:
+    data = json.loads(Path(path).read_text())
+    kind = data.pop("type")
+    classes = {c.__name__: c for c in (TokenizerTrainConfig, *_extra_classes)}
+    if kind not in classes:
+        raise ValueError(f"{path}: unknown config type {kind!r}")
+    return from_dict(classes[kind], data)
+
+
+_extra_classes: list[type] = []
+
+
+def register(cls: type) -> type:
+    """Register a TrainConfig subclass so :func:`load_config` can rebuild it."""
+    _extra_classes.append(cls)
+    return cls
+
+
+def diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Human-readable differences between two configs (as dicts)."""
+    a, b = to_dict(a), to_dict(b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} != {b!r}"]
+
+
+__all__ = ["OptimConfig", "TrainConfig", "TokenizerTrainConfig", "PRESETS", "preset", "validate", "to_dict",
+           "from_dict", "save_config", "load_config", "register", "diff", "field", "replace"]

@@ -1,0 +1,211 @@
+"""Building blocks: attention, the spatio-temporal (axial) transformer and the vector quantizer.
+
+Dimension key:
+    B batch          T time (frames)       N tokens per frame (spatial)
+    D model width    F FFN width           H heads         K head width (D / H)
+    I input width    O output width        L latent (code) width    C codebook size
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
+
+import einops
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Remat = Literal["none", "full", "dots"]
+Attention = Literal["auto", "xla", "cudnn"]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Compute dtype (activations, matmuls) and parameter dtype."""
+
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+
+def attention_implementation(requested: Attention, dtype, head_dim: int) -> str | None:
+    """cuDNN flash attention on NVIDIA GPUs for half precision and head_dim % 8 == 0, else XLA."""
+    if requested != "auto":
+        return requested
+    on_gpu = jax.default_backend() == "gpu"
+    if on_gpu and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128:
+        return "cudnn"
+    return "xla"
+
+
+def dot_product_attention(q_SLHK, k_SMHK, v_SMHK, *, causal: bool, mask_SHLM=None, implementation: Attention = "auto"):
+    """Scaled dot-product attention over L queries and M keys; S is any flattened batch.
+
+    ``causal`` and ``mask_SHLM`` (True = attend) are both always applied, on every path.
+    """
+    impl = attention_implementation(implementation, q_SLHK.dtype, q_SLHK.shape[-1])
+    return jax.nn.dot_product_attention(q_SLHK, k_SMHK, v_SMHK, mask=mask_SHLM, is_causal=causal, implementation=impl)
+
+
+class MultiHeadAttention(nnx.Module):
+    """Self-attention with a fused QKV projection over the second-to-last axis of x_SLD."""
+
+    def __init__(self, dim: int, heads: int, *, prec: Precision, attention: Attention, rngs: nnx.Rngs):
+        if dim % heads:
+            raise ValueError(f"model_dim {dim} is not divisible by num_heads {heads}")
+        self.heads, self.attention = heads, attention
+        lin = partial(nnx.Linear, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
+        self.qkv = lin(dim, 3 * dim)
+        self.out = lin(dim, dim)
+
+    def qkv_heads(self, x_SLD):
+        q, k, v = jnp.split(self.qkv(x_SLD), 3, axis=-1)
+        return (einops.rearrange(a, "s l (h k) -> s l h k", h=self.heads) for a in (q, k, v))
+
+    def __call__(self, x_SLD, *, causal: bool, mask_SHLM=None):
+        q_SLHK, k_SLHK, v_SLHK = self.qkv_heads(x_SLD)
+        y_SLHK = dot_product_attention(q_SLHK, k_SLHK, v_SLHK, causal=causal, mask_SHLM=mask_SHLM,
+                                       implementation=self.attention)
+        return self.out(einops.rearrange(y_SLHK, "s l h k -> s l (h k)"))
+
+
+class LayerNorm32(nnx.Module):
+    """LayerNorm computed in float32, returning the compute dtype."""
+
+    def __init__(self, dim: int, *, prec: Precision, rngs: nnx.Rngs):
+        self.norm = nnx.LayerNorm(dim, dtype=jnp.float32, param_dtype=prec.param_dtype, rngs=rngs)
+        self.dtype = prec.dtype
+
+    def __call__(self, x):
+        return self.norm(x.astype(jnp.float32)).astype(self.dtype)
+
+
+class AxialBlock(nnx.Module):
+    """Pre-LN block: spatial attention over N, temporal attention over T (causal), FFN."""
+
+    def __init__(self, dim: int, ffn_dim: int, heads: int, *, spatial_causal: bool, prec: Precision,
+                 attention: Attention, rngs: nnx.Rngs):
+        self.spatial_causal = spatial_causal
+        self.norm_s, self.norm_t, self.norm_f = (LayerNorm32(dim, prec=prec, rngs=rngs) for _ in range(3))
+        self.spatial = MultiHeadAttention(dim, heads, prec=prec, attention=attention, rngs=rngs)
+        self.temporal = MultiHeadAttention(dim, heads, prec=prec, attention=attention, rngs=rngs)
+        lin = partial(nnx.Linear, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
+        self.ffn_in, self.ffn_out = lin(dim, ffn_dim), lin(ffn_dim, dim)
+
+    def __call__(self, x_BTND):
+        B, T, N, D = x_BTND.shape
+        h_SND = self.norm_s(x_BTND).reshape(B * T, N, D)
+        x_BTND = x_BTND + self.spatial(h_SND, causal=self.spatial_causal).reshape(B, T, N, D)
+        h_STD = einops.rearrange(self.norm_t(x_BTND), "b t n d -> (b n) t d")
+        y_STD = self.temporal(h_STD, causal=True)
+        x_BTND = x_BTND + einops.rearrange(y_STD, "(b n) t d -> b t n d", b=B)
+        return x_BTND + self.ffn_out(jax.nn.gelu(self.ffn_in(self.norm_f(x_BTND))))
+
+
+def sinusoidal_table(length: int, dim: int) -> jax.Array:
+    """[length, dim] sine/cosine position table (float32)."""
+    pos = jnp.arange(length, dtype=jnp.float32)[:, None]
+    freq = jnp.exp(-math.log(10_000.0) * jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
+    table = jnp.zeros((length, dim), jnp.float32)
+    table = table.at[:, 0::2].set(jnp.sin(pos * freq))
+    return table.at[:, 1::2].set(jnp.cos(pos * freq[: dim // 2]))
+
+
+REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+class AxialTransformer(nnx.Module):
+    """x_BTNI → Linear → + time and space sinusoids → blocks → LayerNorm → Linear → y_BTNO."""
+
+    def __init__(self, in_dim: int, model_dim: int, ffn_dim: int, out_dim: int, num_blocks: int, num_heads: int, *,
+                 spatial_causal: bool = False, prec: Precision = Precision(), attention: Attention = "auto",
+                 remat: Remat = "none", rngs: nnx.Rngs):
+        lin = partial(nnx.Linear, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
+        self.dtype, self.remat, self.model_dim = prec.dtype, remat, model_dim
+        self.proj_in = lin(in_dim, model_dim)
+        self.blocks = nnx.List([
+            AxialBlock(model_dim, ffn_dim, num_heads, spatial_causal=spatial_causal, prec=prec, attention=attention,
+                       rngs=rngs)
+            for _ in range(num_blocks)
+        ])
+        self.norm_out = LayerNorm32(model_dim, prec=prec, rngs=rngs)
+        self.proj_out = lin(model_dim, out_dim)
+
+    def embed(self, x_BTNI, t_offset: int = 0):
+        _, T, N, _ = x_BTNI.shape
+        pe_TND = sinusoidal_table(t_offset + T, self.model_dim)[t_offset:, None] + sinusoidal_table(N, self.model_dim)[None]
+        return self.proj_in(x_BTNI.astype(self.dtype)) + pe_TND.astype(self.dtype)
+
+    def __call__(self, x_BTNI):
+        x_BTND = self.embed(x_BTNI)
+        for block in self.blocks:
+            if self.remat == "none":
+                x_BTND = block(x_BTND)
+            else:
+                x_BTND = nnx.remat(lambda b, x: b(x), policy=REMAT_POLICIES[self.remat])(block, x_BTND)
+        return self.proj_out(self.norm_out(x_BTND))
+
+
+class CodeAge(nnx.Variable):
+    """Steps since each code was last selected (for dead-code reset); not trained."""
+
+
+class VectorQuantizer(nnx.Module):
+    """Cosine-similarity VQ with codebook dropout, straight-through gradients and dead-code reset.
+
+    Inputs and codes are L2-normalised; the nearest code maximises cosine similarity.
+    """
+
+    def __init__(self, num_codes: int, dim: int, *, dropout: float = 0.0, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        init = jax.random.normal(rngs.params(), (num_codes, dim), param_dtype)
+        self.codebook = nnx.Param(init / jnp.linalg.norm(init, axis=-1, keepdims=True))
+        self.age = CodeAge(jnp.zeros((num_codes,), jnp.int32))
+        self.num_codes, self.dropout = num_codes, dropout
+
+    def codes(self):
+        cb = self.codebook[...].astype(jnp.float32)
+        return cb / jnp.linalg.norm(cb, axis=-1, keepdims=True).clip(1e-6)
+
+    def __call__(self, x_XL, *, rng=None):
+        """Quantise the last axis. With ``rng`` (training), each code is dropped per token with p=dropout.
+
+        Returns (z_q_XL straight-through, ids_X, aux) with aux holding codebook_loss,
+        commitment_loss and per-code counts.
+        """
+        x_XL = x_XL.astype(jnp.float32)
+        x_XL = x_XL / jnp.linalg.norm(x_XL, axis=-1, keepdims=True).clip(1e-6)
+        cb_CL = self.codes()
+        sim_XC = x_XL @ cb_CL.T
+        if rng is not None and self.dropout > 0:
+            keep_XC = jax.random.bernoulli(rng, 1.0 - self.dropout, sim_XC.shape)
+            sim_XC = jnp.where(keep_XC, sim_XC, -jnp.inf)
+        ids_X = jnp.argmax(sim_XC, axis=-1)
+        z_XL = cb_CL[ids_X]
+        aux = {
+            "codebook_loss": jnp.mean((jax.lax.stop_gradient(x_XL) - z_XL) ** 2),
+            "commitment_loss": jnp.mean((x_XL - jax.lax.stop_gradient(z_XL)) ** 2),
+            "code_counts": jnp.zeros(self.num_codes, jnp.int32).at[ids_X.reshape(-1)].add(1),
+        }
+        z_q_XL = x_XL + jax.lax.stop_gradient(z_XL - x_XL)
+        return z_q_XL, ids_X, aux
+
+    def lookup(self, ids_X):
+        return self.codes()[ids_X]
+
+    def reset_dead_codes(self, counts_C, rng, *, after_steps: int) -> jax.Array:
+        """Age codes; re-initialise codes unused for ``after_steps`` from random used codes.
+
+        Returns how many codes were reset.
+        """
+        age_C = jnp.where(counts_C > 0, 0, self.age[...] + 1)
+        dead_C = age_C >= after_steps
+        used_C = counts_C > 0
+        k1, k2 = jax.random.split(rng)
+        src_C = jax.random.choice(k1, self.num_codes, (self.num_codes,), p=used_C / jnp.maximum(used_C.sum(), 1))
+        cb = self.codebook[...]
+        fresh = cb[src_C] + 0.01 * jax.random.normal(k2, cb.shape, cb.dtype)
+        self.codebook[...] = jnp.where(dead_C[:, None] & used_C.any(), fresh, cb)
+        self.age[...] = jnp.where(dead_C, 0, age_C)
+        return dead_C.sum()

@@ -1,0 +1,86 @@
+"""Video tokenizer: an ST-ViViT VQ-VAE over spatio-temporal patches.
+
+Dimension key:
+    B batch   T frames   H/W/C frame height/width/channels   P patch size
+    N patches per frame (H/P * W/P)   I patch width (P*P*C)   L latent width   C codebook size
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import einops
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat, VectorQuantizer
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Architecture of the VQ-VAE video tokenizer."""
+
+    patch_size: int = 16
+    model_dim: int = 512
+    ffn_dim: int = 2048
+    num_blocks: int = 4
+    num_heads: int = 8
+    latent_dim: int = 32
+    num_latents: int = 1024
+    codebook_dropout: float = 0.01
+    commitment_weight: float = 0.25
+    """β of the commitment loss."""
+    dead_code_reset_steps: int = 0
+    """Re-initialise codes unused for this many steps (0 = off)."""
+
+
+def patchify(x_BTHWC, p: int):
+    return einops.rearrange(x_BTHWC, "b t (h p) (w q) c -> b t (h w) (p q c)", p=p, q=p)
+
+
+def unpatchify(x_BTNI, p: int, h: int, w: int):
+    return einops.rearrange(x_BTNI, "b t (h w) (p q c) -> b t (h p) (w q) c", h=h // p, w=w // p, p=p, q=p)
+
+
+def check_patch_size(image_shape: tuple[int, int, int], p: int, flag: str = "--model.patch-size") -> None:
+    h, w, _ = image_shape
+    if p <= 0 or h % p or w % p:
+        raise ValueError(f"{flag} {p} does not divide the {h}x{w} frames; pick a divisor of both")
+
+
+class Tokenizer(nnx.Module):
+    """frames in [0,1] → patches → encoder (causal in time) → VQ → decoder → sigmoid → frames."""
+
+    def __init__(self, cfg: TokenizerConfig, image_shape: tuple[int, int, int], *, prec: Precision = Precision(),
+                 attention: Attention = "auto", remat: Remat = "none", rngs: nnx.Rngs):
+        check_patch_size(image_shape, cfg.patch_size)
+        self.cfg, self.image_shape = cfg, tuple(image_shape)
+        patch_dim = cfg.patch_size**2 * image_shape[2]
+        kw = dict(prec=prec, attention=attention, remat=remat, rngs=rngs)
+        self.encoder = AxialTransformer(patch_dim, cfg.model_dim, cfg.ffn_dim, cfg.latent_dim, cfg.num_blocks,
+                                        cfg.num_heads, **kw)
+        self.vq = VectorQuantizer(cfg.num_latents, cfg.latent_dim, dropout=cfg.codebook_dropout,
+                                  param_dtype=prec.param_dtype, rngs=rngs)
+        self.decoder = AxialTransformer(cfg.latent_dim, cfg.model_dim, cfg.ffn_dim, patch_dim, cfg.num_blocks,
+                                        cfg.num_heads, **kw)
+
+    def __call__(self, videos_BTHWC, *, rng=None):
+        """Reconstruct; returns (recon_BTHWC float32 in [0,1], ids_BTN, VQ aux)."""
+        z_BTNL = self.encoder(patchify(videos_BTHWC, self.cfg.patch_size))
+        zq_BTNL, ids_BTN, aux = self.vq(z_BTNL, rng=rng)
+        return self._decode_latents(zq_BTNL), ids_BTN, aux
+
+    def _decode_latents(self, zq_BTNL):
+        h, w, _ = self.image_shape
+        patches_BTNI = jax.nn.sigmoid(self.decoder(zq_BTNL).astype(jnp.float32))
+        return unpatchify(patches_BTNI, self.cfg.patch_size, h, w)
+
+    def encode(self, videos_BTHWC):
+        """Token ids int32 [B, T, N]."""
+        _, ids_BTN, _ = self.vq(self.encoder(patchify(videos_BTHWC, self.cfg.patch_size)))
+        return ids_BTN.astype(jnp.int32)
+
+    def decode(self, ids_BTN):
+        """Frames float32 [B, T, H, W, C] in [0, 1]."""
+        return self._decode_latents(self.vq.lookup(ids_BTN))

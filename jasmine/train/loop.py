@@ -1,0 +1,259 @@
+"""The one training loop. Every component (tokenizer, LAM, dynamics) runs through ``train``.
+
+Per step: host batch → global array sharded over the mesh → jitted step (donated state):
+loss and grads of the trainable params, AdamW update, the component's post-update hook.
+The RNG of step s is ``fold_in(key(seed), s)``, so a resumed run draws the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm import tqdm
+
+from jasmine import config as C
+from jasmine.data.dataset import DataError
+from jasmine.data.loader import make_loader
+from jasmine.train.checkpoint import Checkpointer, abstract
+from jasmine.train.components import Component, frame_strip
+from jasmine.train.logging import MetricsLogger
+from jasmine.train.mesh import batch_sharding, global_batch, make_mesh, replicated, state_shardings
+from jasmine.train.optim import lr_schedule, make_optimizer
+
+# Fields that may differ between a run's saved config and the one it resumes with.
+RESUMABLE_CHANGES = {"steps", "resume", "log_every", "val_every", "val_batches", "ckpt_every", "keep_last",
+                     "keep_every", "num_workers", "wandb", "data", "out"}
+
+
+@dataclass
+class Model:
+    """A model split into its graph and state: trainable params, frozen params, other variables."""
+
+    graphdef: Any
+    params: nnx.State
+    frozen: nnx.State
+    rest: nnx.State
+
+    @classmethod
+    def split(cls, module: nnx.Module, trainable) -> "Model":
+        return cls(*nnx.split(module, trainable, nnx.Param, ...))
+
+    def merge(self, params=None, frozen=None, rest=None) -> nnx.Module:
+        return nnx.merge(self.graphdef, self.params if params is None else params,
+                         self.frozen if frozen is None else frozen, self.rest if rest is None else rest)
+
+
+def init_state(model: Model, tx: optax.GradientTransformation, seed: int) -> dict[str, Any]:
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": model.params,
+        "frozen": model.frozen,
+        "rest": model.rest,
+        "opt": tx.init(model.params),
+        "rng": jax.random.key_data(jax.random.key(seed)),
+    }
+
+
+def make_train_step(component: Component, cfg: C.TrainConfig, model: Model, tx):
+    schedule = lr_schedule(cfg.optim, cfg.steps)
+    trainable = component.trainable(cfg)
+
+    def train_step(state, batch):
+        step_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+        k_loss, k_post = jax.random.split(step_key)
+
+        def loss_fn(params):
+            module = model.merge(params, state["frozen"], state["rest"])
+            loss, metrics, aux = component.loss(module, batch, k_loss, cfg, training=True)
+            return loss, (metrics, aux, nnx.state(module, nnx.Not(nnx.Param)))
+
+        (_, (metrics, aux, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt = tx.update(grads, state["opt"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        module = model.merge(params, state["frozen"], rest)
+        metrics = {**metrics, **component.after_update(module, aux, k_post, cfg)}
+        _, params, frozen, rest = nnx.split(module, trainable, nnx.Param, ...)
+        metrics |= {"grad_norm": optax.global_norm(grads), "lr": schedule(state["step"])}
+        new_state = {**state, "step": state["step"] + 1, "params": params, "frozen": frozen, "rest": rest, "opt": opt}
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(component: Component, cfg: C.TrainConfig, model: Model):
+    def eval_step(state, batch):
+        module = model.merge(state["params"], state["frozen"], state["rest"])
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), 2**31 - 1)
+        return component.evaluate(module, batch, key, cfg)
+
+    return eval_step
+
+
+class _StopRequest:
+    """Turns SIGTERM/SIGINT into a flag checked between steps."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame):
+        self.signum = signum
+
+    def __exit__(self, *_):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _check_run_dir(cfg: C.TrainConfig, out: Path) -> None:
+    saved_path = out / "config.json"
+    has_ckpt = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
+    if not cfg.resume and has_ckpt:
+        raise ValueError(f"--out {out} already holds checkpoints; pass --resume to continue it or choose a new --out")
+    if cfg.resume and saved_path.exists():
+        saved = C.load_config(saved_path)
+        if type(saved) is not type(cfg):
+            raise ValueError(f"{saved_path} is a {type(saved).__name__} run, not {type(cfg).__name__}")
+        diffs = [d for d in C.diff(saved, cfg) if d.split(":")[0].split(".")[0] not in RESUMABLE_CHANGES]
+        if diffs:
+            raise ValueError(f"--resume: the config does not match the checkpoint's {saved_path}:\n  " + "\n  ".join(diffs))
+
+
+def build_model(component: Component, cfg: C.TrainConfig) -> Model:
+    return Model.split(component.build(cfg, nnx.Rngs(cfg.seed)), component.trainable(cfg))
+
+
+def count_params(tree) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def setup(cfg: C.TrainConfig, component: Component, mesh):
+    """Model, optimizer, initial state on the mesh, its shardings, and the jitted train step."""
+    model = build_model(component, cfg)
+    tx = make_optimizer(cfg.optim, cfg.steps)
+    state = init_state(model, tx, cfg.seed)
+    shardings = state_shardings(state, mesh, cfg.sharding)
+    state = jax.device_put(state, shardings)
+    step_fn = jax.jit(make_train_step(component, cfg, model, tx), in_shardings=(shardings, batch_sharding(mesh)),
+                      out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
+    return model, state, shardings, step_fn
+
+
+def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) -> dict[str, Any]:
+    """Train ``component`` as configured; returns the last train and val metrics and the run dir."""
+    if cfg.data is None or cfg.out is None:
+        raise ValueError("--data and --out are required")
+    mesh = make_mesh()
+    C.validate(cfg, mesh.size)
+    out = Path(cfg.out)
+    _check_run_dir(cfg, out)
+    out.mkdir(parents=True, exist_ok=True)
+    C.save_config(cfg, out / "config.json")
+
+    model, state, shardings, step_fn = setup(cfg, component, mesh)
+    pidx, pcount = jax.process_index(), jax.process_count()
+    loader = make_loader(cfg.data, "train", seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed,
+                         image_shape=cfg.image_size, num_workers=cfg.num_workers, process_index=pidx,
+                         process_count=pcount)
+    data_iter = iter(loader)
+    ckpt = Checkpointer(out / "checkpoints", keep_last=cfg.keep_last, keep_every=cfg.keep_every)
+    start = 0
+    if cfg.resume and ckpt.latest_step() is not None:
+        try:
+            state = ckpt.restore(ckpt.latest_step(), abstract(state, shardings), data_iter)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--resume: checkpoint {ckpt.directory}/{ckpt.latest_step()} does not match this model: {e}") from e
+        start = int(state["step"])
+
+    eval_fn = jax.jit(make_eval_step(component, cfg, model))
+    preview_fn = jax.jit(lambda st, b: component.preview(model.merge(st["params"], st["frozen"], st["rest"]), b, cfg))
+    logger = MetricsLogger(out, config=C.to_dict(cfg), wandb=cfg.wandb, enabled=pidx == 0)
+    n_params = count_params(state["params"])
+    n_frozen = count_params(state["frozen"])
+    if pidx == 0 and progress:
+        print(f"[{component.name}] {n_params / 1e6:.2f}M trainable params"
+              + (f", {n_frozen / 1e6:.2f}M frozen" if n_frozen else "")
+              + f" | {mesh.size} device(s), {cfg.sharding} | run dir {out}")
+
+    last_train: dict[str, float] = {}
+    last_val: dict[str, float] = {}
+    stopped = None
+    t_log, steps_since = time.perf_counter(), 0
+    bar = tqdm(total=cfg.steps, initial=start, desc=component.name, unit="step", dynamic_ncols=True,
+               disable=not progress or pidx != 0)
+    with _StopRequest() as stop:
+        for step in range(start, cfg.steps):
+            batch = global_batch({k: v for k, v in next(data_iter).items() if k in component.batch_keys}, mesh)
+            state, metrics = step_fn(state, batch)
+            steps_since += 1
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                now = time.perf_counter()
+                metrics["steps_per_s"] = steps_since / (now - t_log)
+                t_log, steps_since = now, 0
+                logger.log(done, metrics)
+                last_train = metrics
+                bar.set_postfix(loss=f"{metrics['loss']:.4g}", refresh=False)
+                if not np.isfinite(metrics["loss"]):
+                    raise FloatingPointError(f"loss became {metrics['loss']} at step {done}; see {out / 'metrics.jsonl'}")
+            bar.update()
+            if done % cfg.val_every == 0 or done == cfg.steps:
+                last_val = _validate(cfg, eval_fn, preview_fn, state, mesh, logger, out, done)
+            if done % cfg.ckpt_every == 0 or done == cfg.steps:
+                ckpt.save(done, state, data_iter, force=True)
+            if stop.signum is not None:
+                stopped = signal.Signals(stop.signum).name
+                if done % cfg.ckpt_every and done != cfg.steps:
+                    ckpt.save(done, state, data_iter, force=True)
+                break
+    bar.close()
+    ckpt.close()
+    logger.close()
+    final_step = int(state["step"])
+    if stopped and pidx == 0:
+        print(f"[{component.name}] {stopped}: saved checkpoint at step {final_step}; continue with --resume")
+    return {"train": last_train, "val": last_val, "step": final_step, "run_dir": out, "stopped": stopped,
+            "params": n_params, "state": state}
+
+
+def _validate(cfg, eval_fn, preview_fn, state, mesh, logger, out: Path, step: int) -> dict[str, float]:
+    try:
+        val = make_loader(cfg.data, "val", seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed,
+                          image_shape=cfg.image_size, process_index=jax.process_index(),
+                          process_count=jax.process_count())
+    except DataError as e:
+        warnings.warn(f"validation skipped: {e}")
+        return {}
+    it, sums, first = iter(val), {}, None
+    for _ in range(cfg.val_batches):
+        batch = global_batch(next(it), mesh)
+        first = first or batch
+        for k, v in jax.device_get(eval_fn(state, batch)).items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    metrics = {k: v / cfg.val_batches for k, v in sums.items()}
+    logger.log(step, metrics, split="val")
+    rows = preview_fn(state, first)
+    if rows and logger.enabled:
+        from PIL import Image
+
+        img = frame_strip([np.asarray(r) for r in rows])
+        (out / "samples").mkdir(exist_ok=True)
+        Image.fromarray(img).save(out / "samples" / f"val_step{step:07d}.png")
+        logger.image(step, "val/preview", img)
+    return metrics

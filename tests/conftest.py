@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# Reuse XLA compilations across tests and their subprocesses (same tiny models compile often).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/jasmine-test-jax-cache")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 import numpy as np
 import pytest
 

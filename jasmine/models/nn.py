@@ -143,8 +143,10 @@ class AxialTransformer(nnx.Module):
         for block in self.blocks:
             if self.remat == "none":
                 x_BTND = block(x_BTND)
-            else:
-                x_BTND = nnx.remat(lambda b, x: b(x), policy=REMAT_POLICIES[self.remat])(block, x_BTND)
+            else:  # a pure function of the block's state, so it works under any outer transform
+                graphdef, state = nnx.split(block)
+                fn = jax.checkpoint(lambda s, x: nnx.merge(graphdef, s)(x), policy=REMAT_POLICIES[self.remat])
+                x_BTND = fn(state, x_BTND)
         return self.proj_out(self.norm_out(x_BTND))
 
 

@@ -257,3 +257,23 @@ def _validate(cfg, eval_fn, preview_fn, state, mesh, logger, out: Path, step: in
         Image.fromarray(img).save(out / "samples" / f"val_step{step:07d}.png")
         logger.image(step, "val/preview", img)
     return metrics
+
+
+def load_run(run_dir: str | Path, step: int | None = None) -> tuple[C.TrainConfig, nnx.Module, int]:
+    """Rebuild a run's model from ``RUN/config.json`` with the params of its checkpoint ``step`` (default latest)."""
+    from jasmine.train.components import COMPONENTS
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise FileNotFoundError(f"run directory {run_dir} has no config.json (not a jasmine run, or it never started)")
+    cfg = C.load_config(run_dir / "config.json")
+    component = next(c for c in COMPONENTS.values() if isinstance(cfg, c.config_cls))
+    ckpt = Checkpointer(run_dir / "checkpoints", read_only=True)
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"run directory {run_dir} has no checkpoint in {run_dir / 'checkpoints'}")
+    model = build_model(component, cfg)
+    tx = make_optimizer(cfg.optim, cfg.steps)
+    state = ckpt.restore(step, abstract(jax.eval_shape(lambda: init_state(model, tx, cfg.seed))))
+    ckpt.close()
+    return cfg, model.merge(state["params"], state["frozen"], state["rest"]), step

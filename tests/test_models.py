@@ -1,0 +1,118 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jasmine.models.nn import AxialTransformer, VectorQuantizer, attention_implementation, dot_product_attention
+from jasmine.models.tokenizer import Tokenizer, TokenizerConfig, patchify, unpatchify
+
+TINY = TokenizerConfig(patch_size=4, model_dim=32, ffn_dim=64, num_blocks=2, num_heads=2, latent_dim=8, num_latents=16)
+
+
+def test_tokenizer_shapes_and_round_trip_api():
+    model = Tokenizer(TINY, (16, 12, 3), rngs=nnx.Rngs(0))
+    x = jax.random.uniform(jax.random.key(0), (2, 5, 16, 12, 3))
+    recon, ids, aux = nnx.jit(lambda m, x: m(x))(model, x)
+    assert recon.shape == x.shape and recon.dtype == jnp.float32
+    assert ids.shape == (2, 5, 12) and 0 <= ids.min() and ids.max() < 16
+    assert float(recon.min()) >= 0 and float(recon.max()) <= 1
+    ids2 = nnx.jit(lambda m, x: m.encode(x))(model, x)
+    assert ids2.dtype == jnp.int32 and ids2.shape == (2, 5, 12)
+    np.testing.assert_array_equal(ids2, ids)
+    np.testing.assert_allclose(nnx.jit(lambda m, i: m.decode(i))(model, ids2), recon, atol=1e-6)
+    assert aux["code_counts"].sum() == 2 * 5 * 12
+
+
+def test_patchify_inverts():
+    x = jnp.arange(2 * 3 * 8 * 8 * 3, dtype=jnp.float32).reshape(2, 3, 8, 8, 3)
+    p = patchify(x, 4)
+    assert p.shape == (2, 3, 4, 48)
+    np.testing.assert_array_equal(unpatchify(p, 4, 8, 8), x)
+
+
+def test_patch_size_must_divide_frames():
+    with pytest.raises(ValueError, match="patch-size 5 does not divide the 16x16 frames"):
+        Tokenizer(TokenizerConfig(patch_size=5), (16, 16, 3), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("remat", ["none", "full", "dots"])
+def test_temporal_causality_by_gradient(remat):
+    """Output at time t has exactly zero gradient w.r.t. inputs at t' > t, and nonzero for t' <= t."""
+    model = AxialTransformer(6, 16, 32, 4, 2, 2, remat=remat, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (1, 5, 3, 6))
+    jac = jax.jit(jax.jacrev(lambda x: model(x).sum(axis=(0, 2, 3))))(x)  # [T_out, B, T_in, N, I]
+    for t in range(5):
+        g = jac[t]
+        assert np.all(np.asarray(g[:, t + 1 :]) == 0.0), f"output {t} depends on the future"
+        assert np.all(np.abs(np.asarray(g[:, : t + 1])).sum(axis=(0, 2, 3)) > 0), f"output {t} ignores its past"
+
+
+def test_spatial_causal_flag_by_gradient():
+    model = AxialTransformer(6, 16, 32, 4, 2, 2, spatial_causal=True, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (1, 3, 4, 6))
+    g = jax.jit(jax.grad(lambda x: model(x)[:, 2, 1].sum()))(x)
+    assert np.all(np.asarray(g[:, :, 2:]) == 0.0) and np.all(np.asarray(g[:, 3:]) == 0.0)
+    assert np.abs(np.asarray(g[:, :3, :2])).sum() > 0
+
+
+def test_attention_mask_is_honoured():
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 4, 2, 8)) for i in range(3))
+    mask = jnp.ones((2, 2, 4, 4), bool).at[:, :, :, 3].set(False)  # nobody may attend to key 3
+    g = jax.grad(lambda v: dot_product_attention(q, k, v, causal=False, mask_SHLM=mask).sum())(v)
+    assert np.all(np.asarray(g[:, 3]) == 0.0) and np.abs(np.asarray(g[:, :3])).sum() > 0
+    unmasked = dot_product_attention(q, k, v, causal=False)
+    assert not np.allclose(unmasked, dot_product_attention(q, k, v, causal=False, mask_SHLM=mask))
+
+
+def test_attention_backend_choice_on_cpu():
+    assert attention_implementation("auto", jnp.bfloat16, 64) == "xla"  # no GPU here
+    assert attention_implementation("cudnn", jnp.float32, 64) == "cudnn"  # explicit request is kept
+
+
+def test_vq_straight_through_gradient_is_identity_on_normalised_input():
+    vq = VectorQuantizer(8, 4, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(2), (6, 4))
+    w = jax.random.normal(jax.random.key(3), (6, 4))
+    g_vq = jax.grad(lambda x: (vq(x)[0] * w).sum())(x)
+    g_id = jax.grad(lambda x: ((x / jnp.linalg.norm(x, axis=-1, keepdims=True)) * w).sum())(x)
+    np.testing.assert_allclose(g_vq, g_id, rtol=1e-5, atol=1e-6)
+    z_q, ids, _ = vq(x)
+    np.testing.assert_allclose(z_q, vq.lookup(ids), atol=1e-6)  # forward value is the code
+
+
+def test_vq_losses_train_the_right_side():
+    vq = VectorQuantizer(8, 4, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(2), (6, 4))
+    graphdef, params, rest = nnx.split(vq, nnx.Param, ...)
+
+    def loss(params, x, key):
+        return nnx.merge(graphdef, params, rest)(x)[2][key]
+
+    assert float(jnp.abs(jax.grad(loss)(params, x, "codebook_loss")["codebook"][...]).sum()) > 0
+    assert float(jnp.abs(jax.grad(loss, argnums=1)(params, x, "codebook_loss")).sum()) == 0
+    assert float(jnp.abs(jax.grad(loss)(params, x, "commitment_loss")["codebook"][...]).sum()) == 0
+    assert float(jnp.abs(jax.grad(loss, argnums=1)(params, x, "commitment_loss")).sum()) > 0
+
+
+def test_codebook_dropout_changes_choices_only_in_training():
+    vq = VectorQuantizer(16, 4, dropout=0.5, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(2), (64, 4))
+    _, ids_eval, _ = vq(x)
+    _, ids_eval2, _ = vq(x)
+    _, ids_train, _ = vq(x, rng=jax.random.key(5))
+    np.testing.assert_array_equal(ids_eval, ids_eval2)
+    assert (ids_train != ids_eval).any()
+
+
+def test_dead_codes_are_reset_from_used_codes():
+    vq = VectorQuantizer(4, 3, rngs=nnx.Rngs(0))
+    before = np.asarray(vq.codebook[...])
+    counts = jnp.array([5, 0, 3, 0])
+    assert int(vq.reset_dead_codes(counts, jax.random.key(0), after_steps=2)) == 0
+    assert int(vq.reset_dead_codes(counts, jax.random.key(1), after_steps=2)) == 2
+    after = np.asarray(vq.codebook[...])
+    np.testing.assert_array_equal(after[[0, 2]], before[[0, 2]])
+    for dead in (1, 3):  # now near a copy of code 0 or 2
+        assert min(np.abs(after[dead] - before[src]).max() for src in (0, 2)) < 0.1
+    np.testing.assert_array_equal(np.asarray(vq.age[...]), [0, 0, 0, 0])

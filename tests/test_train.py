@@ -1,0 +1,223 @@
+"""The training loop: overfitting, determinism, resume (incl. SIGTERM), config, errors, multi-device."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import tyro
+
+from conftest import write_synthetic
+from jasmine import config as C
+from jasmine.config import OptimConfig, TokenizerTrainConfig
+from jasmine.models.tokenizer import TokenizerConfig
+from jasmine.train.components import TokenizerComponent
+from jasmine.train.logging import read_metrics
+from jasmine.train.loop import load_run, train
+from jasmine.train.optim import lr_schedule
+
+TOK = TokenizerComponent()
+MODEL = TokenizerConfig(patch_size=4, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=8,
+                        num_latents=16, dead_code_reset_steps=3)
+
+
+def tiny_cfg(data, out, **kw):
+    base = TokenizerTrainConfig(data=data, out=out, steps=6, batch_size=4, seq_len=4, image_size=(16, 16, 3),
+                                log_every=1, val_every=3, val_batches=1, ckpt_every=3, model=MODEL,
+                                optim=OptimConfig(lr=3e-3, warmup_steps=2, decay_fraction=0.0))
+    return replace(base, **kw)
+
+
+@pytest.fixture(scope="module")
+def data16(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "ds"
+    write_synthetic(root, lengths=(40, 33, 25, 60), frame_shape=(16, 16, 3))
+    return root
+
+
+def leaves_equal(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
+
+
+def final_state(run_dir):
+    from flax import nnx
+
+    _, model, step = load_run(run_dir)
+    return step, nnx.state(model)
+
+
+def test_overfitting_one_batch_drives_mse_down_10x():
+    from jasmine.bench import synthetic_batch
+    from jasmine.train.loop import setup
+    from jasmine.train.mesh import global_batch, make_mesh
+
+    cfg = tiny_cfg(None, None, steps=300, optim=OptimConfig(lr=3e-3, warmup_steps=10, decay_fraction=0.0),
+                   model=replace(MODEL, codebook_dropout=0.0, num_latents=64, latent_dim=16, model_dim=64,
+                                 dead_code_reset_steps=0))
+    mesh = make_mesh(1)
+    _, state, _, step_fn = setup(cfg, TOK, mesh)
+    rng = np.random.default_rng(0)  # each 4x4 patch one of 8 colours: representable by the codebook
+    patches = rng.integers(0, 2, (4, 4, 4, 4, 3), dtype=np.uint8) * 255
+    frames = patches.repeat(4, axis=2).repeat(4, axis=3)
+    batch = global_batch({"frames": frames}, mesh)
+    mses = []
+    for _ in range(cfg.steps):
+        state, metrics = step_fn(state, batch)
+        mses.append(float(metrics["mse"]))
+    assert mses[-1] < mses[0] / 10, (mses[0], mses[-1])
+
+
+def test_same_seed_gives_bitwise_identical_runs(data16, tmp_path):
+    a = train(tiny_cfg(data16, tmp_path / "a"), TOK, progress=False)
+    b = train(tiny_cfg(data16, tmp_path / "b"), TOK, progress=False)
+    la = [r["loss"] for r in read_metrics(tmp_path / "a")]
+    assert la == [r["loss"] for r in read_metrics(tmp_path / "b")] and len(la) == 6
+    assert leaves_equal(a["state"]["params"], b["state"]["params"])
+    c = train(tiny_cfg(data16, tmp_path / "c", seed=1), TOK, progress=False)
+    assert [r["loss"] for r in read_metrics(tmp_path / "c")] != la
+    assert (tmp_path / "a" / "samples").is_dir() and list((tmp_path / "a" / "tensorboard").iterdir())
+    assert [r["step"] for r in read_metrics(tmp_path / "a", "val")] == [3, 6]
+    assert {"psnr", "ssim", "mse", "codebook_usage"} <= set(read_metrics(tmp_path / "a", "val")[0])
+
+
+def test_resume_is_bitwise_exact(data16, tmp_path):
+    straight = train(tiny_cfg(data16, tmp_path / "s", steps=6), TOK, progress=False)
+    train(tiny_cfg(data16, tmp_path / "r", steps=3), TOK, progress=False)
+    resumed = train(tiny_cfg(data16, tmp_path / "r", steps=6, resume=True), TOK, progress=False)
+    assert resumed["step"] == 6
+    assert leaves_equal(straight["state"]["params"], resumed["state"]["params"])
+    assert leaves_equal(straight["state"]["opt"], resumed["state"]["opt"])
+    assert leaves_equal(straight["state"]["rest"], resumed["state"]["rest"])  # VQ code ages
+    s = [r["loss"] for r in read_metrics(tmp_path / "s")]
+    r = [r["loss"] for r in read_metrics(tmp_path / "r")]
+    assert s == r
+
+
+def test_resume_after_sigterm_is_bitwise_exact(data16, tmp_path):
+    steps = 40
+    straight = train(tiny_cfg(data16, tmp_path / "s", steps=steps, ckpt_every=100, val_every=100), TOK, progress=False)
+    run = tmp_path / "r"
+    cmd = [sys.executable, "-m", "jasmine.cli", "train", "tokenizer", "--data", str(data16), "--out", str(run),
+           "--steps", str(steps), "--batch-size", "4", "--seq-len", "4", "--image-size", "16", "16", "3",
+           "--log-every", "1", "--val-every", "100", "--ckpt-every", "100", "--model.patch-size", "4",
+           "--model.model-dim", "32", "--model.ffn-dim", "64", "--model.num-blocks", "1", "--model.num-heads", "2",
+           "--model.latent-dim", "8", "--model.num-latents", "16", "--model.dead-code-reset-steps", "3",
+           "--optim.lr", "3e-3", "--optim.warmup-steps", "2", "--optim.decay-fraction", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(read_metrics(run)) < 5:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "SIGTERM: saved checkpoint at step" in out
+    interrupted_at, _ = final_state(run)
+    assert 5 <= interrupted_at < steps
+    subprocess.run(cmd + ["--resume"], check=True, capture_output=True)
+    step, state = final_state(run)
+    assert step == steps
+    assert leaves_equal(straight["state"]["params"], state.filter(__import__("flax").nnx.Param))
+
+
+def test_lr_schedules():
+    cfg = OptimConfig(lr=1.0, warmup_steps=10, schedule="wsd", decay_fraction=0.2, end_lr=0.0)
+    f = lr_schedule(cfg, 100)
+    assert float(f(0)) == pytest.approx(0.1) and float(f(9)) == 1.0 and float(f(79)) == 1.0
+    assert float(f(90)) == pytest.approx(0.5) and float(f(100)) == 0.0
+    g = lr_schedule(replace(cfg, schedule="cosine"), 100)
+    assert float(g(10)) == pytest.approx(1.0) and float(g(55)) == pytest.approx(0.5, abs=1e-6)
+    assert float(g(100)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_config_round_trip_and_cli_overrides(tmp_path):
+    for name, cfg in C.PRESETS["tokenizer"].items():
+        C.save_config(cfg, tmp_path / f"{name}.json")
+        assert C.load_config(tmp_path / f"{name}.json") == cfg
+    coinrun = C.preset("tokenizer", "coinrun")
+    assert (coinrun.model.model_dim, coinrun.model.ffn_dim, coinrun.model.num_blocks, coinrun.model.num_heads) == (512, 2048, 4, 8)
+    assert (coinrun.model.num_latents, coinrun.model.latent_dim, coinrun.batch_size, coinrun.steps) == (1024, 32, 48, 300_000)
+    assert (coinrun.optim.lr, coinrun.optim.warmup_steps, coinrun.optim.b1, coinrun.optim.b2) == (3e-4, 10_000, 0.9, 0.9)
+    cfg = tyro.cli(TokenizerTrainConfig, default=coinrun, args=["--steps", "7", "--model.patch-size", "8", "--optim.lr", "1e-3"])
+    assert (cfg.steps, cfg.model.patch_size, cfg.optim.lr, cfg.model.model_dim) == (7, 8, 1e-3, 512)
+    with pytest.raises(ValueError, match="--preset 'huge' does not exist"):
+        C.preset("tokenizer", "huge")
+
+
+@pytest.mark.parametrize(
+    "kw, devices, match",
+    [
+        ({"model": replace(MODEL, patch_size=5)}, 1, r"--model.patch-size 5 does not divide the 16x16 frames"),
+        ({"batch_size": 6}, 4, r"--batch-size 6 is not divisible by the 4 devices"),
+        ({"model": replace(MODEL, num_heads=3)}, 1, r"--model.model-dim 32 is not divisible by --model.num-heads 3"),
+    ],
+)
+def test_bad_values_are_named(kw, devices, match):
+    with pytest.raises(ValueError, match=match):
+        C.validate(tiny_cfg(None, None, **kw), devices)
+
+
+def test_mismatched_checkpoint_and_existing_run_are_clear_errors(data16, tmp_path):
+    train(tiny_cfg(data16, tmp_path / "r", steps=3), TOK, progress=False)
+    with pytest.raises(ValueError, match="already holds checkpoints; pass --resume"):
+        train(tiny_cfg(data16, tmp_path / "r", steps=3), TOK, progress=False)
+    with pytest.raises(ValueError, match=r"(?s)does not match.*model.model_dim: 32 != 64"):
+        train(tiny_cfg(data16, tmp_path / "r", steps=6, resume=True, model=replace(MODEL, model_dim=64)), TOK,
+              progress=False)
+    (tmp_path / "r" / "config.json").unlink()  # no saved config: the restore itself must fail clearly
+    with pytest.raises(ValueError, match="does not match this model"):
+        train(tiny_cfg(data16, tmp_path / "r", steps=6, resume=True, model=replace(MODEL, model_dim=64)), TOK,
+              progress=False)
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        load_run(tmp_path / "missing")
+
+
+def test_image_size_must_match_data(data16, tmp_path):
+    from jasmine.data.dataset import DataError
+
+    with pytest.raises(DataError, match=r"frames are \[16, 16, 3\].*asks for \[32, 32, 3\]"):
+        train(tiny_cfg(data16, tmp_path / "x", image_size=(32, 32, 3)), TOK, progress=False)
+
+
+def test_four_device_data_parallel_matches_one_device_and_restores_on_one(data16, tmp_path):
+    script = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import jax, numpy as np
+        from dataclasses import replace
+        from test_train import tiny_cfg, TOK
+        from jasmine.bench import synthetic_batch
+        from jasmine.train.loop import setup, train
+        from jasmine.train.mesh import global_batch, make_mesh
+        assert jax.device_count() == 4
+        cfg = tiny_cfg(None, None)
+        out = {{}}
+        for mode in ("dp", "fsdp"):
+            for n in (1, 4):
+                mesh = make_mesh(n)
+                _, state, _, step = setup(replace(cfg, sharding=mode), TOK, mesh)
+                batch = global_batch(synthetic_batch(cfg, ("frames",)), mesh)
+                losses = []
+                for _ in range(3):
+                    state, m = step(state, batch)
+                    losses += [float(m["loss"]), float(m["grad_norm"])]
+                out[(mode, n)] = losses, [np.asarray(x) for x in jax.tree.leaves(state["params"])]
+        for mode in ("dp", "fsdp"):
+            np.testing.assert_allclose(out[(mode, 1)][0], out[(mode, 4)][0], rtol=1e-5)
+            for a, b in zip(out[(mode, 1)][1], out[(mode, 4)][1]):  # Adam amplifies ulp noise where grad ~ 0
+                np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+        train(tiny_cfg({str(data16)!r}, {str(tmp_path / "run")!r}, steps=3), TOK, progress=False)
+        print("OK")
+    """)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stdout + res.stderr
+    resumed = train(tiny_cfg(data16, tmp_path / "run", steps=5, resume=True), TOK, progress=False)
+    assert resumed["step"] == 5 and jax.device_count() == 1

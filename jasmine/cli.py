@@ -72,9 +72,13 @@ def _bench_train(argv: list[str], prog: str) -> None:
     from jasmine.config import PRESETS, preset
     from jasmine.train.components import COMPONENTS
 
+    usage = (f"usage: {prog} COMPONENT [--preset NAME] [--timed-steps N] [config flags]\n\n"
+             f"COMPONENT is one of {sorted(PRESETS)}; `{prog} COMPONENT --help` lists the config flags.")
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage)
+        return
     if not argv or argv[0].startswith("-"):
-        sys.exit(f"usage: {prog} COMPONENT [--preset NAME] [--timed-steps N] [config flags]; "
-                 f"COMPONENT is one of {sorted(PRESETS)}")
+        sys.exit(usage)
     component, argv = argv[0], argv[1:]
     name, argv = _pop_flag(argv, "--preset", "coinrun")
     timed, argv = _pop_flag(argv, "--timed-steps", "10")

@@ -221,3 +221,14 @@ def test_four_device_data_parallel_matches_one_device_and_restores_on_one(data16
     assert res.returncode == 0 and "OK" in res.stdout, res.stdout + res.stderr
     resumed = train(tiny_cfg(data16, tmp_path / "run", steps=5, resume=True), TOK, progress=False)
     assert resumed["step"] == 5 and jax.device_count() == 1
+
+
+def test_checkpoint_retention_keeps_last_k_plus_every_m(tmp_path):
+    from jasmine.train.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(tmp_path / "c", keep_last=2, keep_every=4, use_async=False)
+    for step in range(1, 10):
+        ckpt.save(step, {"x": np.full((2,), step, np.float32)}, force=True)
+    ckpt.close()
+    assert sorted(Checkpointer(tmp_path / "c", read_only=True).all_steps()) == [4, 8, 9]
+    assert not list((tmp_path / "c").glob("*tmp*"))

@@ -84,7 +84,7 @@ def bench_train(cfg, component, timed_steps: int = 10) -> dict[str, float]:
     mesh = make_mesh()
     C.validate(cfg, mesh.size)
     model, state, _, step_fn = setup(cfg, component, mesh)
-    batch = global_batch(synthetic_batch(cfg, component.batch_keys), mesh)
+    batch = global_batch(synthetic_batch(cfg, component.batch_keys(cfg)), mesh)
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0

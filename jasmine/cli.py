@@ -90,7 +90,7 @@ def _bench_train(argv: list[str], prog: str) -> None:
 
 
 def _print_result(result: dict) -> None:
-    fmt = lambda m: "  ".join(f"{k} {v:.4g}" for k, v in m.items() if k in ("loss", "mse", "psnr", "ssim", "codebook_usage", "accuracy"))
+    fmt = lambda m: "  ".join(f"{k} {v:.4g}" for k, v in m.items() if k in ("loss", "mse", "psnr", "ssim", "codebook_usage", "top1_accuracy", "full_frame_psnr", "lam_codebook_usage"))
     print(f"step {result['step']}  train: {fmt(result['train'])}")
     if result["val"]:
         print(f"           val:   {fmt(result['val'])}")
@@ -108,6 +108,8 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "data coinrun": (_data_coinrun, "generate a procgen CoinRun dataset"),
     "data inspect": (_data_inspect, "summarise a dataset; write a contact sheet and a GIF"),
     "train tokenizer": (_train("tokenizer"), "train the VQ-VAE video tokenizer"),
+    "train lam": (_train("lam"), "train the latent action model"),
+    "train dynamics": (_train("dynamics"), "train the MaskGIT dynamics (--lam RUN | --co-train-lam | --gt-actions)"),
     "demo": (_demo, "the end-to-end demo (the README's main command)"),
     "bench data": (_bench_data, "loader throughput in frames/s"),
     "bench train": (_bench_train, "train-step time, tokens/s and MFU of a component"),

@@ -11,10 +11,12 @@ import dataclasses
 import json
 import types
 import typing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from jasmine.models.dynamics import DynamicsConfig
+from jasmine.models.lam import LAMConfig
 from jasmine.models.nn import Attention, Remat
 from jasmine.models.tokenizer import TokenizerConfig
 
@@ -82,6 +84,46 @@ class TokenizerTrainConfig(TrainConfig):
     model: TokenizerConfig = TokenizerConfig()
 
 
+@dataclass(frozen=True)
+class LAMTrainConfig(TrainConfig):
+    model: LAMConfig = LAMConfig()
+
+
+@dataclass(frozen=True)
+class DynamicsTrainConfig(TrainConfig):
+    """Dynamics on a frozen tokenizer, with the LAM frozen (--lam), co-trained, or GT actions."""
+
+    tokenizer: Path | None = None
+    """Tokenizer run directory (required; frozen)."""
+    lam: Path | None = None
+    """LAM run directory: use this LAM, frozen."""
+    co_train_lam: bool = False
+    """Train a fresh LAM (--lam-model) jointly, keeping its decoder and losses."""
+    gt_actions: bool = False
+    """Condition on the dataset's ground-truth actions instead of latent actions."""
+    model: DynamicsConfig = DynamicsConfig()
+    tokenizer_model: TokenizerConfig = TokenizerConfig()
+    """Filled from --tokenizer's run when training."""
+    lam_model: LAMConfig = LAMConfig()
+    """Architecture of a co-trained LAM; filled from --lam's run when given."""
+    num_actions: int = 0
+    """Ground-truth action count; filled from the dataset."""
+    lam_loss_weight: float = 1.0
+    """Weight of the co-trained LAM's loss."""
+    val_maskgit_steps: int = 25
+    """MaskGIT steps for the full-frame validation metric."""
+    val_temperature: float = 1.0
+
+    @property
+    def lam_mode(self) -> str:
+        modes = [m for m, on in (("frozen", self.lam is not None), ("co-train", self.co_train_lam),
+                                 ("gt", self.gt_actions)) if on]
+        if len(modes) != 1:
+            raise ValueError("choose exactly one action source: --lam RUN (frozen), --co-train-lam, or --gt-actions"
+                             + (f" (got {', '.join(modes)})" if modes else ""))
+        return modes[0]
+
+
 PRESETS: dict[str, dict[str, TrainConfig]] = {
     "tokenizer": {
         "coinrun": TokenizerTrainConfig(
@@ -99,6 +141,34 @@ PRESETS: dict[str, dict[str, TrainConfig]] = {
                                   num_latents=256, dead_code_reset_steps=50),
         ),
     },
+}
+
+
+_COINRUN_TOKENIZER = PRESETS["tokenizer"]["coinrun"].model
+_TINY_TOKENIZER = PRESETS["tokenizer"]["tiny"].model
+_COINRUN_LAM = LAMConfig(patch_size=16, model_dim=512, ffn_dim=2048, num_blocks=4, num_heads=8, latent_dim=32,
+                         num_latents=6, dead_code_reset_steps=50)
+_TINY_LAM = LAMConfig(patch_size=16, model_dim=128, ffn_dim=512, num_blocks=2, num_heads=4, latent_dim=16,
+                      num_latents=6, dead_code_reset_steps=50)
+_COINRUN_RUN = dict(steps=200_000, batch_size=36, seq_len=16, image_size=(64, 64, 3), ckpt_every=5000,
+                    val_every=20_000, val_batches=50, log_every=50, keep_every=20_000)
+_TINY_RUN = dict(steps=2000, batch_size=8, seq_len=8, image_size=(64, 64, 3), ckpt_every=500, val_every=500,
+                 val_batches=2, log_every=20)
+PRESETS["lam"] = {
+    "coinrun": LAMTrainConfig(**_COINRUN_RUN, optim=OptimConfig(lr=3e-5, warmup_steps=5000, decay_fraction=0.1),
+                              model=_COINRUN_LAM),
+    "tiny": LAMTrainConfig(**_TINY_RUN, optim=OptimConfig(lr=1e-3, warmup_steps=100, decay_fraction=0.2),
+                           model=_TINY_LAM),
+}
+PRESETS["dynamics"] = {
+    "coinrun": DynamicsTrainConfig(
+        **_COINRUN_RUN, optim=OptimConfig(lr=3e-5, warmup_steps=5000, decay_fraction=0.1),
+        model=DynamicsConfig(model_dim=512, ffn_dim=2048, num_blocks=6, num_heads=8, mask_limit=0.5),
+        tokenizer_model=_COINRUN_TOKENIZER, lam_model=_COINRUN_LAM),
+    "tiny": DynamicsTrainConfig(
+        **_TINY_RUN, optim=OptimConfig(lr=1e-3, warmup_steps=100, decay_fraction=0.2),
+        model=DynamicsConfig(model_dim=128, ffn_dim=512, num_blocks=2, num_heads=4, mask_limit=0.5),
+        tokenizer_model=_TINY_TOKENIZER, lam_model=_TINY_LAM, val_maskgit_steps=8),
 }
 
 
@@ -178,19 +248,10 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
 def load_config(path: Path) -> TrainConfig:
     data = json.loads(Path(path).read_text())
     kind = data.pop("type")
-    classes = {c.__name__: c for c in (TokenizerTrainConfig, *_extra_classes)}
+    classes = {c.__name__: c for c in (TokenizerTrainConfig, LAMTrainConfig, DynamicsTrainConfig)}
     if kind not in classes:
         raise ValueError(f"{path}: unknown config type {kind!r}")
     return from_dict(classes[kind], data)
-
-
-_extra_classes: list[type] = []
-
-
-def register(cls: type) -> type:
-    """Register a TrainConfig subclass so :func:`load_config` can rebuild it."""
-    _extra_classes.append(cls)
-    return cls
 
 
 def diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -201,5 +262,3 @@ def diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} != {b!r}"]
 
 
-__all__ = ["OptimConfig", "TrainConfig", "TokenizerTrainConfig", "PRESETS", "preset", "validate", "to_dict",
-           "from_dict", "save_config", "load_config", "register", "diff", "field", "replace"]

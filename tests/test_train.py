@@ -176,8 +176,10 @@ def test_mismatched_checkpoint_and_existing_run_are_clear_errors(data16, tmp_pat
     with pytest.raises(ValueError, match="does not match this model"):
         train(tiny_cfg(data16, tmp_path / "r", steps=6, resume=True, model=replace(MODEL, model_dim=64)), TOK,
               progress=False)
-    with pytest.raises(FileNotFoundError, match="has no config.json"):
+    with pytest.raises(FileNotFoundError, match="missing does not exist"):
         load_run(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        load_run(tmp_path)
 
 
 def test_image_size_must_match_data(data16, tmp_path):

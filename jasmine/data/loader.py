@@ -24,6 +24,16 @@ from jasmine.data.dataset import DataError, read_metadata, split_shards
 from jasmine.data.records import RecordFormatError, decode_record
 
 
+def record_arrays(meta: dict[str, Any]) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """Per-frame dtype and shape of each array a record holds, from metadata.json."""
+    if "arrays" in meta:
+        return {k: (np.dtype(v["dtype"]), tuple(v["shape"])) for k, v in meta["arrays"].items()}
+    arrays = {"frames": (np.dtype(np.uint8), tuple(meta["frame_shape"]))}
+    if meta["num_actions"] > 0:
+        arrays["actions"] = (np.dtype(np.int32), ())
+    return arrays
+
+
 def _check_shard(path: Path, expected_records: int) -> None:
     """Open a shard's footer (cheap) so an unreadable file fails now, by name."""
     from array_record.python.array_record_module import ArrayRecordReader
@@ -50,7 +60,7 @@ class EpisodeSource(grain.sources.RandomAccessDataSource):
                 f"{self.root / 'metadata.json'}: frames are {list(self.frame_shape)} (H, W, C) but the config asks for "
                 f"{list(image_shape)}; set the image size to match the data or regenerate it"
             )
-        self.has_actions = meta["num_actions"] > 0
+        self.arrays = record_arrays(meta)
         shards = split_shards(root, meta, split)
         self.paths = [str(p) for p, _ in shards]
         for path, lengths in shards:
@@ -94,20 +104,16 @@ class EpisodeSource(grain.sources.RandomAccessDataSource):
         except RecordFormatError as e:
             path, idx = self._locate(record)
             raise DataError(f"shard {path}, record {idx}: {e}") from e
-        frames = arrays.get("frames")
-        want = (int(self._lengths[record]), *self.frame_shape)
-        if frames is None or frames.dtype != np.uint8 or frames.shape != want:
-            path, idx = self._locate(record)
-            got = "no 'frames'" if frames is None else f"{frames.dtype}{list(frames.shape)}"
-            raise DataError(f"shard {path}, record {idx}: frames are {got}, expected uint8{list(want)}")
-        out = {"frames": frames}
-        if self.has_actions:
-            actions = arrays.get("actions")
-            if actions is None or actions.dtype != np.int32 or actions.shape != want[:1]:
+        n = int(self._lengths[record])
+        out = {}
+        for name, (dtype, shape) in self.arrays.items():
+            arr = arrays.get(name)
+            want = (n, *shape)
+            if arr is None or arr.dtype != dtype or arr.shape != want:
                 path, idx = self._locate(record)
-                got = "missing" if actions is None else f"{actions.dtype}{list(actions.shape)}"
-                raise DataError(f"shard {path}, record {idx}: actions are {got}, expected int32[{want[0]}]")
-            out["actions"] = actions
+                got = "missing" if arr is None else f"{arr.dtype}{list(arr.shape)}"
+                raise DataError(f"shard {path}, record {idx}: {name} are {got}, expected {np.dtype(dtype).name}{list(want)}")
+            out[name] = arr
         return out
 
     def __getstate__(self):
@@ -142,6 +148,9 @@ def make_loader(
     process_count: int | None = None,
 ) -> grain.IterDataset:
     """Batches ``{"frames": uint8[B,T,H,W,C], "actions": int32[B,T]}`` for this process.
+
+    Token datasets (``jasmine data tokenize``) give ``tokens`` int32[B,T,N] instead of
+    frames, plus ``latent_actions`` int32[B,T] when a LAM was given.
 
     ``batch_size`` is the global batch; each of ``process_count`` JAX processes gets
     ``batch_size // process_count`` rows from its own disjoint slice of the index.

@@ -134,8 +134,18 @@ def _check_run_dir(cfg: C.TrainConfig, out: Path) -> None:
             raise ValueError(f"--resume: the config does not match the checkpoint's {saved_path}:\n  " + "\n  ".join(diffs))
 
 
-def build_model(component: Component, cfg: C.TrainConfig) -> Model:
-    return Model.split(component.build(cfg, nnx.Rngs(cfg.seed)), component.trainable(cfg))
+def build_model(component: Component, cfg: C.TrainConfig, *, pretrained: bool = True) -> Model:
+    return Model.split(component.build(cfg, nnx.Rngs(cfg.seed), pretrained=pretrained), component.trainable(cfg))
+
+
+def run_config(run_dir: str | Path) -> C.TrainConfig:
+    """The config.json of a run directory, with a clear error when it is not one."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    if not (run_dir / "config.json").exists():
+        raise FileNotFoundError(f"run directory {run_dir} has no config.json (not a jasmine run, or it never started)")
+    return C.load_config(run_dir / "config.json")
 
 
 def count_params(tree) -> int:
@@ -159,6 +169,7 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
     if cfg.data is None or cfg.out is None:
         raise ValueError("--data and --out are required")
     mesh = make_mesh()
+    cfg = component.prepare(cfg)
     C.validate(cfg, mesh.size)
     out = Path(cfg.out)
     _check_run_dir(cfg, out)
@@ -198,7 +209,7 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
                disable=not progress or pidx != 0)
     with _StopRequest() as stop:
         for step in range(start, cfg.steps):
-            batch = global_batch({k: v for k, v in next(data_iter).items() if k in component.batch_keys}, mesh)
+            batch = global_batch({k: v for k, v in next(data_iter).items() if k in component.batch_keys(cfg)}, mesh)
             state, metrics = step_fn(state, batch)
             steps_since += 1
             done = step + 1
@@ -264,15 +275,13 @@ def load_run(run_dir: str | Path, step: int | None = None) -> tuple[C.TrainConfi
     from jasmine.train.components import COMPONENTS
 
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise FileNotFoundError(f"run directory {run_dir} has no config.json (not a jasmine run, or it never started)")
-    cfg = C.load_config(run_dir / "config.json")
+    cfg = run_config(run_dir)
     component = next(c for c in COMPONENTS.values() if isinstance(cfg, c.config_cls))
     ckpt = Checkpointer(run_dir / "checkpoints", read_only=True)
     step = ckpt.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"run directory {run_dir} has no checkpoint in {run_dir / 'checkpoints'}")
-    model = build_model(component, cfg)
+    model = build_model(component, cfg, pretrained=False)
     tx = make_optimizer(cfg.optim, cfg.steps)
     state = ckpt.restore(step, abstract(jax.eval_shape(lambda: init_state(model, tx, cfg.seed))))
     ckpt.close()

@@ -1,0 +1,84 @@
+"""Latent action model (LAM): a discrete latent action between consecutive frames.
+
+Dimension key:
+    B batch   T frames   N patches per frame   I patch width (P*P*C)
+    L latent (action) width   A number of latent actions (codebook size)
+
+A learned action token is prepended to each frame's patches; a temporally causal axial
+encoder runs over the N+1 tokens; its output at the action token of frame t (t >= 1) is
+vector-quantised into a_t, the action between frame t-1 and frame t. The decoder
+reconstructs frame t from frame t-1's patches and a_t (concatenated to every patch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat, VectorQuantizer
+from jasmine.models.tokenizer import check_patch_size, patchify, unpatchify
+
+
+@dataclass(frozen=True)
+class LAMConfig:
+    """Architecture of the latent action model."""
+
+    patch_size: int = 16
+    model_dim: int = 512
+    ffn_dim: int = 2048
+    num_blocks: int = 4
+    num_heads: int = 8
+    latent_dim: int = 32
+    num_latents: int = 6
+    """Number of latent actions (Genie: 6 for CoinRun; 8 in general)."""
+    codebook_dropout: float = 0.0
+    commitment_weight: float = 0.25
+    dead_code_reset_steps: int = 50
+    """Re-initialise latent actions unused for this many steps (0 = off)."""
+
+
+class LatentActionModel(nnx.Module):
+    def __init__(self, cfg: LAMConfig, image_shape: tuple[int, int, int], *, prec: Precision = Precision(),
+                 attention: Attention = "auto", remat: Remat = "none", rngs: nnx.Rngs):
+        check_patch_size(image_shape, cfg.patch_size, "--lam-model.patch-size")
+        self.cfg, self.image_shape = cfg, tuple(image_shape)
+        patch_dim = cfg.patch_size**2 * image_shape[2]
+        kw = dict(prec=prec, attention=attention, remat=remat, rngs=rngs)
+        self.action_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (patch_dim,), prec.param_dtype))
+        self.encoder = AxialTransformer(patch_dim, cfg.model_dim, cfg.ffn_dim, cfg.latent_dim, cfg.num_blocks,
+                                        cfg.num_heads, **kw)
+        self.vq = VectorQuantizer(cfg.num_latents, cfg.latent_dim, dropout=cfg.codebook_dropout,
+                                  param_dtype=prec.param_dtype, rngs=rngs)
+        self.decoder = AxialTransformer(patch_dim + cfg.latent_dim, cfg.model_dim, cfg.ffn_dim, patch_dim,
+                                        cfg.num_blocks, cfg.num_heads, **kw)
+
+    def encode(self, videos_BTHWC, *, rng=None):
+        """Latent actions for t = 1..T-1: (z_q_BT'L straight-through, ids_BT', VQ aux) with T' = T-1."""
+        x_BTNI = patchify(videos_BTHWC, self.cfg.patch_size)
+        B, T, _, I = x_BTNI.shape
+        tok_BT1I = jnp.broadcast_to(self.action_token[...].astype(x_BTNI.dtype), (B, T, 1, I))
+        h_BTL = self.encoder(jnp.concatenate([tok_BT1I, x_BTNI], axis=2))[:, :, 0]
+        return self.vq(h_BTL[:, 1:], rng=rng)
+
+    def decode(self, videos_BTHWC, z_BT1L):
+        """Predict frames 1..T-1 from frames 0..T-2 and the latent action of each step."""
+        h, w, _ = self.image_shape
+        prev_BT1NI = patchify(videos_BTHWC[:, :-1], self.cfg.patch_size)
+        z_BT1NL = jnp.broadcast_to(z_BT1L[:, :, None].astype(prev_BT1NI.dtype), (*prev_BT1NI.shape[:3], z_BT1L.shape[-1]))
+        out_BT1NI = jax.nn.sigmoid(self.decoder(jnp.concatenate([prev_BT1NI, z_BT1NL], axis=-1)).astype(jnp.float32))
+        return unpatchify(out_BT1NI, self.cfg.patch_size, h, w)
+
+    def __call__(self, videos_BTHWC, *, rng=None):
+        """Returns (predicted frames 1..T-1, action ids [B, T-1], z_q [B, T-1, L], VQ aux)."""
+        z_BT1L, ids_BT1, aux = self.encode(videos_BTHWC, rng=rng)
+        return self.decode(videos_BTHWC, z_BT1L), ids_BT1, z_BT1L, aux
+
+    def infer_actions(self, videos_BTHWC):
+        """Action ids int32 [B, T-1]: entry t-1 is the action between frames t-1 and t."""
+        return self.encode(videos_BTHWC)[1].astype(jnp.int32)
+
+    def action_latents(self, ids_BX):
+        return self.vq.lookup(ids_BX)

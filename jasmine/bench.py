@@ -63,16 +63,32 @@ def matmul_peak(dtype="float32", n: int = 2048, repeats: int = 20) -> float:
     return 2 * n**3 / best
 
 
-def synthetic_batch(cfg, keys: tuple[str, ...], num_actions: int = 15, seed: int = 0) -> dict[str, np.ndarray]:
+def synthetic_batch(cfg, keys: tuple[str, ...], num_actions: int = 15, seed: int = 0,
+                    inputs: str = "frames") -> dict[str, np.ndarray]:
+    """Random batch shaped like the loader's: frames (or tokens + latent actions) and actions."""
     rng = np.random.default_rng(seed)
     b, t = cfg.batch_size, cfg.seq_len
-    batch = {"frames": rng.integers(0, 256, (b, t, *cfg.image_size), dtype=np.uint8)}
+    if inputs == "tokens":
+        tok = cfg.tokenizer_model
+        n = (cfg.image_size[0] // tok.patch_size) * (cfg.image_size[1] // tok.patch_size)
+        batch = {"tokens": rng.integers(0, tok.num_latents, (b, t, n), dtype=np.int32),
+                 "latent_actions": rng.integers(0, cfg.lam_model.num_latents, (b, t), dtype=np.int32)}
+    else:
+        batch = {"frames": rng.integers(0, 256, (b, t, *cfg.image_size), dtype=np.uint8)}
     if "actions" in keys:
         batch["actions"] = rng.integers(0, num_actions, (b, t), dtype=np.int32)
-    return batch
+    return {k: v for k, v in batch.items() if k in keys}
 
 
-def bench_train(cfg, component, timed_steps: int = 10) -> dict[str, float]:
+def params_by_path(tree) -> dict[str, int]:
+    """Parameter count per '/'-joined path of each leaf."""
+    import jax
+
+    return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path): int(np.prod(x.shape))
+            for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def bench_train(cfg, component, timed_steps: int = 10, inputs: str = "frames") -> dict[str, float]:
     """Median step time, tokens/s, XLA FLOPs, model FLOPs (6 x params x tokens) and MFU."""
     import jax
 
@@ -83,8 +99,11 @@ def bench_train(cfg, component, timed_steps: int = 10) -> dict[str, float]:
 
     mesh = make_mesh()
     C.validate(cfg, mesh.size)
-    model, state, _, step_fn = setup(cfg, component, mesh)
-    batch = global_batch(synthetic_batch(cfg, component.batch_keys(cfg)), mesh)
+    model, state, _, step_fn = setup(cfg, component, mesh, pretrained=False)  # random weights time the same
+    if inputs == "tokens" and not hasattr(cfg, "tokenizer_model"):
+        raise ValueError(f"--inputs tokens is only for dynamics, not {component.name}")
+    num_actions = getattr(cfg, "num_actions", 0) or 15
+    batch = global_batch(synthetic_batch(cfg, component.batch_keys(cfg), num_actions, inputs=inputs), mesh)
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
@@ -101,7 +120,8 @@ def bench_train(cfg, component, timed_steps: int = 10) -> dict[str, float]:
     step_s = float(np.median(times))
     params = count_params(state["params"])
     tokens = component.tokens_per_batch(cfg)
-    model_flops = 6 * params * tokens
+    sizes = {**params_by_path(state["params"]), **params_by_path(state["frozen"])}
+    model_flops = component.model_flops(cfg, sizes, inputs)
 
     peak = matmul_peak(precision(cfg).dtype)
     r = {"step_s": step_s, "tokens_per_s": tokens / step_s, "xla_flops": xla_flops, "model_flops": model_flops,
@@ -109,13 +129,13 @@ def bench_train(cfg, component, timed_steps: int = 10) -> dict[str, float]:
          "compile_s": compile_s}
     dev = jax.devices()[0]
     print(f"{component.name}: {params / 1e6:.1f}M params, batch {cfg.batch_size}x{cfg.seq_len} of "
-          f"{'x'.join(map(str, cfg.image_size))}, {tokens} tokens/step, remat {cfg.remat}, "
+          f"{'x'.join(map(str, cfg.image_size))} ({inputs}), {tokens} tokens/step, remat {cfg.remat}, "
           f"{precision(cfg).dtype.name} on {mesh.size}x {dev.platform} ({dev.device_kind})")
     print(f"  compile          {compile_s:.1f} s")
     print(f"  step time        {step_s:.3f} s (median of {timed_steps}; min {min(times):.3f}, max {max(times):.3f})")
     print(f"  tokens/s         {r['tokens_per_s']:,.0f}")
     print(f"  XLA FLOPs/step   {xla_flops / 1e9:,.1f} GFLOP (cost analysis)")
-    print(f"  model FLOPs/step {model_flops / 1e9:,.1f} GFLOP (6 x params x tokens)")
+    print(f"  model FLOPs/step {model_flops / 1e9:,.1f} GFLOP (6 x trained params x tokens, 2 x frozen forwards)")
     print(f"  matmul peak      {peak / 1e9:,.1f} GFLOP/s ({precision(cfg).dtype.name} 2048^2, same process)")
     print(f"  MFU              {r['mfu']:.1%}   (HFU from XLA FLOPs: {r['hfu']:.1%})")
     return r

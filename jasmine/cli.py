@@ -33,6 +33,16 @@ def _data_inspect(argv: list[str], prog: str) -> None:
     inspect(tyro.cli(InspectArgs, args=argv, prog=prog))
 
 
+def _data_tokenize(argv: list[str], prog: str) -> None:
+    from jasmine.data.tokenize import TokenizeArgs, tokenize
+
+    args = tyro.cli(TokenizeArgs, args=argv, prog=prog)
+    meta = tokenize(args)
+    frames = sum(i["frames"] for i in meta["splits"].values())
+    print(f"wrote {args.out}: {frames} frames as {meta['tokenizer']['grid']} token grids in {meta['seconds']:.1f}s "
+          f"({frames / meta['seconds']:,.0f} frames/s)")
+
+
 def _bench_data(argv: list[str], prog: str) -> None:
     from jasmine.bench import BenchDataArgs, bench_data
 
@@ -72,7 +82,7 @@ def _bench_train(argv: list[str], prog: str) -> None:
     from jasmine.config import PRESETS, preset
     from jasmine.train.components import COMPONENTS
 
-    usage = (f"usage: {prog} COMPONENT [--preset NAME] [--timed-steps N] [config flags]\n\n"
+    usage = (f"usage: {prog} COMPONENT [--preset NAME] [--timed-steps N] [--inputs frames|tokens] [config flags]\n\n"
              f"COMPONENT is one of {sorted(PRESETS)}; `{prog} COMPONENT --help` lists the config flags.")
     if argv and argv[0] in ("-h", "--help"):
         print(usage)
@@ -82,11 +92,13 @@ def _bench_train(argv: list[str], prog: str) -> None:
     component, argv = argv[0], argv[1:]
     name, argv = _pop_flag(argv, "--preset", "coinrun")
     timed, argv = _pop_flag(argv, "--timed-steps", "10")
+    inputs, argv = _pop_flag(argv, "--inputs", "frames")
     base = preset(component, name)
     desc = (f"Benchmark one {component} train step on synthetic data: step time, tokens/s, XLA and model FLOPs, "
-            f"MFU. --preset NAME (default coinrun), --timed-steps N (default 10); every config field can be set.")
+            f"MFU. --preset NAME (default coinrun), --timed-steps N (default 10), --inputs frames|tokens (dynamics: "
+            f"pre-tokenized batches skip the frozen encoders); every config field can be set.")
     cfg = tyro.cli(type(base), default=base, args=argv, prog=f"{prog} {component} [--preset NAME]", description=desc)
-    bench_train(cfg, COMPONENTS[component], int(timed))
+    bench_train(cfg, COMPONENTS[component], int(timed), inputs)
 
 
 def _print_result(result: dict) -> None:
@@ -110,6 +122,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "train tokenizer": (_train("tokenizer"), "train the VQ-VAE video tokenizer"),
     "train lam": (_train("lam"), "train the latent action model"),
     "train dynamics": (_train("dynamics"), "train the MaskGIT dynamics (--lam RUN | --co-train-lam | --gt-actions)"),
+    "data tokenize": (_data_tokenize, "write token-id records for fast dynamics training"),
     "demo": (_demo, "the end-to-end demo (the README's main command)"),
     "bench data": (_bench_data, "loader throughput in frames/s"),
     "bench train": (_bench_train, "train-step time, tokens/s and MFU of a component"),

@@ -7,7 +7,7 @@ import pytest
 
 from jasmine.data.coinrun import CoinRunArgs, generate, level_ranges
 from jasmine.data.dataset import DataError, read_metadata
-from jasmine.data.inspect import iter_records
+from jasmine.data.dataset import iter_records
 
 pytest.importorskip("procgen")
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from jasmine.data.records import FORMAT_VERSION, SHARD_SUFFIX, ShardWriter, encode_record, write_json_atomic
+from jasmine.data.records import FORMAT_VERSION, SHARD_SUFFIX, ShardWriter, decode_record, encode_record, write_json_atomic
 
 METADATA = "metadata.json"
 SPLITS = ("train", "val", "test")
@@ -160,3 +160,18 @@ def split_shards(root: str | Path, meta: dict[str, Any], split: str) -> list[tup
         if not path.is_file():
             raise DataError(f"shard {path} listed in {root / METADATA} is missing")
     return shards
+
+
+def iter_records(root: str | Path, meta: dict, split: str, limit: int = 0):
+    """Decoded ``(arrays, meta)`` of the records of ``split`` in shard order."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    seen = 0
+    for path, lengths in split_shards(root, meta, split):
+        reader = ArrayRecordReader(str(path))
+        for i in range(len(lengths)):
+            if limit and seen >= limit:
+                return
+            yield decode_record(reader.read([i])[0])
+            seen += 1
+        reader.close()

@@ -10,8 +10,7 @@ import tyro
 from PIL import Image
 from tqdm import tqdm
 
-from jasmine.data.dataset import SPLITS, read_metadata, split_shards
-from jasmine.data.records import decode_record
+from jasmine.data.dataset import SPLITS, iter_records, read_metadata
 
 
 @dataclass(frozen=True)
@@ -38,21 +37,6 @@ def _bar_lines(labels: list[str], counts: np.ndarray, width: int = 40) -> list[s
 def length_histogram(lengths: list[int], bins: int = 10) -> list[str]:
     counts, edges = np.histogram(np.asarray(lengths), bins=min(bins, max(len(set(lengths)), 1)))
     return _bar_lines([f"{edges[i]:.0f}-{edges[i + 1]:.0f}" for i in range(len(counts))], counts)
-
-
-def iter_records(root: Path, meta: dict, split: str, limit: int = 0):
-    """Decoded ``(arrays, meta)`` of the records of ``split`` in shard order."""
-    from array_record.python.array_record_module import ArrayRecordReader
-
-    seen = 0
-    for path, lengths in split_shards(root, meta, split):
-        reader = ArrayRecordReader(str(path))
-        for i in range(len(lengths)):
-            if limit and seen >= limit:
-                return
-            yield decode_record(reader.read([i])[0])
-            seen += 1
-        reader.close()
 
 
 def _episode_frames(root: Path, meta: dict, split: str, n: int) -> list[np.ndarray]:

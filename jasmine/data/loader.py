@@ -130,7 +130,7 @@ class RandomWindow(grain.transforms.RandomMap):
         self.seq_len = seq_len
 
     def random_map(self, episode: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
-        start = int(rng.integers(0, len(episode["frames"]) - self.seq_len + 1))
+        start = int(rng.integers(0, len(next(iter(episode.values()))) - self.seq_len + 1))
         return {k: np.array(v[start : start + self.seq_len]) for k, v in episode.items()}
 
 

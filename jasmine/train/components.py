@@ -103,6 +103,13 @@ class Component:
         p = cfg.model.patch_size
         return cfg.batch_size * cfg.seq_len * (h // p) * (w // p)
 
+    def model_flops(self, cfg: TrainConfig, params: dict[str, int], inputs: str = "frames") -> float:
+        """Useful FLOPs of one train step: 6 x params x tokens for trained parts, 2x for frozen forwards.
+
+        ``params`` maps each submodule path (e.g. ``"encoder"``, ``"tokenizer/encoder"``) to its size.
+        """
+        return 6.0 * sum(params.values()) * self.tokens_per_batch(cfg)
+
 
 class TokenizerComponent(Component):
     name = "tokenizer"
@@ -167,10 +174,17 @@ class LAMComponent(Component):
         x_BTHWC = to_unit(batch["frames"][:1])
         return [x_BTHWC[0, 1:], model(x_BTHWC)[0][0]]
 
-    def tokens_per_batch(self, cfg: LAMTrainConfig) -> int:
+    def _n(self, cfg: LAMTrainConfig) -> int:
         h, w, _ = cfg.image_size
-        n = (h // cfg.model.patch_size) * (w // cfg.model.patch_size)
-        return cfg.batch_size * (cfg.seq_len * (n + 1) + (cfg.seq_len - 1) * n) // 2  # encoder and decoder average
+        return (h // cfg.model.patch_size) * (w // cfg.model.patch_size)
+
+    def tokens_per_batch(self, cfg: LAMTrainConfig) -> int:
+        return cfg.batch_size * cfg.seq_len * (self._n(cfg) + 1)  # encoder tokens (incl. action tokens)
+
+    def model_flops(self, cfg: LAMTrainConfig, params: dict[str, int], inputs: str = "frames") -> float:
+        dec = sum(v for k, v in params.items() if k.startswith("decoder"))
+        enc = sum(params.values()) - dec
+        return 6.0 * (enc * self.tokens_per_batch(cfg) + dec * cfg.batch_size * (cfg.seq_len - 1) * self._n(cfg))
 
 
 def lam_loss(model: LatentActionModel, x_BTHWC, rng, mcfg, prefix: str = ""):
@@ -302,6 +316,23 @@ class DynamicsComponent(Component):
         h, w, _ = cfg.image_size
         n = (h // cfg.tokenizer_model.patch_size) * (w // cfg.tokenizer_model.patch_size)
         return cfg.batch_size * cfg.seq_len * (n + (cfg.model.action_mode == "prepend"))
+
+    def model_flops(self, cfg: DynamicsTrainConfig, params: dict[str, int], inputs: str = "frames") -> float:
+        """Trained dynamics (and co-trained LAM) at 6x; frozen encoders that run on frames at 2x."""
+        h, w, _ = cfg.image_size
+        B, T = cfg.batch_size, cfg.seq_len
+        tok_n = (h // cfg.tokenizer_model.patch_size) * (w // cfg.tokenizer_model.patch_size)
+        lam_n = (h // cfg.lam_model.patch_size) * (w // cfg.lam_model.patch_size)
+        size = lambda prefix: sum(v for k, v in params.items() if k.startswith(prefix))
+        flops = 6.0 * (size("dynamics") + size("action_embed")) * self.tokens_per_batch(cfg)
+        if inputs == "frames":
+            flops += 2.0 * (size("tokenizer/encoder") + size("tokenizer/vq")) * B * T * tok_n
+        lam_enc = size("lam/encoder") + size("lam/vq") + size("lam/action_token")
+        if cfg.co_train_lam:
+            flops += 6.0 * (lam_enc * B * T * (lam_n + 1) + size("lam/decoder") * B * (T - 1) * lam_n)
+        elif not cfg.gt_actions and inputs == "frames":
+            flops += 2.0 * lam_enc * B * T * (lam_n + 1)
+        return flops
 
 
 COMPONENTS: dict[str, Component] = {c.name: c for c in (TokenizerComponent(), LAMComponent(), DynamicsComponent())}

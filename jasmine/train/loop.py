@@ -152,9 +152,9 @@ def count_params(tree) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
-def setup(cfg: C.TrainConfig, component: Component, mesh):
+def setup(cfg: C.TrainConfig, component: Component, mesh, *, pretrained: bool = True):
     """Model, optimizer, initial state on the mesh, its shardings, and the jitted train step."""
-    model = build_model(component, cfg)
+    model = build_model(component, cfg, pretrained=pretrained)
     tx = make_optimizer(cfg.optim, cfg.steps)
     state = init_state(model, tx, cfg.seed)
     shardings = state_shardings(state, mesh, cfg.sharding)

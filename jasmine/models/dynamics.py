@@ -89,3 +89,20 @@ def masked_token_metrics(logits_BTNV, ids_BTN, mask_BTN, z_loss_weight: float = 
     for k in (1, 2, 5, 16):
         metrics[f"top{k}_accuracy"] = ((rank < k) * m).sum() / denom
     return ce + z_loss_weight * z_loss, metrics
+
+
+def _drop_action_slot(cfg: DynamicsConfig, logits):
+    return logits[:, :, 1:] if cfg.action_mode == "prepend" else logits
+
+
+def prefill(dyn: MaskGITDynamics, ids_BTN, actions_BTA, window: int):
+    """Temporal K/V caches (one window) of fully known frames; see ``AxialTransformer.prefill``."""
+    _, caches = dyn.transformer.prefill(dyn.embed(ids_BTN, jnp.zeros(ids_BTN.shape, bool), actions_BTA), window)
+    return caches
+
+
+def step_logits(dyn: MaskGITDynamics, ids_BN, mask_BN, action_BA, caches, pos):
+    """Logits [B, N, V] of one frame at window position ``pos`` from the caches, and its K/V."""
+    x = dyn.embed(ids_BN[:, None], mask_BN[:, None], action_BA[:, None])
+    out, kvs = dyn.transformer.step(x, caches, pos)
+    return _drop_action_slot(dyn.cfg, out.astype(jnp.float32))[:, 0], kvs

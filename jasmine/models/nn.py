@@ -94,14 +94,47 @@ class AxialBlock(nnx.Module):
         lin = partial(nnx.Linear, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
         self.ffn_in, self.ffn_out = lin(dim, ffn_dim), lin(ffn_dim, dim)
 
-    def __call__(self, x_BTND):
+    def _spatial(self, x_BTND):
         B, T, N, D = x_BTND.shape
         h_SND = self.norm_s(x_BTND).reshape(B * T, N, D)
-        x_BTND = x_BTND + self.spatial(h_SND, causal=self.spatial_causal).reshape(B, T, N, D)
+        return x_BTND + self.spatial(h_SND, causal=self.spatial_causal).reshape(B, T, N, D)
+
+    def _temporal_qkv(self, x_BTND):
         h_STD = einops.rearrange(self.norm_t(x_BTND), "b t n d -> (b n) t d")
-        y_STD = self.temporal(h_STD, causal=True)
-        x_BTND = x_BTND + einops.rearrange(y_STD, "(b n) t d -> b t n d", b=B)
+        return self.temporal.qkv_heads(h_STD)
+
+    def _finish(self, x_BTND, y_STHK):
+        y_STD = self.temporal.out(einops.rearrange(y_STHK, "s t h k -> s t (h k)"))
+        x_BTND = x_BTND + einops.rearrange(y_STD, "(b n) t d -> b t n d", b=x_BTND.shape[0])
         return x_BTND + self.ffn_out(jax.nn.gelu(self.ffn_in(self.norm_f(x_BTND))))
+
+    def __call__(self, x_BTND, *, return_kv: bool = False):
+        x_BTND = self._spatial(x_BTND)
+        q_STHK, k_STHK, v_STHK = self._temporal_qkv(x_BTND)
+        y_STHK = dot_product_attention(q_STHK, k_STHK, v_STHK, causal=True, implementation=self.temporal.attention)
+        out = self._finish(x_BTND, y_STHK)
+        return (out, (k_STHK, v_STHK)) if return_kv else out
+
+    def step(self, x_B1ND, k_cache_SWHK, v_cache_SWHK, pos):
+        """One new frame at window position ``pos``, attending to cached frames [0, pos) and itself.
+
+        Returns the block output and this frame's temporal (k, v) [S, 1, H, K] for the cache.
+        """
+        x_B1ND = self._spatial(x_B1ND)
+        q_S1HK, k_S1HK, v_S1HK = self._temporal_qkv(x_B1ND)
+        k_SWHK = jax.lax.dynamic_update_slice_in_dim(k_cache_SWHK, k_S1HK, pos, axis=1)
+        v_SWHK = jax.lax.dynamic_update_slice_in_dim(v_cache_SWHK, v_S1HK, pos, axis=1)
+        mask_11LW = (jnp.arange(k_SWHK.shape[1]) <= pos)[None, None, None, :]
+        y_S1HK = dot_product_attention(q_S1HK, k_SWHK, v_SWHK, causal=False, mask_SHLM=mask_11LW,
+                                       implementation=self.temporal.attention)
+        return self._finish(x_B1ND, y_S1HK), (k_S1HK, v_S1HK)
+
+
+def sinusoidal_row(t, dim: int) -> jax.Array:
+    """Row ``t`` (may be traced) of :func:`sinusoidal_table`."""
+    freq = jnp.exp(-math.log(10_000.0) * jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
+    ang = jnp.asarray(t, jnp.float32) * freq
+    return jnp.stack([jnp.sin(ang), jnp.cos(ang)], axis=-1).reshape(-1)[:dim]
 
 
 def sinusoidal_table(length: int, dim: int) -> jax.Array:
@@ -133,10 +166,45 @@ class AxialTransformer(nnx.Module):
         self.norm_out = LayerNorm32(model_dim, prec=prec, rngs=rngs)
         self.proj_out = lin(model_dim, out_dim)
 
-    def embed(self, x_BTNI, t_offset: int = 0):
+    def embed(self, x_BTNI, t_offset=0):
+        """Input projection plus time (from frame ``t_offset``, may be traced) and space sinusoids."""
         _, T, N, _ = x_BTNI.shape
-        pe_TND = sinusoidal_table(t_offset + T, self.model_dim)[t_offset:, None] + sinusoidal_table(N, self.model_dim)[None]
+        pe_TD = sinusoidal_table(T, self.model_dim) if isinstance(t_offset, int) and t_offset == 0 else \
+            jax.vmap(lambda t: sinusoidal_row(t, self.model_dim))(t_offset + jnp.arange(T))
+        pe_TND = pe_TD[:, None] + sinusoidal_table(N, self.model_dim)[None]
         return self.proj_in(x_BTNI.astype(self.dtype)) + pe_TND.astype(self.dtype)
+
+    def prefill(self, x_BTNI, window: int):
+        """Full causal forward that also returns each block's temporal K/V in caches of ``window`` frames.
+
+        Caches are a list (one per block) of (k, v) with shape [B*N, window, H, K]; frames
+        [0, T) are filled.
+        """
+        x_BTND = self.embed(x_BTNI)
+        caches = []
+        for block in self.blocks:
+            x_BTND, (k_STHK, v_STHK) = block(x_BTND, return_kv=True)
+            pad = ((0, 0), (0, window - k_STHK.shape[1]), (0, 0), (0, 0))
+            caches.append((jnp.pad(k_STHK, pad), jnp.pad(v_STHK, pad)))
+        return self.proj_out(self.norm_out(x_BTND)), caches
+
+    def step(self, x_B1NI, caches, pos):
+        """Output for one frame at window position ``pos`` given caches of frames [0, pos).
+
+        Returns the output and the frame's per-block (k, v) (see :meth:`write_cache`).
+        """
+        x_B1ND = self.embed(x_B1NI, pos)
+        kvs = []
+        for block, (k_c, v_c) in zip(self.blocks, caches):
+            x_B1ND, kv = block.step(x_B1ND, k_c, v_c, pos)
+            kvs.append(kv)
+        return self.proj_out(self.norm_out(x_B1ND)), kvs
+
+    @staticmethod
+    def write_cache(caches, kvs, pos):
+        """Caches with one frame's (k, v) written at window position ``pos``."""
+        return [(jax.lax.dynamic_update_slice_in_dim(k_c, k, pos, axis=1),
+                 jax.lax.dynamic_update_slice_in_dim(v_c, v, pos, axis=1)) for (k_c, v_c), (k, v) in zip(caches, kvs)]
 
     def __call__(self, x_BTNI):
         x_BTND = self.embed(x_BTNI)

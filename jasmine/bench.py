@@ -139,3 +139,52 @@ def bench_train(cfg, component, timed_steps: int = 10, inputs: str = "frames") -
     print(f"  matmul peak      {peak / 1e9:,.1f} GFLOP/s ({precision(cfg).dtype.name} 2048^2, same process)")
     print(f"  MFU              {r['mfu']:.1%}   (HFU from XLA FLOPs: {r['hfu']:.1%})")
     return r
+
+
+@dataclass(frozen=True)
+class BenchSampleArgs:
+    """Frames/s generating ``frames`` frames after ``context``, with and without the KV cache."""
+
+    preset: str = "coinrun"
+    """Dynamics preset whose architecture is timed (random weights)."""
+    context: int = 1
+    frames: int = 15
+    batch_sizes: tuple[int, ...] = (1, 8)
+    steps: int = 25
+    """MaskGIT steps per frame."""
+    repeats: int = 2
+    """Timed rollouts per setting (after one warm-up rollout); the best is reported."""
+
+
+def bench_sample(args: BenchSampleArgs) -> dict[tuple[int, bool], float]:
+    import jax
+
+    from jasmine.config import preset
+    from jasmine.sample.rollout import Rollout, SampleOptions
+    from jasmine.train.components import COMPONENTS
+
+    cfg = preset("dynamics", args.preset)
+    genie = COMPONENTS["dynamics"].build(cfg, __import__("flax").nnx.Rngs(0), pretrained=False)
+    h, w, _ = cfg.image_size
+    n = (h // cfg.tokenizer_model.patch_size) * (w // cfg.tokenizer_model.patch_size)
+    T = args.context + args.frames
+    print(f"sampling {args.frames} frames after {args.context} context, {args.steps} MaskGIT steps, seq_len "
+          f"{cfg.seq_len}, {n} tokens/frame, dynamics {cfg.model.num_blocks}x{cfg.model.model_dim} "
+          f"on {jax.devices()[0].platform}")
+    results = {}
+    for b in args.batch_sizes:
+        ctx = jax.random.randint(jax.random.key(0), (b, args.context, n), 0, cfg.tokenizer_model.num_latents)
+        acts = jax.random.randint(jax.random.key(1), (b, T - 1), 0, cfg.lam_model.num_latents)
+        for cache in (True, False):
+            roll = Rollout(genie, cfg.seq_len, SampleOptions(steps=args.steps, cache=cache))
+            jax.block_until_ready(roll.run(ctx, acts, jax.random.key(2), num_frames=args.frames))
+            best = float("inf")
+            for r in range(args.repeats):
+                t0 = time.perf_counter()
+                jax.block_until_ready(roll.run(ctx, acts, jax.random.key(3 + r), num_frames=args.frames))
+                best = min(best, time.perf_counter() - t0)
+            results[(b, cache)] = b * args.frames / best
+            print(f"  batch {b}  {'cached  ' if cache else 'uncached'}  {results[(b, cache)]:8.2f} frames/s  "
+                  f"({best:.2f} s per rollout)")
+        print(f"  batch {b}  cache speed-up {results[(b, True)] / results[(b, False)]:.1f}x")
+    return results

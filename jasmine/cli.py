@@ -101,6 +101,24 @@ def _bench_train(argv: list[str], prog: str) -> None:
     bench_train(cfg, COMPONENTS[component], int(timed), inputs)
 
 
+def _bench_sample(argv: list[str], prog: str) -> None:
+    from jasmine.bench import BenchSampleArgs, bench_sample
+
+    bench_sample(tyro.cli(BenchSampleArgs, args=argv, prog=prog))
+
+
+def _sample(argv: list[str], prog: str) -> None:
+    from jasmine.sample.command import SampleArgs, sample
+
+    sample(tyro.cli(SampleArgs, args=argv, prog=prog))
+
+
+def _eval(argv: list[str], prog: str) -> None:
+    from jasmine.eval.evaluate import EvalArgs, evaluate
+
+    evaluate(tyro.cli(EvalArgs, args=argv, prog=prog))
+
+
 def _print_result(result: dict) -> None:
     fmt = lambda m: "  ".join(f"{k} {v:.4g}" for k, v in m.items() if k in ("loss", "mse", "psnr", "ssim", "codebook_usage", "top1_accuracy", "full_frame_psnr", "lam_codebook_usage"))
     print(f"step {result['step']}  train: {fmt(result['train'])}")
@@ -122,10 +140,13 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "train tokenizer": (_train("tokenizer"), "train the VQ-VAE video tokenizer"),
     "train lam": (_train("lam"), "train the latent action model"),
     "train dynamics": (_train("dynamics"), "train the MaskGIT dynamics (--lam RUN | --co-train-lam | --gt-actions)"),
+    "sample": (_sample, "roll a trained model out from context frames; GIF, MP4 and per-frame metrics"),
+    "eval": (_eval, "rollout PSNR/SSIM vs baselines, controllability (delta PSNR), plots and a report"),
     "data tokenize": (_data_tokenize, "write token-id records for fast dynamics training"),
     "demo": (_demo, "the end-to-end demo (the README's main command)"),
     "bench data": (_bench_data, "loader throughput in frames/s"),
     "bench train": (_bench_train, "train-step time, tokens/s and MFU of a component"),
+    "bench sample": (_bench_sample, "frames/s of MaskGIT rollouts with and without the KV cache"),
 }
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from jasmine.data.dataset import SPLITS, iter_records, read_metadata
+from jasmine.viz import write_gif
 
 
 @dataclass(frozen=True)
@@ -60,13 +61,6 @@ def contact_sheet(episodes: list[np.ndarray], columns: int = 12, pad: int = 2) -
     return sheet
 
 
-def write_gif(path: Path, frames_THWC: np.ndarray, fps: int = 15, scale: int = 2) -> None:
-    """Write uint8 frames as a looping GIF (nearest-neighbour upscaled by ``scale``)."""
-    frames = np.repeat(np.repeat(frames_THWC, scale, axis=1), scale, axis=2)
-    images = [Image.fromarray(f.squeeze(-1) if f.shape[-1] == 1 else f) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-
-
 def inspect(args: InspectArgs) -> dict:
     meta = read_metadata(args.dir)
     out = args.out or args.dir / "inspect"
@@ -97,6 +91,6 @@ def inspect(args: InspectArgs) -> dict:
     Image.fromarray(contact_sheet(episodes).squeeze()).save(out / "contact_sheet.png")
     gif_len = min(64, min(len(e) for e in episodes))
     strip = np.concatenate([e[:gif_len] for e in episodes], axis=2)  # episodes side by side
-    write_gif(out / "episodes.gif", strip)
+    write_gif(out / "episodes.gif", strip, fps=15)
     print(f"\nwrote {out / 'contact_sheet.png'}\nwrote {out / 'episodes.gif'}")
     return summary

@@ -1,0 +1,1 @@
+"""Evaluation: rollout metrics (PSNR, SSIM, controllability), plots and reports."""

@@ -1,0 +1,43 @@
+"""Per-frame image metrics, confidence intervals and Genie's controllability metric.
+
+Dimension key: B clips, T frames, H/W/C frame shape. Frames are float in [0, 1].
+"""
+
+from __future__ import annotations
+
+import dm_pix as pix
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@jax.jit
+def _psnr_ssim(x_BTHWC, y_BTHWC):
+    B, T = x_BTHWC.shape[:2]
+    x = x_BTHWC.reshape(B * T, *x_BTHWC.shape[2:])
+    y = jnp.clip(y_BTHWC.reshape(B * T, *y_BTHWC.shape[2:]), 0.0, 1.0)
+    return pix.psnr(x, y).reshape(B, T), pix.ssim(x, y).reshape(B, T)
+
+
+def psnr_ssim(x_BTHWC, y_BTHWC) -> tuple[np.ndarray, np.ndarray]:
+    """PSNR (dB) and SSIM of every frame of y against x: two float arrays [B, T]."""
+    p, s = _psnr_ssim(jnp.asarray(x_BTHWC, jnp.float32), jnp.asarray(y_BTHWC, jnp.float32))
+    return np.asarray(p, np.float64), np.asarray(s, np.float64)
+
+
+def mean_ci(values_BT: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame mean over clips and the half-width of its normal-approximation 95% interval."""
+    values_BT = np.asarray(values_BT, np.float64)
+    n = values_BT.shape[0]
+    std = values_BT.std(axis=0, ddof=1) if n > 1 else np.zeros(values_BT.shape[1:])
+    return values_BT.mean(axis=0), z * std / np.sqrt(n)
+
+
+def delta_psnr(x_BHWC, x_hat_BHWC, x_hat_random_BHWC) -> np.ndarray:
+    """Genie's controllability: PSNR(x_t, x̂_t) - PSNR(x_t, x̂'_t) per clip [B].
+
+    x̂ is generated with actions inferred from ground truth, x̂' with random actions.
+    """
+    p_true, _ = psnr_ssim(np.asarray(x_BHWC)[:, None], np.asarray(x_hat_BHWC)[:, None])
+    p_rand, _ = psnr_ssim(np.asarray(x_BHWC)[:, None], np.asarray(x_hat_random_BHWC)[:, None])
+    return (p_true - p_rand)[:, 0]

@@ -143,7 +143,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "sample": (_sample, "roll a trained model out from context frames; GIF, MP4 and per-frame metrics"),
     "eval": (_eval, "rollout PSNR/SSIM vs baselines, controllability (delta PSNR), plots and a report"),
     "data tokenize": (_data_tokenize, "write token-id records for fast dynamics training"),
-    "demo": (_demo, "the end-to-end demo (the README's main command)"),
+    "demo": (_demo, "the end-to-end demo: CoinRun data, three training stages, eval and report"),
     "bench data": (_bench_data, "loader throughput in frames/s"),
     "bench train": (_bench_train, "train-step time, tokens/s and MFU of a component"),
     "bench sample": (_bench_sample, "frames/s of MaskGIT rollouts with and without the KV cache"),

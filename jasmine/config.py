@@ -1,7 +1,8 @@
 """Typed configs with named presets, JSON round trip, and validation with clear errors.
 
 A training run is a :class:`TrainConfig` subclass per component (it adds ``model``).
-Presets: ``tiny`` (CPU, tests, demo: minutes) and ``coinrun`` (the reference defaults).
+Presets: ``coinrun`` (the reference defaults), ``tiny`` (CPU demo: minutes) and ``micro``
+(seconds; the CI run of the demo pipeline).
 Every field is a command-line flag (``--steps``, ``--model.patch-size``, ``--optim.lr``).
 """
 
@@ -96,9 +97,9 @@ class DynamicsTrainConfig(TrainConfig):
     tokenizer: Path | None = None
     """Tokenizer run directory (required; frozen)."""
     lam: Path | None = None
-    """LAM run directory: use this LAM, frozen."""
+    """LAM run directory: use this LAM, frozen (or, with --co-train-lam, as the co-trained LAM's start)."""
     co_train_lam: bool = False
-    """Train a fresh LAM (--lam-model) jointly, keeping its decoder and losses."""
+    """Train the LAM jointly (fresh from --lam-model, or from --lam RUN), keeping its decoder and losses."""
     gt_actions: bool = False
     """Condition on the dataset's ground-truth actions instead of latent actions."""
     model: DynamicsConfig = DynamicsConfig()
@@ -116,8 +117,8 @@ class DynamicsTrainConfig(TrainConfig):
 
     @property
     def lam_mode(self) -> str:
-        modes = [m for m, on in (("frozen", self.lam is not None), ("co-train", self.co_train_lam),
-                                 ("gt", self.gt_actions)) if on]
+        modes = [m for m, on in (("frozen", self.lam is not None and not self.co_train_lam),
+                                 ("co-train", self.co_train_lam), ("gt", self.gt_actions)) if on]
         if len(modes) != 1:
             raise ValueError("choose exactly one action source: --lam RUN (frozen), --co-train-lam, or --gt-actions"
                              + (f" (got {', '.join(modes)})" if modes else ""))
@@ -134,9 +135,9 @@ PRESETS: dict[str, dict[str, TrainConfig]] = {
                                   latent_dim=32, num_latents=1024),
         ),
         "tiny": TokenizerTrainConfig(
-            steps=2000, batch_size=8, seq_len=8, image_size=(64, 64, 3), ckpt_every=500, val_every=500,
+            steps=600, batch_size=8, seq_len=4, image_size=(64, 64, 3), ckpt_every=200, val_every=200,
             val_batches=2, log_every=20,
-            optim=OptimConfig(lr=1e-3, warmup_steps=100, schedule="wsd", decay_fraction=0.2),
+            optim=OptimConfig(lr=1e-3, warmup_steps=50, schedule="wsd", decay_fraction=0.2),
             model=TokenizerConfig(patch_size=8, model_dim=128, ffn_dim=512, num_blocks=2, num_heads=4, latent_dim=32,
                                   num_latents=256, dead_code_reset_steps=50),
         ),
@@ -152,23 +153,32 @@ _TINY_LAM = LAMConfig(patch_size=16, model_dim=128, ffn_dim=512, num_blocks=2, n
                       num_latents=6, dead_code_reset_steps=50)
 _COINRUN_RUN = dict(steps=200_000, batch_size=36, seq_len=16, image_size=(64, 64, 3), ckpt_every=5000,
                     val_every=20_000, val_batches=50, log_every=50, keep_every=20_000)
-_TINY_RUN = dict(steps=2000, batch_size=8, seq_len=8, image_size=(64, 64, 3), ckpt_every=500, val_every=500,
+_TINY_RUN = dict(steps=600, batch_size=8, seq_len=8, image_size=(64, 64, 3), ckpt_every=200, val_every=200,
                  val_batches=2, log_every=20)
 PRESETS["lam"] = {
     "coinrun": LAMTrainConfig(**_COINRUN_RUN, optim=OptimConfig(lr=3e-5, warmup_steps=5000, decay_fraction=0.1),
                               model=_COINRUN_LAM),
-    "tiny": LAMTrainConfig(**_TINY_RUN, optim=OptimConfig(lr=1e-3, warmup_steps=100, decay_fraction=0.2),
-                           model=_TINY_LAM),
+    "tiny": LAMTrainConfig(**{**_TINY_RUN, "steps": 1000, "seq_len": 4},
+                           optim=OptimConfig(lr=1e-3, warmup_steps=50, decay_fraction=0.2), model=_TINY_LAM),
 }
+_MICRO_RUN = dict(steps=12, batch_size=2, seq_len=4, image_size=(64, 64, 3), ckpt_every=12, val_every=12,
+                  val_batches=1, log_every=4, optim=OptimConfig(lr=1e-3, warmup_steps=2, decay_fraction=0.2))
+_MICRO_TOKENIZER = TokenizerConfig(patch_size=16, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=16,
+                                   num_latents=64)
+_MICRO_LAM = LAMConfig(patch_size=16, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=8, num_latents=4)
+PRESETS["tokenizer"]["micro"] = TokenizerTrainConfig(**_MICRO_RUN, model=_MICRO_TOKENIZER)
+PRESETS["lam"]["micro"] = LAMTrainConfig(**_MICRO_RUN, model=_MICRO_LAM)
 PRESETS["dynamics"] = {
     "coinrun": DynamicsTrainConfig(
         **_COINRUN_RUN, optim=OptimConfig(lr=3e-5, warmup_steps=5000, decay_fraction=0.1),
         model=DynamicsConfig(model_dim=512, ffn_dim=2048, num_blocks=6, num_heads=8, mask_limit=0.5),
         tokenizer_model=_COINRUN_TOKENIZER, lam_model=_COINRUN_LAM),
     "tiny": DynamicsTrainConfig(
-        **_TINY_RUN, optim=OptimConfig(lr=1e-3, warmup_steps=100, decay_fraction=0.2),
+        **{**_TINY_RUN, "steps": 600}, optim=OptimConfig(lr=1e-3, warmup_steps=50, decay_fraction=0.2),
         model=DynamicsConfig(model_dim=128, ffn_dim=512, num_blocks=2, num_heads=4, mask_limit=0.5),
         tokenizer_model=_TINY_TOKENIZER, lam_model=_TINY_LAM, val_maskgit_steps=8),
+    "micro": DynamicsTrainConfig(**_MICRO_RUN, model=DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2),
+                                 tokenizer_model=_MICRO_TOKENIZER, lam_model=_MICRO_LAM, val_maskgit_steps=2),
 }
 
 

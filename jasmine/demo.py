@@ -1,51 +1,109 @@
-"""``jasmine demo``: the README's main command, run as resumable stages.
+"""``jasmine demo``: the README's main command, as resumable stages.
 
-Stage 1 (this release): generate a small CoinRun dataset, summarise it, and draw it.
-A re-run reuses every stage whose output is complete and was made with the same arguments.
+data (CoinRun) → tokenizer → LAM → dynamics (co-training the LAM from its own run) → eval
+(report). A re-run
+reuses every stage whose output is complete and was made with the same arguments, and
+resumes a training stage that was interrupted.
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
+from jasmine import config as C
 from jasmine.data.coinrun import CoinRunArgs, generate
 from jasmine.data.dataset import METADATA
 from jasmine.data.inspect import InspectArgs, inspect
+from jasmine.eval.evaluate import EvalArgs, evaluate
+from jasmine.eval.report import metrics_table
+from jasmine.train.checkpoint import Checkpointer
+from jasmine.train.components import COMPONENTS
+from jasmine.train.loop import train
+
+SIZES = {  # preset → data and eval sizes
+    "tiny": dict(train_episodes=200, val_episodes=20, test_episodes=20, max_episode_len=1000, clips=16, frames=16,
+                 steps=8),
+    "micro": dict(train_episodes=6, val_episodes=2, test_episodes=2, max_episode_len=60, clips=2, frames=6, steps=2),
+}
 
 
 @dataclass(frozen=True)
 class DemoArgs:
-    """Generate a small CoinRun dataset, summarise it and draw it (later: train, evaluate, report)."""
+    """Generate CoinRun, train tokenizer, LAM and dynamics, evaluate, and write the report."""
 
     out: Path = Path("runs/demo")
     """Directory for every output of the demo."""
+    preset: Literal["tiny", "micro"] = "tiny"
+    """tiny: the full demo (~15 min on 2 CPU cores); micro: a seconds-long smoke run."""
     seed: int = 0
-    train_episodes: int = 200
-    val_episodes: int = 20
-    test_episodes: int = 20
 
 
-def _data_stage(args: DemoArgs) -> Path:
+def _data_stage(args: DemoArgs, sizes: dict) -> Path:
     data = args.out / "data"
-    gen = CoinRunArgs(out=data, train_episodes=args.train_episodes, val_episodes=args.val_episodes,
-                      test_episodes=args.test_episodes, seed=args.seed, overwrite=True)
+    gen = CoinRunArgs(out=data, seed=args.seed, overwrite=True,
+                      **{k: sizes[k] for k in ("train_episodes", "val_episodes", "test_episodes", "max_episode_len")})
     meta_path = data / METADATA
     if meta_path.exists():
         old = json.loads(meta_path.read_text()).get("generator", {}).get("args", {})
-        want = {k: v for k, v in vars(replace(gen, out=Path())).items() if k not in ("out", "overwrite")}
+        want = {k: v for k, v in C.to_dict(gen).items() if k not in ("out", "overwrite")}
         if all(old.get(k) == v for k, v in want.items()):
             print(f"[demo] data: reusing {data}")
             return data
     print(f"[demo] data: generating CoinRun into {data}")
     generate(gen)
+    inspect(InspectArgs(dir=data, out=args.out / "inspect"))
     return data
 
 
-def demo(args: DemoArgs) -> None:
-    data = _data_stage(args)
-    print("[demo] data: summary")
-    inspect(InspectArgs(dir=data, out=args.out / "inspect"))
-    print(f"\n[demo] done. outputs:\n  dataset        {data}\n  contact sheet  {args.out / 'inspect' / 'contact_sheet.png'}"
-          f"\n  episodes GIF   {args.out / 'inspect' / 'episodes.gif'}")
+def _train_stage(name: str, cfg: C.TrainConfig) -> Path:
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    if (out / "config.json").exists() and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+        saved = C.load_config(out / "config.json")
+        done = Checkpointer(ckpt_dir, read_only=True).latest_step()
+        same = not [d for d in C.diff(saved, cfg) if not d.startswith(("resume", "tokenizer_model", "lam_model",
+                                                                           "num_actions", "image_size"))]
+        if same and done == cfg.steps:
+            print(f"[demo] {name}: reusing {out} (step {done})")
+            return out
+        if same:
+            print(f"[demo] {name}: resuming {out} from step {done}")
+            cfg = replace(cfg, resume=True)
+        else:
+            raise ValueError(f"{out} holds a {name} run with another config; remove it or pass another --out")
+    else:
+        print(f"[demo] {name}: training into {out}")
+    result = train(cfg, COMPONENTS[name])
+    if result["stopped"]:
+        print(f"[demo] {name}: interrupted ({result['stopped']}); re-run the demo to resume from step {result['step']}")
+        raise SystemExit(128 + int(getattr(signal.Signals, result["stopped"])))
+    return out
+
+
+def demo(args: DemoArgs) -> dict:
+    t0 = time.perf_counter()
+    sizes = SIZES[args.preset]
+    data = _data_stage(args, sizes)
+    base = dict(data=data, seed=args.seed)
+    tok = _train_stage("tokenizer", replace(C.preset("tokenizer", args.preset), out=args.out / "tokenizer", **base))
+    lam = _train_stage("lam", replace(C.preset("lam", args.preset), out=args.out / "lam", **base))
+    dyn = _train_stage("dynamics", replace(C.preset("dynamics", args.preset), out=args.out / "dynamics", tokenizer=tok,
+                                           lam=lam, co_train_lam=True, **base))
+    print("[demo] eval: rollouts on held-out clips")
+    res = evaluate(EvalArgs(run=dyn, data=data, clips=sizes["clips"], frames=sizes["frames"], steps=sizes["steps"],
+                            delta_t=min(4, sizes["frames"] - 1), seed=args.seed, out=args.out / "eval",
+                            batch_size=min(8, sizes["clips"])))
+    minutes = (time.perf_counter() - t0) / 60
+    print(f"\n[demo] done in {minutes:.1f} min. Outputs:")
+    for label, path in (("dataset", data), ("data contact sheet", args.out / "inspect" / "contact_sheet.png"),
+                        ("tokenizer run", tok), ("LAM run", lam), ("dynamics run", dyn),
+                        ("report", args.out / "eval" / "report.md"), ("metrics", args.out / "eval" / "metrics.json"),
+                        ("plot", args.out / "eval" / "psnr_ssim.png"), ("rollouts GIF", args.out / "eval" / "rollouts.gif")):
+        print(f"  {label:20} {path}")
+    print("\n" + metrics_table(res))
+    return res

@@ -116,3 +116,14 @@ def test_dead_codes_are_reset_from_used_codes():
     for dead in (1, 3):  # now near a copy of code 0 or 2
         assert min(np.abs(after[dead] - before[src]).max() for src in (0, 2)) < 0.1
     np.testing.assert_array_equal(np.asarray(vq.age[...]), [0, 0, 0, 0])
+
+
+def test_dead_codes_restart_at_the_worst_fitted_inputs():
+    vq = VectorQuantizer(4, 3, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(3), (32, 3))
+    _, _, aux = vq(x)
+    counts = jnp.array([5, 0, 3, 0])
+    vq.reset_dead_codes(counts, jax.random.key(0), after_steps=1, inputs_XL=aux["inputs"], sims_X=aux["best_sim"])
+    worst = np.argsort(np.asarray(aux["best_sim"]))[:2]
+    new = np.asarray(vq.codebook[...])[[1, 3]]
+    np.testing.assert_allclose(sorted(map(tuple, new)), sorted(map(tuple, np.asarray(aux["inputs"])[worst])), atol=1e-6)

@@ -7,7 +7,7 @@ Dimension key:
 A learned action token is prepended to each frame's patches; a temporally causal axial
 encoder runs over the N+1 tokens; its output at the action token of frame t (t >= 1) is
 vector-quantised into a_t, the action between frame t-1 and frame t. The decoder
-reconstructs frame t from frame t-1's patches and a_t (concatenated to every patch).
+reconstructs frame t from frame t-1's patches plus a projection of a_t added to every patch.
 """
 
 from __future__ import annotations
@@ -19,25 +19,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat, VectorQuantizer
-from jasmine.models.tokenizer import check_patch_size, patchify, unpatchify
+from jasmine.models.tokenizer import TokenizerConfig, check_patch_size, patchify, unpatchify
 
 
 @dataclass(frozen=True)
-class LAMConfig:
-    """Architecture of the latent action model."""
+class LAMConfig(TokenizerConfig):
+    """Architecture of the latent action model: a VQ-VAE config with a tiny codebook of actions."""
 
-    patch_size: int = 16
-    model_dim: int = 512
-    ffn_dim: int = 2048
-    num_blocks: int = 4
-    num_heads: int = 8
-    latent_dim: int = 32
     num_latents: int = 6
     """Number of latent actions (Genie: 6 for CoinRun; 8 in general)."""
     codebook_dropout: float = 0.0
-    commitment_weight: float = 0.25
     dead_code_reset_steps: int = 50
-    """Re-initialise latent actions unused for this many steps (0 = off)."""
 
 
 class LatentActionModel(nnx.Module):
@@ -52,8 +44,9 @@ class LatentActionModel(nnx.Module):
                                         cfg.num_heads, **kw)
         self.vq = VectorQuantizer(cfg.num_latents, cfg.latent_dim, dropout=cfg.codebook_dropout,
                                   param_dtype=prec.param_dtype, rngs=rngs)
-        self.decoder = AxialTransformer(patch_dim + cfg.latent_dim, cfg.model_dim, cfg.ffn_dim, patch_dim,
-                                        cfg.num_blocks, cfg.num_heads, **kw)
+        self.action_up = nnx.Linear(cfg.latent_dim, patch_dim, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
+        self.decoder = AxialTransformer(patch_dim, cfg.model_dim, cfg.ffn_dim, patch_dim, cfg.num_blocks,
+                                        cfg.num_heads, **kw)
 
     def encode(self, videos_BTHWC, *, rng=None):
         """Latent actions for t = 1..T-1: (z_q_BT'L straight-through, ids_BT', VQ aux) with T' = T-1."""
@@ -67,8 +60,8 @@ class LatentActionModel(nnx.Module):
         """Predict frames 1..T-1 from frames 0..T-2 and the latent action of each step."""
         h, w, _ = self.image_shape
         prev_BT1NI = patchify(videos_BTHWC[:, :-1], self.cfg.patch_size)
-        z_BT1NL = jnp.broadcast_to(z_BT1L[:, :, None].astype(prev_BT1NI.dtype), (*prev_BT1NI.shape[:3], z_BT1L.shape[-1]))
-        out_BT1NI = jax.nn.sigmoid(self.decoder(jnp.concatenate([prev_BT1NI, z_BT1NL], axis=-1)).astype(jnp.float32))
+        a_BT11I = self.action_up(z_BT1L.astype(prev_BT1NI.dtype))[:, :, None]  # own projection: a strong signal
+        out_BT1NI = jax.nn.sigmoid(self.decoder(prev_BT1NI + a_BT11I).astype(jnp.float32))
         return unpatchify(out_BT1NI, self.cfg.patch_size, h, w)
 
     def __call__(self, videos_BTHWC, *, rng=None):

@@ -257,6 +257,8 @@ class VectorQuantizer(nnx.Module):
             "codebook_loss": jnp.mean((jax.lax.stop_gradient(x_XL) - z_XL) ** 2),
             "commitment_loss": jnp.mean((x_XL - jax.lax.stop_gradient(z_XL)) ** 2),
             "code_counts": jnp.zeros(self.num_codes, jnp.int32).at[ids_X.reshape(-1)].add(1),
+            "inputs": jax.lax.stop_gradient(x_XL),
+            "best_sim": jax.lax.stop_gradient(jnp.max(x_XL @ cb_CL.T, axis=-1)),
         }
         z_q_XL = x_XL + jax.lax.stop_gradient(z_XL - x_XL)
         return z_q_XL, ids_X, aux
@@ -264,18 +266,26 @@ class VectorQuantizer(nnx.Module):
     def lookup(self, ids_X):
         return self.codes()[ids_X]
 
-    def reset_dead_codes(self, counts_C, rng, *, after_steps: int) -> jax.Array:
-        """Age codes; re-initialise codes unused for ``after_steps`` from random used codes.
+    def reset_dead_codes(self, counts_C, rng, *, after_steps: int, inputs_XL=None, sims_X=None) -> jax.Array:
+        """Age codes; re-initialise codes unused for ``after_steps`` steps. Returns how many were reset.
 
-        Returns how many codes were reset.
+        With this step's (normalised) inputs and their best similarity, dead codes move to the
+        inputs the codebook fits worst (a k-means++-like restart); otherwise to noisy copies
+        of used codes.
         """
         age_C = jnp.where(counts_C > 0, 0, self.age[...] + 1)
         dead_C = age_C >= after_steps
         used_C = counts_C > 0
         k1, k2 = jax.random.split(rng)
-        src_C = jax.random.choice(k1, self.num_codes, (self.num_codes,), p=used_C / jnp.maximum(used_C.sum(), 1))
         cb = self.codebook[...]
-        fresh = cb[src_C] + 0.01 * jax.random.normal(k2, cb.shape, cb.dtype)
+        if inputs_XL is not None:
+            x_XL = inputs_XL.reshape(-1, inputs_XL.shape[-1])
+            score_X = sims_X.reshape(-1) + 1e-3 * jax.random.gumbel(k1, sims_X.reshape(-1).shape)
+            worst = jnp.argsort(score_X)[: self.num_codes]
+            fresh = jnp.resize(x_XL[worst], cb.shape).astype(cb.dtype)  # resize: fewer inputs than codes
+        else:
+            src_C = jax.random.choice(k1, self.num_codes, (self.num_codes,), p=used_C / jnp.maximum(used_C.sum(), 1))
+            fresh = cb[src_C] + 0.01 * jax.random.normal(k2, cb.shape, cb.dtype)
         self.codebook[...] = jnp.where(dead_C[:, None] & used_C.any(), fresh, cb)
         self.age[...] = jnp.where(dead_C, 0, age_C)
         return dead_C.sum()

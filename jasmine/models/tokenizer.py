@@ -19,7 +19,7 @@ from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat, Vec
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    """Architecture of the VQ-VAE video tokenizer."""
+    """Architecture of the VQ-VAE video tokenizer (and, with other defaults, of the LAM)."""
 
     patch_size: int = 16
     model_dim: int = 512

@@ -136,7 +136,7 @@ class TokenizerComponent(Component):
 
     def loss(self, model: Tokenizer, batch, rng, cfg: TokenizerTrainConfig, *, training: bool):
         loss, metrics, aux, _, _ = self._forward(model, batch, rng if training else None, cfg)
-        return loss, metrics, {"code_counts": aux["code_counts"]}
+        return loss, metrics, {k: aux[k] for k in ("code_counts", "inputs", "best_sim")}
 
     def after_update(self, model: Tokenizer, aux, rng, cfg: TokenizerTrainConfig):
         return reset_codes(model.vq, aux, rng, cfg.model.dead_code_reset_steps)
@@ -200,13 +200,15 @@ def _lam_terms(pred, target, aux, mcfg, prefix: str = ""):
                f"{prefix}codebook_loss": aux["codebook_loss"], f"{prefix}commitment_loss": aux["commitment_loss"]}
     if not prefix:
         metrics["psnr"] = -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
-    return loss, metrics, {"code_counts": aux["code_counts"], "pred": pred}
+    return loss, metrics, {"code_counts": aux["code_counts"], "inputs": aux["inputs"], "best_sim": aux["best_sim"],
+                           "pred": pred}
 
 
 def reset_codes(vq, aux, rng, after_steps: int, prefix: str = "") -> dict[str, jax.Array]:
     if after_steps <= 0 or "code_counts" not in aux:
         return {}
-    return {f"{prefix}codes_reset": vq.reset_dead_codes(aux["code_counts"], rng, after_steps=after_steps)}
+    return {f"{prefix}codes_reset": vq.reset_dead_codes(aux["code_counts"], rng, after_steps=after_steps,
+                                                         inputs_XL=aux.get("inputs"), sims_X=aux.get("best_sim"))}
 
 
 class DynamicsComponent(Component):
@@ -238,13 +240,13 @@ class DynamicsComponent(Component):
             raise DataError(f"--gt-actions: dataset {cfg.data} has no actions (num_actions is 0 in its metadata.json)")
         if mode == "co-train" and "frames" not in arrays:
             raise DataError(f"--co-train-lam needs raw frames, but {cfg.data} holds tokens; train on the frame dataset")
-        if mode == "frozen":
+        if cfg.lam is not None:
             lam = run_config(cfg.lam)
             if not isinstance(lam, LAMTrainConfig):
                 raise ValueError(f"--lam {cfg.lam} is a {type(lam).__name__} run, not a LAM run")
             if tuple(lam.image_size) != data_shape:
                 raise DataError(f"--lam {cfg.lam} was trained on {list(lam.image_size)} frames, the data holds {list(data_shape)}")
-            if "frames" not in arrays and "latent_actions" not in arrays:
+            if mode == "frozen" and "frames" not in arrays and "latent_actions" not in arrays:
                 raise DataError(f"--data {cfg.data} holds tokens without latent actions; re-run `jasmine data tokenize` with --lam")
             cfg = dataclasses.replace(cfg, lam_model=lam.model)
         return cfg

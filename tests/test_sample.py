@@ -1,0 +1,135 @@
+"""Sampling (MaskGIT + frame-level KV cache), metrics, the eval/sample commands and the demo pipeline."""
+
+import json
+from dataclasses import replace
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from jasmine.eval.metrics import delta_psnr, mean_ci, psnr_ssim
+from jasmine.models.dynamics import DynamicsConfig
+from jasmine.models.genie import Genie
+from jasmine.models.lam import LAMConfig
+from jasmine.models.tokenizer import TokenizerConfig
+from jasmine.sample.clips import check_lengths, choose_actions, load_genie
+from jasmine.sample.rollout import Rollout, SampleOptions
+
+TOK = TokenizerConfig(patch_size=4, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=8, num_latents=16)
+LAM = LAMConfig(patch_size=8, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=8, num_latents=4)
+
+
+def genie(action_mode="prepend", blocks=2):
+    dyn = DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=blocks, num_heads=2, action_mode=action_mode)
+    return Genie(TOK, dyn, (16, 16, 3), lam_cfg=LAM, rngs=nnx.Rngs(0))
+
+
+def rollout(g, cache, seed=3, frames=8, window=5, temperature=1.0, ctx_len=2):
+    ctx = jax.random.randint(jax.random.key(0), (2, ctx_len, 16), 0, 16)
+    acts = jax.random.randint(jax.random.key(1), (2, ctx_len + frames - 1), 0, 4)
+    r = Rollout(g, window, SampleOptions(steps=4, temperature=temperature, cache=cache))
+    return np.asarray(ctx), np.asarray(r.run(ctx, acts, jax.random.key(seed), num_frames=frames))
+
+
+@pytest.mark.parametrize("action_mode", ["prepend", "add"])
+def test_cache_gives_identical_tokens_also_past_the_window(action_mode):
+    g = genie(action_mode)
+    ctx, cached = rollout(g, True)  # 2 + 8 frames with a window of 5: slides 5 times
+    _, full = rollout(g, False)
+    np.testing.assert_array_equal(cached, full)
+    assert cached.shape == (2, 10, 16)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_sampler_never_changes_context_tokens(cache):
+    ctx, out = rollout(genie(), cache, ctx_len=3, frames=3)
+    np.testing.assert_array_equal(out[:, :3], ctx)
+
+
+def test_fixed_seed_gives_identical_samples():
+    g = genie()
+    _, a = rollout(g, True, seed=7)
+    _, b = rollout(g, True, seed=7)
+    _, c = rollout(g, True, seed=8)
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).any()
+    _, d = rollout(g, True, temperature=0.0, seed=1)
+    _, e = rollout(g, True, temperature=0.0, seed=2)
+    np.testing.assert_array_equal(d, e)  # argmax ignores the seed
+
+
+def test_psnr_ssim_and_delta_psnr_against_hand_computed_values():
+    x = np.zeros((2, 3, 8, 8, 3), np.float32)
+    psnr, ssim = psnr_ssim(x + 0.5, x + 0.6)  # MSE 0.01 → 20 dB
+    np.testing.assert_allclose(psnr, 20.0, atol=1e-4)
+    np.testing.assert_allclose(psnr_ssim(x + 0.3, x + 0.3)[1], 1.0, atol=1e-6)
+    assert ssim.shape == (2, 3) and np.all(ssim < 1.0)
+    gt = np.full((3, 8, 8, 3), 0.5, np.float32)
+    d = delta_psnr(gt, gt + 0.1, gt + 0.2)  # 20 dB vs 10 log10(1/0.04) = 13.979 dB
+    np.testing.assert_allclose(d, 20.0 - 10 * np.log10(1 / 0.04), atol=1e-4)
+    mean, ci = mean_ci(np.array([[1.0, 2.0], [3.0, 6.0]]))
+    np.testing.assert_allclose(mean, [2.0, 4.0])
+    np.testing.assert_allclose(ci, 1.96 * np.array([np.std([1, 3], ddof=1), np.std([2, 6], ddof=1)]) / np.sqrt(2))
+
+
+def test_bad_sampling_values_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"--context 4 must be shorter than the rollout \(--frames 4"):
+        check_lengths(4, 4, 16)
+    with pytest.raises(ValueError, match="--context 16 must be between 1 and the model's seq_len - 1"):
+        check_lengths(16, 20, 16)
+    g = genie()
+    clips = {"frames": np.zeros((2, 5, 16, 16, 3), np.uint8)}
+    with pytest.raises(ValueError, match="action id 9 is outside the codebook of 4 actions"):
+        choose_actions("fixed:9", g, clips, np.random.default_rng(0), 5)
+    with pytest.raises(ValueError, match="expected 4 action ids"):
+        choose_actions("list:1,2", g, clips, np.random.default_rng(0), 5)
+    ids = choose_actions("list:0,1,2,3", g, clips, np.random.default_rng(0), 5)
+    np.testing.assert_array_equal(ids, [[0, 1, 2, 3]] * 2)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_genie(tmp_path / "nope")
+
+
+@pytest.fixture(scope="module")
+def micro_demo(tmp_path_factory):
+    from jasmine.demo import DemoArgs, demo
+
+    pytest.importorskip("procgen")
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    return out, demo(DemoArgs(out=out, preset="micro"))
+
+
+def test_demo_pipeline_runs_end_to_end_and_reuses_stages(micro_demo, capsys):
+    from jasmine.demo import DemoArgs, demo
+
+    out, res = micro_demo
+    for path in ("data/metadata.json", "inspect/contact_sheet.png", "tokenizer/config.json", "lam/config.json",
+                 "dynamics/config.json", "eval/report.md", "eval/psnr_ssim.png", "eval/rollouts.gif"):
+        assert (out / path).exists(), path
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert "delta_psnr_t4" in metrics and set(metrics["per_frame"]) == {"model", "random_actions", "tokenizer", "copy_last"}
+    assert "Δ4PSNR" in (out / "eval" / "report.md").read_text()
+    capsys.readouterr()
+    demo(DemoArgs(out=out, preset="micro"))
+    log = capsys.readouterr().out
+    for stage in ("data", "tokenizer", "lam", "dynamics"):
+        assert f"[demo] {stage}: reusing" in log
+
+
+def test_sample_command_writes_videos_and_metrics(micro_demo):
+    from jasmine.sample.command import SampleArgs, sample
+
+    out, _ = micro_demo
+    res = sample(SampleArgs(run=out / "dynamics", data=out / "data", context=1, frames=6, actions="random", steps=2,
+                            out=out / "samples"))
+    stem = "sample_val_c1_f6_random_seed0"
+    assert (out / "samples" / f"{stem}.gif").stat().st_size > 0
+    assert (out / "samples" / f"{stem}.mp4").stat().st_size > 0
+    saved = json.loads((out / "samples" / f"{stem}.json").read_text())
+    assert len(saved["per_frame"]["psnr"]) == 6 and saved["per_frame"]["psnr"][0] == res["per_frame"]["psnr"][0]
+    with pytest.raises(ValueError, match="sampling needs a dynamics run"):
+        load_genie(out / "tokenizer")
+    (out / "empty_run").mkdir()
+    (out / "empty_run" / "config.json").write_text((out / "dynamics" / "config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="has no dynamics checkpoint"):
+        load_genie(out / "empty_run")

@@ -175,17 +175,26 @@ def test_pretokenized_data_trains_and_matches_the_tokenizer(runs, tmp_path):
 
 
 def test_maskgit_frame_generation_touches_only_its_frame():
-    ids = jax.random.randint(jax.random.key(0), (2, 4, 9), 0, 16)
-    calls = []
+    from jasmine.sample.maskgit import num_masked_after, unmask_step
 
-    def logits_fn(ids_BTN, mask_BTN):
-        calls.append(np.asarray(mask_BTN))
-        return jax.random.normal(jax.random.key(len(calls)), (*ids_BTN.shape, 16))
+    ids = jax.random.randint(jax.random.key(0), (2, 4, 9), 0, 16)
+
+    def logits_fn(ids_BTN, mask_BTN):  # masks outside frame 2 would change the logits and so the output
+        assert mask_BTN.shape == ids_BTN.shape
+        leak = mask_BTN[:, [0, 1, 3]].sum() * 100.0
+        return jax.random.normal(jax.random.key(1), (*ids_BTN.shape, 16)) + leak
 
     out = generate_frame(logits_fn, ids, 2, jax.random.key(1), steps=5)
     np.testing.assert_array_equal(out[:, [0, 1, 3]], ids[:, [0, 1, 3]])
-    assert all(not m[:, [0, 1, 3]].any() for m in calls) and calls[0][:, 2].all()
-    assert all(m[:, 2].sum() <= p[:, 2].sum() for p, m in zip(calls, calls[1:]))  # masks only shrink
+    assert [int(num_masked_after(s, 5, 9)) for s in range(5)] == [8, 7, 5, 2, 0]
+    mask = jnp.ones((2, 9), bool)
+    frame = jnp.zeros((2, 9), jnp.int32)
+    for s in range(5):  # masks only shrink, fixed tokens stay fixed
+        logits = jax.random.normal(jax.random.key(s), (2, 9, 16))
+        new_frame, new_mask = unmask_step(logits, frame, mask, num_masked_after(s, 5, 9), jax.random.key(s), temperature=1.0)
+        assert not (new_mask & ~mask).any() and int(new_mask.sum(-1)[0]) == int(num_masked_after(s, 5, 9))
+        np.testing.assert_array_equal(new_frame[~mask], frame[~mask])
+        frame, mask = new_frame, new_mask
 
 
 @pytest.mark.parametrize(
@@ -204,3 +213,16 @@ def test_dynamics_input_errors(runs, tmp_path, kw, data, match):
         train(dyn_cfg(runs / data, tmp_path / "x", runs / "tok", **kw), COMPONENTS["dynamics"], progress=False)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         train(dyn_cfg(runs / "data", tmp_path / "y", runs / "nope", gt_actions=True), COMPONENTS["dynamics"], progress=False)
+
+
+def test_co_training_can_start_from_a_lam_run(runs, tmp_path):
+    from jasmine.train.mesh import make_mesh
+
+    cfg = dyn_cfg(runs / "data", tmp_path / "co2", runs / "tok", lam=runs / "lam", co_train_lam=True)
+    cfg = COMPONENTS["dynamics"].prepare(cfg)
+    _, state, _, _ = setup(cfg, COMPONENTS["dynamics"], make_mesh(1))
+    _, lam, _ = load_run(runs / "lam")
+    for a, b in zip(_leaves(state["params"]["lam"]), _leaves(nnx.state(lam, nnx.Param))):
+        np.testing.assert_array_equal(a, b)  # starts from the run ...
+    after = train(cfg, COMPONENTS["dynamics"], progress=False)["state"]["params"]["lam"]
+    assert any(not np.array_equal(a, b) for a, b in zip(_leaves(after), _leaves(nnx.state(lam, nnx.Param))))  # ... and trains it

@@ -5,6 +5,7 @@
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
 EXTRAS ?= --extra coinrun
+TEST_EXTRAS ?= $(EXTRAS) --extra wandb
 
 .PHONY: demo test sync bootstrap
 
@@ -17,5 +18,6 @@ sync: bootstrap
 demo: sync
 	$(UV) run --locked $(EXTRAS) jasmine demo
 
-test: sync
-	$(UV) run --locked $(EXTRAS) --group dev pytest -q
+test: bootstrap
+	$(UV) sync --locked $(TEST_EXTRAS) --group dev
+	$(UV) run --locked $(TEST_EXTRAS) --group dev pytest -q

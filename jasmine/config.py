@@ -135,7 +135,7 @@ PRESETS: dict[str, dict[str, TrainConfig]] = {
                                   latent_dim=32, num_latents=1024),
         ),
         "tiny": TokenizerTrainConfig(
-            steps=600, batch_size=8, seq_len=4, image_size=(64, 64, 3), ckpt_every=200, val_every=200,
+            steps=800, batch_size=8, seq_len=4, image_size=(64, 64, 3), ckpt_every=200, val_every=200,
             val_batches=2, log_every=20,
             optim=OptimConfig(lr=1e-3, warmup_steps=50, schedule="wsd", decay_fraction=0.2),
             model=TokenizerConfig(patch_size=8, model_dim=128, ffn_dim=512, num_blocks=2, num_heads=4, latent_dim=32,
@@ -174,7 +174,7 @@ PRESETS["dynamics"] = {
         model=DynamicsConfig(model_dim=512, ffn_dim=2048, num_blocks=6, num_heads=8, mask_limit=0.5),
         tokenizer_model=_COINRUN_TOKENIZER, lam_model=_COINRUN_LAM),
     "tiny": DynamicsTrainConfig(
-        **{**_TINY_RUN, "steps": 600}, optim=OptimConfig(lr=1e-3, warmup_steps=50, decay_fraction=0.2),
+        **{**_TINY_RUN, "steps": 1000}, optim=OptimConfig(lr=1e-3, warmup_steps=50, decay_fraction=0.2),
         model=DynamicsConfig(model_dim=128, ffn_dim=512, num_blocks=2, num_heads=4, mask_limit=0.5),
         tokenizer_model=_TINY_TOKENIZER, lam_model=_TINY_LAM, val_maskgit_steps=8),
     "micro": DynamicsTrainConfig(**_MICRO_RUN, model=DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2),

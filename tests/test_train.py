@@ -234,3 +234,11 @@ def test_checkpoint_retention_keeps_last_k_plus_every_m(tmp_path):
     ckpt.close()
     assert sorted(Checkpointer(tmp_path / "c", read_only=True).all_steps()) == [4, 8, 9]
     assert not list((tmp_path / "c").glob("*tmp*"))
+
+
+def test_wandb_offline_logging(data16, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")  # installed by `make test` (the wandb extra)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train(tiny_cfg(data16, tmp_path / "w", steps=2, wandb=True), TOK, progress=False)
+    assert list((tmp_path / "w").rglob("*.wandb")), "no offline wandb run was written"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import dm_pix as pix
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +21,7 @@ from jasmine import config as C
 from jasmine.config import DynamicsTrainConfig, LAMTrainConfig, TokenizerTrainConfig, TrainConfig
 from jasmine.data.dataset import DataError, read_metadata
 from jasmine.data.loader import record_arrays
+from jasmine.eval.metrics import frame_psnr_ssim
 from jasmine.models.dynamics import masked_token_metrics, sample_mask
 from jasmine.models.genie import Genie
 from jasmine.models.lam import LatentActionModel
@@ -43,10 +43,9 @@ def to_unit(frames_BTHWC) -> jax.Array:
 
 
 def image_metrics(x_BTHWC, y_BTHWC) -> dict[str, jax.Array]:
-    """Mean per-frame MSE, PSNR and SSIM (dm-pix) of y against x, both in [0, 1]."""
-    x = x_BTHWC.reshape(-1, *x_BTHWC.shape[2:])
-    y = jnp.clip(y_BTHWC.reshape(-1, *y_BTHWC.shape[2:]), 0.0, 1.0)
-    return {"mse": jnp.mean((x - y) ** 2), "psnr": jnp.mean(pix.psnr(x, y)), "ssim": jnp.mean(pix.ssim(x, y))}
+    """Mean per-frame MSE, PSNR and SSIM of y against x, both in [0, 1] (as ``jasmine eval`` computes them)."""
+    psnr_BT, ssim_BT = frame_psnr_ssim(x_BTHWC, y_BTHWC)
+    return {"mse": jnp.mean((x_BTHWC - jnp.clip(y_BTHWC, 0.0, 1.0)) ** 2), "psnr": psnr_BT.mean(), "ssim": ssim_BT.mean()}
 
 
 def frame_strip(rows_RTHWC: list[np.ndarray], max_frames: int = 8) -> np.ndarray:

@@ -158,13 +158,14 @@ class BenchSampleArgs:
 
 def bench_sample(args: BenchSampleArgs) -> dict[tuple[int, bool], float]:
     import jax
+    from flax import nnx
 
     from jasmine.config import preset
     from jasmine.sample.rollout import Rollout, SampleOptions
     from jasmine.train.components import COMPONENTS
 
     cfg = preset("dynamics", args.preset)
-    genie = COMPONENTS["dynamics"].build(cfg, __import__("flax").nnx.Rngs(0), pretrained=False)
+    genie = COMPONENTS["dynamics"].build(cfg, nnx.Rngs(0), pretrained=False)
     h, w, _ = cfg.image_size
     n = (h // cfg.tokenizer_model.patch_size) * (w // cfg.tokenizer_model.patch_size)
     T = args.context + args.frames

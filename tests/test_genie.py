@@ -114,7 +114,9 @@ def test_frozen_parts_unchanged_and_absent_from_optimizer(runs, tmp_path):
 
 def test_co_training_updates_the_lam_and_its_codebook(runs, tmp_path):
     cfg = dyn_cfg(runs / "data", tmp_path / "co", runs / "tok", co_train_lam=True)
-    mesh_state = setup(cfg, COMPONENTS["dynamics"], __import__("jasmine.train.mesh", fromlist=["x"]).make_mesh(1))
+    from jasmine.train.mesh import make_mesh
+
+    mesh_state = setup(cfg, COMPONENTS["dynamics"], make_mesh(1))
     before = jax.tree.map(np.asarray, mesh_state[1]["params"]["lam"])
     result = train(cfg, COMPONENTS["dynamics"], progress=False)
     after = result["state"]["params"]["lam"]

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 import tyro
+from flax import nnx
 
 from conftest import write_synthetic
 from jasmine import config as C
@@ -49,8 +50,6 @@ def leaves_equal(a, b):
 
 
 def final_state(run_dir):
-    from flax import nnx
-
     _, model, step = load_run(run_dir)
     return step, nnx.state(model)
 
@@ -125,7 +124,7 @@ def test_resume_after_sigterm_is_bitwise_exact(data16, tmp_path):
     subprocess.run(cmd + ["--resume"], check=True, capture_output=True)
     step, state = final_state(run)
     assert step == steps
-    assert leaves_equal(straight["state"]["params"], state.filter(__import__("flax").nnx.Param))
+    assert leaves_equal(straight["state"]["params"], state.filter(nnx.Param))
 
 
 def test_lr_schedules():

@@ -29,6 +29,12 @@ def stack_rows(*videos_THWC, gap: int = 2) -> np.ndarray:
     return np.concatenate([p for v in vids for p in (v, sep)][:-1], axis=1)
 
 
+def frame_grid(rows_RTHWC, max_frames: int = 8) -> np.ndarray:
+    """One uint8 image: each row's first ``max_frames`` frames side by side, rows stacked."""
+    strips = [side_by_side(*[f[None] for f in np.asarray(r)[:max_frames]]) for r in rows_RTHWC]
+    return stack_rows(*strips)[0]
+
+
 def write_gif(path: Path, frames_THWC, fps: int = 8, scale: int = 2) -> None:
     """A looping GIF, nearest-neighbour upscaled by ``scale``."""
     frames = to_uint8(frames_THWC).repeat(scale, axis=1).repeat(scale, axis=2)

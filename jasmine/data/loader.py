@@ -175,9 +175,3 @@ def make_loader(
             flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return it
-
-
-def dataset_info(root: str | Path) -> dict[str, Any]:
-    """Metadata summary used by ``inspect`` and training to size models (frame shape, actions)."""
-    meta = read_metadata(root)
-    return {"frame_shape": tuple(meta["frame_shape"]), "num_actions": meta["num_actions"], "splits": meta["splits"]}

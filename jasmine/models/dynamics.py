@@ -67,8 +67,7 @@ class MaskGITDynamics(nnx.Module):
 
     def __call__(self, ids_BTN, mask_BTN, actions_BTA):
         """Logits float32 [B, T, N, V] for every token position."""
-        logits = self.transformer(self.embed(ids_BTN, mask_BTN, actions_BTA)).astype(jnp.float32)
-        return logits[:, :, 1:] if self.cfg.action_mode == "prepend" else logits
+        return _drop_action_slot(self.cfg, self.transformer(self.embed(ids_BTN, mask_BTN, actions_BTA)).astype(jnp.float32))
 
 
 def frame_actions(a_BT1A):

@@ -48,17 +48,6 @@ def image_metrics(x_BTHWC, y_BTHWC) -> dict[str, jax.Array]:
     return {"mse": jnp.mean((x_BTHWC - jnp.clip(y_BTHWC, 0.0, 1.0)) ** 2), "psnr": psnr_BT.mean(), "ssim": ssim_BT.mean()}
 
 
-def frame_strip(rows_RTHWC: list[np.ndarray], max_frames: int = 8) -> np.ndarray:
-    """Stack rows of frames (each [T, H, W, C] in [0, 1]) into one uint8 image, 1px gaps."""
-    rows = []
-    for frames in rows_RTHWC:
-        frames = np.asarray(frames[:max_frames])
-        pad = np.ones((frames.shape[0], frames.shape[1], 1, frames.shape[3]), frames.dtype)
-        rows.append(np.concatenate([np.concatenate([f, p], axis=1) for f, p in zip(frames, pad)], axis=1))
-    img = np.concatenate([np.concatenate([r, np.ones((1, *r.shape[1:]), r.dtype)], axis=0) for r in rows], axis=0)
-    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
-
-
 class Component:
     """Base: subclasses set ``name``/``config_cls`` and implement ``build`` and ``loss``."""
 

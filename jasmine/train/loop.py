@@ -26,10 +26,11 @@ from jasmine import config as C
 from jasmine.data.dataset import DataError
 from jasmine.data.loader import make_loader
 from jasmine.train.checkpoint import Checkpointer, abstract
-from jasmine.train.components import Component, frame_strip
+from jasmine.train.components import Component
 from jasmine.train.logging import MetricsLogger
 from jasmine.train.mesh import batch_sharding, global_batch, make_mesh, replicated, state_shardings
 from jasmine.train.optim import lr_schedule, make_optimizer
+from jasmine.viz import frame_grid
 
 # Fields that may differ between a run's saved config and the one it resumes with.
 RESUMABLE_CHANGES = {"steps", "resume", "log_every", "val_every", "val_batches", "ckpt_every", "keep_last",
@@ -263,7 +264,7 @@ def _validate(cfg, eval_fn, preview_fn, state, mesh, logger, out: Path, step: in
     if rows and logger.enabled:
         from PIL import Image
 
-        img = frame_strip([np.asarray(r) for r in rows])
+        img = frame_grid([np.asarray(r) for r in rows])
         (out / "samples").mkdir(exist_ok=True)
         Image.fromarray(img).save(out / "samples" / f"val_step{step:07d}.png")
         logger.image(step, "val/preview", img)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,8 @@ def matmul_peak(dtype="float32", n: int = 2048, repeats: int = 20) -> float:
 
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.dtype(dtype))
-    mm = jax.jit(lambda a, b: a @ b)
+    # half-precision inputs accumulate in float32, as the models' Dense layers do
+    mm = jax.jit(lambda a, b: jax.lax.dot(a, b, preferred_element_type=jnp.float32))
     mm(a, b).block_until_ready()
     best = float("inf")
     for _ in range(repeats):
@@ -152,6 +154,8 @@ class BenchSampleArgs:
     batch_sizes: tuple[int, ...] = (1, 8)
     steps: int = 25
     """MaskGIT steps per frame."""
+    dtype: str = "auto"
+    """Compute dtype (auto = the preset's: float32 on CPU, bfloat16 on GPU)."""
     repeats: int = 1
     """Timed rollouts per setting (after a one-frame warm-up that compiles); the best is reported."""
 
@@ -164,7 +168,7 @@ def bench_sample(args: BenchSampleArgs) -> dict[tuple[int, bool], float]:
     from jasmine.sample.rollout import Rollout, SampleOptions
     from jasmine.train.components import COMPONENTS
 
-    cfg = preset("dynamics", args.preset)
+    cfg = dataclasses.replace(preset("dynamics", args.preset), dtype=args.dtype)
     genie = COMPONENTS["dynamics"].build(cfg, nnx.Rngs(0), pretrained=False)
     h, w, _ = cfg.image_size
     n = (h // cfg.tokenizer_model.patch_size) * (w // cfg.tokenizer_model.patch_size)

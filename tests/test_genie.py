@@ -177,7 +177,7 @@ def test_pretokenized_data_trains_and_matches_the_tokenizer(runs, tmp_path):
 
 
 def test_maskgit_frame_generation_touches_only_its_frame():
-    from jasmine.sample.maskgit import num_masked_after, unmask_step
+    from jasmine.sample.maskgit import mask_schedule, unmask_step
 
     ids = jax.random.randint(jax.random.key(0), (2, 4, 9), 0, 16)
 
@@ -188,15 +188,37 @@ def test_maskgit_frame_generation_touches_only_its_frame():
 
     out = generate_frame(logits_fn, ids, 2, jax.random.key(1), steps=5)
     np.testing.assert_array_equal(out[:, [0, 1, 3]], ids[:, [0, 1, 3]])
-    assert [int(num_masked_after(s, 5, 9)) for s in range(5)] == [8, 7, 5, 2, 0]
+    assert mask_schedule(5, 9).tolist() == [8, 7, 5, 2, 0]
     mask = jnp.ones((2, 9), bool)
     frame = jnp.zeros((2, 9), jnp.int32)
     for s in range(5):  # masks only shrink, fixed tokens stay fixed
         logits = jax.random.normal(jax.random.key(s), (2, 9, 16))
-        new_frame, new_mask = unmask_step(logits, frame, mask, num_masked_after(s, 5, 9), jax.random.key(s), temperature=1.0)
-        assert not (new_mask & ~mask).any() and int(new_mask.sum(-1)[0]) == int(num_masked_after(s, 5, 9))
+        new_frame, new_mask = unmask_step(logits, frame, mask, mask_schedule(5, 9)[s], jax.random.key(s), temperature=1.0)
+        assert not (new_mask & ~mask).any() and int(new_mask.sum(-1)[0]) == mask_schedule(5, 9)[s]
         np.testing.assert_array_equal(new_frame[~mask], frame[~mask])
         frame, mask = new_frame, new_mask
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_skipping_no_op_maskgit_steps_changes_nothing(temperature):
+    from jasmine.sample.maskgit import mask_schedule, unmask_frame, unmask_step, working_steps
+
+    steps, n, v = 25, 16, 32
+    assert working_steps(steps, n).tolist() == [0, 5, 8, 9, 11, 12, 14, 15, 16, 17, 18, 19, 20, 21, 23, 24]
+    emb = jax.random.normal(jax.random.key(0), (v + 1, v))  # row v: the mask token
+
+    def frame_logits(ids_BN, mask_BN):  # depends on every unmasked id, through all positions
+        x = emb[jnp.where(mask_BN, v, ids_BN)]
+        return x + jnp.cumsum(x, axis=1)[:, ::-1] * 0.3
+
+    rng = jax.random.key(3)
+    ids, mask = jnp.zeros((2, n), jnp.int32), jnp.ones((2, n), bool)
+    for s in range(steps):  # every step, as written in the MaskGIT paper
+        ids, mask = unmask_step(frame_logits(ids, mask), ids, mask, mask_schedule(steps, n)[s],
+                                jax.random.fold_in(rng, s), temperature=temperature)
+    fast = unmask_frame(frame_logits, jnp.zeros((2, n), jnp.int32), rng, steps=steps, temperature=temperature)
+    assert not mask.any()
+    np.testing.assert_array_equal(fast, ids)
 
 
 @pytest.mark.parametrize(

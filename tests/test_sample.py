@@ -133,3 +133,13 @@ def test_sample_command_writes_videos_and_metrics(micro_demo):
     (out / "empty_run" / "config.json").write_text((out / "dynamics" / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match="has no dynamics checkpoint"):
         load_genie(out / "empty_run")
+
+
+def test_bench_sample_reports_speed_up_and_its_pass_time_bound(capsys):
+    from jasmine.bench import BenchSampleArgs, bench_sample
+
+    res = bench_sample(BenchSampleArgs(preset="micro", frames=2, batch_sizes=(1,), steps=25))
+    out = capsys.readouterr().out
+    assert "25 MaskGIT steps (16 change tokens)" in out and "16 one-frame passes + 1" in out
+    assert res[(1, True)] > 0 and res[(1, False)] > 0 and res[(1, "bound")] > 0
+    assert "cache speed-up" in out and "pass-time bound" in out

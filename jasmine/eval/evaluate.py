@@ -43,7 +43,7 @@ class EvalArgs:
     """Clip frame index t of the controllability metric ΔtPSNR."""
     batch_size: int = 8
     steps: int = 25
-    """MaskGIT steps per frame."""
+    """MaskGIT steps per frame (steps that fix no token are skipped: at most one model pass per token)."""
     temperature: float = 1.0
     seed: int = 0
     gifs: int = 4

@@ -34,7 +34,7 @@ class SampleArgs:
     clips: int = 1
     """Number of clips (rows in the video)."""
     steps: int = 25
-    """MaskGIT steps per frame."""
+    """MaskGIT steps per frame (steps that fix no token are skipped: at most one model pass per token)."""
     temperature: float = 1.0
     argmax: bool = False
     """Take the most likely token instead of sampling."""

@@ -29,7 +29,7 @@ from jasmine.sample.maskgit import generate_frame, unmask_frame
 @dataclass(frozen=True)
 class SampleOptions:
     steps: int = 25
-    """MaskGIT steps per frame."""
+    """MaskGIT steps per frame (steps that fix no token are skipped: at most one model pass per token)."""
     temperature: float = 1.0
     """Sampling temperature (0 = argmax)."""
     cache: bool = True

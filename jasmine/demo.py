@@ -27,7 +27,7 @@ from jasmine.train.loop import train
 
 SIZES = {  # preset → data and eval sizes
     "tiny": dict(train_episodes=200, val_episodes=20, test_episodes=20, max_episode_len=1000, clips=32, frames=16,
-                 steps=8),
+                 steps=25),
     "micro": dict(train_episodes=6, val_episodes=2, test_episodes=2, max_episode_len=60, clips=2, frames=6, steps=2),
 }
 

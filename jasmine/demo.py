@@ -39,7 +39,7 @@ class DemoArgs:
     out: Path = Path("runs/demo")
     """Directory for every output of the demo."""
     preset: Literal["tiny", "micro"] = "tiny"
-    """tiny: the full demo (~11 min on 2 CPU cores); micro: a one-minute smoke run of the same pipeline."""
+    """tiny: the full demo (~12 min on 2 CPU cores); micro: a one-minute smoke run of the same pipeline."""
     seed: int = 0
 
 

@@ -74,8 +74,8 @@ def synthetic_batch(cfg, keys: tuple[str, ...], num_actions: int = 15, seed: int
     if inputs == "tokens":
         tok = cfg.tokenizer_model
         n = (cfg.image_size[0] // tok.patch_size) * (cfg.image_size[1] // tok.patch_size)
-        batch = {"tokens": rng.integers(0, tok.num_latents, (b, t, n), dtype=np.int32),
-                 "latent_actions": rng.integers(0, cfg.lam_model.num_latents, (b, t), dtype=np.int32)}
+        batch = {"tokens": rng.integers(0, tok.vocab_size, (b, t, n), dtype=np.int32),
+                 "latent_actions": rng.integers(0, cfg.lam_model.vocab_size, (b, t), dtype=np.int32)}
     else:
         batch = {"frames": rng.integers(0, 256, (b, t, *cfg.image_size), dtype=np.uint8)}
     if "actions" in keys:
@@ -204,7 +204,7 @@ def bench_sample(args: BenchSampleArgs) -> dict[int, dict[str, float]]:
     from flax import nnx
 
     from jasmine.config import preset
-    from jasmine.sample.maskgit import working_steps
+    from jasmine.models.maskgit import working_steps
     from jasmine.sample.rollout import Rollout, SampleOptions
     from jasmine.train.components import COMPONENTS
 
@@ -222,8 +222,8 @@ def bench_sample(args: BenchSampleArgs) -> dict[int, dict[str, float]]:
     results = {}
     for b in args.batch_sizes:
         r = results[b] = {}
-        ctx = jax.random.randint(jax.random.key(0), (b, args.context, n), 0, cfg.tokenizer_model.num_latents)
-        acts = jax.random.randint(jax.random.key(1), (b, T - 1), 0, cfg.lam_model.num_latents)
+        ctx = jax.random.randint(jax.random.key(0), (b, args.context, n), 0, cfg.tokenizer_model.vocab_size)
+        acts = jax.random.randint(jax.random.key(1), (b, T - 1), 0, cfg.lam_model.vocab_size)
         for cache in (True, False):
             roll = Rollout(genie, cfg.seq_len, SampleOptions(steps=args.steps, cache=cache))
             jax.block_until_ready(roll.run(ctx, acts[:, : args.context], jax.random.key(2), num_frames=1))  # compile
@@ -236,7 +236,7 @@ def bench_sample(args: BenchSampleArgs) -> dict[int, dict[str, float]]:
             print(f"  batch {b}  {'cached  ' if cache else 'uncached'}  {fps:8.2f} frames/s  "
                   f"({best:.2f} s per rollout)")
         speedup = r["cached"] / r["uncached"]
-        frame_s, whole_s = pass_times(genie.dynamics, b, cfg.seq_len, n, cfg.lam_model.latent_dim)
+        frame_s, whole_s = pass_times(genie.dynamics, b, cfg.seq_len, n, cfg.lam_model.code_dim)
         r["bound"] = bound = passes * whole_s / ((passes + 1) * frame_s)
         print(f"  batch {b}  one pass: 1 frame {frame_s * 1e3:.2f} ms, {cfg.seq_len} frames {whole_s * 1e3:.2f} ms "
               f"({whole_s / frame_s:.1f}x for {cfg.seq_len}x the tokens)")

@@ -34,7 +34,7 @@ def _data_inspect(argv: list[str], prog: str) -> None:
 
 
 def _data_tokenize(argv: list[str], prog: str) -> None:
-    from jasmine.data.tokenize import TokenizeArgs, tokenize
+    from jasmine.tokenize import TokenizeArgs, tokenize
 
     args = tyro.cli(TokenizeArgs, args=argv, prog=prog)
     meta = tokenize(args)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from jasmine.models.dynamics import DynamicsConfig
 from jasmine.models.lam import LAMConfig
+from jasmine.models.maskgit import MaskGITOptions
 from jasmine.models.nn import Attention, Remat
 from jasmine.models.tokenizer import TokenizerConfig
 
@@ -56,6 +57,10 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     """Continue from the latest checkpoint in --out."""
+    init_from: Path | None = None
+    """Start this (new) run from a checkpoint of another run, e.g. to extend a WSD run from its stable phase."""
+    init_step: int | None = None
+    """Checkpoint step of --init-from (default: its latest)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Compute dtype; auto = bfloat16 on GPU/TPU, float32 on CPU."""
     param_dtype: Literal["float32", "bfloat16"] = "float32"
@@ -96,24 +101,40 @@ class DynamicsTrainConfig(TrainConfig):
 
     tokenizer: Path | None = None
     """Tokenizer run directory (required; frozen)."""
+    tokenizer_step: int | None = None
+    """Checkpoint step of --tokenizer (default: its latest; recorded)."""
+    tokenizer_hash: str = ""
+    """Content hash of the tokenizer params (filled and recorded; if given, a different tokenizer is refused)."""
     lam: Path | None = None
     """LAM run directory: use this LAM, frozen (or, with --co-train-lam, as the co-trained LAM's start)."""
+    lam_step: int | None = None
+    """Checkpoint step of --lam (default: its latest; recorded)."""
+    lam_hash: str = ""
+    """Content hash of the --lam params (filled and recorded; if given, a different LAM is refused)."""
     co_train_lam: bool = False
     """Train the LAM jointly (fresh from --lam-model, or from --lam RUN), keeping its decoder and losses."""
+    detach_lam: bool = False
+    """With --co-train-lam: no dynamics gradient reaches the LAM, which learns from its own loss only (ablation)."""
     gt_actions: bool = False
     """Condition on the dataset's ground-truth actions instead of latent actions."""
     model: DynamicsConfig = DynamicsConfig()
     tokenizer_model: TokenizerConfig = TokenizerConfig()
     """Filled from --tokenizer's run when training."""
+    tokenizer_window: int = 0
+    """Frames the tokenizer encodes together: its training seq_len (filled from --tokenizer's run)."""
     lam_model: LAMConfig = LAMConfig()
     """Architecture of a co-trained LAM; filled from --lam's run when given."""
+    lam_window: int = 0
+    """Frames the LAM encodes together: --lam's training seq_len (filled), or 0 = this run's seq_len for a fresh
+    co-trained LAM."""
     num_actions: int = 0
     """Ground-truth action count; filled from the dataset."""
     lam_loss_weight: float = 1.0
     """Weight of the co-trained LAM's loss."""
-    val_maskgit_steps: int = 25
-    """MaskGIT steps for the full-frame validation metric."""
-    val_temperature: float = 1.0
+    val_sampling: MaskGITOptions = MaskGITOptions(steps=25)
+    """MaskGIT sampling of the validation rollouts and full-frame metric."""
+    val_rollout_frames: int = 0
+    """Validation rollout length: generated frames after one context frame (0 = seq_len - 1)."""
 
     @property
     def lam_mode(self) -> str:
@@ -176,9 +197,10 @@ PRESETS["dynamics"] = {
     "tiny": DynamicsTrainConfig(
         **{**_TINY_RUN, "steps": 1000}, optim=OptimConfig(lr=1e-3, warmup_steps=50, decay_fraction=0.2),
         model=DynamicsConfig(model_dim=128, ffn_dim=512, num_blocks=2, num_heads=4, mask_limit=0.5),
-        tokenizer_model=_TINY_TOKENIZER, lam_model=_TINY_LAM, val_maskgit_steps=8),
+        tokenizer_model=_TINY_TOKENIZER, lam_model=_TINY_LAM, val_sampling=MaskGITOptions(steps=8)),
     "micro": DynamicsTrainConfig(**_MICRO_RUN, model=DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2),
-                                 tokenizer_model=_MICRO_TOKENIZER, lam_model=_MICRO_LAM, val_maskgit_steps=2),
+                                 tokenizer_model=_MICRO_TOKENIZER, lam_model=_MICRO_LAM,
+                                 val_sampling=MaskGITOptions(steps=2)),
 }
 
 

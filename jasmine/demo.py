@@ -66,8 +66,9 @@ def _train_stage(name: str, cfg: C.TrainConfig) -> Path:
     if (out / "config.json").exists() and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
         saved = C.load_config(out / "config.json")
         done = Checkpointer(ckpt_dir, read_only=True).latest_step()
-        same = not [d for d in C.diff(saved, cfg) if not d.startswith(("resume", "tokenizer_model", "lam_model",
-                                                                           "num_actions", "image_size"))]
+        filled = ("resume", "tokenizer_model", "tokenizer_window", "tokenizer_step", "tokenizer_hash", "lam_model",
+                  "lam_window", "lam_step", "lam_hash", "num_actions", "image_size")  # set from the runs and data
+        same = not [d for d in C.diff(saved, cfg) if not d.startswith(filled)]
         if same and done == cfg.steps:
             print(f"[demo] {name}: reusing {out} (step {done})")
             return out

@@ -5,11 +5,59 @@ import sys
 import numpy as np
 import pytest
 
-from jasmine.data.coinrun import CoinRunArgs, generate, level_ranges
-from jasmine.data.dataset import DataError, read_metadata
-from jasmine.data.dataset import iter_records
+from jasmine.data.coinrun import CoinRunArgs, episodes, generate, level_ranges
+from jasmine.data.dataset import DataError, iter_records, read_metadata
 
-pytest.importorskip("procgen")
+
+class ScriptedEnv:
+    """A gym3-style vectorised env whose k-th episode (in start order) lasts ``length(k, slot)`` steps.
+
+    Pixel [0, 0, 0] of each frame holds the episode's number, [0, 0, 1] the frame index in it.
+    """
+
+    def __init__(self, num, length):
+        self.num, self.length, self.count = num, length, 0
+        self.t, self.ends, self.ids = np.zeros(num, int), np.zeros(num, int), np.zeros(num, int)
+        self.first = np.ones(num, bool)
+        self._start()
+
+    def _start(self):
+        for i in np.flatnonzero(self.first):
+            self.ids[i], self.ends[i], self.t[i] = self.count, self.length(self.count, i), 0
+            self.count += 1
+
+    def observe(self):
+        obs = np.zeros((self.num, 64, 64, 3), np.uint8)
+        obs[:, 0, 0, 0], obs[:, 0, 0, 1] = self.ids, self.t
+        return None, {"rgb": obs}, self.first.copy()
+
+    def get_info(self):
+        return [{"level_seed": int(k)} for k in self.ids]
+
+    def act(self, _):
+        self.t += 1
+        self.first = self.t >= self.ends
+        self._start()
+
+
+def test_kept_episodes_are_the_first_to_start_whatever_their_length():
+    # slot 0 plays long episodes, the others short ones: the first n to *finish* would be mostly short
+    env = ScriptedEnv(3, lambda k, slot: 100 if slot == 0 else 20)
+    eps = list(episodes(env, 6, np.random.default_rng(0), max_len=60, min_len=5))
+    assert [seed for _, _, seed in eps] == [0, 1, 2, 3, 4, 5]  # episodes 0, 1, 2 start together, then 3, 4, 5, ...
+    assert [len(f) for f, _, _ in eps] == [60, 20, 20, 20, 20, 20]  # episode 0 is cut at max_len, not dropped
+    for frames, _, seed in eps:
+        assert (frames[:, 0, 0, 0] == seed).all() and (frames[:, 0, 0, 1] == np.arange(len(frames))).all()
+
+
+def test_short_episodes_are_replaced_by_later_starts():
+    env = ScriptedEnv(2, lambda k, slot: 3 if k % 3 == 1 else 10)  # episodes 1, 4, 7 end before min_len
+    eps = list(episodes(env, 5, np.random.default_rng(0), max_len=60, min_len=5))
+    assert [seed for _, _, seed in eps] == [0, 2, 3, 5, 6]
+
+
+needs_procgen = pytest.mark.skipif(__import__("importlib").util.find_spec("procgen") is None,
+                                   reason="needs the coinrun extra")
 
 
 def small(out, seed=0, **kw):
@@ -24,6 +72,7 @@ def shard_bytes(root):
 
 @pytest.fixture(scope="module")
 def coinrun_dir(tmp_path_factory):
+    pytest.importorskip("procgen")
     root = tmp_path_factory.mktemp("coinrun") / "a"
     generate(small(root))
     return root
@@ -67,6 +116,7 @@ def test_existing_dataset_needs_overwrite(coinrun_dir):
         generate(small(coinrun_dir))
 
 
+@needs_procgen
 def test_cli_generates_and_inspects(tmp_path):
     out = tmp_path / "cli"
     run = lambda *a: subprocess.run([sys.executable, "-m", "jasmine.cli", *a], capture_output=True, text=True, check=True)

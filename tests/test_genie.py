@@ -11,13 +11,13 @@ from flax import nnx
 from conftest import write_synthetic
 from jasmine.config import DynamicsTrainConfig, LAMTrainConfig, OptimConfig, TokenizerTrainConfig
 from jasmine.data.dataset import DataError, iter_records, read_metadata
-from jasmine.data.tokenize import TokenizeArgs, tokenize
+from jasmine.tokenize import TokenizeArgs, tokenize
 from jasmine.models.dynamics import DynamicsConfig, MaskGITDynamics, frame_actions, sample_mask
 from jasmine.models.lam import LAMConfig, LatentActionModel
 from jasmine.models.tokenizer import TokenizerConfig
-from jasmine.sample.maskgit import generate_frame
-from jasmine.train.components import COMPONENTS
-from jasmine.train.loop import load_run, setup, train
+from jasmine.models.maskgit import MaskGITOptions, generate_frame
+from jasmine.train.components import COMPONENTS, load_run
+from jasmine.train.loop import setup, train
 from jasmine.train.logging import read_metrics
 
 TOK_MODEL = TokenizerConfig(patch_size=4, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=8, num_latents=16)
@@ -30,7 +30,7 @@ RUN = dict(steps=3, batch_size=4, seq_len=4, image_size=(16, 16, 3), log_every=1
 
 def dyn_cfg(data, out, tokenizer, **kw):
     base = DynamicsTrainConfig(data=data, out=out, tokenizer=tokenizer, model=DYN_MODEL, lam_model=LAM_MODEL,
-                               val_maskgit_steps=3, **RUN)
+                               val_sampling=MaskGITOptions(steps=3), **RUN)
     return replace(base, **kw)
 
 
@@ -95,21 +95,27 @@ def _leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
+def assert_trees_equal(a, b):
+    """Same structure (names, nesting) and bitwise-equal leaves."""
+    assert jax.tree.structure(jax.tree.map(np.asarray, a)) == jax.tree.structure(jax.tree.map(np.asarray, b))
+    for x, y in zip(_leaves(a), _leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_frozen_parts_unchanged_and_absent_from_optimizer(runs, tmp_path):
     cfg = dyn_cfg(runs / "data", tmp_path / "dyn", runs / "tok", lam=runs / "lam")
     result = train(cfg, COMPONENTS["dynamics"], progress=False)
     state = result["state"]
     _, tok, _ = load_run(runs / "tok")
     _, lam, _ = load_run(runs / "lam")
-    for a, b in zip(_leaves(state["frozen"]["tokenizer"]), _leaves(nnx.state(tok, nnx.Param))):
-        np.testing.assert_array_equal(a, b)
-    for a, b in zip(_leaves(state["frozen"]["lam"]), _leaves(nnx.state(lam, nnx.Param))):
-        np.testing.assert_array_equal(a, b)
+    assert_trees_equal(state["frozen"]["tokenizer"], nnx.state(tok, nnx.Param))
+    assert_trees_equal(state["frozen"]["lam"], nnx.state(lam, nnx.Param))
     opt_paths = {str(p) for p, _ in jax.tree_util.tree_flatten_with_path(state["opt"])[0]}
     assert opt_paths and not any("tokenizer" in p or "'lam'" in p for p in opt_paths)
     assert set(state["params"].keys()) == {"dynamics"}
     val = read_metrics(tmp_path / "dyn", "val")[-1]
-    assert {"cross_entropy", "top1_accuracy", "top16_accuracy", "full_frame_psnr", "full_frame_ssim"} <= set(val)
+    assert {"cross_entropy", "top1_accuracy", "top16_accuracy", "full_frame_psnr", "full_frame_ssim", "rollout_psnr",
+            "rollout_copy_last_psnr", "rollout_psnr_minus_copy_last"} <= set(val)
 
 
 def test_co_training_updates_the_lam_and_its_codebook(runs, tmp_path):
@@ -177,7 +183,7 @@ def test_pretokenized_data_trains_and_matches_the_tokenizer(runs, tmp_path):
 
 
 def test_maskgit_frame_generation_touches_only_its_frame():
-    from jasmine.sample.maskgit import mask_schedule, unmask_step
+    from jasmine.models.maskgit import mask_schedule, unmask_step
 
     ids = jax.random.randint(jax.random.key(0), (2, 4, 9), 0, 16)
 
@@ -186,7 +192,7 @@ def test_maskgit_frame_generation_touches_only_its_frame():
         leak = mask_BTN[:, [0, 1, 3]].sum() * 100.0
         return jax.random.normal(jax.random.key(1), (*ids_BTN.shape, 16)) + leak
 
-    out = generate_frame(logits_fn, ids, 2, jax.random.key(1), steps=5)
+    out = generate_frame(logits_fn, ids, 2, jax.random.key(1), MaskGITOptions(steps=5))
     np.testing.assert_array_equal(out[:, [0, 1, 3]], ids[:, [0, 1, 3]])
     assert mask_schedule(5, 9).tolist() == [8, 7, 5, 2, 0]
     mask = jnp.ones((2, 9), bool)
@@ -201,7 +207,7 @@ def test_maskgit_frame_generation_touches_only_its_frame():
 
 @pytest.mark.parametrize("temperature", [1.0, 0.0])
 def test_skipping_no_op_maskgit_steps_changes_nothing(temperature):
-    from jasmine.sample.maskgit import mask_schedule, unmask_frame, unmask_step, working_steps
+    from jasmine.models.maskgit import mask_schedule, unmask_frame, unmask_step, working_steps
 
     steps, n, v = 25, 16, 32
     assert working_steps(steps, n).tolist() == [0, 5, 8, 9, 11, 12, 14, 15, 16, 17, 18, 19, 20, 21, 23, 24]
@@ -213,12 +219,31 @@ def test_skipping_no_op_maskgit_steps_changes_nothing(temperature):
 
     rng = jax.random.key(3)
     ids, mask = jnp.zeros((2, n), jnp.int32), jnp.ones((2, n), bool)
+    choice = 4.5 if temperature > 0 else 0.0  # argmax runs without choice noise
     for s in range(steps):  # every step, as written in the MaskGIT paper
         ids, mask = unmask_step(frame_logits(ids, mask), ids, mask, mask_schedule(steps, n)[s],
-                                jax.random.fold_in(rng, s), temperature=temperature)
-    fast = unmask_frame(frame_logits, jnp.zeros((2, n), jnp.int32), rng, steps=steps, temperature=temperature)
+                                jax.random.fold_in(rng, s), temperature=temperature,
+                                choice_noise=choice * (1 - (s + 1) / steps))
+    fast = unmask_frame(frame_logits, jnp.zeros((2, n), jnp.int32), rng, MaskGITOptions(steps, temperature, 4.5))
     assert not mask.any()
     np.testing.assert_array_equal(fast, ids)
+
+
+def test_choice_temperature_spreads_the_first_tokens_over_the_frame():
+    from jasmine.models.maskgit import unmask_frame, unmask_step
+
+    n, v = 16, 8
+    logits = jnp.broadcast_to(jnp.eye(v)[jnp.arange(n) % v] * (20.0 - jnp.arange(n))[:, None], (1, n, v))
+    first = lambda noise, key: set(np.flatnonzero(~np.asarray(unmask_step(  # positions fixed by the first step
+        logits, jnp.zeros((1, n), jnp.int32), jnp.ones((1, n), bool), n - 4, key, temperature=1.0,
+        choice_noise=noise)[1][0])).tolist())
+    assert all(first(0.0, jax.random.key(k)) == {0, 1, 2, 3} for k in range(10))  # only the most confident
+    noisy = [first(4.5 * 24 / 25, jax.random.key(k)) for k in range(10)]
+    assert len({frozenset(f) for f in noisy}) > 5 and set().union(*noisy) - {0, 1, 2, 3}
+    emb = jax.random.normal(jax.random.key(0), (v + 1, v))
+    fn = lambda ids, mask: emb[jnp.where(mask, v, ids)] + jnp.cumsum(emb[jnp.where(mask, v, ids)], axis=1) * 0.5
+    runs = [unmask_frame(fn, jnp.zeros((1, n), jnp.int32), jax.random.key(0), MaskGITOptions(8, 1.0, c)) for c in (0, 9)]
+    assert not np.array_equal(runs[0], runs[1])  # the option reaches the sampler
 
 
 @pytest.mark.parametrize(
@@ -246,7 +271,127 @@ def test_co_training_can_start_from_a_lam_run(runs, tmp_path):
     cfg = COMPONENTS["dynamics"].prepare(cfg)
     _, state, _, _ = setup(cfg, COMPONENTS["dynamics"], make_mesh(1))
     _, lam, _ = load_run(runs / "lam")
-    for a, b in zip(_leaves(state["params"]["lam"]), _leaves(nnx.state(lam, nnx.Param))):
-        np.testing.assert_array_equal(a, b)  # starts from the run ...
+    assert_trees_equal(state["params"]["lam"], nnx.state(lam, nnx.Param))  # starts from the run ...
     after = train(cfg, COMPONENTS["dynamics"], progress=False)["state"]["params"]["lam"]
     assert any(not np.array_equal(a, b) for a, b in zip(_leaves(after), _leaves(nnx.state(lam, nnx.Param))))  # ... and trains it
+
+
+# ---------------------------------------------------------------------------- the encoding rule and provenance
+
+RULE_TOK = replace(TOK_MODEL, quantizer="fsq", fsq_levels=(5, 5, 5))  # many codes: tokens move with any change
+RULE_LAM = replace(LAM_MODEL, quantizer="fsq", fsq_levels=(3, 3, 3))
+
+
+@pytest.fixture(scope="module")
+def rule_runs(runs):
+    """A tokenizer trained on windows of 3 frames and a LAM on windows of 3: clips align to lcm(3, 2) = 6."""
+    root = runs
+    one = {**RUN, "steps": 1, "val_every": 1, "ckpt_every": 1}
+    train(TokenizerTrainConfig(data=root / "data", out=root / "tok3", model=RULE_TOK, **{**one, "seq_len": 3}),
+          COMPONENTS["tokenizer"], progress=False)
+    train(TokenizerTrainConfig(data=root / "data", out=root / "tok3b", model=RULE_TOK, **{**one, "seq_len": 3, "seed": 1}),
+          COMPONENTS["tokenizer"], progress=False)
+    train(LAMTrainConfig(data=root / "data", out=root / "lam3", model=RULE_LAM, **{**one, "seq_len": 3}),
+          COMPONENTS["lam"], progress=False)
+    tokenize(TokenizeArgs(tokenizer=root / "tok3", data=root / "data", out=root / "tokens3", lam=root / "lam3"))
+    return root
+
+
+def frame_keys(frames):
+    """(episode, frame index) of each frame [..., H, W, C] of the synthetic data."""
+    return np.stack([frames[..., 0, 0, 1], frames[..., 0, 0, 0]], -1).astype(int)
+
+
+def test_a_frame_gets_the_same_tokens_and_action_everywhere(rule_runs):
+    """data tokenize, training on frames (aligned loader windows), and eval/sample clips all agree."""
+    from jasmine.data.loader import make_loader
+    from jasmine.sample.clips import infer_actions, load_genie, read_clips
+    from jasmine.sample.rollout import Rollout
+
+    root = rule_runs
+    ref_tok, ref_act = {}, {}
+    meta = read_metadata(root / "tokens3")
+    for (tok_rec, _), (src, _) in zip(iter_records(root / "tokens3", meta, "train"),
+                                      iter_records(root / "data", read_metadata(root / "data"), "train")):
+        for key, ids, a in zip(frame_keys(src["frames"]), tok_rec["tokens"], tok_rec["latent_actions"]):
+            ref_tok[tuple(key)], ref_act[tuple(key)] = ids, a
+    cfg = COMPONENTS["dynamics"].prepare(dyn_cfg(root / "data", root / "unused", root / "tok3", lam=root / "lam3",
+                                                 seq_len=7))
+    align = COMPONENTS["dynamics"].align(cfg)
+    genie = COMPONENTS["dynamics"].build(cfg, nnx.Rngs(0))
+    assert align == 6 and genie.align == 6
+    checked = 0
+    for batch in [next(it) for it in [iter(make_loader(root / "data", "train", seq_len=7, batch_size=4, seed=s,
+                                                       align=align, process_index=0, process_count=1))
+                                      for s in range(3)]]:
+        ids, acts = genie.tokens(batch), genie.action_ids(batch)
+        for b, keys in enumerate(frame_keys(batch["frames"])):
+            for t, key in enumerate(map(tuple, keys)):
+                np.testing.assert_array_equal(ids[b, t], ref_tok[key])
+                if t >= 1:  # the action into frame t
+                    assert acts[b, t - 1] == ref_act[key]
+                checked += 1
+    assert checked == 3 * 4 * 7
+    assert len({tuple(np.asarray(v)) for v in ref_tok.values()}) > 20  # tokens do vary from frame to frame
+    clips = read_clips(genie, root / "data", "train", 4, 9, seed=0)
+    assert (clips["start"] % 6 == 0).all()
+    ids = Rollout(genie, 7).encode(clips["frames"])
+    acts = infer_actions(genie, clips["frames"])
+    for b, keys in enumerate(frame_keys(clips["frames"])):
+        for t, key in enumerate(map(tuple, keys)):
+            np.testing.assert_array_equal(ids[b, t], ref_tok[key])
+            if t >= 1:
+                assert acts[b, t - 1] == ref_act[key]
+
+
+def test_provenance_is_recorded_and_a_mismatch_is_refused(rule_runs, tmp_path):
+    root = rule_runs
+    meta = read_metadata(root / "tokens3")
+    assert meta["tokenizer"]["step"] == 1 and len(meta["tokenizer"]["hash"]) == 16 and meta["lam"]["window"] == 3
+    kw = dict(lam=root / "lam3", seq_len=7, steps=1)
+    with pytest.raises(DataError, match=r"(?s)was made with tokenizer .*tok3 step 1 \(params \w+\), but --tokenizer is .*tok3b"):
+        train(dyn_cfg(root / "tokens3", tmp_path / "a", root / "tok3b", **kw), COMPONENTS["dynamics"], progress=False)
+    with pytest.raises(ValueError, match=r"--tokenizer .*tok3 step 1 has params hash \w+, but 0123 was asked for"):
+        train(dyn_cfg(root / "tokens3", tmp_path / "b", root / "tok3", tokenizer_hash="0123", **kw),
+              COMPONENTS["dynamics"], progress=False)
+    with pytest.raises(DataError, match=r"was made with lam .*lam3 .* but --lam is .*lam "):
+        train(dyn_cfg(root / "tokens3", tmp_path / "c", root / "tok3", **{**kw, "lam": root / "lam"}),
+              COMPONENTS["dynamics"], progress=False)
+    result = train(dyn_cfg(root / "tokens3", tmp_path / "ok", root / "tok3", **kw), COMPONENTS["dynamics"], progress=False)
+    saved = load_run(tmp_path / "ok")[0]
+    assert saved.tokenizer_hash == meta["tokenizer"]["hash"] and saved.lam_hash == meta["lam"]["hash"]
+    assert saved.tokenizer_step == 1 and saved.tokenizer_window == 3 and result["step"] == 1
+    from jasmine.train.runs import param_hash
+
+    assert param_hash(load_run(tmp_path / "ok")[1].tokenizer) == meta["tokenizer"]["hash"]  # the frozen copy is it
+    with pytest.raises(ValueError, match=r"(?s)does not match.*tokenizer_hash"):  # resume with another tokenizer
+        train(dyn_cfg(root / "data", tmp_path / "ok", root / "tok3b", resume=True, **{**kw, "steps": 2}),
+              COMPONENTS["dynamics"], progress=False)
+
+
+def test_co_trained_lam_windows_must_tile_the_clip(runs, tmp_path):
+    with pytest.raises(ValueError, match="seq_len - 1 must be a multiple of 3"):
+        COMPONENTS["dynamics"].prepare(dyn_cfg(runs / "data", tmp_path / "x", runs / "tok", lam=runs / "lam",
+                                               co_train_lam=True, seq_len=6))
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_detach_lam_keeps_dynamics_gradients_out_of_the_co_trained_lam(runs, detach):
+    from jasmine.bench import synthetic_batch
+    from jasmine.models.dynamics import masked_token_metrics
+
+    cfg = COMPONENTS["dynamics"].prepare(dyn_cfg(runs / "data", None, runs / "tok", co_train_lam=True, detach_lam=detach))
+    genie = COMPONENTS["dynamics"].build(cfg, nnx.Rngs(0), pretrained=False)
+    batch = synthetic_batch(cfg, ("frames",))
+    graphdef, lam_params, rest = nnx.split(genie, lambda path, v: isinstance(v, nnx.Param) and path[0] == "lam", ...)
+
+    def losses(lam_params):
+        g = nnx.merge(graphdef, lam_params, rest)
+        _, metrics, _ = COMPONENTS["dynamics"].loss(g, batch, jax.random.key(0), cfg, training=True)
+        return metrics["cross_entropy"], metrics["lam_loss"]
+
+    g_dyn = jax.grad(lambda p: losses(p)[0])(lam_params)
+    g_lam = jax.grad(lambda p: losses(p)[1])(lam_params)
+    dyn_norm = sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(g_dyn))
+    assert (dyn_norm == 0.0) == detach, dyn_norm
+    assert sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(g_lam)) > 0  # the LAM still learns from its own loss

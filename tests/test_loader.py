@@ -10,8 +10,8 @@ import pytest
 
 from conftest import FRAME_SHAPE, write_synthetic
 from jasmine.data.dataset import DataError, read_metadata
-from jasmine.data.loader import make_loader
-from jasmine.data.records import ShardWriter, encode_record
+from jasmine.data.loader import episode_clips, make_loader
+from jasmine.data.records import RecordFormatError, ShardWriter, encode_record, write_json_atomic
 
 
 def loader(root, seed=0, batch_size=4, seq_len=8, **kw):
@@ -58,12 +58,53 @@ def test_resume_from_iterator_state_continues_identically(synthetic_dir, skip):
     assert_same(take(resumed, 6), straight[skip:])
 
 
-def test_process_sharding_splits_the_global_batch(synthetic_dir):
-    shards = [take(iter(loader(synthetic_dir, batch_size=4, process_index=i, process_count=2)), 3) for i in range(2)]
-    for batch in shards[0] + shards[1]:
-        assert batch["frames"].shape[0] == 2
+def frames_of(batch) -> list[set]:
+    """Per window, the set of (episode, frame) it holds (the synthetic pixels encode both)."""
+    f = batch["frames"][:, :, 0, 0]
+    return [{(int(e), int(t)) for t, e in zip(f[b, :, 0], f[b, :, 1])} for b in range(len(f))]
+
+
+def test_windows_of_an_epoch_never_overlap(synthetic_dir):
+    seen: set = set()
+    for batch in take(iter(loader(synthetic_dir, batch_size=2, seq_len=8)), 8):  # 16 slots: 8 batches in epoch 0
+        for window in frames_of(batch):
+            assert not window & seen, "two windows of one epoch share frames"
+            seen |= window
+
+
+def test_processes_get_disjoint_blocks_that_make_up_the_one_process_batch(synthetic_dir):
+    one = take(iter(loader(synthetic_dir, batch_size=4)), 4)
+    parts = [take(iter(loader(synthetic_dir, batch_size=4, process_index=i, process_count=2)), 4) for i in range(2)]
+    for b, batch in enumerate(one):
+        p0, p1 = parts[0][b], parts[1][b]
+        assert p0["frames"].shape[0] == p1["frames"].shape[0] == 2
+        w0, w1 = frames_of(p0), frames_of(p1)
+        assert not set().union(*w0) & set().union(*w1), "the two processes' windows share frames"
+        for k in batch:  # together, in block order, they are exactly the 1-process batch
+            np.testing.assert_array_equal(np.concatenate([p0[k], p1[k]]), batch[k])
     with pytest.raises(ValueError, match="--batch-size 5 is not divisible by the 2 JAX processes"):
         loader(synthetic_dir, batch_size=5, process_index=0, process_count=2)
+
+
+def test_aligned_windows_start_at_episode_frames_divisible_by_align(synthetic_dir):
+    for batch in take(iter(loader(synthetic_dir, seq_len=6, align=4)), 12):
+        t0 = batch["frames"][:, 0, 0, 0, 0].astype(int)  # episode frame index of each window's first frame
+        assert (t0 % 4 == 0).all(), t0
+    starts = {int(t) for seed in range(6) for batch in take(iter(loader(synthetic_dir, seed=seed, seq_len=6, align=4)), 4)
+              for t in batch["frames"][:, 0, 0, 0, 0]}
+    assert len(starts) > 4  # random offsets: many aligned starts, not a fixed grid per record
+
+
+def test_eval_clips_come_from_distinct_episodes(synthetic_dir):
+    clips = episode_clips(synthetic_dir, "train", 4, 8, seed=0, align=2)
+    episodes = clips["frames"][:, 0, 0, 0, 1]
+    assert len(set(episodes.tolist())) == 4 and episodes.tolist() == clips["episode"].tolist()
+    np.testing.assert_array_equal(clips["frames"][:, :, 0, 0, 0], clips["start"][:, None] + np.arange(8))
+    assert (clips["start"] % 2 == 0).all()
+    again = episode_clips(synthetic_dir, "train", 4, 8, seed=0, align=2)
+    np.testing.assert_array_equal(again["frames"], clips["frames"])
+    with pytest.raises(DataError, match="only 5 episodes hold a clip of 8 frames, fewer than the 6 clips"):
+        episode_clips(synthetic_dir, "train", 6, 8, seed=0)
 
 
 def test_short_episodes_skipped_once_with_one_warning(synthetic_dir):
@@ -76,7 +117,7 @@ def test_short_episodes_skipped_once_with_one_warning(synthetic_dir):
 
 
 def test_no_episode_long_enough_is_a_clear_error(synthetic_dir):
-    with pytest.raises(DataError, match=r"no record has at least seq_len=64 frames"):
+    with pytest.raises(DataError, match=r"no record has a window of seq_len=64 frames"):
         loader(synthetic_dir, seq_len=64)
 
 
@@ -113,7 +154,7 @@ def test_record_of_wrong_shape_or_dtype_is_named(synthetic_dir):
         w.shards = []
         for n in shard["lengths"]:
             w.write(encode_record({"frames": np.zeros((n, 4, 4, 3), np.uint8), "actions": np.zeros(n, np.int32)}, {}), n)
-    with pytest.raises(DataError, match=r"shard-00000.array_record, record \d+: frames are uint8\[\d+, 4, 4, 3\], expected uint8\[\d+, 8, 8, 3\]"):
+    with pytest.raises(RecordFormatError, match=r"shard-00000.array_record, record \d+: frames are uint8\[\d+, 4, 4, 3\], expected uint8\[\d+, 8, 8, 3\]"):
         take(iter(loader(synthetic_dir)), 20)
 
 
@@ -156,5 +197,14 @@ def test_corrupt_record_inside_a_valid_shard_is_named(synthetic_dir):
     for _ in shard["lengths"]:
         w.write(b"pickle bytes, not a jasmine record")
     w.close()
-    with pytest.raises(DataError, match=r"shard-00000.array_record, record \d+: bad magic"):
+    with pytest.raises(RecordFormatError, match=r"shard-00000.array_record, record \d+: bad magic"):
         take(iter(loader(synthetic_dir)), 20)
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../outside.array_record", "train/../../outside.array_record"])
+def test_shard_paths_must_stay_inside_the_dataset(synthetic_dir, path):
+    meta = read_metadata(synthetic_dir)
+    meta["splits"]["train"]["shards"][0]["file"] = path
+    write_json_atomic(synthetic_dir / "metadata.json", meta)
+    with pytest.raises(DataError, match="shard path .* (must be a relative path|leaves the dataset)"):
+        loader(synthetic_dir)

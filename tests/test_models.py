@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jasmine.models.nn import AxialTransformer, VectorQuantizer, attention_implementation, dot_product_attention
+from jasmine.models.nn import AxialTransformer, attention_implementation, dot_product_attention
+from jasmine.models.quantize import VectorQuantizer
 from jasmine.models.tokenizer import Tokenizer, TokenizerConfig, patchify, unpatchify
 
 TINY = TokenizerConfig(patch_size=4, model_dim=32, ffn_dim=64, num_blocks=2, num_heads=2, latent_dim=8, num_latents=16)
@@ -128,3 +129,36 @@ def test_dead_codes_restart_at_the_worst_fitted_inputs():
     new = np.asarray(vq.codebook[...])[[1, 3]]
     dist = np.abs(new[:, None] - worst[None]).max(-1)  # [dead code, candidate]
     assert (dist.min(1) < 1e-6).all() and dist.argmin(1)[0] != dist.argmin(1)[1]  # distinct worst-fitted inputs
+
+
+def test_time_and_space_have_separate_position_tables():
+    from jasmine.models.nn import positions
+
+    pe = np.asarray(positions(jnp.arange(5), 5, 16))  # [T, N, D]
+    for t, n in [(1, 2), (0, 3), (4, 1)]:
+        assert not np.allclose(pe[t, n], pe[n, t]), (t, n)  # a shared table would make (t, n) and (n, t) equal
+    assert len({tuple(np.round(pe[t, n], 6)) for t in range(5) for n in range(5)}) == 25
+    np.testing.assert_allclose(positions(jnp.arange(2, 4), 5, 16), pe[2:4], atol=1e-6)  # offsets (cached steps)
+
+
+def test_fsq_ids_round_trip_and_straight_through_gradient():
+    from jasmine.models.quantize import FiniteScalarQuantizer
+
+    q = FiniteScalarQuantizer((8, 5, 5, 3))
+    x = 3 * jax.random.normal(jax.random.key(0), (4000, 4))
+    z, ids, aux = q(x)
+    assert q.num_codes == 600 and ids.dtype == jnp.int32 and 0 <= ids.min() and ids.max() < 600
+    assert len(np.unique(np.asarray(ids))) > 300 and int(aux["code_counts"].sum()) == 4000
+    np.testing.assert_allclose(q.lookup(ids), z, atol=1e-6)  # ids and quantized latents agree
+    g = jax.grad(lambda x: (q(x)[0] * jnp.arange(4.0)).sum())(x / 6)  # where tanh is not saturated
+    assert np.all(np.asarray(g[:, 1:]) > 0) and np.all(np.asarray(g[:, 0]) == 0)  # through the rounding
+
+
+def test_fsq_tokenizer_shapes():
+    cfg = TokenizerConfig(**{**TINY.__dict__, "quantizer": "fsq", "fsq_levels": (4, 4, 4)})
+    model = Tokenizer(cfg, (16, 12, 3), rngs=nnx.Rngs(0))
+    x = jax.random.uniform(jax.random.key(0), (2, 3, 16, 12, 3))
+    recon, ids, aux = model(x)
+    assert recon.shape == x.shape and ids.shape == (2, 3, 12) and cfg.vocab_size == 64 and cfg.code_dim == 3
+    np.testing.assert_allclose(model.decode(model.encode(x)), recon, atol=1e-5)
+    assert float(aux["codebook_loss"]) == 0.0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jasmine.eval.metrics import delta_psnr, mean_ci, psnr_ssim
+from jasmine.eval.metrics import psnr_ssim, summarise_rollouts
 from jasmine.models.dynamics import DynamicsConfig
 from jasmine.models.genie import Genie
 from jasmine.models.lam import LAMConfig
@@ -59,18 +59,29 @@ def test_fixed_seed_gives_identical_samples():
     np.testing.assert_array_equal(d, e)  # argmax ignores the seed
 
 
-def test_psnr_ssim_and_delta_psnr_against_hand_computed_values():
+def test_psnr_ssim_against_hand_computed_values():
     x = np.zeros((2, 3, 8, 8, 3), np.float32)
     psnr, ssim = psnr_ssim(x + 0.5, x + 0.6)  # MSE 0.01 → 20 dB
     np.testing.assert_allclose(psnr, 20.0, atol=1e-4)
     np.testing.assert_allclose(psnr_ssim(x + 0.3, x + 0.3)[1], 1.0, atol=1e-6)
     assert ssim.shape == (2, 3) and np.all(ssim < 1.0)
-    gt = np.full((3, 8, 8, 3), 0.5, np.float32)
-    d = delta_psnr(gt, gt + 0.1, gt + 0.2)  # 20 dB vs 10 log10(1/0.04) = 13.979 dB
-    np.testing.assert_allclose(d, 20.0 - 10 * np.log10(1 / 0.04), atol=1e-4)
-    mean, ci = mean_ci(np.array([[1.0, 2.0], [3.0, 6.0]]))
-    np.testing.assert_allclose(mean, [2.0, 4.0])
-    np.testing.assert_allclose(ci, 1.96 * np.array([np.std([1, 3], ddof=1), np.std([2, 6], ddof=1)]) / np.sqrt(2))
+
+
+def test_eval_summary_paired_differences_and_delta_psnr_with_bootstrap_intervals():
+    """The summary ``jasmine eval`` writes, from per-clip scores chosen by hand (B = 4 episodes, T = 3)."""
+    psnr = {"model": np.array([[50, 20, 22], [50, 24, 26], [50, 18, 20], [50, 26, 28.0]]),
+            "random_actions": np.array([[50, 19, 20], [50, 22, 25], [50, 18, 19], [50, 23, 26.0]]),
+            "tokenizer": np.full((4, 3), 30.0), "copy_last": np.array([[50, 21, 20], [50, 22, 21], [50, 20, 19],
+                                                                        [50, 23, 22.0]])}
+    ssim = {k: v / 100 for k, v in psnr.items()}
+    res = summarise_rollouts(psnr, ssim, context=1, delta_t=2)
+    assert res["mean_generated"]["model"]["psnr"]["mean"] == pytest.approx(23.0)
+    diff = res["model_minus_copy_last"]["psnr"]  # per episode: 0.5, 3.5, -0.5, 4.5
+    assert diff["mean"] == pytest.approx(2.0) and -0.5 <= diff["lo"] < 2.0 < diff["hi"] <= 4.5
+    delta = res["delta_psnr_t2"]  # frame 2: 2, 1, 1, 2 → mean 1.5, and a bootstrap mean stays in [1, 2]
+    assert delta["mean"] == pytest.approx(1.5) and 1.0 <= delta["lo"] < 1.5 < delta["hi"] <= 2.0
+    assert res["per_frame"]["tokenizer"]["psnr"]["lo"] == [30.0] * 3  # no spread, no interval
+    assert summarise_rollouts(psnr, ssim, context=1, delta_t=2) == res  # deterministic resamples
 
 
 def test_bad_sampling_values_are_clear_errors(tmp_path):
@@ -81,10 +92,10 @@ def test_bad_sampling_values_are_clear_errors(tmp_path):
     g = genie()
     clips = {"frames": np.zeros((2, 5, 16, 16, 3), np.uint8)}
     with pytest.raises(ValueError, match="action id 9 is outside the codebook of 4 actions"):
-        choose_actions("fixed:9", g, clips, np.random.default_rng(0), 5)
+        choose_actions("fixed:9", g, clips, np.random.default_rng(0))
     with pytest.raises(ValueError, match="expected 4 action ids"):
-        choose_actions("list:1,2", g, clips, np.random.default_rng(0), 5)
-    ids = choose_actions("list:0,1,2,3", g, clips, np.random.default_rng(0), 5)
+        choose_actions("list:1,2", g, clips, np.random.default_rng(0))
+    ids = choose_actions("list:0,1,2,3", g, clips, np.random.default_rng(0))
     np.testing.assert_array_equal(ids, [[0, 1, 2, 3]] * 2)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_genie(tmp_path / "nope")
@@ -107,7 +118,14 @@ def test_demo_pipeline_runs_end_to_end_and_reuses_stages(micro_demo, capsys):
                  "dynamics/config.json", "eval/report.md", "eval/psnr_ssim.png", "eval/rollouts.gif"):
         assert (out / path).exists(), path
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
-    assert "delta_psnr_t4" in metrics and set(metrics["per_frame"]) == {"model", "random_actions", "tokenizer", "copy_last"}
+    assert set(metrics["per_frame"]) == {"model", "random_actions", "tokenizer", "copy_last"}
+    assert metrics["split"] == "test" and len(set(metrics["per_clip"]["episode"])) == metrics["clips"]
+    per_clip = {k: np.asarray(v) for k, v in metrics["per_clip"]["psnr"].items()}  # eval's Δ4PSNR is per clip ...
+    np.testing.assert_allclose(metrics["delta_psnr_t4"]["mean"],
+                               (per_clip["model"][:, 4] - per_clip["random_actions"][:, 4]).mean())
+    assert metrics["delta_psnr_t4"]["lo"] <= metrics["delta_psnr_t4"]["mean"] <= metrics["delta_psnr_t4"]["hi"]
+    copy = per_clip["copy_last"]  # ... and the copy-last baseline repeats the context frame
+    assert (copy[:, 0] > 58).all() and metrics["tokenizer_codes"]["codes_used"] >= 1
     assert "Δ4PSNR" in (out / "eval" / "report.md").read_text()
     capsys.readouterr()
     demo(DemoArgs(out=out, preset="micro"))
@@ -122,7 +140,7 @@ def test_sample_command_writes_videos_and_metrics(micro_demo):
     out, _ = micro_demo
     res = sample(SampleArgs(run=out / "dynamics", data=out / "data", context=1, frames=6, actions="random", steps=2,
                             out=out / "samples"))
-    stem = "sample_val_c1_f6_random_seed0"
+    stem = "sample_test_c1_f6_random_seed0"
     assert (out / "samples" / f"{stem}.gif").stat().st_size > 0
     assert (out / "samples" / f"{stem}.mp4").stat().st_size > 0
     saved = json.loads((out / "samples" / f"{stem}.json").read_text())

@@ -4,7 +4,8 @@ Each split plays its own vectorised procgen env ("hard" mode, 64x64 RGB) over a 
 range of level seeds: train ``[0, L)``, val ``[L, L+E)``, test ``[L+E, L+2E)`` with
 ``L = train_levels`` and ``E = eval_levels``. Procgen's stepping, the level choice and the
 actions are all seeded from ``seed``, so the records are a deterministic function of the
-arguments. Frame t is stored before action t is taken.
+arguments. Frame t is stored before action t is taken. Each split keeps the first episodes
+to *start* (see :func:`episodes`), so which episodes are kept does not depend on their length.
 """
 
 from __future__ import annotations
@@ -69,12 +70,10 @@ def _procgen_env():
     return ProcgenGym3Env
 
 
-def _episodes(split_index: int, n: int, lo: int, hi: int, args: CoinRunArgs):
-    """Yield ``n`` finished episodes ``(frames, actions, level_seed)`` in a deterministic order."""
-    ProcgenGym3Env = _procgen_env()
-    E, L = args.num_envs, args.max_episode_len
-    env = ProcgenGym3Env(
-        num=E,
+def make_env(split_index: int, lo: int, hi: int, args: CoinRunArgs):
+    """The vectorised procgen env of one split: levels [lo, hi), seeded from ``args.seed``."""
+    return _procgen_env()(
+        num=args.num_envs,
         env_name="coinrun",
         distribution_mode="hard",
         start_level=lo,
@@ -82,38 +81,58 @@ def _episodes(split_index: int, n: int, lo: int, hi: int, args: CoinRunArgs):
         rand_seed=args.seed * 7919 + split_index,
         num_threads=args.num_threads,
     )
-    rng = np.random.default_rng([args.seed, split_index])
+
+
+def episodes(env, n: int, rng: np.random.Generator, *, max_len: int, min_len: int, num_actions: int = NUM_ACTIONS):
+    """Yield the first ``n`` episodes *to start* that last at least ``min_len`` frames, in start order.
+
+    ``env`` is a gym3-style vectorised env (``num``, ``observe``, ``act``, ``get_info``). Which
+    episodes are kept never depends on their own length (beyond the ``min_len`` filter): a
+    slot starts recording only while fewer than ``n`` recorded episodes could still be kept,
+    and a shorter one that ends frees a start for a later episode. Keeping the first
+    episodes to *finish* instead would favour short ones. Episodes are cut at ``max_len``.
+    Yields ``(frames, actions, level_seed)``; memory holds at most the episodes that finish
+    while an earlier-started one is still running.
+    """
+    E, L = env.num, max_len
     frames_ELHWC = np.empty((E, L, *FRAME_SHAPE), np.uint8)
     actions_EL = np.empty((E, L), np.int32)
     pos_E = np.zeros(E, np.int64)
-    recording_E = np.zeros(E, bool)  # False after a truncation, until procgen resets the env
+    index_E = np.full(E, -1)  # start index of the episode each slot records (-1: not recording)
     seeds_E = np.zeros(E, np.int64)
-    done = 0
+    started = short = next_out = 0
+    done: dict[int, tuple | None] = {}  # start index -> episode (None: too short), until emitted in order
 
     def finish(i):
-        nonlocal done
-        if pos_E[i] >= args.min_episode_len and done < n:
-            done += 1
-            return frames_ELHWC[i, : pos_E[i]].copy(), actions_EL[i, : pos_E[i]].copy(), int(seeds_E[i])
-        return None
+        nonlocal short
+        keep = pos_E[i] >= min_len
+        done[int(index_E[i])] = (frames_ELHWC[i, : pos_E[i]].copy(), actions_EL[i, : pos_E[i]].copy(),
+                                 int(seeds_E[i])) if keep else None
+        short += not keep
+        index_E[i] = -1
 
-    while done < n:
+    while next_out < started or started - short < n:
         _, obs, first_E = env.observe()
-        act_E = rng.integers(0, NUM_ACTIONS, size=E, dtype=np.int32)
+        act_E = rng.integers(0, num_actions, size=E, dtype=np.int32)
         if first_E.any():
             info = env.get_info()
             for i in np.flatnonzero(first_E):
-                if recording_E[i] and (ep := finish(i)) is not None:
-                    yield ep
-                pos_E[i], recording_E[i], seeds_E[i] = 0, True, info[i]["level_seed"]
-        idx = np.flatnonzero(recording_E)
+                if index_E[i] >= 0:
+                    finish(i)
+                if started - short < n:  # a start is free: record this episode
+                    index_E[i], pos_E[i], seeds_E[i] = started, 0, info[i]["level_seed"]
+                    started += 1
+        idx = np.flatnonzero(index_E >= 0)
         frames_ELHWC[idx, pos_E[idx]] = obs["rgb"][idx]
         actions_EL[idx, pos_E[idx]] = act_E[idx]
         pos_E[idx] += 1
         for i in idx[pos_E[idx] == L]:  # truncate: step on, record nothing until the reset
-            if (ep := finish(i)) is not None:
+            finish(i)
+        while next_out in done:
+            ep = done.pop(next_out)
+            next_out += 1
+            if ep is not None:
                 yield ep
-            recording_E[i] = False
         env.act(act_E)
 
 
@@ -141,7 +160,10 @@ def generate(args: CoinRunArgs) -> dict:
                 if n <= 0:
                     continue
                 episode_id = 0
-                for frames, actions, level_seed in _episodes(split_index, n, *ranges[split], args):
+                env = make_env(split_index, *ranges[split], args)
+                rng = np.random.default_rng([args.seed, split_index])
+                for frames, actions, level_seed in episodes(env, n, rng, max_len=args.max_episode_len,
+                                                            min_len=args.min_episode_len):
                     meta = {"source": "procgen:coinrun:hard", "level_seed": level_seed, "episode_id": episode_id}
                     writer.add_episode(split, frames, actions, meta)
                     episode_id += 1

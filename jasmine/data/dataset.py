@@ -14,6 +14,7 @@ without reading any record.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from jasmine.data.records import FORMAT_VERSION, SHARD_SUFFIX, ShardWriter, decode_record, encode_record, write_json_atomic
+from jasmine.data.records import (FORMAT_VERSION, SHARD_SUFFIX, DataError, RecordFormatError, ShardWriter,
+                                  decode_record, encode_record, write_json_atomic)
 
 METADATA = "metadata.json"
 SPLITS = ("train", "val", "test")
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
-
-class DataError(ValueError):
-    """Bad or unreadable dataset input; the message names the path."""
+__all__ = ["DataError", "RecordFormatError", "DatasetWriter", "read_metadata", "split_shards", "iter_records"]
 
 
 @dataclass
@@ -136,8 +137,10 @@ def read_metadata(root: str | Path) -> dict[str, Any]:
         raise DataError(f"dataset directory {root} {what}{hint}")
     try:
         meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path} is not valid JSON: {e}") from e
+    except (ValueError, RecursionError) as e:
+        raise DataError(f"{path} is not valid JSON: {e!r:.200}") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: expected a JSON object")
     if meta.get("format") != "jasmine-episodes":
         raise DataError(f"{path}: 'format' is {meta.get('format')!r}, expected 'jasmine-episodes'")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -145,21 +148,57 @@ def read_metadata(root: str | Path) -> dict[str, Any]:
     for key in ("frame_shape", "num_actions", "splits"):
         if key not in meta:
             raise DataError(f"{path}: missing key {key!r}")
+    shape, actions = meta["frame_shape"], meta["num_actions"]
+    if not (isinstance(shape, list) and len(shape) == 3 and all(type(d) is int and d > 0 for d in shape)):
+        raise DataError(f"{path}: frame_shape {shape!r:.80} is not [H, W, C] of positive integers")
+    if type(actions) is not int or actions < 0:
+        raise DataError(f"{path}: num_actions {actions!r:.80} is not an integer >= 0")
+    if not isinstance(meta["splits"], dict) or not all(isinstance(k, str) and _SPLIT_NAME.fullmatch(k)
+                                                        for k in meta["splits"]):
+        raise DataError(f"{path}: split names must be letters, digits, '_' or '-'")
     return meta
+
+
+def _inside(root: Path, rel: Any, where: Path) -> Path:
+    """``root / rel``, refusing absolute paths and paths that leave ``root`` (untrusted metadata)."""
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute():
+        raise DataError(f"{where}: shard path {rel!r} must be a relative path inside the dataset")
+    path = root / rel
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise DataError(f"{where}: shard path {rel!r} leaves the dataset directory {root}")
+    return path
 
 
 def split_shards(root: str | Path, meta: dict[str, Any], split: str) -> list[tuple[Path, list[int]]]:
     """The (path, record lengths) of each shard of ``split``, in sorted order, checked on disk."""
     root = Path(root)
+    where = root / METADATA
     if split not in meta["splits"]:
-        raise DataError(f"{root / METADATA}: no split {split!r} (have {sorted(meta['splits'])})")
-    shards = sorted((root / s["file"], list(s["lengths"])) for s in meta["splits"][split]["shards"])
+        raise DataError(f"{where}: no split {split!r} (have {sorted(meta['splits'])})")
+    try:
+        entries = [(s["file"], s["lengths"]) for s in meta["splits"][split]["shards"]]
+    except (KeyError, TypeError) as e:
+        raise DataError(f"{where}: split {split!r} has malformed 'shards' ({e!r})") from None
+    shards = []
+    for rel, lengths in entries:
+        if not isinstance(lengths, list) or not all(isinstance(n, int) and n >= 0 for n in lengths):
+            raise DataError(f"{where}: shard {rel!r} has malformed record lengths")
+        shards.append((_inside(root, rel, where), list(lengths)))
+    shards.sort()
     if not shards:
         raise DataError(f"{root / split}: split {split!r} has no shards")
     for path, _ in shards:
         if not path.is_file():
-            raise DataError(f"shard {path} listed in {root / METADATA} is missing")
+            raise DataError(f"shard {path} listed in {where} is missing")
     return shards
+
+
+def decode_at(buf: bytes, shard: Path | str, index: int):
+    """Decode record ``index`` of ``shard``; a malformed one raises RecordFormatError naming both."""
+    try:
+        return decode_record(buf)
+    except RecordFormatError as e:
+        raise RecordFormatError(f"shard {shard}, record {index}: {e}") from None
 
 
 def iter_records(root: str | Path, meta: dict, split: str, limit: int = 0):
@@ -172,6 +211,6 @@ def iter_records(root: str | Path, meta: dict, split: str, limit: int = 0):
         for i in range(len(lengths)):
             if limit and seen >= limit:
                 return
-            yield decode_record(reader.read([i])[0])
+            yield decode_at(reader.read([i])[0], path, i)
             seen += 1
         reader.close()

@@ -1,13 +1,20 @@
-"""Grain input pipeline over jasmine episode shards.
+"""Grain input pipeline over jasmine episode shards, and held-out clips for evaluation.
 
 Dimension key: B batch (per process), T seq_len, H/W/C frame height/width/channels.
 
-Pipeline: index of window slots → shard by JAX process → seeded global shuffle (reshuffled
-each epoch) → random window of ``seq_len`` frames per slot → batch → optional multiprocess
-workers. A record of L frames owns ``L // seq_len`` slots, so sampling is proportional to
-length and an epoch sees about every frame once. Records shorter than ``seq_len`` are
-dropped when the index is built. The iterator from ``iter(make_loader(...))`` has
-``get_state()`` / ``set_state()`` for exact resumption.
+The index is built from metadata.json alone: each record's length, and which episode it
+belongs to and at which frame of that episode it starts. A record owns window *slots*:
+disjoint windows ``stride`` frames apart (``stride`` is ``seq_len`` rounded up to a
+multiple of ``align``), all shifted by one random offset per record and epoch. So an epoch
+sees about every frame once, and two slots never share a frame. With ``align`` > 1 every
+window starts at an episode frame that is a multiple of ``align`` (the encoding rule of
+frozen frame encoders, see ``jasmine.models.genie``).
+
+Pipeline: slots → seeded global shuffle (reshuffled each epoch) → crop each slot's window
+→ this process's block of every global batch → batch → optional worker processes. Process
+p of P gets rows [p B, (p+1) B) of each global batch of P B rows, so P processes together
+load exactly the batches one process would. ``iter(make_loader(...))`` has ``get_state()``
+/ ``set_state()`` for exact resumption.
 """
 
 from __future__ import annotations
@@ -20,8 +27,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from jasmine.data.dataset import DataError, read_metadata, split_shards
-from jasmine.data.records import RecordFormatError, decode_record
+from jasmine.data.dataset import DataError, RecordFormatError, decode_at, read_metadata, split_shards
 
 
 def record_arrays(meta: dict[str, Any]) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
@@ -48,11 +54,11 @@ def _check_shard(path: Path, expected_records: int) -> None:
         raise DataError(f"shard {path} holds {n} records but metadata.json lists {expected_records}")
 
 
-class EpisodeSource(grain.sources.RandomAccessDataSource):
-    """Random access to window slots; item ``i`` is the decoded record owning slot ``i``."""
+class EpisodeIndex:
+    """Records of one split (in shard order) with their episode and starting frame in it."""
 
-    def __init__(self, root: str | Path, split: str, seq_len: int, image_shape: tuple[int, int, int] | None = None):
-        self.root, self.split, self.seq_len = Path(root), split, seq_len
+    def __init__(self, root: str | Path, split: str, image_shape: tuple[int, int, int] | None = None):
+        self.root, self.split = Path(root), split
         meta = read_metadata(root)
         self.frame_shape = tuple(meta["frame_shape"])
         if image_shape is not None and tuple(image_shape) != self.frame_shape:
@@ -65,73 +71,135 @@ class EpisodeSource(grain.sources.RandomAccessDataSource):
         self.paths = [str(p) for p, _ in shards]
         for path, lengths in shards:
             _check_shard(path, len(lengths))
-        lengths = [np.asarray(ls, np.int64) for _, ls in shards]
-        self._first = np.cumsum([0] + [len(ls) for ls in lengths])  # global record id of each shard's first record
-        all_lengths = np.concatenate(lengths)
-        slots = all_lengths // seq_len
-        short = int((slots == 0).sum())
-        if short == len(all_lengths):
-            raise DataError(
-                f"{self.root / split}: no record has at least seq_len={seq_len} frames "
-                f"(longest is {int(all_lengths.max(initial=0))}); lower seq_len or regenerate with longer episodes"
-            )
-        if short:
-            warnings.warn(f"{self.root / split}: skipping {short} of {len(all_lengths)} records shorter than seq_len={seq_len}")
-        self._record_of_slot = np.repeat(np.arange(len(all_lengths)), slots)
-        self._lengths = all_lengths
+        self._first = np.cumsum([0] + [len(ls) for _, ls in shards])  # global record id of each shard's first
+        self.lengths = np.concatenate([np.asarray(ls, np.int64) for _, ls in shards])
+        self.episode, self.offset = self._episodes(meta["splits"][split].get("episode_lengths"))
         self._reader = None
 
-    def __len__(self) -> int:
-        return len(self._record_of_slot)
+    def _episodes(self, episode_lengths) -> tuple[np.ndarray, np.ndarray]:
+        """Episode id and start frame within it of each record (records are written episode by episode)."""
+        if not episode_lengths:  # unknown: every record is its own episode
+            return np.arange(len(self.lengths)), np.zeros(len(self.lengths), np.int64)
+        episode, offset = np.zeros(len(self.lengths), np.int64), np.zeros(len(self.lengths), np.int64)
+        e, done = 0, 0
+        for r, n in enumerate(self.lengths):
+            if e >= len(episode_lengths):
+                raise DataError(f"{self.root / 'metadata.json'}: split {self.split!r} has more record frames than "
+                                f"its episode_lengths add up to")
+            episode[r], offset[r] = e, done
+            done += int(n)
+            if done > episode_lengths[e]:
+                raise DataError(f"{self.root / 'metadata.json'}: records of split {self.split!r} do not add up to "
+                                f"episode {e}'s length {episode_lengths[e]}")
+            if done == episode_lengths[e]:
+                e, done = e + 1, 0
+        return episode, offset
 
-    def _locate(self, record: int) -> tuple[str, int]:
+    def locate(self, record: int) -> tuple[str, int]:
         shard = bisect.bisect_right(self._first, record) - 1
         return self.paths[shard], record - int(self._first[shard])
 
-    def _read(self, record: int) -> bytes:
+    def read(self, record: int) -> dict[str, np.ndarray]:
+        """The checked arrays of one record; a malformed record raises RecordFormatError naming shard and record."""
         if self._reader is None:
             self._reader = grain.sources.ArrayRecordDataSource(self.paths)
+        path, idx = self.locate(record)
         try:
-            return self._reader[record]
+            buf = self._reader[record]
         except Exception as e:
-            path, idx = self._locate(record)
             raise DataError(f"shard {path} is unreadable or corrupt (record {idx}): {e}") from e
-
-    def __getitem__(self, slot: int) -> dict[str, np.ndarray]:
-        record = int(self._record_of_slot[slot])
-        try:
-            arrays, _ = decode_record(self._read(record))
-        except RecordFormatError as e:
-            path, idx = self._locate(record)
-            raise DataError(f"shard {path}, record {idx}: {e}") from e
-        n = int(self._lengths[record])
+        arrays, _ = decode_at(buf, path, idx)
+        n = int(self.lengths[record])
         out = {}
         for name, (dtype, shape) in self.arrays.items():
             arr = arrays.get(name)
             want = (n, *shape)
             if arr is None or arr.dtype != dtype or arr.shape != want:
-                path, idx = self._locate(record)
                 got = "missing" if arr is None else f"{arr.dtype}{list(arr.shape)}"
-                raise DataError(f"shard {path}, record {idx}: {name} are {got}, expected {np.dtype(dtype).name}{list(want)}")
+                raise RecordFormatError(f"shard {path}, record {idx}: {name} are {got}, expected "
+                                        f"{np.dtype(dtype).name}{list(want)}")
             out[name] = arr
         return out
+
+    def first_aligned(self, align: int) -> np.ndarray:
+        """Per record, the first frame whose episode frame index is a multiple of ``align``."""
+        return (-self.offset) % align
 
     def __getstate__(self):
         return {**self.__dict__, "_reader": None}
 
+
+class WindowSlots(grain.sources.RandomAccessDataSource):
+    """Item ``i`` is the record owning slot ``i``, with the slot's number within the record."""
+
+    def __init__(self, index: EpisodeIndex, seq_len: int, align: int = 1):
+        if align < 1:
+            raise ValueError(f"align must be >= 1, got {align}")
+        self.index, self.seq_len, self.align = index, seq_len, align
+        self.stride = align * -(-seq_len // align)
+        usable = index.lengths - index.first_aligned(align)
+        slots = np.where(usable >= seq_len, (usable - seq_len) // self.stride + 1, 0)
+        if not slots.any():
+            raise DataError(
+                f"{index.root / index.split}: no record has a window of seq_len={seq_len} frames starting at a "
+                f"multiple of {align} (longest record: {int(index.lengths.max(initial=0))} frames); lower seq_len "
+                f"or regenerate with longer episodes")
+        short = int((slots == 0).sum())
+        if short:
+            warnings.warn(f"{index.root / index.split}: skipping {short} of {len(slots)} records shorter than "
+                          f"seq_len={seq_len}")
+        self.slots_of = slots
+        self.record_of_slot = np.repeat(np.arange(len(slots)), slots)
+        self.slot_in_record = np.arange(len(self.record_of_slot)) - np.repeat(np.cumsum(slots) - slots, slots)
+
+    def __len__(self) -> int:
+        return len(self.record_of_slot)
+
+    def __getitem__(self, slot: int) -> dict[str, Any]:
+        record = int(self.record_of_slot[slot])
+        return {"record": record, "slot": int(self.slot_in_record[slot]), "arrays": self.index.read(record)}
+
+    def window_start(self, record: int, slot: int, rng: np.random.Generator) -> int:
+        """Start frame of ``slot``: the record's random aligned offset (``rng``) plus ``slot`` strides."""
+        first = int(self.index.first_aligned(self.align)[record])
+        free = int(self.index.lengths[record]) - first - self.seq_len - (int(self.slots_of[record]) - 1) * self.stride
+        return first + self.align * int(rng.integers(0, free // self.align + 1)) + slot * self.stride
+
     def __repr__(self) -> str:
-        return f"EpisodeSource({self.root}/{self.split}, seq_len={self.seq_len}, slots={len(self)})"
+        return f"WindowSlots({self.index.root}/{self.index.split}, seq_len={self.seq_len}, align={self.align}, slots={len(self)})"
 
 
-class RandomWindow(grain.transforms.RandomMap):
-    """Crop a uniformly random ``seq_len`` window (frames and aligned actions)."""
+class CropWindow(grain.transforms.MapWithIndex):
+    """Crop a slot's window; the record's offset is drawn from (seed, epoch, record), shared by its slots."""
 
-    def __init__(self, seq_len: int):
-        self.seq_len = seq_len
+    def __init__(self, slots: WindowSlots, seed: int):
+        self.slots, self.seed, self.n = slots, seed, len(slots)
 
-    def random_map(self, episode: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
-        start = int(rng.integers(0, len(next(iter(episode.values()))) - self.seq_len + 1))
-        return {k: np.array(v[start : start + self.seq_len]) for k, v in episode.items()}
+    def map_with_index(self, index: int, item: dict[str, Any]) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, index // self.n, item["record"]])
+        start = self.slots.window_start(item["record"], item["slot"], rng)
+        return {k: np.array(v[start : start + self.slots.seq_len]) for k, v in item["arrays"].items()}
+
+
+class ProcessBlock(grain.MapDataset):
+    """Rows [p b, (p+1) b) of every global batch of ``processes * b`` consecutive elements."""
+
+    def __init__(self, parent: grain.MapDataset, process: int, processes: int, per_process: int):
+        super().__init__(parent)
+        self.p, self.P, self.b = process, processes, per_process
+        self._len = (len(parent) // (processes * per_process)) * per_process
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        batch, row = divmod(index, self.b)
+        return self._parent[batch * self.P * self.b + self.p * self.b + row]
+
+    def __str__(self) -> str:
+        return f"ProcessBlock(process={self.p}/{self.P}, rows={self.b})"
 
 
 def make_loader(
@@ -142,6 +210,7 @@ def make_loader(
     batch_size: int,
     seed: int,
     image_shape: tuple[int, int, int] | None = None,
+    align: int = 1,
     num_epochs: int | None = None,
     num_workers: int = 0,
     process_index: int | None = None,
@@ -152,9 +221,8 @@ def make_loader(
     Token datasets (``jasmine data tokenize``) give ``tokens`` int32[B,T,N] instead of
     frames, plus ``latent_actions`` int32[B,T] when a LAM was given.
 
-    ``batch_size`` is the global batch; each of ``process_count`` JAX processes gets
-    ``batch_size // process_count`` rows from its own disjoint slice of the index.
-    ``num_epochs=None`` repeats forever.
+    ``batch_size`` is the global batch; each of ``process_count`` JAX processes gets its
+    block of ``batch_size // process_count`` rows. ``num_epochs=None`` repeats forever.
     """
     if process_index is None or process_count is None:
         import jax
@@ -162,12 +230,14 @@ def make_loader(
         process_index, process_count = jax.process_index(), jax.process_count()
     if batch_size % process_count:
         raise ValueError(f"--batch-size {batch_size} is not divisible by the {process_count} JAX processes")
-    source = EpisodeSource(root, split, seq_len, image_shape)
-    ds = grain.MapDataset.source(source)[process_index::process_count]
-    if len(ds) < batch_size // process_count:
-        raise DataError(f"{Path(root) / split}: only {len(ds)} windows per process, fewer than one batch of {batch_size // process_count}")
-    ds = ds.shuffle(seed=seed).repeat(num_epochs).random_map(RandomWindow(seq_len), seed=seed + 1)
-    it = ds.to_iter_dataset().batch(batch_size // process_count, drop_remainder=True)
+    slots = WindowSlots(EpisodeIndex(root, split, image_shape), seq_len, align)
+    if len(slots) < batch_size:
+        raise DataError(f"{Path(root) / split}: only {len(slots)} windows of {seq_len} frames, fewer than one batch "
+                        f"of {batch_size}")
+    ds = grain.MapDataset.source(slots).shuffle(seed=seed).repeat(num_epochs).map_with_index(CropWindow(slots, seed))
+    per_process = batch_size // process_count
+    it = ProcessBlock(ds, process_index, process_count, per_process).to_iter_dataset().batch(per_process,
+                                                                                           drop_remainder=True)
     if num_workers > 0:
         from absl import flags  # grain's worker processes read absl flags; parse them if no app did
 
@@ -175,3 +245,33 @@ def make_loader(
             flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return it
+
+
+def episode_clips(root: str | Path, split: str, n: int, length: int, seed: int, *, align: int = 1,
+                  image_shape: tuple[int, int, int] | None = None) -> dict[str, np.ndarray]:
+    """``n`` clips of ``length`` frames from ``n`` distinct episodes, deterministic in ``seed``.
+
+    Episodes are drawn uniformly among those with an aligned window inside one record, and
+    each clip uniformly among its episode's such windows. Returns the arrays [n, length, ...]
+    plus ``episode`` and ``start`` (the clip's first frame within its episode).
+    """
+    index = EpisodeIndex(root, split, image_shape)
+    first = index.first_aligned(align)
+    counts = np.maximum((index.lengths - first - length) // align + 1, 0)  # aligned windows per record
+    episodes = np.unique(index.episode[counts > 0])
+    if len(episodes) < n:
+        raise DataError(f"{Path(root) / split}: only {len(episodes)} episodes hold a clip of {length} frames, fewer "
+                        f"than the {n} clips asked for (clips come from distinct episodes); ask for fewer clips or "
+                        f"generate more episodes")
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(episodes, n, replace=False))
+    clips: dict[str, list] = {"episode": [], "start": []}
+    for e in chosen:
+        windows = [(int(r), int(first[r]) + align * m) for r in np.flatnonzero(index.episode == e)
+                   for m in range(counts[r])]
+        r, s = windows[int(rng.integers(0, len(windows)))]
+        for name, arr in index.read(r).items():
+            clips.setdefault(name, []).append(np.array(arr[s : s + length]))
+        clips["episode"].append(int(e))
+        clips["start"].append(int(index.offset[r]) + s)
+    return {k: np.stack(v) if k not in ("episode", "start") else np.asarray(v) for k, v in clips.items()}

@@ -1,4 +1,4 @@
-"""The evaluation plot (PSNR and SSIM against frame index) and the Markdown report."""
+"""The evaluation plot (PSNR and SSIM against frame index), the summary table and the Markdown report."""
 
 from __future__ import annotations
 
@@ -10,24 +10,31 @@ LABELS = {"model": "model (inferred actions)", "random_actions": "model (random 
           "tokenizer": "tokenizer reconstruction (ceiling)", "copy_last": "copy last context frame"}
 
 
-def plot_curves(path: Path, res: dict, context: int) -> None:
+def _ci(m: dict, fmt: str) -> str:
+    return f"{m['mean']:{fmt}} [{m['lo']:{fmt}}, {m['hi']:{fmt}}]"
+
+
+def plot_curves(path: Path, res: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    context = res["context"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric in zip(axes, ("psnr", "ssim")):
         for name, entry in res["per_frame"].items():
-            y, ci = np.asarray(entry[metric]), np.asarray(entry[f"{metric}_ci95"])
+            e = entry[metric]
+            y, lo, hi = (np.asarray(e[k]) for k in ("mean", "lo", "hi"))
             x = np.arange(len(y))
             ax.plot(x[context:], y[context:], marker="o", ms=3, label=LABELS.get(name, name))
-            ax.fill_between(x[context:], (y - ci)[context:], (y + ci)[context:], alpha=0.2)
+            ax.fill_between(x[context:], lo[context:], hi[context:], alpha=0.2)
         ax.set_xlabel("frame index")
         ax.set_ylabel("PSNR (dB)" if metric == "psnr" else "SSIM")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{res['clips']} held-out clips, {context} context frame(s); bands: 95% CI")
+    fig.suptitle(f"{res['clips']} clips from distinct {res['split']} episodes, {context} context frame(s); "
+                 f"bands: 95% bootstrap CI over episodes")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -36,25 +43,40 @@ def plot_curves(path: Path, res: dict, context: int) -> None:
 def metrics_table(res: dict) -> str:
     rows = ["| | PSNR (dB) | SSIM |", "|---|---|---|"]
     for name, m in res["mean_generated"].items():
-        rows.append(f"| {LABELS.get(name, name)} | {m['psnr']:.2f} ± {m['psnr_ci95']:.2f} | "
-                    f"{m['ssim']:.3f} ± {m['ssim_ci95']:.3f} |")
+        rows.append(f"| {LABELS.get(name, name)} | {_ci(m['psnr'], '.2f')} | {_ci(m['ssim'], '.3f')} |")
+    d = res["model_minus_copy_last"]
+    rows.append(f"| model − copy last frame (paired) | {_ci(d['psnr'], '+.2f')} | {_ci(d['ssim'], '+.3f')} |")
     return "\n".join(rows)
 
 
-def write_report(path: Path, res: dict, args) -> None:
-    key = f"delta_psnr_t{args.delta_t}"
+def summary_lines(res: dict) -> list[str]:
+    t, codes = res["delta_t"], res["tokenizer_codes"]
+    return [f"{res['clips']} clips from distinct {res['split']} episodes, {res['context']} context + "
+            f"{res['frames'] - res['context']} generated frames, actions: {res['actions']} ({res['seconds']:.0f}s); "
+            f"means over generated frames [95% bootstrap CI over episodes]:", "", metrics_table(res), "",
+            f"Δ{t}PSNR = {_ci(res[f'delta_psnr_t{t}'], '.3f')} dB",
+            f"tokenizer codes on these clips: {codes['codes_used']} of {codes['vocab']} used, perplexity "
+            f"{codes['perplexity']:.1f}"]
+
+
+def write_report(path: Path, res: dict) -> None:
+    t = res["delta_t"]
     text = f"""# Evaluation of `{res['run']}`
 
-{res['clips']} clips from `{res['data']}` ({res['split']} split): {res['context']} ground-truth context frame(s),
-then {res['frames'] - res['context']} generated frames with {res['steps']} MaskGIT steps each (temperature
-{res['temperature']}); actions: {res['actions']} (inferred from the ground-truth clip).
+{res['clips']} clips from distinct episodes of `{res['data']}` ({res['split']} split): {res['context']} ground-truth
+context frame(s), then {res['frames'] - res['context']} generated frames with {res['steps']} MaskGIT steps each
+(temperature {res['temperature']}, choice temperature {res['choice_temperature']}); actions: {res['actions']}
+(inferred from the ground-truth clip). Intervals: 95% percentile bootstrap over episodes.
 
-## Mean over generated frames (± 95% CI)
+## Mean over generated frames
 
 {metrics_table(res)}
 
-**Controllability** Δ{args.delta_t}PSNR = PSNR(x, x̂) − PSNR(x, x̂′) at frame {args.delta_t}, x̂′ from random actions:
-**{res[key]:.3f} ± {res[key + '_ci95']:.3f} dB** (positive: the inferred actions matter).
+**Controllability** Δ{t}PSNR = PSNR(x, x̂) − PSNR(x, x̂′) at frame {t}, x̂′ from random actions:
+**{_ci(res[f'delta_psnr_t{t}'], '.3f')} dB** (positive: the inferred actions matter).
+
+Tokenizer codes on these clips: {res['tokenizer_codes']['codes_used']} of {res['tokenizer_codes']['vocab']} used,
+perplexity {res['tokenizer_codes']['perplexity']:.1f}.
 
 ## Per frame
 

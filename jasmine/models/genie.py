@@ -1,37 +1,86 @@
-"""Genie: a frozen tokenizer, an action source, and the MaskGIT dynamics.
+"""Genie: a frozen tokenizer, an action source and the MaskGIT dynamics, and the encoding rule.
 
 Dimension key:
     B batch   T frames   H/W/C frame height/width/channels   N tokens per frame
-    A action-latent width
+    A action-latent width   K encoder windows per clip   V vocabulary
 
 The action source is either a latent action model (frozen from its own run, or co-trained
 with the dynamics, keeping its decoder and losses) or an embedding of ground-truth actions.
 Data convention: ``actions[t]`` is taken after ``frames[t]``, so the action between frames
 t-1 and t is ``actions[t-1]``; LAM ids ``latent_actions[t]`` (t >= 1) already are.
+
+**Encoding rule** (training on frames, ``data tokenize``, sample, eval and play all use it).
+The tokenizer and the LAM are causal in time with absolute time positions, so they only
+ever run on windows of the length they were trained on, placed on a fixed grid:
+
+- tokenizer (window S): consecutive chunks of S frames from the episode's first frame; a
+  frame's tokens depend on the frames from its chunk's start up to itself;
+- LAM (window L): windows of L frames starting at episode frames 0, L-1, 2(L-1), ...
+  (neighbours share one frame); the action into frame t comes from the window in which t is
+  not the first frame.
+
+Any prefix of a window encodes the same (causality), so a clip that starts at an episode
+frame divisible by ``align`` = lcm(S, L-1) is encoded window by window from its own start
+and every frame gets exactly the tokens and action it gets anywhere else.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jasmine.models.dynamics import DynamicsConfig, MaskGITDynamics, frame_actions
+from jasmine.models.dynamics import DynamicsConfig, MaskGITDynamics, frame_actions, prefill, step_logits
 from jasmine.models.lam import LAMConfig, LatentActionModel
-from jasmine.models.nn import Attention, Precision, Remat
+from jasmine.models.maskgit import MaskGITOptions, unmask_frame
+from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat
 from jasmine.models.tokenizer import Tokenizer, TokenizerConfig
 
 ActionSource = Literal["lam", "gt"]
 
 
+def frame_alignment(tokenizer_window: int, lam_window: int | None) -> int:
+    """Episode-frame multiple at which clips must start for the encoding rule (see module doc)."""
+    return math.lcm(tokenizer_window, lam_window - 1) if lam_window else tokenizer_window
+
+
+def in_chunks(fn, x_BT, window: int):
+    """``fn`` on consecutive chunks of ``window`` frames of x_BT... (zero-padded; fn causal in time)."""
+    B, T = x_BT.shape[:2]
+    K = -(-T // window)
+    x = jnp.pad(x_BT, [(0, 0), (0, K * window - T)] + [(0, 0)] * (x_BT.ndim - 2))
+    y = fn(x.reshape(B * K, window, *x.shape[2:]))
+    return y.reshape(B, K * window, *y.shape[2:])[:, :T]
+
+
+def lam_windows(x_BT, window: int):
+    """Windows [B*K, L, ...] starting every L-1 frames (zero-padded past the clip's end)."""
+    B, T = x_BT.shape[:2]
+    K = max(-(-(T - 1) // (window - 1)), 1)
+    x = jnp.pad(x_BT, [(0, 0), (0, (K - 1) * (window - 1) + window - T)] + [(0, 0)] * (x_BT.ndim - 2))
+    idx_KL = jnp.arange(K)[:, None] * (window - 1) + jnp.arange(window)[None]
+    return x[:, idx_KL].reshape(B * K, window, *x.shape[2:])
+
+
+def from_lam_windows(y_KL1, B: int, T: int):
+    """Per-window outputs for their L-1 transitions [B*K, L-1, ...] → per transition [B, T-1, ...]."""
+    return y_KL1.reshape(B, -1, *y_KL1.shape[2:])[:, : T - 1]
+
+
 class Genie(nnx.Module):
     def __init__(self, tok_cfg: TokenizerConfig, dyn_cfg: DynamicsConfig, image_shape: tuple[int, int, int], *,
                  action_source: ActionSource = "lam", lam_cfg: LAMConfig = LAMConfig(), num_actions: int = 0,
-                 prec: Precision = Precision(), attention: Attention = "auto", remat: Remat = "none", rngs: nnx.Rngs):
+                 tokenizer_window: int = 1, lam_window: int = 2, prec: Precision = Precision(),
+                 attention: Attention = "auto", remat: Remat = "none", rngs: nnx.Rngs):
+        if tokenizer_window < 1 or lam_window < 2:
+            raise ValueError(f"encoder windows must be >= 1 (tokenizer) and >= 2 (LAM), got {tokenizer_window}, "
+                             f"{lam_window}")
         kw = dict(prec=prec, attention=attention, remat=remat, rngs=rngs)
         self.action_source = action_source
+        self.tokenizer_window, self.lam_window = tokenizer_window, lam_window
         self.tokenizer = Tokenizer(tok_cfg, image_shape, **kw)
         if action_source == "lam":
             self.lam = LatentActionModel(lam_cfg, image_shape, **kw)
@@ -40,14 +89,42 @@ class Genie(nnx.Module):
             if num_actions <= 0:
                 raise ValueError("ground-truth actions need a dataset with actions (num_actions > 0)")
             self.lam = None
-            self.action_embed = nnx.Embed(num_actions, lam_cfg.latent_dim, param_dtype=prec.param_dtype, rngs=rngs)
-        self.dynamics = MaskGITDynamics(dyn_cfg, tok_cfg.num_latents, lam_cfg.latent_dim, **kw)
+            self.action_embed = nnx.Embed(num_actions, lam_cfg.code_dim, param_dtype=prec.param_dtype, rngs=rngs)
+        self.dynamics = MaskGITDynamics(dyn_cfg, tok_cfg.vocab_size, lam_cfg.code_dim, **kw)
+
+    @property
+    def align(self) -> int:
+        """Frame clips read from frames must start at an episode frame divisible by this."""
+        return frame_alignment(self.tokenizer_window, self.lam_window if self.lam is not None else None)
+
+    @property
+    def tokens_per_frame(self) -> int:
+        h, w, _ = self.tokenizer.image_shape
+        p = self.tokenizer.cfg.patch_size
+        return (h // p) * (w // p)
+
+    # ------------------------------------------------------------------ the encoding rule
+
+    def encode(self, frames_BTHWC):
+        """Token ids int32 [B, T, N] of uint8 (or [0, 1]) frames of an aligned clip."""
+        x = frames_BTHWC.astype(jnp.float32) / (255.0 if frames_BTHWC.dtype == jnp.uint8 else 1.0)
+        return jax.lax.stop_gradient(in_chunks(self.tokenizer.encode, x, self.tokenizer_window))
+
+    def decode(self, ids_BTN):
+        """Frames float32 [B, T, H, W, C] in [0, 1] of the tokens of an aligned clip."""
+        return in_chunks(self.tokenizer.decode, ids_BTN, self.tokenizer_window)
+
+    def infer_actions(self, frames_BTHWC):
+        """LAM action ids int32 [B, T-1] of an aligned clip; entry t-1 leads to frame t."""
+        x = frames_BTHWC.astype(jnp.float32) / 255.0
+        ids = self.lam.infer_actions(lam_windows(x, self.lam_window))
+        return from_lam_windows(ids, x.shape[0], x.shape[1])
+
+    # ------------------------------------------------------------------ training inputs
 
     def tokens(self, batch) -> jax.Array:
         """Token ids int32 [B, T, N] of the batch (pre-tokenized, or encoded now; no gradient)."""
-        if "tokens" in batch:
-            return batch["tokens"]
-        return jax.lax.stop_gradient(self.tokenizer.encode(batch["frames"].astype(jnp.float32) / 255.0))
+        return batch["tokens"] if "tokens" in batch else self.encode(batch["frames"])
 
     def action_ids(self, batch) -> jax.Array:
         """Discrete action between frames t-1 and t at index t-1: int32 [B, T-1]."""
@@ -55,17 +132,57 @@ class Genie(nnx.Module):
             return batch["actions"][:, :-1]
         if "latent_actions" in batch:
             return batch["latent_actions"][:, 1:]
-        return self.lam.infer_actions(batch["frames"].astype(jnp.float32) / 255.0)
+        return self.infer_actions(batch["frames"])
 
     def action_vectors(self, ids_BT1) -> jax.Array:
         """Action latents [B, T-1, A] for action ids."""
         return self.action_embed(ids_BT1) if self.action_source == "gt" else self.lam.action_latents(ids_BT1)
 
-    def frame_conditioning(self, batch, *, lam_rng=None, co_train: bool = False):
-        """Per-frame action inputs [B, T, A] (zeros at t=0), and the LAM's outputs when co-training."""
+    def frame_conditioning(self, batch, *, lam_rng=None, co_train: bool = False, detach: bool = False):
+        """Per-frame action inputs [B, T, A] (zeros at t=0), and the LAM's outputs when co-training.
+
+        Co-training runs the LAM on its windows (which must tile the clip's transitions);
+        ``detach`` keeps dynamics gradients out of the LAM, which then learns from its own loss only.
+        """
         if co_train:
             frames = batch["frames"].astype(jnp.float32) / 255.0
-            pred_BT1HWC, ids_BT1, z_BT1A, aux = self.lam(frames, rng=lam_rng)
-            return frame_actions(z_BT1A), {"pred": pred_BT1HWC, "target": frames[:, 1:], "ids": ids_BT1, **aux}
+            B, T = frames.shape[:2]
+            pred, ids, z, aux = self.lam(lam_windows(frames, self.lam_window), rng=lam_rng)
+            z_BT1A = from_lam_windows(z, B, T)
+            out = {"pred": from_lam_windows(pred, B, T), "target": frames[:, 1:], "ids": from_lam_windows(ids, B, T),
+                   **aux}
+            return frame_actions(jax.lax.stop_gradient(z_BT1A) if detach else z_BT1A), out
         z_BT1A = self.action_vectors(self.action_ids(batch))
         return frame_actions(jax.lax.stop_gradient(z_BT1A) if self.lam is not None else z_BT1A), None
+
+    # ------------------------------------------------------------------ generation
+
+    def prefill(self, ids_BCN, actions_BCA, window: int):
+        """K/V caches (``window`` frames) of the known frames; ``actions_BCA[:, 0]`` should be zeros."""
+        return prefill(self.dynamics, ids_BCN, actions_BCA, window)
+
+    def next_frame(self, caches, pos, action_BA, rng, opts: MaskGITOptions):
+        """Generate the frame at window position ``pos`` from the caches; returns (ids_BN, updated caches)."""
+        frame_fn = lambda ids_BN, mask_BN: step_logits(self.dynamics, ids_BN, mask_BN, action_BA, caches, pos)[0]
+        ids_BN = unmask_frame(frame_fn, jnp.zeros((action_BA.shape[0], self.tokens_per_frame), jnp.int32), rng, opts)
+        _, kvs = step_logits(self.dynamics, ids_BN, jnp.zeros_like(ids_BN, bool), action_BA, caches, pos)
+        return ids_BN, AxialTransformer.write_cache(caches, kvs, pos)
+
+    def generate(self, ctx_BCN, a_BTA, rng, opts: MaskGITOptions):
+        """Tokens [B, T, N] of C context frames followed by T - C generated ones (T within one window).
+
+        ``a_BTA[:, t]`` conditions frame t (zeros at t = 0). Frame t uses ``fold_in(rng, t)``,
+        as :class:`jasmine.sample.rollout.Rollout` does, so both give the same tokens.
+        """
+        B, C, N = ctx_BCN.shape
+        T = a_BTA.shape[1]
+        caches = self.prefill(ctx_BCN, a_BTA[:, :C], T)
+        ids_BTN = jnp.zeros((B, T, N), ctx_BCN.dtype).at[:, :C].set(ctx_BCN)
+
+        def body(t, carry):
+            ids_BTN, caches = carry
+            ids_BN, caches = self.next_frame(caches, t, jax.lax.dynamic_index_in_dim(a_BTA, t, 1, keepdims=False),
+                                             jax.random.fold_in(rng, t), opts)
+            return jax.lax.dynamic_update_index_in_dim(ids_BTN, ids_BN, t, 1), caches
+
+        return jax.lax.fori_loop(C, T, body, (ids_BTN, caches))[0]

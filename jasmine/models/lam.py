@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat, VectorQuantizer
+from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat
+from jasmine.models.quantize import make_quantizer
 from jasmine.models.tokenizer import TokenizerConfig, check_patch_size, patchify, unpatchify
 
 
@@ -40,11 +41,10 @@ class LatentActionModel(nnx.Module):
         patch_dim = cfg.patch_size**2 * image_shape[2]
         kw = dict(prec=prec, attention=attention, remat=remat, rngs=rngs)
         self.action_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (patch_dim,), prec.param_dtype))
-        self.encoder = AxialTransformer(patch_dim, cfg.model_dim, cfg.ffn_dim, cfg.latent_dim, cfg.num_blocks,
+        self.encoder = AxialTransformer(patch_dim, cfg.model_dim, cfg.ffn_dim, cfg.code_dim, cfg.num_blocks,
                                         cfg.num_heads, **kw)
-        self.vq = VectorQuantizer(cfg.num_latents, cfg.latent_dim, dropout=cfg.codebook_dropout,
-                                  param_dtype=prec.param_dtype, rngs=rngs)
-        self.action_up = nnx.Linear(cfg.latent_dim, patch_dim, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
+        self.vq = make_quantizer(cfg, param_dtype=prec.param_dtype, rngs=rngs)
+        self.action_up = nnx.Linear(cfg.code_dim, patch_dim, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
         self.decoder = AxialTransformer(patch_dim, cfg.model_dim, cfg.ffn_dim, patch_dim, cfg.num_blocks,
                                         cfg.num_heads, **kw)
 

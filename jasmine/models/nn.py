@@ -1,9 +1,9 @@
-"""Building blocks: attention, the spatio-temporal (axial) transformer and the vector quantizer.
+"""Building blocks: attention and the spatio-temporal (axial) transformer.
 
 Dimension key:
     B batch          T time (frames)       N tokens per frame (spatial)
     D model width    F FFN width           H heads         K head width (D / H)
-    I input width    O output width        L latent (code) width    C codebook size
+    I input width    O output width        S flattened batch (B*T or B*N)
 """
 
 from __future__ import annotations
@@ -130,20 +130,22 @@ class AxialBlock(nnx.Module):
         return self._finish(x_B1ND, y_S1HK), (k_S1HK, v_S1HK)
 
 
-def sinusoidal_row(t, dim: int) -> jax.Array:
-    """Row ``t`` (may be traced) of :func:`sinusoidal_table`."""
+def sinusoidal_rows(pos, dim: int) -> jax.Array:
+    """Sine/cosine codes [len(pos), dim] (float32) of positions ``pos`` (may be traced)."""
     freq = jnp.exp(-math.log(10_000.0) * jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
-    ang = jnp.asarray(t, jnp.float32) * freq
-    return jnp.stack([jnp.sin(ang), jnp.cos(ang)], axis=-1).reshape(-1)[:dim]
+    ang = jnp.asarray(pos, jnp.float32)[:, None] * freq
+    return jnp.stack([jnp.sin(ang), jnp.cos(ang)], axis=-1).reshape(len(pos), -1)[:, :dim]
 
 
-def sinusoidal_table(length: int, dim: int) -> jax.Array:
-    """[length, dim] sine/cosine position table (float32)."""
-    pos = jnp.arange(length, dtype=jnp.float32)[:, None]
-    freq = jnp.exp(-math.log(10_000.0) * jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
-    table = jnp.zeros((length, dim), jnp.float32)
-    table = table.at[:, 0::2].set(jnp.sin(pos * freq))
-    return table.at[:, 1::2].set(jnp.cos(pos * freq[: dim // 2]))
+def positions(t_T, n: int, dim: int) -> jax.Array:
+    """Position codes [T, N, dim]: time sinusoids in the first half of the channels, space in the rest.
+
+    Separate tables: (t, n) and (n, t) get different codes.
+    """
+    time_TD = sinusoidal_rows(t_T, dim // 2)
+    space_ND = sinusoidal_rows(jnp.arange(n), dim - dim // 2)
+    return jnp.concatenate([jnp.broadcast_to(time_TD[:, None], (len(t_T), n, dim // 2)),
+                            jnp.broadcast_to(space_ND[None], (len(t_T), n, dim - dim // 2))], axis=-1)
 
 
 REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
@@ -167,11 +169,9 @@ class AxialTransformer(nnx.Module):
         self.proj_out = lin(model_dim, out_dim)
 
     def embed(self, x_BTNI, t_offset=0):
-        """Input projection plus time (from frame ``t_offset``, may be traced) and space sinusoids."""
+        """Input projection plus time (from frame ``t_offset``, may be traced) and space position codes."""
         _, T, N, _ = x_BTNI.shape
-        pe_TD = sinusoidal_table(T, self.model_dim) if isinstance(t_offset, int) and t_offset == 0 else \
-            jax.vmap(lambda t: sinusoidal_row(t, self.model_dim))(t_offset + jnp.arange(T))
-        pe_TND = pe_TD[:, None] + sinusoidal_table(N, self.model_dim)[None]
+        pe_TND = positions(t_offset + jnp.arange(T), N, self.model_dim)
         return self.proj_in(x_BTNI.astype(self.dtype)) + pe_TND.astype(self.dtype)
 
     def prefill(self, x_BTNI, window: int):
@@ -216,76 +216,3 @@ class AxialTransformer(nnx.Module):
                 fn = jax.checkpoint(lambda s, x: nnx.merge(graphdef, s)(x), policy=REMAT_POLICIES[self.remat])
                 x_BTND = fn(state, x_BTND)
         return self.proj_out(self.norm_out(x_BTND))
-
-
-class CodeAge(nnx.Variable):
-    """Steps since each code was last selected (for dead-code reset); not trained."""
-
-
-class VectorQuantizer(nnx.Module):
-    """Cosine-similarity VQ with codebook dropout, straight-through gradients and dead-code reset.
-
-    Inputs and codes are L2-normalised; the nearest code maximises cosine similarity.
-    """
-
-    def __init__(self, num_codes: int, dim: int, *, dropout: float = 0.0, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        init = jax.random.normal(rngs.params(), (num_codes, dim), param_dtype)
-        self.codebook = nnx.Param(init / jnp.linalg.norm(init, axis=-1, keepdims=True))
-        self.age = CodeAge(jnp.zeros((num_codes,), jnp.int32))
-        self.num_codes, self.dropout = num_codes, dropout
-
-    def codes(self):
-        cb = self.codebook[...].astype(jnp.float32)
-        return cb / jnp.linalg.norm(cb, axis=-1, keepdims=True).clip(1e-6)
-
-    def __call__(self, x_XL, *, rng=None):
-        """Quantise the last axis. With ``rng`` (training), each code is dropped per token with p=dropout.
-
-        Returns (z_q_XL straight-through, ids_X, aux) with aux holding codebook_loss,
-        commitment_loss and per-code counts.
-        """
-        x_XL = x_XL.astype(jnp.float32)
-        x_XL = x_XL / jnp.linalg.norm(x_XL, axis=-1, keepdims=True).clip(1e-6)
-        cb_CL = self.codes()
-        sim_XC = x_XL @ cb_CL.T
-        if rng is not None and self.dropout > 0:
-            keep_XC = jax.random.bernoulli(rng, 1.0 - self.dropout, sim_XC.shape)
-            sim_XC = jnp.where(keep_XC, sim_XC, -jnp.inf)
-        ids_X = jnp.argmax(sim_XC, axis=-1)
-        z_XL = cb_CL[ids_X]
-        aux = {
-            "codebook_loss": jnp.mean((jax.lax.stop_gradient(x_XL) - z_XL) ** 2),
-            "commitment_loss": jnp.mean((x_XL - jax.lax.stop_gradient(z_XL)) ** 2),
-            "code_counts": jnp.zeros(self.num_codes, jnp.int32).at[ids_X.reshape(-1)].add(1),
-            "inputs": jax.lax.stop_gradient(x_XL),
-            "best_sim": jax.lax.stop_gradient(jnp.max(x_XL @ cb_CL.T, axis=-1)),
-        }
-        z_q_XL = x_XL + jax.lax.stop_gradient(z_XL - x_XL)
-        return z_q_XL, ids_X, aux
-
-    def lookup(self, ids_X):
-        return self.codes()[ids_X]
-
-    def reset_dead_codes(self, counts_C, rng, *, after_steps: int, inputs_XL=None, sims_X=None) -> jax.Array:
-        """Age codes; re-initialise codes unused for ``after_steps`` steps. Returns how many were reset.
-
-        With this step's (normalised) inputs and their best similarity, dead codes move to the
-        inputs the codebook fits worst (a k-means++-like restart); otherwise to noisy copies
-        of used codes.
-        """
-        age_C = jnp.where(counts_C > 0, 0, self.age[...] + 1)
-        dead_C = age_C >= after_steps
-        used_C = counts_C > 0
-        k1, k2 = jax.random.split(rng)
-        cb = self.codebook[...]
-        if inputs_XL is not None:
-            x_XL = inputs_XL.reshape(-1, inputs_XL.shape[-1])
-            score_X = sims_X.reshape(-1) + 1e-3 * jax.random.gumbel(k1, sims_X.reshape(-1).shape)
-            worst = jnp.argsort(score_X)[: self.num_codes]
-            fresh = jnp.resize(x_XL[worst], cb.shape).astype(cb.dtype)  # resize: fewer inputs than codes
-        else:
-            src_C = jax.random.choice(k1, self.num_codes, (self.num_codes,), p=used_C / jnp.maximum(used_C.sum(), 1))
-            fresh = cb[src_C] + 0.01 * jax.random.normal(k2, cb.shape, cb.dtype)
-        self.codebook[...] = jnp.where(dead_C[:, None] & used_C.any(), fresh, cb)
-        self.age[...] = jnp.where(dead_C, 0, age_C)
-        return dead_C.sum()

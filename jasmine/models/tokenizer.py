@@ -7,14 +7,17 @@ Dimension key:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import einops
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat, VectorQuantizer
+from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat
+from jasmine.models.quantize import make_quantizer
 
 
 @dataclass(frozen=True)
@@ -27,12 +30,28 @@ class TokenizerConfig:
     num_blocks: int = 4
     num_heads: int = 8
     latent_dim: int = 32
+    """VQ code width (FSQ: the latent width is len(fsq_levels))."""
     num_latents: int = 1024
+    """VQ codebook size (FSQ: the vocabulary is prod(fsq_levels))."""
+    quantizer: Literal["vq", "fsq"] = "vq"
+    """vq: learned cosine-similarity codebook; fsq: finite scalar quantization (a fixed grid; no collapse)."""
+    fsq_levels: tuple[int, ...] = (8, 5, 5, 5)
+    """FSQ levels per latent channel."""
     codebook_dropout: float = 0.01
     commitment_weight: float = 0.25
     """β of the commitment loss."""
     dead_code_reset_steps: int = 0
-    """Re-initialise codes unused for this many steps (0 = off)."""
+    """Re-initialise codes unused for this many steps (0 = off; VQ only)."""
+
+    @property
+    def code_dim(self) -> int:
+        """Width of the quantized latents."""
+        return len(self.fsq_levels) if self.quantizer == "fsq" else self.latent_dim
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of distinct token ids."""
+        return math.prod(self.fsq_levels) if self.quantizer == "fsq" else self.num_latents
 
 
 def patchify(x_BTHWC, p: int):
@@ -58,11 +77,10 @@ class Tokenizer(nnx.Module):
         self.cfg, self.image_shape = cfg, tuple(image_shape)
         patch_dim = cfg.patch_size**2 * image_shape[2]
         kw = dict(prec=prec, attention=attention, remat=remat, rngs=rngs)
-        self.encoder = AxialTransformer(patch_dim, cfg.model_dim, cfg.ffn_dim, cfg.latent_dim, cfg.num_blocks,
+        self.encoder = AxialTransformer(patch_dim, cfg.model_dim, cfg.ffn_dim, cfg.code_dim, cfg.num_blocks,
                                         cfg.num_heads, **kw)
-        self.vq = VectorQuantizer(cfg.num_latents, cfg.latent_dim, dropout=cfg.codebook_dropout,
-                                  param_dtype=prec.param_dtype, rngs=rngs)
-        self.decoder = AxialTransformer(cfg.latent_dim, cfg.model_dim, cfg.ffn_dim, patch_dim, cfg.num_blocks,
+        self.vq = make_quantizer(cfg, param_dtype=prec.param_dtype, rngs=rngs)
+        self.decoder = AxialTransformer(cfg.code_dim, cfg.model_dim, cfg.ffn_dim, patch_dim, cfg.num_blocks,
                                         cfg.num_heads, **kw)
 
     def __call__(self, videos_BTHWC, *, rng=None):

@@ -5,23 +5,25 @@ Dimension key: B clips, T frames (context + generated), H/W/C frame shape.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from jasmine.config import DynamicsTrainConfig
-from jasmine.data.loader import make_loader
+from jasmine.data.loader import episode_clips
 from jasmine.models.genie import Genie
+from jasmine.train.components import load_run
+from jasmine.train.runs import run_config
 
 ACTION_SOURCES = ("lam", "gt", "random", "fixed:K", "list:A,B,...")
 
 
 def load_genie(run_dir: str | Path) -> tuple[DynamicsTrainConfig, Genie]:
     """The Genie model of a dynamics run (tokenizer, action source and dynamics from its checkpoint)."""
-    from jasmine.train.loop import load_run, run_config
-
     cfg = run_config(run_dir)
     if not isinstance(cfg, DynamicsTrainConfig):
         raise ValueError(f"--run {run_dir} is a {type(cfg).__name__} run; sampling needs a dynamics run")
@@ -32,30 +34,30 @@ def load_genie(run_dir: str | Path) -> tuple[DynamicsTrainConfig, Genie]:
     return cfg, genie
 
 
-def read_clips(data: Path, split: str, n: int, length: int, seed: int, image_shape=None) -> dict[str, np.ndarray]:
-    """``n`` clips of ``length`` frames (and actions) from ``split``, deterministic in ``seed``."""
-    it = iter(make_loader(data, split, seq_len=length, batch_size=n, seed=seed, image_shape=image_shape,
-                          process_index=0, process_count=1))
-    return next(it)
+def read_clips(genie: Genie, data: Path, split: str, n: int, length: int, seed: int, image_shape=None) -> dict[str, np.ndarray]:
+    """``n`` clips of ``length`` frames (and actions) from ``n`` distinct episodes of ``split``.
+
+    Clips start where the model's encoding rule lets them (``genie.align``); deterministic in ``seed``.
+    """
+    return episode_clips(data, split, n, length, seed, align=genie.align, image_shape=image_shape)
 
 
 def num_action_codes(genie: Genie) -> int:
-    return genie.lam.cfg.num_latents if genie.lam is not None else genie.action_embed.num_embeddings
+    return genie.lam.cfg.vocab_size if genie.lam is not None else genie.action_embed.num_embeddings
 
 
-def infer_actions(genie: Genie, frames_BTHWC: np.ndarray, window: int) -> np.ndarray:
-    """LAM action ids [B, T-1] from frames, on windows overlapping by one frame."""
-    infer = jax.jit(lambda x: genie.lam.infer_actions(x.astype(jnp.float32) / 255.0))
-    B, T = frames_BTHWC.shape[:2]
-    out = np.zeros((B, T - 1), np.int32)
-    for s in range(0, T - 1, window - 1):
-        chunk = frames_BTHWC[:, s : s + window]
-        out[:, s : s + chunk.shape[1] - 1] = np.asarray(infer(chunk))
-    return out
+def infer_actions(genie: Genie, frames_BTHWC: np.ndarray) -> np.ndarray:
+    """LAM action ids [B, T-1] of an aligned clip (the LAM's windows, see ``jasmine.models.genie``)."""
+    graphdef, state = nnx.split(genie)
+    return np.asarray(_infer(graphdef, state, jnp.asarray(frames_BTHWC)))
 
 
-def choose_actions(spec: str, genie: Genie, clips: dict[str, np.ndarray], rng: np.random.Generator,
-                   window: int) -> np.ndarray:
+@partial(jax.jit, static_argnums=0)
+def _infer(graphdef, state, frames):
+    return nnx.merge(graphdef, state).infer_actions(frames)
+
+
+def choose_actions(spec: str, genie: Genie, clips: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
     """Action ids [B, T-1] (entry t-1 leads to frame t) from a source spec; see ``ACTION_SOURCES``."""
     B, T = clips["frames"].shape[:2]
     codes = num_action_codes(genie)
@@ -63,7 +65,7 @@ def choose_actions(spec: str, genie: Genie, clips: dict[str, np.ndarray], rng: n
     if kind == "lam":
         if genie.lam is None:
             raise ValueError("--actions lam: this model was trained with --gt-actions; use --actions gt")
-        ids = infer_actions(genie, clips["frames"], window)
+        ids = infer_actions(genie, clips["frames"])
     elif kind == "gt":
         if "actions" not in clips:
             raise ValueError("--actions gt: the dataset has no actions")

@@ -30,14 +30,17 @@ class SampleArgs:
     """Total frames in the rollout, context included (may exceed the model's seq_len)."""
     actions: str = "lam"
     """lam (inferred from the GT clip) | gt | random | fixed:K | list:A,B,... (one id per frame after the first)."""
-    split: str = "val"
+    split: str = "test"
+    """Split to take clips from (one per episode)."""
     clips: int = 1
     """Number of clips (rows in the video)."""
     steps: int = 25
     """MaskGIT steps per frame (steps that fix no token are skipped: at most one model pass per token)."""
     temperature: float = 1.0
+    choice_temperature: float = 4.5
+    """MaskGIT choice temperature (Gumbel noise on confidences, annealed to 0)."""
     argmax: bool = False
-    """Take the most likely token instead of sampling."""
+    """Take the most likely token instead of sampling (and unmask the most confident first, without noise)."""
     cache: bool = True
     """Use the frame-level KV cache (--no-cache for the full-window path)."""
     seed: int = 0
@@ -48,9 +51,10 @@ class SampleArgs:
 def sample(args: SampleArgs) -> dict:
     cfg, genie = load_genie(args.run)
     check_lengths(args.context, args.frames, cfg.seq_len)
-    clips = read_clips(args.data, args.split, args.clips, args.frames, args.seed, cfg.image_size)
-    actions = choose_actions(args.actions, genie, clips, np.random.default_rng(args.seed), cfg.seq_len)
-    opts = SampleOptions(steps=args.steps, temperature=0.0 if args.argmax else args.temperature, cache=args.cache)
+    clips = read_clips(genie, args.data, args.split, args.clips, args.frames, args.seed, cfg.image_size)
+    actions = choose_actions(args.actions, genie, clips, np.random.default_rng(args.seed))
+    opts = SampleOptions(steps=args.steps, temperature=0.0 if args.argmax else args.temperature,
+                         choice_temperature=args.choice_temperature, cache=args.cache)
     roll = Rollout(genie, cfg.seq_len, opts)
     ctx = roll.encode(clips["frames"][:, : args.context])
     t0 = time.perf_counter()
@@ -67,7 +71,9 @@ def sample(args: SampleArgs) -> dict:
     has_mp4 = write_mp4(out / f"{stem}.mp4", video)
     metrics = {
         "run": str(args.run), "context": args.context, "frames": args.frames, "actions_source": args.actions,
-        "actions": actions.tolist(), "steps": args.steps, "temperature": opts.temperature, "cache": args.cache,
+        "episodes": clips["episode"].tolist(), "starts": clips["start"].tolist(),
+        "actions": actions.tolist(), "steps": args.steps, "temperature": opts.temperature,
+        "choice_temperature": opts.choice_temperature, "cache": args.cache,
         "seconds": seconds, "frames_per_s": args.clips * (args.frames - args.context) / seconds,
         "per_frame": {"psnr": psnr.mean(0).tolist(), "ssim": ssim.mean(0).tolist()},
         "mean_generated": {"psnr": float(psnr[:, args.context :].mean()), "ssim": float(ssim[:, args.context :].mean())},

@@ -21,17 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jasmine.models.dynamics import prefill, step_logits
 from jasmine.models.genie import Genie
-from jasmine.sample.maskgit import generate_frame, unmask_frame
+from jasmine.models.maskgit import MaskGITOptions, generate_frame
 
 
 @dataclass(frozen=True)
-class SampleOptions:
-    steps: int = 25
-    """MaskGIT steps per frame (steps that fix no token are skipped: at most one model pass per token)."""
-    temperature: float = 1.0
-    """Sampling temperature (0 = argmax)."""
+class SampleOptions(MaskGITOptions):
     cache: bool = True
     """Use the frame-level KV cache."""
 
@@ -43,40 +38,27 @@ class Rollout:
         self.graphdef, self.state = nnx.split(genie)
         self.window, self.opts = window, opts
         gd = self.graphdef
-        h, w, _ = genie.tokenizer.image_shape
-        p = genie.tokenizer.cfg.patch_size
-        N = (h // p) * (w // p)
-
-        def cached_frame(state, caches, pos, a_BA, rng):
-            dyn = nnx.merge(gd, state).dynamics
-            frame_fn = lambda ids_BN, mask_BN: step_logits(dyn, ids_BN, mask_BN, a_BA, caches, pos)[0]
-            ids_BN = unmask_frame(frame_fn, jnp.zeros((a_BA.shape[0], N), jnp.int32), rng, steps=opts.steps,
-                                  temperature=opts.temperature)
-            _, kvs = step_logits(dyn, ids_BN, jnp.zeros_like(ids_BN, bool), a_BA, caches, pos)
-            return ids_BN, dyn.transformer.write_cache(caches, kvs, pos)
 
         def full_frame(state, ids_BWN, a_BWA, pos, rng):
             dyn = nnx.merge(gd, state).dynamics
             logits_fn = lambda ids, mask: dyn(ids, mask, a_BWA)
-            return jnp.take(generate_frame(logits_fn, ids_BWN, pos, rng, steps=opts.steps,
-                                           temperature=opts.temperature), pos, axis=1)
+            return jnp.take(generate_frame(logits_fn, ids_BWN, pos, rng, opts), pos, axis=1)
 
-        self._prefill = jax.jit(lambda state, ids, a: prefill(nnx.merge(gd, state).dynamics, ids, a, window))
-        self._cached_frame = jax.jit(cached_frame, donate_argnums=1)
+        self._prefill = jax.jit(lambda state, ids, a: nnx.merge(gd, state).prefill(ids, a, window))
+        self._cached_frame = jax.jit(lambda state, caches, pos, a_BA, rng: nnx.merge(gd, state).next_frame(
+            caches, pos, a_BA, rng, opts), donate_argnums=1)
         self._full_frame = jax.jit(full_frame)
         self._vectors = jax.jit(lambda state, ids: nnx.merge(gd, state).action_vectors(ids))
-        self._decode = jax.jit(lambda state, ids: nnx.merge(gd, state).tokenizer.decode(ids))
-        self._encode = jax.jit(lambda state, x: nnx.merge(gd, state).tokenizer.encode(x.astype(jnp.float32) / 255.0))
+        self._decode = jax.jit(lambda state, ids: nnx.merge(gd, state).decode(ids))
+        self._encode = jax.jit(lambda state, x: nnx.merge(gd, state).encode(x))
 
     def encode(self, frames_BTHWC: np.ndarray) -> jax.Array:
-        """Tokens of uint8 frames, encoded in windows of at most ``window`` frames."""
-        return jnp.concatenate([self._encode(self.state, frames_BTHWC[:, s : s + self.window])
-                                for s in range(0, frames_BTHWC.shape[1], self.window)], axis=1)
+        """Tokens of the uint8 frames of an aligned clip (the encoding rule of ``jasmine.models.genie``)."""
+        return self._encode(self.state, jnp.asarray(frames_BTHWC))
 
     def decode(self, ids_BTN) -> np.ndarray:
-        """Frames float32 [B, T, H, W, C] in [0, 1]."""
-        return np.concatenate([np.asarray(self._decode(self.state, ids_BTN[:, s : s + self.window]))
-                               for s in range(0, ids_BTN.shape[1], self.window)], axis=1)
+        """Frames float32 [B, T, H, W, C] in [0, 1] of the tokens of an aligned clip."""
+        return np.asarray(self._decode(self.state, ids_BTN))
 
     def run(self, ctx_ids_BCN, action_ids_BT1, rng, *, num_frames: int) -> jax.Array:
         """Generate ``num_frames`` frames after the context; ``action_ids_BT1[:, t-1]`` leads to frame t.

@@ -2,7 +2,8 @@
 
 A checkpoint at step s holds ``state`` (step, params, frozen params, non-trainable model
 variables, optimizer state, RNG key) and ``data`` (the loader iterator). Saving is
-asynchronous; retention keeps the last ``keep_last`` plus every ``keep_every``-th step.
+asynchronous; retention keeps the last ``keep_last``, every ``keep_every``-th step, and the
+steps in ``keep_steps`` (the loop keeps the one where WSD's decay starts).
 Orbax writes each step to a temporary directory and renames it when complete.
 """
 
@@ -11,18 +12,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import logging
+
 import grain
 import jax
 import orbax.checkpoint as ocp
 
 
+class _QuietReadOnly(logging.Filter):
+    """Drop Orbax's notices that a read-only manager (listing or restoring a run) is read-only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return "read_only=True" not in msg and "directory is read only" not in msg
+
+
+logging.getLogger("absl").addFilter(_QuietReadOnly())
+
+
 class Checkpointer:
-    def __init__(self, directory: str | Path, *, keep_last: int = 3, keep_every: int = 0, use_async: bool = True,
-                 read_only: bool = False):
+    def __init__(self, directory: str | Path, *, keep_last: int = 3, keep_every: int = 0, keep_steps=(),
+                 use_async: bool = True, read_only: bool = False):
         self.directory = Path(directory).absolute()
+        cm = ocp.checkpoint_managers
+        keep = [cm.LatestN(keep_last)] + ([cm.EveryNSteps(keep_every)] if keep_every else []) + \
+            ([cm.CustomSteps(list(keep_steps))] if keep_steps else [])
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep_last,
-            keep_period=keep_every or None,
+            preservation_policy=cm.AnyPreservationPolicy(keep),
             enable_async_checkpointing=use_async,
             create=not read_only,
             read_only=read_only,

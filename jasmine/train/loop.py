@@ -3,20 +3,24 @@
 Per step: host batch → global array sharded over the mesh → jitted step (donated state):
 loss and grads of the trainable params, AdamW update, the component's post-update hook.
 The RNG of step s is ``fold_in(key(seed), s)``, so a resumed run draws the same numbers.
+
+A run continues from a checkpoint of its own (``--resume``, the latest) or of another run
+(``--init-from RUN --init-step S``, into a new ``--out``). Either way the config must match
+but for the fields in ``RESUMABLE_CHANGES``, and a new ``--steps`` must not change the
+learning rate of any step already taken (see ``jasmine.train.optim``): extending a WSD run
+from its stable phase equals the run started with the larger budget.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import signal
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -25,45 +29,17 @@ from tqdm import tqdm
 from jasmine import config as C
 from jasmine.data.dataset import DataError
 from jasmine.data.loader import make_loader
-from jasmine.train.checkpoint import Checkpointer, abstract
-from jasmine.train.components import Component
-from jasmine.train.logging import MetricsLogger
+from jasmine.train.checkpoint import Checkpointer
+from jasmine.train.components import Component, build_model
+from jasmine.train.logging import MetricsLogger, read_metrics
 from jasmine.train.mesh import batch_sharding, global_batch, make_mesh, replicated, state_shardings
-from jasmine.train.optim import lr_schedule, make_optimizer
+from jasmine.train.optim import decay_start, first_changed_step, lr_schedule, make_optimizer
+from jasmine.train.runs import checkpoint_steps, init_state, resolve_step, restore_state
 from jasmine.viz import frame_grid
 
-# Fields that may differ between a run's saved config and the one it resumes with.
-RESUMABLE_CHANGES = {"steps", "resume", "log_every", "val_every", "val_batches", "ckpt_every", "keep_last",
-                     "keep_every", "num_workers", "wandb", "data", "out"}
-
-
-@dataclass
-class Model:
-    """A model split into its graph and state: trainable params, frozen params, other variables."""
-
-    graphdef: Any
-    params: nnx.State
-    frozen: nnx.State
-    rest: nnx.State
-
-    @classmethod
-    def split(cls, module: nnx.Module, trainable) -> "Model":
-        return cls(*nnx.split(module, trainable, nnx.Param, ...))
-
-    def merge(self, params=None, frozen=None, rest=None) -> nnx.Module:
-        return nnx.merge(self.graphdef, self.params if params is None else params,
-                         self.frozen if frozen is None else frozen, self.rest if rest is None else rest)
-
-
-def init_state(model: Model, tx: optax.GradientTransformation, seed: int) -> dict[str, Any]:
-    return {
-        "step": jnp.zeros((), jnp.int32),
-        "params": model.params,
-        "frozen": model.frozen,
-        "rest": model.rest,
-        "opt": tx.init(model.params),
-        "rng": jax.random.key_data(jax.random.key(seed)),
-    }
+# Fields that may differ between a run's saved config and the one it continues with.
+RESUMABLE_CHANGES = {"steps", "resume", "init_from", "init_step", "log_every", "val_every", "val_batches", "ckpt_every",
+                     "keep_last", "keep_every", "num_workers", "wandb", "data", "out"}
 
 
 def make_train_step(component: Component, cfg: C.TrainConfig, model: Model, tx):
@@ -121,32 +97,40 @@ class _StopRequest:
             signal.signal(sig, old)
 
 
-def _check_run_dir(cfg: C.TrainConfig, out: Path) -> None:
-    saved_path = out / "config.json"
-    has_ckpt = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
+def _check_run_dir(cfg: C.TrainConfig, out: Path) -> C.TrainConfig | None:
+    """Check --out, --resume and --init-from; returns the config of the run continued from (if any)."""
+    has_ckpt = bool(checkpoint_steps(out))
     if not cfg.resume and has_ckpt:
         raise ValueError(f"--out {out} already holds checkpoints; pass --resume to continue it or choose a new --out")
-    if cfg.resume and saved_path.exists():
-        saved = C.load_config(saved_path)
+    if cfg.init_from is not None and (cfg.resume or has_ckpt):
+        raise ValueError(f"--init-from starts a new run: --out {out} must hold no checkpoints, without --resume")
+    if cfg.init_step is not None and cfg.init_from is None:
+        raise ValueError("--init-step needs --init-from RUN")
+    source = Path(cfg.init_from) if cfg.init_from is not None else out if cfg.resume else None
+    if source is not None and (source / "config.json").exists():
+        saved = C.load_config(source / "config.json")
         if type(saved) is not type(cfg):
-            raise ValueError(f"{saved_path} is a {type(saved).__name__} run, not {type(cfg).__name__}")
+            raise ValueError(f"{source / 'config.json'} is a {type(saved).__name__} run, not {type(cfg).__name__}")
         diffs = [d for d in C.diff(saved, cfg) if d.split(":")[0].split(".")[0] not in RESUMABLE_CHANGES]
         if diffs:
-            raise ValueError(f"--resume: the config does not match the checkpoint's {saved_path}:\n  " + "\n  ".join(diffs))
+            raise ValueError(f"continuing {source}: the config does not match the checkpoint's {source / 'config.json'}"
+                             f":\n  " + "\n  ".join(diffs))
+        return saved
+    return None
 
 
-def build_model(component: Component, cfg: C.TrainConfig, *, pretrained: bool = True) -> Model:
-    return Model.split(component.build(cfg, nnx.Rngs(cfg.seed), pretrained=pretrained), component.trainable(cfg))
-
-
-def run_config(run_dir: str | Path) -> C.TrainConfig:
-    """The config.json of a run directory, with a clear error when it is not one."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory {run_dir} does not exist")
-    if not (run_dir / "config.json").exists():
-        raise FileNotFoundError(f"run directory {run_dir} has no config.json (not a jasmine run, or it never started)")
-    return C.load_config(run_dir / "config.json")
+def _check_schedule(cfg: C.TrainConfig, saved: C.TrainConfig, source: Path, start: int) -> None:
+    """Refuse a --steps that changes the learning rate of steps already taken; point to the stable phase."""
+    changed = first_changed_step(saved.optim, saved.steps, cfg.optim, cfg.steps, start)
+    if changed is None:
+        return
+    old, new = lr_schedule(saved.optim, saved.steps)(changed), lr_schedule(cfg.optim, cfg.steps)(changed)
+    stable = [s for s in checkpoint_steps(source)
+              if first_changed_step(saved.optim, saved.steps, cfg.optim, cfg.steps, s) is None]
+    hint = (f"; continue from checkpoint {stable[-1]} of the stable phase in a new run: --init-from {source} "
+            f"--init-step {stable[-1]} --out NEW" if stable else "")
+    raise ValueError(f"--steps {cfg.steps} changes the learning rate of steps already taken (step {changed}: "
+                     f"{float(old):.3g} with --steps {saved.steps}, {float(new):.3g} with --steps {cfg.steps}){hint}")
 
 
 def count_params(tree) -> int:
@@ -155,7 +139,7 @@ def count_params(tree) -> int:
 
 def setup(cfg: C.TrainConfig, component: Component, mesh, *, pretrained: bool = True):
     """Model, optimizer, initial state on the mesh, its shardings, and the jitted train step."""
-    model = build_model(component, cfg, pretrained=pretrained)
+    model = build_model(component, cfg, pretrained=pretrained and cfg.init_from is None and not cfg.resume)
     tx = make_optimizer(cfg.optim, cfg.steps)
     state = init_state(model, tx, cfg.seed)
     shardings = state_shardings(state, mesh, cfg.sharding)
@@ -173,24 +157,33 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
     cfg = component.prepare(cfg)
     C.validate(cfg, mesh.size)
     out = Path(cfg.out)
-    _check_run_dir(cfg, out)
+    saved = _check_run_dir(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     C.save_config(cfg, out / "config.json")
 
     model, state, shardings, step_fn = setup(cfg, component, mesh)
     pidx, pcount = jax.process_index(), jax.process_count()
+    align = component.align(cfg)
     loader = make_loader(cfg.data, "train", seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed,
-                         image_shape=cfg.image_size, num_workers=cfg.num_workers, process_index=pidx,
+                         image_shape=cfg.image_size, align=align, num_workers=cfg.num_workers, process_index=pidx,
                          process_count=pcount)
     data_iter = iter(loader)
-    ckpt = Checkpointer(out / "checkpoints", keep_last=cfg.keep_last, keep_every=cfg.keep_every)
+    stable_end = decay_start(cfg.optim, cfg.steps)
+    ckpt = Checkpointer(out / "checkpoints", keep_last=cfg.keep_last, keep_every=cfg.keep_every,
+                        keep_steps=(stable_end,) if stable_end < cfg.steps else ())
     start = 0
-    if cfg.resume and ckpt.latest_step() is not None:
+    source = Path(cfg.init_from) if cfg.init_from is not None else out if cfg.resume and checkpoint_steps(out) else None
+    if source is not None:
+        step = resolve_step(source, cfg.init_step if cfg.init_from is not None else None)
         try:
-            state = ckpt.restore(ckpt.latest_step(), abstract(state, shardings), data_iter)
+            state = restore_state(source, cfg, model, step, shardings, data_iter)
         except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"--resume: checkpoint {ckpt.directory}/{ckpt.latest_step()} does not match this model: {e}") from e
+            raise ValueError(f"checkpoint {source}/checkpoints/{step} does not match this model: {e}") from e
         start = int(state["step"])
+        _check_schedule(cfg, saved or cfg, source, start)
+        if cfg.init_from is not None and pidx == 0:  # the new run's curves start with the source's
+            rows = [r for r in read_metrics(source, None) if r["step"] <= start]
+            (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     eval_fn = jax.jit(make_eval_step(component, cfg, model))
     preview_fn = jax.jit(lambda st, b: component.preview(model.merge(st["params"], st["frozen"], st["rest"]), b, cfg))
@@ -200,7 +193,9 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
     if pidx == 0 and progress:
         print(f"[{component.name}] {n_params / 1e6:.2f}M trainable params"
               + (f", {n_frozen / 1e6:.2f}M frozen" if n_frozen else "")
-              + f" | {mesh.size} device(s), {cfg.sharding} | run dir {out}")
+              + f" | {mesh.size} device(s), {cfg.sharding} | run dir {out}"
+              + (f" | from {source} step {start}" if source is not None else "")
+              + (f" | windows start at multiples of {align} frames" if align > 1 else ""))
 
     last_train: dict[str, float] = {}
     last_val: dict[str, float] = {}
@@ -226,8 +221,8 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
                     raise FloatingPointError(f"loss became {metrics['loss']} at step {done}; see {out / 'metrics.jsonl'}")
             bar.update()
             if done % cfg.val_every == 0 or done == cfg.steps:
-                last_val = _validate(cfg, eval_fn, preview_fn, state, mesh, logger, out, done)
-            if done % cfg.ckpt_every == 0 or done == cfg.steps:
+                last_val = _validate(cfg, eval_fn, preview_fn, state, mesh, logger, out, done, align)
+            if done % cfg.ckpt_every == 0 or done == cfg.steps or done == stable_end:
                 ckpt.save(done, state, data_iter, force=True)
             if stop.signum is not None:
                 stopped = signal.Signals(stop.signum).name
@@ -244,10 +239,10 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
             "params": n_params, "state": state}
 
 
-def _validate(cfg, eval_fn, preview_fn, state, mesh, logger, out: Path, step: int) -> dict[str, float]:
+def _validate(cfg, eval_fn, preview_fn, state, mesh, logger, out: Path, step: int, align: int) -> dict[str, float]:
     try:
         val = make_loader(cfg.data, "val", seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed,
-                          image_shape=cfg.image_size, process_index=jax.process_index(),
+                          image_shape=cfg.image_size, align=align, process_index=jax.process_index(),
                           process_count=jax.process_count())
     except DataError as e:
         warnings.warn(f"validation skipped: {e}")
@@ -269,21 +264,3 @@ def _validate(cfg, eval_fn, preview_fn, state, mesh, logger, out: Path, step: in
         Image.fromarray(img).save(out / "samples" / f"val_step{step:07d}.png")
         logger.image(step, "val/preview", img)
     return metrics
-
-
-def load_run(run_dir: str | Path, step: int | None = None) -> tuple[C.TrainConfig, nnx.Module, int]:
-    """Rebuild a run's model from ``RUN/config.json`` with the params of its checkpoint ``step`` (default latest)."""
-    from jasmine.train.components import COMPONENTS
-
-    run_dir = Path(run_dir)
-    cfg = run_config(run_dir)
-    component = next(c for c in COMPONENTS.values() if isinstance(cfg, c.config_cls))
-    ckpt = Checkpointer(run_dir / "checkpoints", read_only=True)
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"run directory {run_dir} has no checkpoint in {run_dir / 'checkpoints'}")
-    model = build_model(component, cfg, pretrained=False)
-    tx = make_optimizer(cfg.optim, cfg.steps)
-    state = ckpt.restore(step, abstract(jax.eval_shape(lambda: init_state(model, tx, cfg.seed))))
-    ckpt.close()
-    return cfg, model.merge(state["params"], state["frozen"], state["rest"]), step

@@ -6,7 +6,11 @@ Only the frame being generated is ever masked, sampled or re-masked: the confide
 ranking runs over that frame's N positions, never over the context (the reference sorts
 over the whole sequence and can overwrite context tokens). After step s of S,
 ``floor(N cos(pi/2 (s+1)/S))`` tokens stay masked; fixed tokens are never re-masked.
-``temperature=0`` takes the argmax instead of sampling.
+Which tokens stay masked is chosen by confidence (log-probability of the sampled token)
+plus Gumbel noise scaled by ``choice_temperature * (1 - (s+1)/S)``: MaskGIT's choice
+temperature, annealed to zero with the schedule, so early steps fix tokens spread over
+the frame rather than only the most confident ones. ``temperature=0`` takes the argmax
+and fixes the most confident tokens first, with no noise at all (deterministic).
 
 A step after which as many tokens stay masked as before it is a no-op: it re-masks
 exactly the positions it sampled, and masked positions enter the model as the mask token
@@ -18,10 +22,21 @@ S = 25 and N = 16 that is 16 passes.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+@dataclass(frozen=True)
+class MaskGITOptions:
+    steps: int = 25
+    """MaskGIT steps per frame (steps that fix no token are skipped: at most one model pass per token)."""
+    temperature: float = 1.0
+    """Sampling temperature (0 = argmax, and no choice noise)."""
+    choice_temperature: float = 4.5
+    """Gumbel noise on the confidences that pick which tokens to keep, annealed to 0 (MaskGIT's 4.5)."""
 
 
 def mask_schedule(steps: int, n: int) -> np.ndarray:
@@ -36,36 +51,42 @@ def working_steps(steps: int, n: int) -> np.ndarray:
     return np.flatnonzero(counts < np.concatenate([[n], counts[:-1]])).astype(np.int32)
 
 
-def unmask_step(logits_BNV, ids_BN, mask_BN, n_keep_masked, rng, *, temperature: float):
-    """One MaskGIT step on a single frame: fill masked tokens, re-mask the least confident."""
+def unmask_step(logits_BNV, ids_BN, mask_BN, n_keep_masked, rng, *, temperature: float, choice_noise=0.0):
+    """One MaskGIT step on a single frame: fill masked tokens, re-mask the least confident.
+
+    ``choice_noise`` scales Gumbel noise added to the confidences (0 = none).
+    """
+    k_sample, k_choice = jax.random.split(rng)
     if temperature > 0:
-        sampled_BN = jax.random.categorical(rng, logits_BNV / temperature, axis=-1)
+        sampled_BN = jax.random.categorical(k_sample, logits_BNV / temperature, axis=-1)
     else:
         sampled_BN = jnp.argmax(logits_BNV, axis=-1)
     logp_BN = jnp.take_along_axis(jax.nn.log_softmax(logits_BNV, axis=-1), sampled_BN[..., None], axis=-1)[..., 0]
     ids_BN = jnp.where(mask_BN, sampled_BN.astype(ids_BN.dtype), ids_BN)
-    conf_BN = jnp.where(mask_BN, logp_BN, jnp.inf)
+    conf_BN = logp_BN + choice_noise * jax.random.gumbel(k_choice, logp_BN.shape)
+    conf_BN = jnp.where(mask_BN, conf_BN, jnp.inf)
     rank_BN = jnp.argsort(jnp.argsort(conf_BN, axis=-1, stable=True), axis=-1, stable=True)  # 0 = least confident
     return ids_BN, rank_BN < n_keep_masked
 
 
-def unmask_frame(frame_logits_fn, ids_BN, rng, *, steps: int, temperature: float):
-    """Run ``steps`` MaskGIT steps from a fully masked frame; ``frame_logits_fn(ids_BN, mask_BN) -> [B, N, V]``."""
-    n = ids_BN.shape[-1]
+def unmask_frame(frame_logits_fn, ids_BN, rng, opts: MaskGITOptions):
+    """Run ``opts.steps`` MaskGIT steps from a fully masked frame; ``frame_logits_fn(ids_BN, mask_BN) -> [B, N, V]``."""
+    n, steps = ids_BN.shape[-1], opts.steps
     counts, kept = jnp.asarray(mask_schedule(steps, n)), jnp.asarray(working_steps(steps, n))
+    choice = opts.choice_temperature if opts.temperature > 0 else 0.0
 
     def body(i, carry):
         ids_BN, mask_BN = carry
         s = kept[i]
         logits_BNV = frame_logits_fn(ids_BN, mask_BN)
         return unmask_step(logits_BNV, ids_BN, mask_BN, counts[s], jax.random.fold_in(rng, s),
-                           temperature=temperature)
+                           temperature=opts.temperature, choice_noise=choice * (1.0 - (s + 1) / steps))
 
     ids_BN, _ = jax.lax.fori_loop(0, len(kept), body, (ids_BN, jnp.ones(ids_BN.shape, bool)))
     return ids_BN
 
 
-def generate_frame(logits_fn, ids_BTN, t, rng, *, steps: int = 25, temperature: float = 1.0):
+def generate_frame(logits_fn, ids_BTN, t, rng, opts: MaskGITOptions):
     """Generate frame ``t`` of ``ids_BTN`` (full forward per step; no cache); other frames are unchanged.
 
     ``logits_fn(ids_BTN, mask_BTN) -> [B, T, N, V]`` is the dynamics with its actions bound.
@@ -77,5 +98,5 @@ def generate_frame(logits_fn, ids_BTN, t, rng, *, steps: int = 25, temperature: 
         full_BTN = jnp.where(at_t, ids_BN[:, None], ids_BTN)
         return jnp.take(logits_fn(full_BTN, at_t & mask_BN[:, None]), t, axis=1)
 
-    ids_BN = unmask_frame(frame_logits, jnp.take(ids_BTN, t, axis=1), rng, steps=steps, temperature=temperature)
+    ids_BN = unmask_frame(frame_logits, jnp.take(ids_BTN, t, axis=1), rng, opts)
     return jnp.where(at_t, ids_BN[:, None], ids_BTN)

@@ -15,7 +15,7 @@ from jasmine.tokenize import TokenizeArgs, tokenize
 from jasmine.models.dynamics import DynamicsConfig, MaskGITDynamics, frame_actions, sample_mask
 from jasmine.models.lam import LAMConfig, LatentActionModel
 from jasmine.models.tokenizer import TokenizerConfig
-from jasmine.models.maskgit import MaskGITOptions, generate_frame
+from jasmine.models.maskgit import Digits, MaskGITOptions, generate_frame
 from jasmine.train.components import COMPONENTS, load_run
 from jasmine.train.loop import setup, train
 from jasmine.train.logging import read_metrics
@@ -57,7 +57,7 @@ def test_mask_statistics_match_p_and_spare_frame_0():
 
 @pytest.mark.parametrize("action_mode", ["prepend", "add"])
 def test_action_between_t_minus_1_and_t_conditions_frame_t_and_no_earlier_frame(action_mode):
-    dyn = MaskGITDynamics(replace(DYN_MODEL, action_mode=action_mode), 16, 8, rngs=nnx.Rngs(0))
+    dyn = MaskGITDynamics(replace(DYN_MODEL, action_mode=action_mode), Digits((16,)), 8, rngs=nnx.Rngs(0))
     ids = jax.random.randint(jax.random.key(1), (2, 5, 4), 0, 16)
     mask = jnp.zeros((2, 5, 4), bool).at[:, 1:, ::2].set(True)
     a_BT1A = jax.random.normal(jax.random.key(2), (2, 4, 8))
@@ -395,3 +395,31 @@ def test_detach_lam_keeps_dynamics_gradients_out_of_the_co_trained_lam(runs, det
     dyn_norm = sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(g_dyn))
     assert (dyn_norm == 0.0) == detach, dyn_norm
     assert sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(g_lam)) > 0  # the LAM still learns from its own loss
+
+
+def test_digit_tokens_embed_predict_and_sample_per_digit():
+    d = Digits((4, 3, 5))
+    ids = jnp.arange(60)
+    np.testing.assert_array_equal(d.ids(d.digits(ids)), ids)  # mixed radix round trip, least significant first
+    np.testing.assert_array_equal(d.digits(jnp.array(7)), [3, 1, 0])
+    logits = jax.random.normal(jax.random.key(0), (60, d.width))
+    joint = sum(lp[:, :, None, None] if k == 0 else lp[:, None, :, None] if k == 1 else lp[:, None, None, :]
+                for k, lp in enumerate(d.log_softmax(logits)))  # log p of every (d0, d1, d2)
+    np.testing.assert_allclose(jax.nn.logsumexp(joint.reshape(60, -1), axis=-1), 0.0, atol=1e-5)  # a distribution
+    np.testing.assert_allclose(d.log_prob(logits, ids), joint.transpose(0, 3, 2, 1).reshape(60, 60)[ids, ids],
+                               atol=1e-5)
+    draws = np.asarray(d.sample(jax.random.key(1), jnp.broadcast_to(logits[0], (20000, d.width)), 1.0))
+    freq = np.bincount(draws, minlength=60) / 20000  # sampled ids follow the product of the digit marginals
+    np.testing.assert_allclose(freq, np.exp(d.log_prob(jnp.broadcast_to(logits[0], (60, d.width)), ids)), atol=0.015)
+    one = Digits((7,))  # a VQ token: one softmax over the vocabulary
+    lg = jax.random.normal(jax.random.key(2), (5, 7))
+    np.testing.assert_allclose(one.log_prob(lg, jnp.arange(5)), jax.nn.log_softmax(lg)[jnp.arange(5), jnp.arange(5)],
+                               atol=1e-6)
+    from jasmine.models.dynamics import masked_token_metrics
+
+    ids_BTN = jnp.array([[[7, 59]]])
+    perfect = jnp.concatenate([jax.nn.one_hot(d.digits(ids_BTN)[..., k], v) * 50 for k, v in enumerate(d.levels)], -1)
+    _, m = masked_token_metrics(perfect, ids_BTN, jnp.ones((1, 1, 2), bool), d)
+    assert m["top1_accuracy"] == 1.0 and m["cross_entropy"] < 1e-6
+    _, m = masked_token_metrics(perfect.at[0, 0, 0, 0].set(99.0), ids_BTN, jnp.ones((1, 1, 2), bool), d)
+    assert m["top1_accuracy"] == 0.5  # one digit of the first token is now wrong

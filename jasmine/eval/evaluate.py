@@ -54,6 +54,8 @@ class EvalArgs:
     temperature: float = 1.0
     choice_temperature: float = 4.5
     """MaskGIT choice temperature (Gumbel noise on confidences, annealed to 0)."""
+    ordinal: bool = False
+    """With --temperature 0 (or --argmax) and FSQ tokens: each digit's expected level, rounded (least squared error)."""
     seed: int = 0
     gifs: int = 4
     """Clips drawn in the report GIF."""
@@ -68,7 +70,8 @@ def evaluate(args: EvalArgs) -> dict:
         raise ValueError(f"--delta-t {args.delta_t} must index a generated frame: {args.context} <= t < {args.frames}")
     source = "gt" if genie.lam is None else "lam"
     clips = read_clips(genie, args.data, args.split, args.clips, args.frames, args.seed, cfg.image_size)
-    opts = SampleOptions(steps=args.steps, temperature=args.temperature, choice_temperature=args.choice_temperature)
+    opts = SampleOptions(steps=args.steps, temperature=args.temperature, choice_temperature=args.choice_temperature,
+                         ordinal=args.ordinal)
     roll = Rollout(genie, cfg.seq_len, opts)
     rng = np.random.default_rng(args.seed)
     scores = {k: [] for k in SOURCES}
@@ -98,7 +101,7 @@ def evaluate(args: EvalArgs) -> dict:
     results = {
         "run": str(args.run), "data": str(args.data), "split": args.split, "clips": args.clips,
         "context": args.context, "frames": args.frames, "steps": args.steps, "temperature": args.temperature,
-        "choice_temperature": args.choice_temperature, "actions": source, "delta_t": args.delta_t,
+        "choice_temperature": args.choice_temperature, "ordinal": args.ordinal, "actions": source, "delta_t": args.delta_t,
         "seconds": time.perf_counter() - t0,
         "tokenizer_codes": code_usage(np.concatenate(token_ids), genie.tokenizer.cfg.vocab_size),
         **summarise_rollouts(psnr, ssim, context=args.context, delta_t=args.delta_t, seed=args.seed),

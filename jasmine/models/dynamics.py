@@ -2,7 +2,11 @@
 
 Dimension key:
     B batch   T frames   N tokens per frame   D model width   V vocabulary (tokenizer codes)
-    A action-latent width
+    A action-latent width   W logit width (sum of the token's digit radices, see ``Digits``)
+
+Tokens are embedded as the sum of one embedding per digit and predicted as one softmax
+per digit (``jasmine.models.maskgit.Digits``); a VQ tokenizer's token is a single digit,
+so this is the usual embedding table and softmax over the vocabulary.
 
 Frame t is conditioned on the action a_t between frames t-1 and t (zeros for t = 0). By
 default a_t enters as one extra token prepended to frame t's N tokens (``action_mode=
@@ -19,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jasmine.models.maskgit import Digits
 from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat
 
 
@@ -32,33 +37,53 @@ class DynamicsConfig:
     num_heads: int = 8
     mask_limit: float = 0.5
     """Each sample masks tokens with probability p ~ U[mask_limit, 1)."""
+    clean_frames: float = 0.0
+    """Training only: each frame t >= 1 is left unmasked with this probability, so frames also learn from
+    clean past frames, as in sampling (0 = mask every frame t >= 1, as the reference does)."""
+    context_noise: float = 0.0
+    """Training only: each sample replaces a share r ~ U[0, context_noise) of its unmasked (context) tokens
+    with random tokens, so the model learns to predict past its own sampling errors (exposure bias)."""
     action_mode: Literal["prepend", "add"] = "prepend"
     """prepend: the action is an extra token per frame; add: it is added to every token."""
     z_loss_weight: float = 0.0
 
 
-def sample_mask(rng, shape_BTN, mask_limit: float):
-    """Per-sample p ~ U[mask_limit, 1), per-token Bernoulli(p); frame 0 never masked."""
-    k_p, k_m = jax.random.split(rng)
+def sample_mask(rng, shape_BTN, mask_limit: float, clean_frames: float = 0.0):
+    """Per-sample p ~ U[mask_limit, 1), per-token Bernoulli(p); frame 0 never masked, and each later frame
+    left clean with probability ``clean_frames``."""
+    k_p, k_m, k_c = jax.random.split(rng, 3)
     p_B = jax.random.uniform(k_p, shape_BTN[:1], minval=mask_limit, maxval=1.0)
     mask_BTN = jax.random.uniform(k_m, shape_BTN) < p_B[:, None, None]
-    return mask_BTN.at[:, 0].set(False)
+    clean_BT = jax.random.uniform(k_c, shape_BTN[:2]) < clean_frames
+    return (mask_BTN & ~clean_BT[..., None]).at[:, 0].set(False)
+
+
+def corrupt_context(rng, ids_BTN, mask_BTN, rate: float, vocab: int):
+    """Replace a per-sample share r ~ U[0, rate) of the unmasked tokens with uniformly random ones."""
+    if rate <= 0:
+        return ids_BTN
+    k_r, k_pos, k_id = jax.random.split(rng, 3)
+    r_B = jax.random.uniform(k_r, ids_BTN.shape[:1], maxval=rate)
+    hit_BTN = (jax.random.uniform(k_pos, ids_BTN.shape) < r_B[:, None, None]) & ~mask_BTN
+    return jnp.where(hit_BTN, jax.random.randint(k_id, ids_BTN.shape, 0, vocab, ids_BTN.dtype), ids_BTN)
 
 
 class MaskGITDynamics(nnx.Module):
-    def __init__(self, cfg: DynamicsConfig, vocab: int, action_dim: int, *, prec: Precision = Precision(),
+    def __init__(self, cfg: DynamicsConfig, digits: Digits, action_dim: int, *, prec: Precision = Precision(),
                  attention: Attention = "auto", remat: Remat = "none", rngs: nnx.Rngs):
-        self.cfg, self.vocab, self.dtype = cfg, vocab, prec.dtype
-        self.token_embed = nnx.Embed(vocab, cfg.model_dim, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
+        self.cfg, self.digits, self.dtype = cfg, digits, prec.dtype
+        self.token_embed = nnx.Embed(digits.width, cfg.model_dim, dtype=prec.dtype, param_dtype=prec.param_dtype,
+                                     rngs=rngs)
         self.mask_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (cfg.model_dim,), prec.param_dtype))
         self.action_proj = nnx.Linear(action_dim, cfg.model_dim, dtype=prec.dtype, param_dtype=prec.param_dtype,
                                       rngs=rngs)
-        self.transformer = AxialTransformer(cfg.model_dim, cfg.model_dim, cfg.ffn_dim, vocab, cfg.num_blocks,
+        self.transformer = AxialTransformer(cfg.model_dim, cfg.model_dim, cfg.ffn_dim, digits.width, cfg.num_blocks,
                                             cfg.num_heads, prec=prec, attention=attention, remat=remat, rngs=rngs)
 
     def embed(self, ids_BTN, mask_BTN, actions_BTA):
         """Token embeddings (mask token where masked) with the action of each frame; [B, T, N(+1), D]."""
-        x_BTND = self.token_embed(ids_BTN)
+        offsets = jnp.asarray(self.digits.offsets, jnp.int32)
+        x_BTND = self.token_embed(self.digits.digits(ids_BTN) + offsets).sum(axis=-2)  # one embedding per digit
         x_BTND = jnp.where(mask_BTN[..., None], self.mask_token[...].astype(self.dtype), x_BTND)
         a_BT1D = self.action_proj(actions_BTA.astype(self.dtype))[:, :, None]
         if self.cfg.action_mode == "prepend":
@@ -66,7 +91,7 @@ class MaskGITDynamics(nnx.Module):
         return x_BTND + a_BT1D
 
     def __call__(self, ids_BTN, mask_BTN, actions_BTA):
-        """Logits float32 [B, T, N, V] for every token position."""
+        """Logits float32 [B, T, N, W] (every digit's) for every token position."""
         return _drop_action_slot(self.cfg, self.transformer(self.embed(ids_BTN, mask_BTN, actions_BTA)).astype(jnp.float32))
 
 
@@ -75,19 +100,24 @@ def frame_actions(a_BT1A):
     return jnp.pad(a_BT1A, ((0, 0), (1, 0), (0, 0)))
 
 
-def masked_token_metrics(logits_BTNV, ids_BTN, mask_BTN, z_loss_weight: float = 0.0):
-    """Cross-entropy (+ z-loss) over masked tokens, and top-1/2/5/16 accuracy on them."""
+def masked_token_metrics(logits_BTNW, ids_BTN, mask_BTN, digits: Digits, z_loss_weight: float = 0.0):
+    """Cross-entropy (+ z-loss) over masked tokens and accuracy on them: top-1 (every digit right), per
+    digit, and top-2/5/16 for single-digit (VQ) tokens."""
     m = mask_BTN.astype(jnp.float32)
-    denom = jnp.maximum(m.sum(), 1.0)
-    logz = jax.nn.logsumexp(logits_BTNV, axis=-1)
-    target = jnp.take_along_axis(logits_BTNV, ids_BTN[..., None], axis=-1)[..., 0]
-    ce = ((logz - target) * m).sum() / denom
-    z_loss = (logz**2 * m).sum() / denom
-    rank = (logits_BTNV > target[..., None]).sum(-1)  # how many classes beat the true one
-    metrics = {"cross_entropy": ce, "z_loss": z_loss}
-    for k in (1, 2, 5, 16):
-        metrics[f"top{k}_accuracy"] = ((rank < k) * m).sum() / denom
-    return ce + z_loss_weight * z_loss, metrics
+    mean = lambda x_BTN: (x_BTN * m).sum() / jnp.maximum(m.sum(), 1.0)
+    d_BTNK = digits.digits(ids_BTN)
+    ce, z_loss, rank = 0.0, 0.0, 0
+    for k, (o, v) in enumerate(zip(digits.offsets, digits.levels)):
+        part = logits_BTNW[..., o : o + v]
+        logz = jax.nn.logsumexp(part, axis=-1)
+        target = jnp.take_along_axis(part, d_BTNK[..., k : k + 1], axis=-1)[..., 0]
+        ce, z_loss = ce + logz - target, z_loss + logz**2
+        beaten = (part > target[..., None]).sum(-1)  # how many values of this digit beat the true one
+        rank = jnp.maximum(rank, beaten) if len(digits.levels) > 1 else beaten
+    metrics = {"cross_entropy": mean(ce), "z_loss": mean(z_loss), "top1_accuracy": mean(rank < 1)}
+    if len(digits.levels) == 1:
+        metrics |= {f"top{k}_accuracy": mean(rank < k) for k in (2, 5, 16)}
+    return metrics["cross_entropy"] + z_loss_weight * metrics["z_loss"], metrics
 
 
 def _drop_action_slot(cfg: DynamicsConfig, logits):
@@ -101,7 +131,7 @@ def prefill(dyn: MaskGITDynamics, ids_BTN, actions_BTA, window: int):
 
 
 def step_logits(dyn: MaskGITDynamics, ids_BN, mask_BN, action_BA, caches, pos):
-    """Logits [B, N, V] of one frame at window position ``pos`` from the caches, and its K/V."""
+    """Logits [B, N, W] of one frame at window position ``pos`` from the caches, and its K/V."""
     x = dyn.embed(ids_BN[:, None], mask_BN[:, None], action_BA[:, None])
     out, kvs = dyn.transformer.step(x, caches, pos)
     return _drop_action_slot(dyn.cfg, out.astype(jnp.float32))[:, 0], kvs

@@ -35,7 +35,7 @@ from flax import nnx
 
 from jasmine.models.dynamics import DynamicsConfig, MaskGITDynamics, frame_actions, prefill, step_logits
 from jasmine.models.lam import LAMConfig, LatentActionModel
-from jasmine.models.maskgit import MaskGITOptions, unmask_frame
+from jasmine.models.maskgit import Digits, MaskGITOptions, unmask_frame
 from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat
 from jasmine.models.tokenizer import Tokenizer, TokenizerConfig
 
@@ -90,7 +90,8 @@ class Genie(nnx.Module):
                 raise ValueError("ground-truth actions need a dataset with actions (num_actions > 0)")
             self.lam = None
             self.action_embed = nnx.Embed(num_actions, lam_cfg.code_dim, param_dtype=prec.param_dtype, rngs=rngs)
-        self.dynamics = MaskGITDynamics(dyn_cfg, tok_cfg.vocab_size, lam_cfg.code_dim, **kw)
+        digits = Digits(tok_cfg.fsq_levels if tok_cfg.quantizer == "fsq" else (tok_cfg.vocab_size,))
+        self.dynamics = MaskGITDynamics(dyn_cfg, digits, lam_cfg.code_dim, **kw)
 
     @property
     def align(self) -> int:
@@ -164,7 +165,8 @@ class Genie(nnx.Module):
     def next_frame(self, caches, pos, action_BA, rng, opts: MaskGITOptions):
         """Generate the frame at window position ``pos`` from the caches; returns (ids_BN, updated caches)."""
         frame_fn = lambda ids_BN, mask_BN: step_logits(self.dynamics, ids_BN, mask_BN, action_BA, caches, pos)[0]
-        ids_BN = unmask_frame(frame_fn, jnp.zeros((action_BA.shape[0], self.tokens_per_frame), jnp.int32), rng, opts)
+        ids_BN = unmask_frame(frame_fn, jnp.zeros((action_BA.shape[0], self.tokens_per_frame), jnp.int32), rng, opts,
+                              self.dynamics.digits)
         _, kvs = step_logits(self.dynamics, ids_BN, jnp.zeros_like(ids_BN, bool), action_BA, caches, pos)
         return ids_BN, AxialTransformer.write_cache(caches, kvs, pos)
 

@@ -39,6 +39,8 @@ class SampleArgs:
     temperature: float = 1.0
     choice_temperature: float = 4.5
     """MaskGIT choice temperature (Gumbel noise on confidences, annealed to 0)."""
+    ordinal: bool = False
+    """With --temperature 0 (or --argmax) and FSQ tokens: each digit's expected level, rounded (least squared error)."""
     argmax: bool = False
     """Take the most likely token instead of sampling (and unmask the most confident first, without noise)."""
     cache: bool = True
@@ -54,7 +56,7 @@ def sample(args: SampleArgs) -> dict:
     clips = read_clips(genie, args.data, args.split, args.clips, args.frames, args.seed, cfg.image_size)
     actions = choose_actions(args.actions, genie, clips, np.random.default_rng(args.seed))
     opts = SampleOptions(steps=args.steps, temperature=0.0 if args.argmax else args.temperature,
-                         choice_temperature=args.choice_temperature, cache=args.cache)
+                         choice_temperature=args.choice_temperature, ordinal=args.ordinal, cache=args.cache)
     roll = Rollout(genie, cfg.seq_len, opts)
     ctx = roll.encode(clips["frames"][:, : args.context])
     t0 = time.perf_counter()

@@ -42,7 +42,7 @@ class Rollout:
         def full_frame(state, ids_BWN, a_BWA, pos, rng):
             dyn = nnx.merge(gd, state).dynamics
             logits_fn = lambda ids, mask: dyn(ids, mask, a_BWA)
-            return jnp.take(generate_frame(logits_fn, ids_BWN, pos, rng, opts), pos, axis=1)
+            return jnp.take(generate_frame(logits_fn, ids_BWN, pos, rng, opts, dyn.digits), pos, axis=1)
 
         self._prefill = jax.jit(lambda state, ids, a: nnx.merge(gd, state).prefill(ids, a, window))
         self._cached_frame = jax.jit(lambda state, caches, pos, a_BA, rng: nnx.merge(gd, state).next_frame(

@@ -19,7 +19,7 @@ from jasmine.config import DynamicsTrainConfig, LAMTrainConfig, TokenizerTrainCo
 from jasmine.data.dataset import DataError, read_metadata
 from jasmine.data.loader import record_arrays
 from jasmine.eval.metrics import frame_psnr_ssim
-from jasmine.models.dynamics import masked_token_metrics, sample_mask
+from jasmine.models.dynamics import corrupt_context, masked_token_metrics, sample_mask
 from jasmine.models.genie import Genie, frame_alignment
 from jasmine.models.maskgit import generate_frame
 from jasmine.train.components.base import Component, image_metrics, load_run, precision, register, reset_codes, to_unit
@@ -120,13 +120,16 @@ class DynamicsComponent(Component):
         return lambda path, value: isinstance(value, nnx.Param) and path[0] in roots
 
     def loss(self, model: Genie, batch, rng, cfg: DynamicsTrainConfig, *, training: bool):
-        k_mask, k_lam = jax.random.split(rng)
+        k_mask, k_lam, k_noise = jax.random.split(rng, 3)
         ids_BTN = model.tokens(batch)
         a_BTA, lam_out = model.frame_conditioning(batch, lam_rng=k_lam if training else None,
                                                   co_train=cfg.co_train_lam, detach=cfg.detach_lam)
-        mask_BTN = sample_mask(k_mask, ids_BTN.shape, cfg.model.mask_limit)
-        logits_BTNV = model.dynamics(ids_BTN, mask_BTN, a_BTA)
-        loss, metrics = masked_token_metrics(logits_BTNV, ids_BTN, mask_BTN, cfg.model.z_loss_weight)
+        mask_BTN = sample_mask(k_mask, ids_BTN.shape, cfg.model.mask_limit, cfg.model.clean_frames)
+        inputs_BTN = corrupt_context(k_noise, ids_BTN, mask_BTN, cfg.model.context_noise if training else 0.0,
+                                     model.dynamics.digits.vocab)
+        logits_BTNV = model.dynamics(inputs_BTN, mask_BTN, a_BTA)
+        loss, metrics = masked_token_metrics(logits_BTNV, ids_BTN, mask_BTN, model.dynamics.digits,
+                                             cfg.model.z_loss_weight)
         aux = {}
         if lam_out is not None:
             lam_loss_, lam_metrics, aux = lam_terms(lam_out["pred"], lam_out["target"], lam_out, cfg.lam_model, "lam_")
@@ -161,7 +164,8 @@ class DynamicsComponent(Component):
         ids_BTN = model.tokens(batch)
         a_BTA, _ = model.frame_conditioning(batch)
         logits_fn = lambda ids, mask: model.dynamics(ids, mask, a_BTA)
-        return ids_BTN, generate_frame(logits_fn, ids_BTN, ids_BTN.shape[1] - 1, rng, cfg.val_sampling)
+        return ids_BTN, generate_frame(logits_fn, ids_BTN, ids_BTN.shape[1] - 1, rng, cfg.val_sampling,
+                                       model.dynamics.digits)
 
     def _rollout(self, model: Genie, batch, rng, cfg: DynamicsTrainConfig):
         """Tokens of one context frame and ``val_rollout_frames`` generated ones (actions from the clip)."""

@@ -155,12 +155,12 @@ PRESETS: dict[str, dict[str, TrainConfig]] = {
             model=TokenizerConfig(patch_size=16, model_dim=512, ffn_dim=2048, num_blocks=4, num_heads=8,
                                   latent_dim=32, num_latents=1024),
         ),
-        "tiny": TokenizerTrainConfig(
-            steps=800, batch_size=8, seq_len=4, image_size=(64, 64, 3), ckpt_every=200, val_every=200,
-            val_batches=2, log_every=20,
+        "tiny": TokenizerTrainConfig(  # docs/tuning.md: FSQ 8^6, one frame per window, 3200 steps of 8
+            steps=3200, batch_size=8, seq_len=1, image_size=(64, 64, 3), ckpt_every=800, val_every=800,
+            val_batches=16, log_every=100,
             optim=OptimConfig(lr=1e-3, warmup_steps=50, schedule="wsd", decay_fraction=0.2),
             model=TokenizerConfig(patch_size=8, model_dim=128, ffn_dim=512, num_blocks=2, num_heads=4, latent_dim=32,
-                                  num_latents=256, dead_code_reset_steps=50),
+                                  quantizer="fsq", fsq_levels=(8, 8, 8, 8, 8, 8), codebook_dropout=0.01),
         ),
     },
 }
@@ -177,10 +177,11 @@ _COINRUN_RUN = dict(steps=200_000, batch_size=36, seq_len=16, image_size=(64, 64
 _TINY_RUN = dict(steps=600, batch_size=8, seq_len=8, image_size=(64, 64, 3), ckpt_every=200, val_every=200,
                  val_batches=2, log_every=20)
 PRESETS["lam"] = {
-    "coinrun": LAMTrainConfig(**_COINRUN_RUN, optim=OptimConfig(lr=3e-5, warmup_steps=5000, decay_fraction=0.1),
-                              model=_COINRUN_LAM),
-    "tiny": LAMTrainConfig(**{**_TINY_RUN, "steps": 1000, "seq_len": 4},
-                           optim=OptimConfig(lr=1e-3, warmup_steps=50, decay_fraction=0.2), model=_TINY_LAM),
+    "coinrun": LAMTrainConfig(**{**_COINRUN_RUN, "seq_len": 17},
+                              optim=OptimConfig(lr=3e-5, warmup_steps=5000, decay_fraction=0.1), model=_COINRUN_LAM),
+    "tiny": LAMTrainConfig(**{**_TINY_RUN, "steps": 1000, "batch_size": 16, "seq_len": 2, "val_every": 250,
+                              "val_batches": 8}, optim=OptimConfig(lr=1e-3, warmup_steps=50, decay_fraction=0.2),
+                           model=_TINY_LAM),
 }
 _MICRO_RUN = dict(steps=12, batch_size=2, seq_len=4, image_size=(64, 64, 3), ckpt_every=12, val_every=12,
                   val_batches=1, log_every=4, optim=OptimConfig(lr=1e-3, warmup_steps=2, decay_fraction=0.2))
@@ -190,14 +191,16 @@ _MICRO_LAM = LAMConfig(patch_size=16, model_dim=32, ffn_dim=64, num_blocks=1, nu
 PRESETS["tokenizer"]["micro"] = TokenizerTrainConfig(**_MICRO_RUN, model=_MICRO_TOKENIZER)
 PRESETS["lam"]["micro"] = LAMTrainConfig(**_MICRO_RUN, model=_MICRO_LAM)
 PRESETS["dynamics"] = {
-    "coinrun": DynamicsTrainConfig(
-        **_COINRUN_RUN, optim=OptimConfig(lr=3e-5, warmup_steps=5000, decay_fraction=0.1),
+    "coinrun": DynamicsTrainConfig(  # 17 frames: the LAM's windows tile them and clips align to 16 frames
+        **{**_COINRUN_RUN, "seq_len": 17}, optim=OptimConfig(lr=3e-5, warmup_steps=5000, decay_fraction=0.1),
         model=DynamicsConfig(model_dim=512, ffn_dim=2048, num_blocks=6, num_heads=8, mask_limit=0.5),
         tokenizer_model=_COINRUN_TOKENIZER, lam_model=_COINRUN_LAM),
-    "tiny": DynamicsTrainConfig(
-        **{**_TINY_RUN, "steps": 1000}, optim=OptimConfig(lr=1e-3, warmup_steps=50, decay_fraction=0.2),
+    "tiny": DynamicsTrainConfig(  # docs/tuning.md: frozen LAM, 2400 steps of 4
+        **{**_TINY_RUN, "steps": 2400, "batch_size": 4, "ckpt_every": 400, "val_every": 800, "val_batches": 4},
+        optim=OptimConfig(lr=1e-3, warmup_steps=50, decay_fraction=0.2),
         model=DynamicsConfig(model_dim=128, ffn_dim=512, num_blocks=2, num_heads=4, mask_limit=0.5),
-        tokenizer_model=_TINY_TOKENIZER, lam_model=_TINY_LAM, val_sampling=MaskGITOptions(steps=8)),
+        tokenizer_model=_TINY_TOKENIZER, lam_model=_TINY_LAM,
+        val_sampling=MaskGITOptions(steps=8, temperature=0.0, ordinal=True)),
     "micro": DynamicsTrainConfig(**_MICRO_RUN, model=DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2),
                                  tokenizer_model=_MICRO_TOKENIZER, lam_model=_MICRO_LAM,
                                  val_sampling=MaskGITOptions(steps=2)),

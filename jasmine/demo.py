@@ -1,7 +1,7 @@
 """``jasmine demo``: the README's main command, as resumable stages.
 
-data (CoinRun) → tokenizer → LAM → dynamics (co-training the LAM from its own run) → eval
-(report). A re-run
+data (CoinRun) → tokenizer → LAM → dynamics (on the frozen LAM's actions) → eval (report). The
+recipe of each stage is its ``tiny`` preset (docs/tuning.md). A re-run
 reuses every stage whose output is complete and was made with the same arguments, and
 resumes a training stage that was interrupted.
 """
@@ -26,9 +26,10 @@ from jasmine.train.components import COMPONENTS
 from jasmine.train.loop import train
 
 SIZES = {  # preset → data and eval sizes
-    "tiny": dict(train_episodes=200, val_episodes=20, test_episodes=20, max_episode_len=1000, clips=32, frames=16,
-                 steps=25),
-    "micro": dict(train_episodes=6, val_episodes=2, test_episodes=2, max_episode_len=60, clips=2, frames=6, steps=2),
+    "tiny": dict(train_episodes=400, val_episodes=40, test_episodes=64, max_episode_len=1000, clips=32, frames=16,
+                 steps=25, temperature=0.0, ordinal=True),
+    "micro": dict(train_episodes=6, val_episodes=2, test_episodes=2, max_episode_len=60, clips=2, frames=6, steps=2,
+                  temperature=1.0, ordinal=False),
 }
 
 
@@ -39,7 +40,7 @@ class DemoArgs:
     out: Path = Path("runs/demo")
     """Directory for every output of the demo."""
     preset: Literal["tiny", "micro"] = "tiny"
-    """tiny: the full demo (~12 min on 2 CPU cores); micro: a one-minute smoke run of the same pipeline."""
+    """tiny: the full demo (~15 min on 2 CPU cores); micro: a one-minute smoke run of the same pipeline."""
     seed: int = 0
 
 
@@ -94,10 +95,10 @@ def demo(args: DemoArgs) -> dict:
     tok = _train_stage("tokenizer", replace(C.preset("tokenizer", args.preset), out=args.out / "tokenizer", **base))
     lam = _train_stage("lam", replace(C.preset("lam", args.preset), out=args.out / "lam", **base))
     dyn = _train_stage("dynamics", replace(C.preset("dynamics", args.preset), out=args.out / "dynamics", tokenizer=tok,
-                                           lam=lam, co_train_lam=True, **base))
+                                           lam=lam, **base))
     print("[demo] eval: rollouts on held-out clips")
     res = evaluate(EvalArgs(run=dyn, data=data, clips=sizes["clips"], frames=sizes["frames"], steps=sizes["steps"],
-                            delta_t=min(4, sizes["frames"] - 1), seed=args.seed, out=args.out / "eval",
+                            temperature=sizes["temperature"], ordinal=sizes["ordinal"], delta_t=min(4, sizes["frames"] - 1), seed=args.seed, out=args.out / "eval",
                             batch_size=min(8, sizes["clips"])))
     minutes = (time.perf_counter() - t0) / 60
     print(f"\n[demo] done in {minutes:.1f} min. Outputs:")

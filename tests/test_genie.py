@@ -411,6 +411,10 @@ def test_digit_tokens_embed_predict_and_sample_per_digit():
     draws = np.asarray(d.sample(jax.random.key(1), jnp.broadcast_to(logits[0], (20000, d.width)), 1.0))
     freq = np.bincount(draws, minlength=60) / 20000  # sampled ids follow the product of the digit marginals
     np.testing.assert_allclose(freq, np.exp(d.log_prob(jnp.broadcast_to(logits[0], (60, d.width)), ids)), atol=0.015)
+    peaked = jnp.full((1, d.width), -30.0).at[0, jnp.array([1, 3, 4 + 0, 4 + 2, 7 + 4])].set(0.0)
+    # digit 0: levels 1 and 3 equally likely → expected 2 (argmax says 1); digit 1: 0 or 2 → 1; digit 2: 4
+    np.testing.assert_array_equal(d.digits(d.sample(None, peaked, 0.0, ordinal=True)), [[2, 1, 4]])
+    np.testing.assert_array_equal(d.digits(d.sample(None, peaked, 0.0)), [[1, 0, 4]])
     one = Digits((7,))  # a VQ token: one softmax over the vocabulary
     lg = jax.random.normal(jax.random.key(2), (5, 7))
     np.testing.assert_allclose(one.log_prob(lg, jnp.arange(5)), jax.nn.log_softmax(lg)[jnp.arange(5), jnp.arange(5)],
@@ -423,3 +427,15 @@ def test_digit_tokens_embed_predict_and_sample_per_digit():
     assert m["top1_accuracy"] == 1.0 and m["cross_entropy"] < 1e-6
     _, m = masked_token_metrics(perfect.at[0, 0, 0, 0].set(99.0), ids_BTN, jnp.ones((1, 1, 2), bool), d)
     assert m["top1_accuracy"] == 0.5  # one digit of the first token is now wrong
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_ordinal_decoding_is_refused_without_ordered_levels_or_with_sampling(runs, temperature):
+    from jasmine.sample.rollout import Rollout, SampleOptions
+
+    cfg = COMPONENTS["dynamics"].prepare(dyn_cfg(runs / "data", None, runs / "tok", co_train_lam=True))
+    genie = COMPONENTS["dynamics"].build(cfg, nnx.Rngs(0), pretrained=False)  # VQ tokens: ids are not ordered levels
+    if temperature == 0.0:
+        Rollout(genie, 4, SampleOptions(temperature=0.0))  # argmax is fine
+    with pytest.raises(ValueError, match=r"--ordinal needs --temperature 0 and an FSQ tokenizer.*digits \(\d+,\)"):
+        Rollout(genie, 4, SampleOptions(temperature=temperature, ordinal=True))

@@ -35,6 +35,9 @@ class Rollout:
     """Jitted frame generation for one Genie model; ``window`` is its training seq_len."""
 
     def __init__(self, genie: Genie, window: int, opts: SampleOptions = SampleOptions()):
+        if opts.ordinal and (opts.temperature > 0 or len(genie.dynamics.digits.levels) < 2):
+            raise ValueError("--ordinal needs --temperature 0 and an FSQ tokenizer (ordered levels); got temperature "
+                             f"{opts.temperature} and token digits {genie.dynamics.digits.levels}")
         self.graphdef, self.state = nnx.split(genie)
         self.window, self.opts = window, opts
         gd = self.graphdef

@@ -65,7 +65,7 @@ def write_report(path: Path, res: dict) -> None:
 
 {res['clips']} clips from distinct episodes of `{res['data']}` ({res['split']} split): {res['context']} ground-truth
 context frame(s), then {res['frames'] - res['context']} generated frames with {res['steps']} MaskGIT steps each
-(temperature {res['temperature']}, choice temperature {res['choice_temperature']}); actions: {res['actions']}
+(temperature {res['temperature']}, choice temperature {res['choice_temperature']}{', ordinal decoding' if res.get('ordinal') else ''}); actions: {res['actions']}
 (inferred from the ground-truth clip). Intervals: 95% percentile bootstrap over episodes.
 
 ## Mean over generated frames

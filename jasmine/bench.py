@@ -6,6 +6,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tyro
@@ -153,6 +154,8 @@ class BenchSampleArgs:
     context: int = 1
     frames: int = 15
     batch_sizes: tuple[int, ...] = (1, 8)
+    dynamics: Literal["maskgit", "causal"] = "maskgit"
+    """Dynamics family timed; for causal, MaskGIT's cached frames/s are printed beside it."""
     steps: int = 25
     """MaskGIT steps per frame."""
     dtype: str = "auto"
@@ -171,12 +174,12 @@ def pass_times(dyn, batch: int, window: int, n: int, action_dim: int, passes: in
     import jax.numpy as jnp
     from flax import nnx
 
-    from jasmine.models.dynamics import prefill, step_logits
+    from jasmine.models.dynamics import step_logits
 
     gd, st = nnx.split(dyn)
     ids_BWN, a_BWA = jnp.zeros((batch, window, n), jnp.int32), jnp.zeros((batch, window, action_dim))
     mask_BWN = jnp.zeros(ids_BWN.shape, bool)  # unmasked, so each pass depends on the last one's output
-    caches = jax.jit(lambda s: prefill(nnx.merge(gd, s), ids_BWN[:, :1], a_BWA[:, :1], window))(st)
+    caches = jax.jit(lambda s: nnx.merge(gd, s).prefill(ids_BWN[:, :1], a_BWA[:, :1], window))(st)
 
     def frame(s, ids_BN, caches):
         return step_logits(nnx.merge(gd, s), ids_BN, mask_BWN[:, 0], a_BWA[:, 0], caches, 1)[0]
@@ -198,44 +201,66 @@ def pass_times(dyn, batch: int, window: int, n: int, action_dim: int, passes: in
     return timed(frame, ids_BWN[:, 0]), timed(whole, ids_BWN)
 
 
+def _rollout_fps(genie, window: int, opts, ctx, acts, frames: int, repeats: int) -> tuple[float, float]:
+    """Best frames/s and seconds of ``repeats`` rollouts of ``frames`` frames (after a compiling one)."""
+    import jax
+
+    from jasmine.sample.rollout import Rollout
+
+    roll = Rollout(genie, window, opts)
+    jax.block_until_ready(roll.run(ctx, acts[:, : ctx.shape[1]], jax.random.key(2), num_frames=1))  # compile
+    best = float("inf")
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(roll.run(ctx, acts, jax.random.key(3 + i), num_frames=frames))
+        best = min(best, time.perf_counter() - t0)
+    return ctx.shape[0] * frames / best, best
+
+
 def bench_sample(args: BenchSampleArgs) -> dict[int, dict[str, float]]:
-    """Per batch size: cached and uncached frames/s, and the pass-time bound on their ratio."""
+    """Per batch size: cached and uncached frames/s; for MaskGIT the pass-time bound on their ratio, for the
+    causal family MaskGIT's cached frames/s beside it."""
     import jax
     from flax import nnx
 
     from jasmine.config import preset
     from jasmine.models.maskgit import working_steps
-    from jasmine.sample.rollout import Rollout, SampleOptions
+    from jasmine.sample.rollout import SampleOptions
     from jasmine.train.components import COMPONENTS
 
-    cfg = dataclasses.replace(preset("dynamics", args.preset), dtype=args.dtype)
-    genie = COMPONENTS["dynamics"].build(cfg, nnx.Rngs(0), pretrained=False)
+    cfg = dataclasses.replace(preset("dynamics", args.preset), dtype=args.dtype, dynamics=args.dynamics)
+    build = lambda c: COMPONENTS["dynamics"].build(c, nnx.Rngs(0), pretrained=False)
+    genie = build(cfg)
+    maskgit = genie.dynamics.maskgit_options
     h, w, _ = cfg.image_size
     n = (h // cfg.tokenizer_model.patch_size) * (w // cfg.tokenizer_model.patch_size)
     T = args.context + args.frames
     passes = len(working_steps(args.steps, n))
-    print(f"sampling {args.frames} frames after {args.context} context, {args.steps} MaskGIT steps ({passes} change "
-          f"tokens), seq_len {cfg.seq_len}, {n} tokens/frame, dynamics {cfg.model.num_blocks}x{cfg.model.model_dim} "
-          f"on {jax.devices()[0].platform}")
-    print(f"  per frame: cached = {passes} one-frame passes + 1 to write the cache; "
-          f"uncached = {passes} passes over all {cfg.seq_len} frames")
+    opts = SampleOptions(steps=args.steps) if maskgit else SampleOptions()
+    how = f"{args.steps} MaskGIT steps ({passes} change tokens)" if maskgit else "one token at a time"
+    print(f"sampling {args.frames} frames after {args.context} context, {args.dynamics} dynamics, {how}, seq_len "
+          f"{cfg.seq_len}, {n} tokens/frame, {cfg.model.num_blocks}x{cfg.model.model_dim} on {jax.devices()[0].platform}")
+    print(f"  per frame: cached = {passes} one-frame passes + 1 to write the cache; uncached = {passes} passes over "
+          f"all {cfg.seq_len} frames" if maskgit else f"  per frame: cached = {n + 1} one-slot passes ({n} tokens + 1 "
+          f"to write the last); uncached = {n} passes over all {cfg.seq_len} x {n + 1} slots")
+    other = None if maskgit else build(dataclasses.replace(cfg, dynamics="maskgit"))
     results = {}
     for b in args.batch_sizes:
         r = results[b] = {}
         ctx = jax.random.randint(jax.random.key(0), (b, args.context, n), 0, cfg.tokenizer_model.vocab_size)
         acts = jax.random.randint(jax.random.key(1), (b, T - 1), 0, cfg.lam_model.vocab_size)
         for cache in (True, False):
-            roll = Rollout(genie, cfg.seq_len, SampleOptions(steps=args.steps, cache=cache))
-            jax.block_until_ready(roll.run(ctx, acts[:, : args.context], jax.random.key(2), num_frames=1))  # compile
-            best = float("inf")
-            for i in range(args.repeats):
-                t0 = time.perf_counter()
-                jax.block_until_ready(roll.run(ctx, acts, jax.random.key(3 + i), num_frames=args.frames))
-                best = min(best, time.perf_counter() - t0)
-            r["cached" if cache else "uncached"] = fps = b * args.frames / best
-            print(f"  batch {b}  {'cached  ' if cache else 'uncached'}  {fps:8.2f} frames/s  "
-                  f"({best:.2f} s per rollout)")
+            fps, best = _rollout_fps(genie, cfg.seq_len, dataclasses.replace(opts, cache=cache), ctx, acts,
+                                     args.frames, args.repeats)
+            r["cached" if cache else "uncached"] = fps
+            print(f"  batch {b}  {'cached  ' if cache else 'uncached'}  {fps:8.2f} frames/s  ({best:.2f} s per rollout)")
         speedup = r["cached"] / r["uncached"]
+        if other is not None:
+            r["maskgit_cached"], best = _rollout_fps(other, cfg.seq_len, SampleOptions(steps=args.steps), ctx, acts,
+                                                     args.frames, args.repeats)
+            print(f"  batch {b}  cache speed-up {speedup:.1f}x;  MaskGIT ({args.steps} steps, cached) beside it: "
+                  f"{r['maskgit_cached']:.2f} frames/s ({best:.2f} s per rollout)")
+            continue
         frame_s, whole_s = pass_times(genie.dynamics, b, cfg.seq_len, n, cfg.lam_model.code_dim)
         r["bound"] = bound = passes * whole_s / ((passes + 1) * frame_s)
         print(f"  batch {b}  one pass: 1 frame {frame_s * 1e3:.2f} ms, {cfg.seq_len} frames {whole_s * 1e3:.2f} ms "

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from jasmine.models.dynamics import DynamicsConfig
 from jasmine.models.lam import LAMConfig
-from jasmine.models.maskgit import MaskGITOptions
+from jasmine.models.digits import SamplingOptions
 from jasmine.models.nn import Attention, Remat
 from jasmine.models.tokenizer import TokenizerConfig
 
@@ -113,6 +113,9 @@ class DynamicsTrainConfig(TrainConfig):
     """Content hash of the --lam params (filled and recorded; if given, a different LAM is refused)."""
     co_train_lam: bool = False
     """Train the LAM jointly (fresh from --lam-model, or from --lam RUN), keeping its decoder and losses."""
+    dynamics: Literal["maskgit", "causal"] = "maskgit"
+    """Dynamics family: maskgit (Genie's; frames by confidence-based unmasking) or causal (autoregressive over
+    tokens: token k of frame t from all earlier frames, tokens < k of t and actions <= t)."""
     detach_lam: bool = False
     """With --co-train-lam: no dynamics gradient reaches the LAM, which learns from its own loss only (ablation)."""
     gt_actions: bool = False
@@ -131,7 +134,7 @@ class DynamicsTrainConfig(TrainConfig):
     """Ground-truth action count; filled from the dataset."""
     lam_loss_weight: float = 1.0
     """Weight of the co-trained LAM's loss."""
-    val_sampling: MaskGITOptions = MaskGITOptions(steps=25)
+    val_sampling: SamplingOptions = SamplingOptions()
     """MaskGIT sampling of the validation rollouts and full-frame metric."""
     val_rollout_frames: int = 0
     """Validation rollout length: generated frames after one context frame (0 = seq_len - 1)."""
@@ -200,10 +203,10 @@ PRESETS["dynamics"] = {
         optim=OptimConfig(lr=1e-3, warmup_steps=50, decay_fraction=0.2),
         model=DynamicsConfig(model_dim=128, ffn_dim=512, num_blocks=2, num_heads=4, mask_limit=0.5),
         tokenizer_model=_TINY_TOKENIZER, lam_model=_TINY_LAM,
-        val_sampling=MaskGITOptions(steps=8, temperature=0.0, ordinal=True)),
+        val_sampling=SamplingOptions(temperature=0.0, ordinal=True)),
     "micro": DynamicsTrainConfig(**_MICRO_RUN, model=DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2),
                                  tokenizer_model=_MICRO_TOKENIZER, lam_model=_MICRO_LAM,
-                                 val_sampling=MaskGITOptions(steps=2)),
+                                 val_sampling=SamplingOptions()),
 }
 
 

@@ -21,6 +21,7 @@ from jasmine.data.dataset import METADATA
 from jasmine.data.inspect import InspectArgs, inspect
 from jasmine.eval.evaluate import EvalArgs, evaluate
 from jasmine.eval.report import metrics_table
+from jasmine.models.genie import DYNAMICS
 from jasmine.train.checkpoint import Checkpointer
 from jasmine.train.components import COMPONENTS
 from jasmine.train.loop import train
@@ -42,6 +43,8 @@ class DemoArgs:
     preset: Literal["tiny", "micro"] = "tiny"
     """tiny: the full demo (~15 min on 2 CPU cores); micro: a one-minute smoke run of the same pipeline."""
     seed: int = 0
+    dynamics: Literal["maskgit", "causal"] = "maskgit"
+    """Dynamics family (a non-default one trains into dynamics-FAMILY/ and evaluates into eval-FAMILY/)."""
 
 
 def _data_stage(args: DemoArgs, sizes: dict) -> Path:
@@ -94,18 +97,21 @@ def demo(args: DemoArgs) -> dict:
     base = dict(data=data, seed=args.seed)
     tok = _train_stage("tokenizer", replace(C.preset("tokenizer", args.preset), out=args.out / "tokenizer", **base))
     lam = _train_stage("lam", replace(C.preset("lam", args.preset), out=args.out / "lam", **base))
-    dyn = _train_stage("dynamics", replace(C.preset("dynamics", args.preset), out=args.out / "dynamics", tokenizer=tok,
-                                           lam=lam, **base))
+    suffix = "" if args.dynamics == DemoArgs.dynamics else f"-{args.dynamics}"
+    dyn = _train_stage("dynamics", replace(C.preset("dynamics", args.preset), out=args.out / f"dynamics{suffix}",
+                                           tokenizer=tok, lam=lam, dynamics=args.dynamics, **base))
     print("[demo] eval: rollouts on held-out clips")
-    res = evaluate(EvalArgs(run=dyn, data=data, clips=sizes["clips"], frames=sizes["frames"], steps=sizes["steps"],
-                            temperature=sizes["temperature"], ordinal=sizes["ordinal"], delta_t=min(4, sizes["frames"] - 1), seed=args.seed, out=args.out / "eval",
-                            batch_size=min(8, sizes["clips"])))
+    ev = args.out / f"eval{suffix}"
+    res = evaluate(EvalArgs(run=dyn, data=data, clips=sizes["clips"], frames=sizes["frames"],
+                            steps=sizes["steps"] if DYNAMICS[args.dynamics].maskgit_options else None,
+                            temperature=sizes["temperature"], ordinal=sizes["ordinal"],
+                            delta_t=min(4, sizes["frames"] - 1), seed=args.seed, out=ev, batch_size=min(8, sizes["clips"])))
     minutes = (time.perf_counter() - t0) / 60
     print(f"\n[demo] done in {minutes:.1f} min. Outputs:")
     for label, path in (("dataset", data), ("data contact sheet", args.out / "inspect" / "contact_sheet.png"),
                         ("tokenizer run", tok), ("LAM run", lam), ("dynamics run", dyn),
-                        ("report", args.out / "eval" / "report.md"), ("metrics", args.out / "eval" / "metrics.json"),
-                        ("plot", args.out / "eval" / "psnr_ssim.png"), ("rollouts GIF", args.out / "eval" / "rollouts.gif")):
+                        ("report", ev / "report.md"), ("metrics", ev / "metrics.json"),
+                        ("plot", ev / "psnr_ssim.png"), ("rollouts GIF", ev / "rollouts.gif")):
         print(f"  {label:20} {path}")
     print("\n" + metrics_table(res))
     return res

@@ -15,7 +15,8 @@ from jasmine.tokenize import TokenizeArgs, tokenize
 from jasmine.models.dynamics import DynamicsConfig, MaskGITDynamics, frame_actions, sample_mask
 from jasmine.models.lam import LAMConfig, LatentActionModel
 from jasmine.models.tokenizer import TokenizerConfig
-from jasmine.models.maskgit import Digits, MaskGITOptions, generate_frame
+from jasmine.models.digits import Digits, SamplingOptions
+from jasmine.models.maskgit import generate_frame
 from jasmine.train.components import COMPONENTS, load_run
 from jasmine.train.loop import setup, train
 from jasmine.train.logging import read_metrics
@@ -29,8 +30,9 @@ RUN = dict(steps=3, batch_size=4, seq_len=4, image_size=(16, 16, 3), log_every=1
 
 
 def dyn_cfg(data, out, tokenizer, **kw):
+    sampling = SamplingOptions(steps=3) if kw.get("dynamics", "maskgit") == "maskgit" else SamplingOptions(top_k=3)
     base = DynamicsTrainConfig(data=data, out=out, tokenizer=tokenizer, model=DYN_MODEL, lam_model=LAM_MODEL,
-                               val_sampling=MaskGITOptions(steps=3), **RUN)
+                               val_sampling=sampling, **RUN)
     return replace(base, **kw)
 
 
@@ -137,11 +139,12 @@ def test_gt_action_mode_trains_its_embedding(runs, tmp_path):
     assert set(result["state"]["params"].keys()) == {"dynamics", "action_embed"}
 
 
-def test_overfitting_one_batch_drives_dynamics_loss_down(runs):
+@pytest.mark.parametrize("family", ["maskgit", "causal"])
+def test_overfitting_one_batch_drives_dynamics_loss_down(runs, family):
     from jasmine.bench import synthetic_batch
     from jasmine.train.mesh import global_batch, make_mesh
 
-    cfg = dyn_cfg(None, None, runs / "tok", gt_actions=True, num_actions=7, tokenizer_model=TOK_MODEL,
+    cfg = dyn_cfg(None, None, runs / "tok", gt_actions=True, num_actions=7, tokenizer_model=TOK_MODEL, dynamics=family,
                   optim=OptimConfig(lr=3e-3, warmup_steps=5, decay_fraction=0.0))
     mesh = make_mesh(1)
     _, state, _, step = setup(cfg, COMPONENTS["dynamics"], mesh, pretrained=False)
@@ -153,8 +156,9 @@ def test_overfitting_one_batch_drives_dynamics_loss_down(runs):
     assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])
 
 
-def test_dynamics_resume_is_bitwise_exact(runs, tmp_path):
-    kw = dict(lam=runs / "lam", steps=4, ckpt_every=2, val_every=10)
+@pytest.mark.parametrize("family", ["maskgit", "causal"])
+def test_dynamics_resume_is_bitwise_exact(runs, tmp_path, family):
+    kw = dict(lam=runs / "lam", steps=4, ckpt_every=2, val_every=3, dynamics=family)
     straight = train(dyn_cfg(runs / "data", tmp_path / "s", runs / "tok", **kw), COMPONENTS["dynamics"], progress=False)
     train(dyn_cfg(runs / "data", tmp_path / "r", runs / "tok", **{**kw, "steps": 2}), COMPONENTS["dynamics"], progress=False)
     resumed = train(dyn_cfg(runs / "data", tmp_path / "r", runs / "tok", resume=True, **kw), COMPONENTS["dynamics"],
@@ -192,7 +196,7 @@ def test_maskgit_frame_generation_touches_only_its_frame():
         leak = mask_BTN[:, [0, 1, 3]].sum() * 100.0
         return jax.random.normal(jax.random.key(1), (*ids_BTN.shape, 16)) + leak
 
-    out = generate_frame(logits_fn, ids, 2, jax.random.key(1), MaskGITOptions(steps=5))
+    out = generate_frame(logits_fn, ids, 2, jax.random.key(1), SamplingOptions(steps=5))
     np.testing.assert_array_equal(out[:, [0, 1, 3]], ids[:, [0, 1, 3]])
     assert mask_schedule(5, 9).tolist() == [8, 7, 5, 2, 0]
     mask = jnp.ones((2, 9), bool)
@@ -224,7 +228,7 @@ def test_skipping_no_op_maskgit_steps_changes_nothing(temperature):
         ids, mask = unmask_step(frame_logits(ids, mask), ids, mask, mask_schedule(steps, n)[s],
                                 jax.random.fold_in(rng, s), temperature=temperature,
                                 choice_noise=choice * (1 - (s + 1) / steps))
-    fast = unmask_frame(frame_logits, jnp.zeros((2, n), jnp.int32), rng, MaskGITOptions(steps, temperature, 4.5))
+    fast = unmask_frame(frame_logits, jnp.zeros((2, n), jnp.int32), rng, SamplingOptions(steps, temperature, 4.5))
     assert not mask.any()
     np.testing.assert_array_equal(fast, ids)
 
@@ -242,7 +246,7 @@ def test_choice_temperature_spreads_the_first_tokens_over_the_frame():
     assert len({frozenset(f) for f in noisy}) > 5 and set().union(*noisy) - {0, 1, 2, 3}
     emb = jax.random.normal(jax.random.key(0), (v + 1, v))
     fn = lambda ids, mask: emb[jnp.where(mask, v, ids)] + jnp.cumsum(emb[jnp.where(mask, v, ids)], axis=1) * 0.5
-    runs = [unmask_frame(fn, jnp.zeros((1, n), jnp.int32), jax.random.key(0), MaskGITOptions(8, 1.0, c)) for c in (0, 9)]
+    runs = [unmask_frame(fn, jnp.zeros((1, n), jnp.int32), jax.random.key(0), SamplingOptions(8, 1.0, c)) for c in (0, 9)]
     assert not np.array_equal(runs[0], runs[1])  # the option reaches the sampler
 
 

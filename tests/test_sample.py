@@ -161,3 +161,27 @@ def test_bench_sample_reports_speed_up_and_its_pass_time_bound(capsys):
     assert "25 MaskGIT steps (16 change tokens)" in out and "16 one-frame passes + 1" in out
     assert set(res) == {1} and all(res[1][k] > 0 for k in ("cached", "uncached", "bound"))
     assert "cache speed-up" in out and "pass-time bound" in out
+
+
+def test_causal_demo_sample_and_bench_share_the_tools(micro_demo, capsys):
+    from jasmine.bench import BenchSampleArgs, bench_sample
+    from jasmine.demo import DemoArgs, demo
+    from jasmine.eval.evaluate import EvalArgs, evaluate
+    from jasmine.sample.command import SampleArgs, sample
+
+    out, _ = micro_demo
+    capsys.readouterr()
+    res = demo(DemoArgs(out=out, preset="micro", dynamics="causal"))  # reuses data, tokenizer and LAM
+    log = capsys.readouterr().out
+    assert "[demo] tokenizer: reusing" in log and "[demo] dynamics: training into" in log
+    assert res["dynamics"] == "causal" and res["steps"] is None and (out / "eval-causal" / "report.md").exists()
+    assert "by the causal dynamics" in (out / "eval-causal" / "report.md").read_text()
+    assert (out / "dynamics" / "config.json").exists()  # the MaskGIT run is untouched
+    saved = sample(SampleArgs(run=out / "dynamics-causal", data=out / "data", frames=6, top_k=3, out=out / "s"))
+    assert saved["dynamics"] == "causal" and saved["top_k"] == 3
+    with pytest.raises(ValueError, match="--steps is a MaskGIT option"):
+        evaluate(EvalArgs(run=out / "dynamics-causal", data=out / "data", clips=2, frames=6, steps=8))
+    r = bench_sample(BenchSampleArgs(preset="micro", frames=2, batch_sizes=(1,), dynamics="causal"))
+    text = capsys.readouterr().out
+    assert "17 one-slot passes" in text and "MaskGIT (25 steps, cached) beside it" in text
+    assert all(r[1][k] > 0 for k in ("cached", "uncached", "maskgit_cached"))

@@ -49,11 +49,13 @@ class EvalArgs:
     delta_t: int = 4
     """Clip frame index t of the controllability metric ΔtPSNR."""
     batch_size: int = 8
-    steps: int = 25
-    """MaskGIT steps per frame (steps that fix no token are skipped: at most one model pass per token)."""
+    steps: int | None = None
+    """MaskGIT only: steps per frame (default 25; steps that fix no token are skipped: at most one pass per token)."""
     temperature: float = 1.0
-    choice_temperature: float = 4.5
-    """MaskGIT choice temperature (Gumbel noise on confidences, annealed to 0)."""
+    choice_temperature: float | None = None
+    """MaskGIT only: choice temperature (Gumbel noise on confidences, annealed to 0; default 4.5)."""
+    top_k: int = 0
+    """Sample each token digit from its k most likely values only (0 = all)."""
     ordinal: bool = False
     """With --temperature 0 (or --argmax) and FSQ tokens: each digit's expected level, rounded (least squared error)."""
     seed: int = 0
@@ -71,7 +73,7 @@ def evaluate(args: EvalArgs) -> dict:
     source = "gt" if genie.lam is None else "lam"
     clips = read_clips(genie, args.data, args.split, args.clips, args.frames, args.seed, cfg.image_size)
     opts = SampleOptions(steps=args.steps, temperature=args.temperature, choice_temperature=args.choice_temperature,
-                         ordinal=args.ordinal)
+                         ordinal=args.ordinal, top_k=args.top_k)
     roll = Rollout(genie, cfg.seq_len, opts)
     rng = np.random.default_rng(args.seed)
     scores = {k: [] for k in SOURCES}
@@ -100,8 +102,9 @@ def evaluate(args: EvalArgs) -> dict:
     ssim = {k: np.concatenate([s for _, s in v]) for k, v in scores.items()}
     results = {
         "run": str(args.run), "data": str(args.data), "split": args.split, "clips": args.clips,
-        "context": args.context, "frames": args.frames, "steps": args.steps, "temperature": args.temperature,
-        "choice_temperature": args.choice_temperature, "ordinal": args.ordinal, "actions": source, "delta_t": args.delta_t,
+        "context": args.context, "frames": args.frames, "dynamics": genie.dynamics.family,
+        **{k: getattr(roll.opts, k) for k in ("steps", "temperature", "choice_temperature", "ordinal", "top_k")},
+        "actions": source, "delta_t": args.delta_t,
         "seconds": time.perf_counter() - t0,
         "tokenizer_codes": code_usage(np.concatenate(token_ids), genie.tokenizer.cfg.vocab_size),
         **summarise_rollouts(psnr, ssim, context=args.context, delta_t=args.delta_t, seed=args.seed),

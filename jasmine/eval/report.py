@@ -59,13 +59,20 @@ def summary_lines(res: dict) -> list[str]:
             f"{codes['perplexity']:.1f}"]
 
 
+def sampling_text(res: dict) -> str:
+    """How the frames were sampled, in words."""
+    how = (f"{res['steps']} MaskGIT steps per frame (temperature {res['temperature']}, choice temperature "
+           f"{res['choice_temperature']}" if res.get("steps") else f"one token at a time (temperature {res['temperature']}")
+    return how + (f", top-{res['top_k']}" if res.get("top_k") else "") + (", ordinal decoding" if res.get("ordinal") else "") + ")"
+
+
 def write_report(path: Path, res: dict) -> None:
     t = res["delta_t"]
     text = f"""# Evaluation of `{res['run']}`
 
 {res['clips']} clips from distinct episodes of `{res['data']}` ({res['split']} split): {res['context']} ground-truth
-context frame(s), then {res['frames'] - res['context']} generated frames with {res['steps']} MaskGIT steps each
-(temperature {res['temperature']}, choice temperature {res['choice_temperature']}{', ordinal decoding' if res.get('ordinal') else ''}); actions: {res['actions']}
+context frame(s), then {res['frames'] - res['context']} generated frames by the {res.get('dynamics', 'maskgit')} dynamics,
+{sampling_text(res)}; actions: {res['actions']}
 (inferred from the ground-truth clip). Intervals: 95% percentile bootstrap over episodes.
 
 ## Mean over generated frames

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jasmine.models.maskgit import Digits
+from jasmine.models.digits import Digits, SamplingOptions
+from jasmine.models.maskgit import generate_frame, unmask_frame
 from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat
 
 
@@ -69,6 +70,18 @@ def corrupt_context(rng, ids_BTN, mask_BTN, rate: float, vocab: int):
 
 
 class MaskGITDynamics(nnx.Module):
+    """The dynamics-family interface (shared with ``jasmine.models.causal.CausalDynamics``): ``loss``,
+    ``prefill``, ``next_frame`` (cached) and ``frame`` (uncached), ``family``, ``maskgit_options`` and
+    ``check_config``."""
+
+    family = "maskgit"
+    maskgit_options = True
+
+    @staticmethod
+    def check_config(cfg: DynamicsConfig) -> None:
+        if not 0 <= cfg.mask_limit < 1:
+            raise ValueError(f"--model.mask-limit must be in [0, 1), got {cfg.mask_limit}")
+
     def __init__(self, cfg: DynamicsConfig, digits: Digits, action_dim: int, *, prec: Precision = Precision(),
                  attention: Attention = "auto", remat: Remat = "none", rngs: nnx.Rngs):
         self.cfg, self.digits, self.dtype = cfg, digits, prec.dtype
@@ -93,6 +106,32 @@ class MaskGITDynamics(nnx.Module):
     def __call__(self, ids_BTN, mask_BTN, actions_BTA):
         """Logits float32 [B, T, N, W] (every digit's) for every token position."""
         return _drop_action_slot(self.cfg, self.transformer(self.embed(ids_BTN, mask_BTN, actions_BTA)).astype(jnp.float32))
+
+    def loss(self, ids_BTN, a_BTA, rng, *, training: bool):
+        """Masked-token cross-entropy; ``rng`` holds two keys: the mask's and the context noise's."""
+        k_mask, k_noise = rng
+        mask_BTN = sample_mask(k_mask, ids_BTN.shape, self.cfg.mask_limit, self.cfg.clean_frames)
+        inputs_BTN = corrupt_context(k_noise, ids_BTN, mask_BTN, self.cfg.context_noise if training else 0.0,
+                                     self.digits.vocab)
+        return masked_token_metrics(self(inputs_BTN, mask_BTN, a_BTA), ids_BTN, mask_BTN, self.digits,
+                                    self.cfg.z_loss_weight)
+
+    def prefill(self, ids_BTN, actions_BTA, window: int):
+        """Temporal K/V caches (one window) of fully known frames; see ``AxialTransformer.prefill``."""
+        x = self.embed(ids_BTN, jnp.zeros(ids_BTN.shape, bool), actions_BTA)
+        return self.transformer.prefill(x, window)[1]
+
+    def next_frame(self, caches, pos, action_BA, rng, opts: SamplingOptions, n: int):
+        """Generate the frame at window position ``pos`` from the caches; returns (ids_BN, updated caches)."""
+        frame_fn = lambda ids_BN, mask_BN: step_logits(self, ids_BN, mask_BN, action_BA, caches, pos)[0]
+        ids_BN = unmask_frame(frame_fn, jnp.zeros((action_BA.shape[0], n), jnp.int32), rng, opts, self.digits)
+        _, kvs = step_logits(self, ids_BN, jnp.zeros_like(ids_BN, bool), action_BA, caches, pos)
+        return ids_BN, AxialTransformer.write_cache(caches, kvs, pos)
+
+    def frame(self, ids_BWN, a_BWA, pos, rng, opts: SamplingOptions):
+        """Uncached: frame ``pos`` of the window, a full forward per MaskGIT step (same draws as ``next_frame``)."""
+        logits_fn = lambda ids, mask: self(ids, mask, a_BWA)
+        return jnp.take(generate_frame(logits_fn, ids_BWN, pos, rng, opts, self.digits), pos, axis=1)
 
 
 def frame_actions(a_BT1A):
@@ -122,12 +161,6 @@ def masked_token_metrics(logits_BTNW, ids_BTN, mask_BTN, digits: Digits, z_loss_
 
 def _drop_action_slot(cfg: DynamicsConfig, logits):
     return logits[:, :, 1:] if cfg.action_mode == "prepend" else logits
-
-
-def prefill(dyn: MaskGITDynamics, ids_BTN, actions_BTA, window: int):
-    """Temporal K/V caches (one window) of fully known frames; see ``AxialTransformer.prefill``."""
-    _, caches = dyn.transformer.prefill(dyn.embed(ids_BTN, jnp.zeros(ids_BTN.shape, bool), actions_BTA), window)
-    return caches
 
 
 def step_logits(dyn: MaskGITDynamics, ids_BN, mask_BN, action_BA, caches, pos):

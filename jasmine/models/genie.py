@@ -1,4 +1,5 @@
-"""Genie: a frozen tokenizer, an action source and the MaskGIT dynamics, and the encoding rule.
+"""Genie: a frozen tokenizer, an action source and a dynamics model (MaskGIT or causal), and the
+encoding rule.
 
 Dimension key:
     B batch   T frames   H/W/C frame height/width/channels   N tokens per frame
@@ -33,13 +34,21 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jasmine.models.dynamics import DynamicsConfig, MaskGITDynamics, frame_actions, prefill, step_logits
+from jasmine.models.causal import CausalDynamics
+from jasmine.models.digits import Digits, SamplingOptions
+from jasmine.models.dynamics import DynamicsConfig, MaskGITDynamics, frame_actions
 from jasmine.models.lam import LAMConfig, LatentActionModel
-from jasmine.models.maskgit import Digits, MaskGITOptions, unmask_frame
-from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat
+from jasmine.models.nn import Attention, Precision, Remat
 from jasmine.models.tokenizer import Tokenizer, TokenizerConfig
 
 ActionSource = Literal["lam", "gt"]
+DYNAMICS = {cls.family: cls for cls in (MaskGITDynamics, CausalDynamics)}
+"""Dynamics families by name: each has the interface documented on ``MaskGITDynamics``."""
+
+
+def token_digits(tok_cfg: TokenizerConfig) -> Digits:
+    """How the dynamics reads this tokenizer's ids: FSQ digits, or one digit over the VQ vocabulary."""
+    return Digits(tok_cfg.fsq_levels if tok_cfg.quantizer == "fsq" else (tok_cfg.vocab_size,))
 
 
 def frame_alignment(tokenizer_window: int, lam_window: int | None) -> int:
@@ -73,7 +82,7 @@ def from_lam_windows(y_KL1, B: int, T: int):
 class Genie(nnx.Module):
     def __init__(self, tok_cfg: TokenizerConfig, dyn_cfg: DynamicsConfig, image_shape: tuple[int, int, int], *,
                  action_source: ActionSource = "lam", lam_cfg: LAMConfig = LAMConfig(), num_actions: int = 0,
-                 tokenizer_window: int = 1, lam_window: int = 2, prec: Precision = Precision(),
+                 tokenizer_window: int = 1, lam_window: int = 2, family: str = "maskgit", prec: Precision = Precision(),
                  attention: Attention = "auto", remat: Remat = "none", rngs: nnx.Rngs):
         if tokenizer_window < 1 or lam_window < 2:
             raise ValueError(f"encoder windows must be >= 1 (tokenizer) and >= 2 (LAM), got {tokenizer_window}, "
@@ -90,8 +99,10 @@ class Genie(nnx.Module):
                 raise ValueError("ground-truth actions need a dataset with actions (num_actions > 0)")
             self.lam = None
             self.action_embed = nnx.Embed(num_actions, lam_cfg.code_dim, param_dtype=prec.param_dtype, rngs=rngs)
-        digits = Digits(tok_cfg.fsq_levels if tok_cfg.quantizer == "fsq" else (tok_cfg.vocab_size,))
-        self.dynamics = MaskGITDynamics(dyn_cfg, digits, lam_cfg.code_dim, **kw)
+        if family not in DYNAMICS:
+            raise ValueError(f"--dynamics {family!r} is not a dynamics family; choose from {sorted(DYNAMICS)}")
+        DYNAMICS[family].check_config(dyn_cfg)
+        self.dynamics = DYNAMICS[family](dyn_cfg, token_digits(tok_cfg), lam_cfg.code_dim, **kw)
 
     @property
     def align(self) -> int:
@@ -160,17 +171,13 @@ class Genie(nnx.Module):
 
     def prefill(self, ids_BCN, actions_BCA, window: int):
         """K/V caches (``window`` frames) of the known frames; ``actions_BCA[:, 0]`` should be zeros."""
-        return prefill(self.dynamics, ids_BCN, actions_BCA, window)
+        return self.dynamics.prefill(ids_BCN, actions_BCA, window)
 
-    def next_frame(self, caches, pos, action_BA, rng, opts: MaskGITOptions):
+    def next_frame(self, caches, pos, action_BA, rng, opts: SamplingOptions):
         """Generate the frame at window position ``pos`` from the caches; returns (ids_BN, updated caches)."""
-        frame_fn = lambda ids_BN, mask_BN: step_logits(self.dynamics, ids_BN, mask_BN, action_BA, caches, pos)[0]
-        ids_BN = unmask_frame(frame_fn, jnp.zeros((action_BA.shape[0], self.tokens_per_frame), jnp.int32), rng, opts,
-                              self.dynamics.digits)
-        _, kvs = step_logits(self.dynamics, ids_BN, jnp.zeros_like(ids_BN, bool), action_BA, caches, pos)
-        return ids_BN, AxialTransformer.write_cache(caches, kvs, pos)
+        return self.dynamics.next_frame(caches, pos, action_BA, rng, opts, self.tokens_per_frame)
 
-    def generate(self, ctx_BCN, a_BTA, rng, opts: MaskGITOptions):
+    def generate(self, ctx_BCN, a_BTA, rng, opts: SamplingOptions):
         """Tokens [B, T, N] of C context frames followed by T - C generated ones (T within one window).
 
         ``a_BTA[:, t]`` conditions frame t (zeros at t = 0). Frame t uses ``fold_in(rng, t)``,

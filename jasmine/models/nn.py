@@ -207,12 +207,15 @@ class AxialTransformer(nnx.Module):
                  jax.lax.dynamic_update_slice_in_dim(v_c, v, pos, axis=1)) for (k_c, v_c), (k, v) in zip(caches, kvs)]
 
     def __call__(self, x_BTNI):
-        x_BTND = self.embed(x_BTNI)
-        for block in self.blocks:
-            if self.remat == "none":
-                x_BTND = block(x_BTND)
-            else:  # a pure function of the block's state, so it works under any outer transform
-                graphdef, state = nnx.split(block)
-                fn = jax.checkpoint(lambda s, x: nnx.merge(graphdef, s)(x), policy=REMAT_POLICIES[self.remat])
-                x_BTND = fn(state, x_BTND)
-        return self.proj_out(self.norm_out(x_BTND))
+        return self.proj_out(self.norm_out(run_blocks(self.blocks, self.embed(x_BTNI), self.remat)))
+
+
+def run_blocks(blocks, x, remat: Remat):
+    """Apply ``blocks`` in order, each rematerialised per ``remat``."""
+    for block in blocks:
+        if remat == "none":
+            x = block(x)
+        else:  # a pure function of the block's state, so it works under any outer transform
+            graphdef, state = nnx.split(block)
+            x = jax.checkpoint(lambda s, x: nnx.merge(graphdef, s)(x), policy=REMAT_POLICIES[remat])(state, x)
+    return x

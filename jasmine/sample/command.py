@@ -34,11 +34,13 @@ class SampleArgs:
     """Split to take clips from (one per episode)."""
     clips: int = 1
     """Number of clips (rows in the video)."""
-    steps: int = 25
-    """MaskGIT steps per frame (steps that fix no token are skipped: at most one model pass per token)."""
+    steps: int | None = None
+    """MaskGIT only: steps per frame (default 25; steps that fix no token are skipped: at most one pass per token)."""
     temperature: float = 1.0
-    choice_temperature: float = 4.5
-    """MaskGIT choice temperature (Gumbel noise on confidences, annealed to 0)."""
+    choice_temperature: float | None = None
+    """MaskGIT only: choice temperature (Gumbel noise on confidences, annealed to 0; default 4.5)."""
+    top_k: int = 0
+    """Sample each token digit from its k most likely values only (0 = all)."""
     ordinal: bool = False
     """With --temperature 0 (or --argmax) and FSQ tokens: each digit's expected level, rounded (least squared error)."""
     argmax: bool = False
@@ -56,7 +58,8 @@ def sample(args: SampleArgs) -> dict:
     clips = read_clips(genie, args.data, args.split, args.clips, args.frames, args.seed, cfg.image_size)
     actions = choose_actions(args.actions, genie, clips, np.random.default_rng(args.seed))
     opts = SampleOptions(steps=args.steps, temperature=0.0 if args.argmax else args.temperature,
-                         choice_temperature=args.choice_temperature, ordinal=args.ordinal, cache=args.cache)
+                         choice_temperature=args.choice_temperature, ordinal=args.ordinal, top_k=args.top_k,
+                         cache=args.cache)
     roll = Rollout(genie, cfg.seq_len, opts)
     ctx = roll.encode(clips["frames"][:, : args.context])
     t0 = time.perf_counter()
@@ -74,8 +77,9 @@ def sample(args: SampleArgs) -> dict:
     metrics = {
         "run": str(args.run), "context": args.context, "frames": args.frames, "actions_source": args.actions,
         "episodes": clips["episode"].tolist(), "starts": clips["start"].tolist(),
-        "actions": actions.tolist(), "steps": args.steps, "temperature": opts.temperature,
-        "choice_temperature": opts.choice_temperature, "cache": args.cache,
+        "actions": actions.tolist(), "dynamics": genie.dynamics.family,
+        **{k: getattr(roll.opts, k) for k in ("steps", "temperature", "choice_temperature", "ordinal", "top_k")},
+        "cache": args.cache,
         "seconds": seconds, "frames_per_s": args.clips * (args.frames - args.context) / seconds,
         "per_frame": {"psnr": psnr.mean(0).tolist(), "ssim": ssim.mean(0).tolist()},
         "mean_generated": {"psnr": float(psnr[:, args.context :].mean()), "ssim": float(ssim[:, args.context :].mean())},

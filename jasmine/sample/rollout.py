@@ -4,9 +4,10 @@ Dimension key: B batch, C context frames, F generated frames, T = C + F, N token
 frame, A action width, W window (the model's training seq_len).
 
 Attention is causal in time, so frames already generated never change. With the cache,
-each block's temporal keys/values of past frames are kept, and every MaskGIT step of a
-new frame runs the transformer on that one frame only. Without it, every step runs the
-whole window. Both paths draw the same random numbers (``fold_in(rng, frame)``) and so
+keys/values of what is already known are kept: for MaskGIT each block's temporal K/V of
+past frames (every unmasking step runs the transformer on the new frame only), for the
+causal family every slot's K/V (every token costs one slot's work). Without it, every
+step runs the whole window. Both paths draw the same random numbers (``fold_in(rng, frame)``) and so
 give the same tokens. Past ``W`` frames the window slides: it keeps the last ``W-1``
 frames, re-prefills their cache, and the frame at window position 0 gets no action
 (as in training).
@@ -22,11 +23,11 @@ import numpy as np
 from flax import nnx
 
 from jasmine.models.genie import Genie
-from jasmine.models.maskgit import MaskGITOptions, generate_frame
+from jasmine.models.digits import SamplingOptions
 
 
 @dataclass(frozen=True)
-class SampleOptions(MaskGITOptions):
+class SampleOptions(SamplingOptions):
     cache: bool = True
     """Use the frame-level KV cache."""
 
@@ -35,22 +36,17 @@ class Rollout:
     """Jitted frame generation for one Genie model; ``window`` is its training seq_len."""
 
     def __init__(self, genie: Genie, window: int, opts: SampleOptions = SampleOptions()):
-        if opts.ordinal and (opts.temperature > 0 or len(genie.dynamics.digits.levels) < 2):
-            raise ValueError("--ordinal needs --temperature 0 and an FSQ tokenizer (ordered levels); got temperature "
-                             f"{opts.temperature} and token digits {genie.dynamics.digits.levels}")
+        dyn = genie.dynamics
+        opts.check(dyn.digits, dyn.family, dyn.maskgit_options)
         self.graphdef, self.state = nnx.split(genie)
-        self.window, self.opts = window, opts
+        self.window, self.opts = window, opts.resolved(dyn.maskgit_options)
         gd = self.graphdef
-
-        def full_frame(state, ids_BWN, a_BWA, pos, rng):
-            dyn = nnx.merge(gd, state).dynamics
-            logits_fn = lambda ids, mask: dyn(ids, mask, a_BWA)
-            return jnp.take(generate_frame(logits_fn, ids_BWN, pos, rng, opts, dyn.digits), pos, axis=1)
 
         self._prefill = jax.jit(lambda state, ids, a: nnx.merge(gd, state).prefill(ids, a, window))
         self._cached_frame = jax.jit(lambda state, caches, pos, a_BA, rng: nnx.merge(gd, state).next_frame(
             caches, pos, a_BA, rng, opts), donate_argnums=1)
-        self._full_frame = jax.jit(full_frame)
+        self._full_frame = jax.jit(lambda state, ids_BWN, a_BWA, pos, rng: nnx.merge(gd, state).dynamics.frame(
+            ids_BWN, a_BWA, pos, rng, opts))
         self._vectors = jax.jit(lambda state, ids: nnx.merge(gd, state).action_vectors(ids))
         self._decode = jax.jit(lambda state, ids: nnx.merge(gd, state).decode(ids))
         self._encode = jax.jit(lambda state, x: nnx.merge(gd, state).encode(x))

@@ -1,4 +1,4 @@
-"""MaskGIT dynamics of a Genie as a component; the tokenizer (and a --lam LAM) are frozen.
+"""Dynamics of a Genie (any family, ``--dynamics``) as a component; the tokenizer (and a --lam LAM) are frozen.
 
 Dimension key: B batch, T frames, N tokens per frame, H/W/C frame shape, A action width.
 
@@ -19,9 +19,7 @@ from jasmine.config import DynamicsTrainConfig, LAMTrainConfig, TokenizerTrainCo
 from jasmine.data.dataset import DataError, read_metadata
 from jasmine.data.loader import record_arrays
 from jasmine.eval.metrics import frame_psnr_ssim
-from jasmine.models.dynamics import corrupt_context, masked_token_metrics, sample_mask
-from jasmine.models.genie import Genie, frame_alignment
-from jasmine.models.maskgit import generate_frame
+from jasmine.models.genie import DYNAMICS, Genie, frame_alignment, token_digits
 from jasmine.train.components.base import Component, image_metrics, load_run, precision, register, reset_codes, to_unit
 from jasmine.train.components.lam import lam_terms
 from jasmine.train.runs import describe, provenance, run_config
@@ -65,6 +63,9 @@ class DynamicsComponent(Component):
                             f"{cfg.data} holds {list(data_shape)} frames")
         if "tokens" in arrays:
             _check_data_provenance(cfg.data, meta, "tokenizer", tok_prov, "--tokenizer")
+        family = DYNAMICS[cfg.dynamics]
+        family.check_config(cfg.model)
+        cfg.val_sampling.check(token_digits(tok.model), family.family, family.maskgit_options)
         cfg = dataclasses.replace(cfg, tokenizer_model=tok.model, tokenizer_window=tok.seq_len, image_size=data_shape,
                                   tokenizer_step=tok_prov["step"], tokenizer_hash=tok_prov["hash"],
                                   num_actions=int(meta["num_actions"]))
@@ -105,7 +106,7 @@ class DynamicsComponent(Component):
     def build(self, cfg: DynamicsTrainConfig, rngs: nnx.Rngs, *, pretrained: bool = True) -> Genie:
         genie = Genie(cfg.tokenizer_model, cfg.model, cfg.image_size, action_source="gt" if cfg.gt_actions else "lam",
                       lam_cfg=cfg.lam_model, num_actions=cfg.num_actions, tokenizer_window=cfg.tokenizer_window or 1,
-                      lam_window=self._lam_window(cfg), prec=precision(cfg), attention=cfg.attention,
+                      lam_window=self._lam_window(cfg), family=cfg.dynamics, prec=precision(cfg), attention=cfg.attention,
                       remat=cfg.remat, rngs=rngs)
         if pretrained:
             nnx.update(genie.tokenizer, nnx.state(_frozen_run("--tokenizer", cfg.tokenizer, cfg.tokenizer_step,
@@ -124,12 +125,7 @@ class DynamicsComponent(Component):
         ids_BTN = model.tokens(batch)
         a_BTA, lam_out = model.frame_conditioning(batch, lam_rng=k_lam if training else None,
                                                   co_train=cfg.co_train_lam, detach=cfg.detach_lam)
-        mask_BTN = sample_mask(k_mask, ids_BTN.shape, cfg.model.mask_limit, cfg.model.clean_frames)
-        inputs_BTN = corrupt_context(k_noise, ids_BTN, mask_BTN, cfg.model.context_noise if training else 0.0,
-                                     model.dynamics.digits.vocab)
-        logits_BTNV = model.dynamics(inputs_BTN, mask_BTN, a_BTA)
-        loss, metrics = masked_token_metrics(logits_BTNV, ids_BTN, mask_BTN, model.dynamics.digits,
-                                             cfg.model.z_loss_weight)
+        loss, metrics = model.dynamics.loss(ids_BTN, a_BTA, jnp.stack([k_mask, k_noise]), training=training)
         aux = {}
         if lam_out is not None:
             lam_loss_, lam_metrics, aux = lam_terms(lam_out["pred"], lam_out["target"], lam_out, cfg.lam_model, "lam_")
@@ -163,9 +159,8 @@ class DynamicsComponent(Component):
     def _full_frame(self, model: Genie, batch, rng, cfg: DynamicsTrainConfig):
         ids_BTN = model.tokens(batch)
         a_BTA, _ = model.frame_conditioning(batch)
-        logits_fn = lambda ids, mask: model.dynamics(ids, mask, a_BTA)
-        return ids_BTN, generate_frame(logits_fn, ids_BTN, ids_BTN.shape[1] - 1, rng, cfg.val_sampling,
-                                       model.dynamics.digits)
+        t = ids_BTN.shape[1] - 1
+        return ids_BTN, ids_BTN.at[:, t].set(model.dynamics.frame(ids_BTN, a_BTA, t, rng, cfg.val_sampling))
 
     def _rollout(self, model: Genie, batch, rng, cfg: DynamicsTrainConfig):
         """Tokens of one context frame and ``val_rollout_frames`` generated ones (actions from the clip)."""

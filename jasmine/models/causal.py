@@ -1,0 +1,176 @@
+"""Causal (autoregressive) dynamics: each token from every earlier frame, the earlier tokens of its
+own frame, and the actions up to and including its frame.
+
+Dimension key:
+    B batch   T frames   N tokens per frame   L = N + 1 slots per frame   S = T * L sequence
+    D model width   A action width   W logit width (see ``Digits``)   M cache slots
+
+Frame t is laid out as L slots: the action a_t into frame t (zeros for t = 0), then its N
+tokens in raster order. A transformer with full causal attention runs over the flattened
+T * L slots; the output at slot k of frame t (whose input is the action for k = 0, token
+k - 1 otherwise) predicts token k of frame t. So token (t, k) sees every slot of frames < t,
+a_t and tokens < k of frame t, and nothing else (tested by gradients). The output of the
+last slot (input: token N - 1) predicts nothing; it only writes that token into the cache.
+
+The reference's causal baseline is an axial transformer causal in space and in time: there
+token (t, k) sees only tokens <= k of earlier frames, and token 0 sees nothing but actions.
+
+Training: cross-entropy on every token with teacher forcing, frame 0 included (its tokens
+come from the zero action and its own earlier tokens: a prior over first frames).
+Generation: one token per pass of one slot through a token-level KV cache (N + 1 one-slot
+passes per frame), or, uncached, one full forward of the window per token.
+"""
+
+from __future__ import annotations
+
+import einops
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from functools import partial
+
+from jasmine.models.digits import Digits, SamplingOptions
+from jasmine.models.dynamics import DynamicsConfig, masked_token_metrics
+from jasmine.models.nn import (Attention, LayerNorm32, MultiHeadAttention, Precision, Remat, dot_product_attention,
+                               positions, run_blocks)
+
+_MASKGIT_ONLY = (("--model.mask-limit", "mask_limit"), ("--model.clean-frames", "clean_frames"),
+                 ("--model.context-noise", "context_noise"), ("--model.action-mode", "action_mode"))
+
+
+class CausalBlock(nnx.Module):
+    """Pre-LN block: causal self-attention over the flattened slots, then an FFN."""
+
+    def __init__(self, dim: int, ffn_dim: int, heads: int, *, prec: Precision, attention: Attention,
+                 rngs: nnx.Rngs):
+        self.norm_a, self.norm_f = LayerNorm32(dim, prec=prec, rngs=rngs), LayerNorm32(dim, prec=prec, rngs=rngs)
+        self.attn = MultiHeadAttention(dim, heads, prec=prec, attention=attention, rngs=rngs)
+        lin = partial(nnx.Linear, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
+        self.ffn_in, self.ffn_out = lin(dim, ffn_dim), lin(ffn_dim, dim)
+
+    def _finish(self, x_BSD, y_BSHK):
+        x_BSD = x_BSD + self.attn.out(einops.rearrange(y_BSHK, "b s h k -> b s (h k)"))
+        return x_BSD + self.ffn_out(jax.nn.gelu(self.ffn_in(self.norm_f(x_BSD))))
+
+    def __call__(self, x_BSD, *, return_kv: bool = False):
+        q, k, v = self.attn.qkv_heads(self.norm_a(x_BSD))
+        out = self._finish(x_BSD, dot_product_attention(q, k, v, causal=True, implementation=self.attn.attention))
+        return (out, (k, v)) if return_kv else out
+
+    def step(self, x_B1D, k_cache_BMHK, v_cache_BMHK, slot):
+        """One slot at cache position ``slot``, attending to slots <= ``slot``; returns the updated caches."""
+        q, k, v = self.attn.qkv_heads(self.norm_a(x_B1D))
+        k_BMHK = jax.lax.dynamic_update_slice_in_dim(k_cache_BMHK, k, slot, axis=1)
+        v_BMHK = jax.lax.dynamic_update_slice_in_dim(v_cache_BMHK, v, slot, axis=1)
+        mask_111M = (jnp.arange(k_BMHK.shape[1]) <= slot)[None, None, None, :]
+        y = dot_product_attention(q, k_BMHK, v_BMHK, causal=False, mask_SHLM=mask_111M,
+                                  implementation=self.attn.attention)
+        return self._finish(x_B1D, y), (k_BMHK, v_BMHK)
+
+
+class CausalDynamics(nnx.Module):
+    family = "causal"
+    maskgit_options = False
+
+    @staticmethod
+    def check_config(cfg: DynamicsConfig) -> None:
+        given = [flag for flag, f in _MASKGIT_ONLY if getattr(cfg, f) != getattr(DynamicsConfig(), f)]
+        if given:
+            raise ValueError(f"{', '.join(given)}: MaskGIT-only option(s); the causal dynamics masks nothing and "
+                             f"gives each frame's action its own slot")
+
+    def __init__(self, cfg: DynamicsConfig, digits: Digits, action_dim: int, *, prec: Precision = Precision(),
+                 attention: Attention = "auto", remat: Remat = "none", rngs: nnx.Rngs):
+        self.cfg, self.digits, self.dtype, self.remat = cfg, digits, prec.dtype, remat
+        D = cfg.model_dim
+        self.token_embed = nnx.Embed(digits.width, D, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
+        lin = partial(nnx.Linear, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
+        self.action_proj = lin(action_dim, D)
+        self.blocks = nnx.List([CausalBlock(D, cfg.ffn_dim, cfg.num_heads, prec=prec, attention=attention, rngs=rngs)
+                                for _ in range(cfg.num_blocks)])
+        self.norm_out = LayerNorm32(D, prec=prec, rngs=rngs)
+        self.proj_out = lin(D, digits.width)
+
+    # ------------------------------------------------------------------ inputs and outputs
+
+    def _embed_tokens(self, ids):
+        offsets = jnp.asarray(self.digits.offsets, jnp.int32)
+        return self.token_embed(self.digits.digits(ids) + offsets).sum(axis=-2)  # one embedding per digit
+
+    def slots(self, ids_BTN, a_BTA):
+        """Slot inputs [B, T * L, D]: per frame its action, then its tokens, plus time and slot codes."""
+        B, T, N = ids_BTN.shape
+        x_BTLD = jnp.concatenate([self.action_proj(a_BTA.astype(self.dtype))[:, :, None],
+                                  self._embed_tokens(ids_BTN)], axis=2)
+        x_BTLD = x_BTLD + positions(jnp.arange(T), N + 1, self.cfg.model_dim).astype(self.dtype)
+        return x_BTLD.reshape(B, T * (N + 1), -1)
+
+    def _head(self, h_BSD):
+        return self.proj_out(self.norm_out(h_BSD)).astype(jnp.float32)
+
+    def __call__(self, ids_BTN, a_BTA):
+        """Logits float32 [B, T, N, W]: token (t, k) from frames < t, tokens < k of t and actions <= t."""
+        return self.slot_logits(self.slots(ids_BTN, a_BTA), ids_BTN.shape[2])
+
+    def slot_logits(self, x_BSD, n: int):
+        """Logits [B, T, N, W] of slot inputs [B, T * (n + 1), D] (the last slot of each frame predicts nothing)."""
+        B, S, _ = x_BSD.shape
+        h_BSD = run_blocks(self.blocks, x_BSD, self.remat)
+        return self._head(h_BSD).reshape(B, S // (n + 1), n + 1, -1)[:, :, :n]
+
+    def loss(self, ids_BTN, a_BTA, rng, *, training: bool):
+        """Cross-entropy on every token (teacher forcing); ``rng`` is unused (nothing is masked)."""
+        del rng, training
+        return masked_token_metrics(self(ids_BTN, a_BTA), ids_BTN, jnp.ones(ids_BTN.shape, bool), self.digits,
+                                    self.cfg.z_loss_weight)
+
+    # ------------------------------------------------------------------ generation
+
+    def prefill(self, ids_BCN, a_BCA, window: int):
+        """Per-block K/V caches [B, window * L, H, K] holding the slots of the known frames."""
+        C, N = ids_BCN.shape[1:]
+        x_BSD, caches = self.slots(ids_BCN, a_BCA), []
+        for block in self.blocks:
+            x_BSD, (k, v) = block(x_BSD, return_kv=True)
+            pad = ((0, 0), (0, (window - C) * (N + 1)), (0, 0), (0, 0))
+            caches.append((jnp.pad(k, pad), jnp.pad(v, pad)))
+        return caches
+
+    def _step(self, x_B1D, caches, slot):
+        new = []
+        for block, (k_c, v_c) in zip(self.blocks, caches):
+            x_B1D, kv = block.step(x_B1D, k_c, v_c, slot)
+            new.append(kv)
+        return self._head(x_B1D)[:, 0], new
+
+    def next_frame(self, caches, pos, action_BA, rng, opts: SamplingOptions, n: int):
+        """Frame at window position ``pos``, token by token through the caches; returns (ids_BN, caches)."""
+        L = n + 1
+        pe_LD = positions(jnp.reshape(pos, (1,)), L, self.cfg.model_dim)[0].astype(self.dtype)
+        first_B1D = self.action_proj(action_BA.astype(self.dtype))[:, None] + pe_LD[0]
+
+        def body(k, carry):
+            ids_BN, caches, x_B1D = carry
+            logits_BW, caches = self._step(x_B1D, caches, pos * L + k)
+            tok_B = self.digits.sample(jax.random.fold_in(rng, k), logits_BW, opts.temperature, opts.ordinal,
+                                       opts.top_k).astype(ids_BN.dtype)
+            ids_BN = jax.lax.dynamic_update_index_in_dim(ids_BN, tok_B, k, 1)
+            x_B1D = self._embed_tokens(tok_B)[:, None] + jax.lax.dynamic_index_in_dim(pe_LD, k + 1, 0)
+            return ids_BN, caches, x_B1D
+
+        init = (jnp.zeros((action_BA.shape[0], n), jnp.int32), caches, first_B1D)
+        ids_BN, caches, last_B1D = jax.lax.fori_loop(0, n, body, init)
+        _, caches = self._step(last_B1D, caches, pos * L + n)  # the last token's slot, for later frames
+        return ids_BN, caches
+
+    def frame(self, ids_BWN, a_BWA, pos, rng, opts: SamplingOptions):
+        """Uncached: frame ``pos`` of the window, one full forward per token (same draws as ``next_frame``)."""
+        n = ids_BWN.shape[2]
+
+        def body(k, ids_BWN):
+            logits_BW = jnp.take(jnp.take(self(ids_BWN, a_BWA), pos, axis=1), k, axis=1)
+            tok_B = self.digits.sample(jax.random.fold_in(rng, k), logits_BW, opts.temperature, opts.ordinal,
+                                       opts.top_k).astype(ids_BWN.dtype)
+            return ids_BWN.at[:, pos, k].set(tok_B)
+
+        return jnp.take(jax.lax.fori_loop(0, n, body, ids_BWN), pos, axis=1)

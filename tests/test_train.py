@@ -109,7 +109,7 @@ def test_resume_after_sigterm_is_bitwise_exact(data16, tmp_path):
            "--steps", str(steps), "--batch-size", "4", "--seq-len", "4", "--image-size", "16", "16", "3",
            "--log-every", "1", "--val-every", "100", "--ckpt-every", "100", "--model.patch-size", "4",
            "--model.model-dim", "32", "--model.ffn-dim", "64", "--model.num-blocks", "1", "--model.num-heads", "2",
-           "--model.latent-dim", "8", "--model.num-latents", "16", "--model.dead-code-reset-steps", "3",
+           "--model.latent-dim", "8", "--model.num-latents", "16", "--model.dead-code-reset-steps", "3", "--model.quantizer", "vq",
            "--optim.lr", "3e-3", "--optim.warmup-steps", "2", "--optim.decay-fraction", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120

@@ -31,8 +31,8 @@ from functools import partial
 
 from jasmine.models.digits import Digits, SamplingOptions
 from jasmine.models.dynamics import DynamicsConfig, masked_token_metrics
-from jasmine.models.nn import (Attention, LayerNorm32, MultiHeadAttention, Precision, Remat, dot_product_attention,
-                               positions, run_blocks)
+from jasmine.models.nn import (Attention, LayerNorm32, MultiHeadAttention, Precision, Remat, cached_attention,
+                               dot_product_attention, positions, run_blocks)
 
 _MASKGIT_ONLY = (("--model.mask-limit", "mask_limit"), ("--model.clean-frames", "clean_frames"),
                  ("--model.context-noise", "context_noise"), ("--model.action-mode", "action_mode"))
@@ -60,12 +60,8 @@ class CausalBlock(nnx.Module):
     def step(self, x_B1D, k_cache_BMHK, v_cache_BMHK, slot):
         """One slot at cache position ``slot``, attending to slots <= ``slot``; returns the updated caches."""
         q, k, v = self.attn.qkv_heads(self.norm_a(x_B1D))
-        k_BMHK = jax.lax.dynamic_update_slice_in_dim(k_cache_BMHK, k, slot, axis=1)
-        v_BMHK = jax.lax.dynamic_update_slice_in_dim(v_cache_BMHK, v, slot, axis=1)
-        mask_111M = (jnp.arange(k_BMHK.shape[1]) <= slot)[None, None, None, :]
-        y = dot_product_attention(q, k_BMHK, v_BMHK, causal=False, mask_SHLM=mask_111M,
-                                  implementation=self.attn.attention)
-        return self._finish(x_B1D, y), (k_BMHK, v_BMHK)
+        y, caches = cached_attention(q, k, v, k_cache_BMHK, v_cache_BMHK, slot, self.attn.attention)
+        return self._finish(x_B1D, y), caches
 
 
 class CausalDynamics(nnx.Module):

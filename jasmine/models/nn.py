@@ -122,12 +122,21 @@ class AxialBlock(nnx.Module):
         """
         x_B1ND = self._spatial(x_B1ND)
         q_S1HK, k_S1HK, v_S1HK = self._temporal_qkv(x_B1ND)
-        k_SWHK = jax.lax.dynamic_update_slice_in_dim(k_cache_SWHK, k_S1HK, pos, axis=1)
-        v_SWHK = jax.lax.dynamic_update_slice_in_dim(v_cache_SWHK, v_S1HK, pos, axis=1)
-        mask_11LW = (jnp.arange(k_SWHK.shape[1]) <= pos)[None, None, None, :]
-        y_S1HK = dot_product_attention(q_S1HK, k_SWHK, v_SWHK, causal=False, mask_SHLM=mask_11LW,
-                                       implementation=self.temporal.attention)
+        y_S1HK, _ = cached_attention(q_S1HK, k_S1HK, v_S1HK, k_cache_SWHK, v_cache_SWHK, pos, self.temporal.attention)
         return self._finish(x_B1ND, y_S1HK), (k_S1HK, v_S1HK)
+
+
+def cached_attention(q_S1HK, k_S1HK, v_S1HK, k_cache_SWHK, v_cache_SWHK, pos, implementation: Attention):
+    """One query position ``pos`` attending to cached positions < ``pos`` and itself.
+
+    Returns the attention output and the caches with this position's (k, v) written in.
+    """
+    k_SWHK = jax.lax.dynamic_update_slice_in_dim(k_cache_SWHK, k_S1HK, pos, axis=1)
+    v_SWHK = jax.lax.dynamic_update_slice_in_dim(v_cache_SWHK, v_S1HK, pos, axis=1)
+    mask_111W = (jnp.arange(k_SWHK.shape[1]) <= pos)[None, None, None, :]
+    y_S1HK = dot_product_attention(q_S1HK, k_SWHK, v_SWHK, causal=False, mask_SHLM=mask_111W,
+                                   implementation=implementation)
+    return y_S1HK, (k_SWHK, v_SWHK)
 
 
 def sinusoidal_rows(pos, dim: int) -> jax.Array:

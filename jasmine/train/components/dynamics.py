@@ -63,8 +63,7 @@ class DynamicsComponent(Component):
                             f"{cfg.data} holds {list(data_shape)} frames")
         if "tokens" in arrays:
             _check_data_provenance(cfg.data, meta, "tokenizer", tok_prov, "--tokenizer")
-        family = DYNAMICS[cfg.dynamics]
-        family.check_config(cfg.model)
+        family = DYNAMICS[cfg.dynamics]  # its model options are checked when Genie builds it
         cfg.val_sampling.check(token_digits(tok.model), family.family, family.maskgit_options)
         cfg = dataclasses.replace(cfg, tokenizer_model=tok.model, tokenizer_window=tok.seq_len, image_size=data_shape,
                                   tokenizer_step=tok_prov["step"], tokenizer_hash=tok_prov["hash"],

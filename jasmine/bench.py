@@ -99,9 +99,9 @@ def bench_train(cfg, component, timed_steps: int = 10, inputs: str = "frames") -
     from jasmine import config as C
     from jasmine.train.components import precision
     from jasmine.train.loop import count_params, setup
-    from jasmine.train.mesh import global_batch, make_mesh
+    from jasmine.train.mesh import global_batch, mesh_for
 
-    mesh = make_mesh()
+    mesh = mesh_for(cfg)
     C.validate(cfg, mesh.size)
     model, state, _, step_fn = setup(cfg, component, mesh, pretrained=False)  # random weights time the same
     if inputs == "tokens" and not hasattr(cfg, "tokenizer_model"):

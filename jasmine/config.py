@@ -41,6 +41,21 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    """How this process joins a multi-process run (``jasmine.train.distributed``). All unset: a single
+    process, or the processes of a SLURM / Open MPI launch with several tasks, detected by JAX."""
+
+    coordinator: str | None = None
+    """HOST:PORT of process 0's coordinator service (env JAX_COORDINATOR_ADDRESS)."""
+    num_processes: int | None = None
+    """Number of processes in the run (env JAX_NUM_PROCESSES)."""
+    process_id: int | None = None
+    """This process's index, 0 .. num_processes - 1 (env JAX_PROCESS_ID)."""
+    initialization_timeout: int = 300
+    """Seconds to wait for every process to join."""
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Settings shared by every component's training run."""
 
@@ -68,8 +83,11 @@ class TrainConfig:
     """auto = cuDNN flash attention on NVIDIA GPUs where shapes allow, XLA otherwise."""
     remat: Remat = "none"
     """Activation checkpointing per block: none, full, or dots (save matmul outputs)."""
-    sharding: Literal["dp", "fsdp"] = "dp"
-    """dp: replicate params; fsdp: shard params and optimizer state over devices."""
+    sharding: Literal["dp", "fsdp", "hybrid"] = "dp"
+    """dp: replicate params; fsdp: shard large params and their optimizer state over all devices; hybrid: the
+    --mesh DPxFSDP (default: FSDP over each process's devices, DP across processes)."""
+    mesh: str = ""
+    """With --sharding hybrid: DPxFSDP, e.g. 2x4 (DP x FSDP = the device count)."""
     log_every: int = 10
     val_every: int = 500
     val_batches: int = 4
@@ -83,6 +101,7 @@ class TrainConfig:
     wandb: bool = False
     """Also log to Weights & Biases (WANDB_MODE=offline works)."""
     optim: OptimConfig = OptimConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,7 @@ def test_co_training_updates_the_lam_and_its_codebook(runs, tmp_path):
     cfg = dyn_cfg(runs / "data", tmp_path / "co", runs / "tok", co_train_lam=True)
     from jasmine.train.mesh import make_mesh
 
-    mesh_state = setup(cfg, COMPONENTS["dynamics"], make_mesh(1))
+    mesh_state = setup(cfg, COMPONENTS["dynamics"], make_mesh((1, 1)))
     before = jax.tree.map(np.asarray, mesh_state[1]["params"]["lam"])
     result = train(cfg, COMPONENTS["dynamics"], progress=False)
     after = result["state"]["params"]["lam"]
@@ -146,7 +146,7 @@ def test_overfitting_one_batch_drives_dynamics_loss_down(runs, family):
 
     cfg = dyn_cfg(None, None, runs / "tok", gt_actions=True, num_actions=7, tokenizer_model=TOK_MODEL, dynamics=family,
                   optim=OptimConfig(lr=3e-3, warmup_steps=5, decay_fraction=0.0))
-    mesh = make_mesh(1)
+    mesh = make_mesh((1, 1))
     _, state, _, step = setup(cfg, COMPONENTS["dynamics"], mesh, pretrained=False)
     batch = global_batch(synthetic_batch(cfg, ("tokens", "actions", "latent_actions"), 7, inputs="tokens"), mesh)
     losses = []
@@ -273,7 +273,7 @@ def test_co_training_can_start_from_a_lam_run(runs, tmp_path):
 
     cfg = dyn_cfg(runs / "data", tmp_path / "co2", runs / "tok", lam=runs / "lam", co_train_lam=True)
     cfg = COMPONENTS["dynamics"].prepare(cfg)
-    _, state, _, _ = setup(cfg, COMPONENTS["dynamics"], make_mesh(1))
+    _, state, _, _ = setup(cfg, COMPONENTS["dynamics"], make_mesh((1, 1)))
     _, lam, _ = load_run(runs / "lam")
     assert_trees_equal(state["params"]["lam"], nnx.state(lam, nnx.Param))  # starts from the run ...
     after = train(cfg, COMPONENTS["dynamics"], progress=False)["state"]["params"]["lam"]

@@ -62,7 +62,7 @@ def test_overfitting_one_batch_drives_mse_down_100x(quantizer):
     cfg = tiny_cfg(None, None, steps=200, optim=OptimConfig(lr=3e-3, warmup_steps=10, decay_fraction=0.0),
                    model=replace(MODEL, codebook_dropout=0.0, num_latents=64, latent_dim=16, model_dim=64,
                                  dead_code_reset_steps=5, quantizer=quantizer))
-    mesh = make_mesh(1)
+    mesh = make_mesh((1, 1))
     _, state, _, step_fn = setup(cfg, TOK, mesh)
     rng = np.random.default_rng(0)  # each 4x4 patch one of 8 colours: representable by the codebook
     patches = rng.integers(0, 2, (4, 4, 4, 4, 3), dtype=np.uint8) * 255
@@ -242,13 +242,13 @@ def test_four_device_data_parallel_matches_one_device_and_restores_on_one(data16
         from test_train import tiny_cfg, TOK, MODEL
         from jasmine.bench import synthetic_batch
         from jasmine.train.loop import setup, train
-        from jasmine.train.mesh import global_batch, make_mesh
+        from jasmine.train.mesh import global_batch, mesh_for
         assert jax.device_count() == 4
         cfg = tiny_cfg(None, None, model=replace(MODEL, model_dim=64, ffn_dim=256))  # FFN kernels of 64x256 = 2^14
         out = {{}}
         for mode in ("dp", "fsdp"):
             for n in (1, 4):
-                mesh = make_mesh(n)
+                mesh = mesh_for(replace(cfg, sharding=mode), n)
                 _, state, _, step = setup(replace(cfg, sharding=mode), TOK, mesh)
                 if (mode, n) == ("fsdp", 4):  # large params and both Adam moments are split 4 ways
                     leaves = jax.tree_util.tree_flatten_with_path(state)[0]

@@ -13,8 +13,9 @@ frozen frame encoders, see ``jasmine.models.genie``).
 Pipeline: slots → seeded global shuffle (reshuffled each epoch) → crop each slot's window
 → this process's block of every global batch → batch → optional worker processes. Process
 p of P gets rows [p B, (p+1) B) of each global batch of P B rows, so P processes together
-load exactly the batches one process would. ``iter(make_loader(...))`` has ``get_state()``
-/ ``set_state()`` for exact resumption.
+load exactly the batches one process would. Global batch s is a pure function of (seed, s),
+so ``start_batch=s`` resumes exactly on any number of processes (the training loop's way);
+``iter(make_loader(...))`` also has Grain's ``get_state()`` / ``set_state()``.
 """
 
 from __future__ import annotations
@@ -215,6 +216,7 @@ def make_loader(
     num_workers: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
+    start_batch: int = 0,
 ) -> grain.IterDataset:
     """Batches ``{"frames": uint8[B,T,H,W,C], "actions": int32[B,T]}`` for this process.
 
@@ -223,6 +225,7 @@ def make_loader(
 
     ``batch_size`` is the global batch; each of ``process_count`` JAX processes gets its
     block of ``batch_size // process_count`` rows. ``num_epochs=None`` repeats forever.
+    ``start_batch`` skips that many global batches (for any process count, the same batches).
     """
     if process_index is None or process_count is None:
         import jax
@@ -236,8 +239,8 @@ def make_loader(
                         f"of {batch_size}")
     ds = grain.MapDataset.source(slots).shuffle(seed=seed).repeat(num_epochs).map_with_index(CropWindow(slots, seed))
     per_process = batch_size // process_count
-    it = ProcessBlock(ds, process_index, process_count, per_process).to_iter_dataset().batch(per_process,
-                                                                                           drop_remainder=True)
+    rows = ProcessBlock(ds, process_index, process_count, per_process)[start_batch * per_process :]
+    it = rows.to_iter_dataset().batch(per_process, drop_remainder=True)
     if num_workers > 0:
         from absl import flags  # grain's worker processes read absl flags; parse them if no app did
 

@@ -1,7 +1,9 @@
-"""Orbax checkpoints of the full train state plus the Grain iterator state.
+"""Orbax checkpoints of the full train state.
 
-A checkpoint at step s holds ``state`` (step, params, frozen params, non-trainable model
-variables, optimizer state, RNG key) and ``data`` (the loader iterator). Saving is
+A checkpoint at step s holds ``state``: step, params, frozen params, non-trainable model
+variables, optimizer state and RNG key. The data iterator's position is the step itself:
+batch s is a pure function of (seed, s) for any number of processes or loader workers
+(``jasmine.data.loader``), so a run continues exactly, on any process count. Saving is
 asynchronous; retention keeps the last ``keep_last``, every ``keep_every``-th step, and the
 steps in ``keep_steps`` (the loop keeps the one where WSD's decay starts).
 Orbax writes each step to a temporary directory and renames it when complete.
@@ -14,7 +16,6 @@ from typing import Any
 
 import logging
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -51,18 +52,13 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state: Any, data_iter=None, *, force: bool = False) -> bool:
-        items = {"state": ocp.args.StandardSave(state)}
-        if data_iter is not None:
-            items["data"] = grain.checkpoint.CheckpointSave(data_iter)
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    def save(self, step: int, state: Any, *, force: bool = False) -> bool:
+        """Save ``state`` at ``step``; every process calls this and writes its own shards."""
+        return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
 
-    def restore(self, step: int, abstract_state: Any, data_iter=None) -> Any:
-        """Restore ``state`` (into the shardings of ``abstract_state``) and, in place, ``data_iter``."""
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
-        if data_iter is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-        return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+    def restore(self, step: int, abstract_state: Any) -> Any:
+        """Restore ``state`` into the shapes, dtypes and shardings of ``abstract_state``."""
+        return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -32,14 +32,16 @@ from jasmine.data.loader import make_loader
 from jasmine.train.checkpoint import Checkpointer
 from jasmine.train.components import Component, build_model
 from jasmine.train.logging import MetricsLogger, read_metrics
-from jasmine.train.mesh import batch_sharding, global_batch, make_mesh, replicated, state_shardings
+from jasmine.train.distributed import initialize
+from jasmine.train.mesh import batch_sharding, global_batch, mesh_for, replicated, state_shardings
 from jasmine.train.optim import decay_start, first_changed_step, lr_schedule, make_optimizer
 from jasmine.train.runs import checkpoint_steps, init_state, resolve_step, restore_state
 from jasmine.viz import frame_grid
 
 # Fields that may differ between a run's saved config and the one it continues with.
 RESUMABLE_CHANGES = {"steps", "resume", "init_from", "init_step", "log_every", "val_every", "val_batches", "ckpt_every",
-                     "keep_last", "keep_every", "num_workers", "wandb", "data", "out"}
+                     "keep_last", "keep_every", "num_workers", "wandb", "data", "out", "sharding", "mesh",
+                     "distributed"}
 
 
 def make_train_step(component: Component, cfg: C.TrainConfig, model: Model, tx):
@@ -142,7 +144,7 @@ def setup(cfg: C.TrainConfig, component: Component, mesh, *, pretrained: bool = 
     model = build_model(component, cfg, pretrained=pretrained and cfg.init_from is None and not cfg.resume)
     tx = make_optimizer(cfg.optim, cfg.steps)
     state = init_state(model, tx, cfg.seed)
-    shardings = state_shardings(state, mesh, cfg.sharding)
+    shardings = state_shardings(state, mesh)
     state = jax.device_put(state, shardings)
     step_fn = jax.jit(make_train_step(component, cfg, model, tx), in_shardings=(shardings, batch_sharding(mesh)),
                       out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
@@ -153,30 +155,32 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
     """Train ``component`` as configured; returns the last train and val metrics and the run dir."""
     if cfg.data is None or cfg.out is None:
         raise ValueError("--data and --out are required")
-    mesh = make_mesh()
+    initialize(cfg.distributed)  # before anything touches a device
+    pidx, pcount = jax.process_index(), jax.process_count()
+    mesh = mesh_for(cfg)
     cfg = component.prepare(cfg)
     C.validate(cfg, mesh.size)
     out = Path(cfg.out)
     saved = _check_run_dir(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
-    C.save_config(cfg, out / "config.json")
+    if pidx == 0:
+        C.save_config(cfg, out / "config.json")
 
     model, state, shardings, step_fn = setup(cfg, component, mesh)
-    pidx, pcount = jax.process_index(), jax.process_count()
     align = component.align(cfg)
+    source = Path(cfg.init_from) if cfg.init_from is not None else out if cfg.resume and checkpoint_steps(out) else None
+    step = resolve_step(source, cfg.init_step if cfg.init_from is not None else None) if source is not None else 0
     loader = make_loader(cfg.data, "train", seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed,
                          image_shape=cfg.image_size, align=align, num_workers=cfg.num_workers, process_index=pidx,
-                         process_count=pcount)
+                         process_count=pcount, start_batch=step)  # batch s is a function of s
     data_iter = iter(loader)
     stable_end = decay_start(cfg.optim, cfg.steps)
     ckpt = Checkpointer(out / "checkpoints", keep_last=cfg.keep_last, keep_every=cfg.keep_every,
                         keep_steps=(stable_end,) if stable_end < cfg.steps else ())
     start = 0
-    source = Path(cfg.init_from) if cfg.init_from is not None else out if cfg.resume and checkpoint_steps(out) else None
     if source is not None:
-        step = resolve_step(source, cfg.init_step if cfg.init_from is not None else None)
         try:
-            state = restore_state(source, cfg, model, step, shardings, data_iter)
+            state = restore_state(source, cfg, model, step, shardings)
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"checkpoint {source}/checkpoints/{step} does not match this model: {e}") from e
         start = int(state["step"])
@@ -185,15 +189,17 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
             rows = [r for r in read_metrics(source, None) if r["step"] <= start]
             (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    eval_fn = jax.jit(make_eval_step(component, cfg, model))
-    preview_fn = jax.jit(lambda st, b: component.preview(model.merge(st["params"], st["frozen"], st["rest"]), b, cfg))
+    eval_fn = jax.jit(make_eval_step(component, cfg, model), out_shardings=replicated(mesh))
+    preview_fn = jax.jit(lambda st, b: component.preview(model.merge(st["params"], st["frozen"], st["rest"]), b, cfg),
+                         out_shardings=replicated(mesh))  # process 0 draws the rows it gathers
     logger = MetricsLogger(out, config=C.to_dict(cfg), wandb=cfg.wandb, enabled=pidx == 0)
     n_params = count_params(state["params"])
     n_frozen = count_params(state["frozen"])
     if pidx == 0 and progress:
         print(f"[{component.name}] {n_params / 1e6:.2f}M trainable params"
               + (f", {n_frozen / 1e6:.2f}M frozen" if n_frozen else "")
-              + f" | {mesh.size} device(s), {cfg.sharding} | run dir {out}"
+              + f" | {pcount} process(es), {mesh.size} device(s), mesh dp {mesh.shape['dp']} x fsdp "
+                f"{mesh.shape['fsdp']} | run dir {out}"
               + (f" | from {source} step {start}" if source is not None else "")
               + (f" | windows start at multiples of {align} frames" if align > 1 else ""))
 
@@ -223,11 +229,11 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
             if done % cfg.val_every == 0 or done == cfg.steps:
                 last_val = _validate(cfg, eval_fn, preview_fn, state, mesh, logger, out, done, align)
             if done % cfg.ckpt_every == 0 or done == cfg.steps or done == stable_end:
-                ckpt.save(done, state, data_iter, force=True)
+                ckpt.save(done, state, force=True)
             if stop.signum is not None:
                 stopped = signal.Signals(stop.signum).name
                 if done % cfg.ckpt_every and done != cfg.steps:
-                    ckpt.save(done, state, data_iter, force=True)
+                    ckpt.save(done, state, force=True)
                 break
     bar.close()
     ckpt.close()

@@ -86,14 +86,17 @@ def resolve_step(run_dir: str | Path, step: int | None) -> int:
     return step
 
 
-def restore_state(run_dir: str | Path, cfg: C.TrainConfig, model: Model, step: int, shardings=None,
-                  data_iter=None) -> dict[str, Any]:
-    """The train state saved at ``step`` (in ``shardings`` if given; restores ``data_iter`` in place)."""
+def restore_state(run_dir: str | Path, cfg: C.TrainConfig, model: Model, step: int, shardings=None) -> dict[str, Any]:
+    """The train state saved at ``step``, in ``shardings`` (default: all on this process's first device,
+    whatever mesh the checkpoint was written from)."""
     tx = make_optimizer(cfg.optim, cfg.steps)
-    target = abstract(jax.eval_shape(lambda: init_state(model, tx, cfg.seed)), shardings)
+    shapes = jax.eval_shape(lambda: init_state(model, tx, cfg.seed))
+    if shardings is None:
+        shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.local_devices()[0]), shapes)
+    target = abstract(shapes, shardings)
     ckpt = Checkpointer(Path(run_dir) / "checkpoints", read_only=True)
     try:
-        return ckpt.restore(step, target, data_iter)
+        return ckpt.restore(step, target)
     finally:
         ckpt.close()
 

@@ -1,0 +1,5 @@
+"""``python -m jasmine`` is the ``jasmine`` command."""
+
+from jasmine.cli import main
+
+main()

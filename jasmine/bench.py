@@ -113,7 +113,7 @@ def bench_train(cfg, component, timed_steps: int = 10, inputs: str = "frames") -
     compile_s = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    xla_flops = float(cost.get("flops", 0.0))
+    xla_flops = float(cost.get("flops", 0.0)) * mesh.size  # the cost analysis is of one device's partition
     times = []
     for i in range(2 + timed_steps):
         t0 = time.perf_counter()
@@ -131,6 +131,8 @@ def bench_train(cfg, component, timed_steps: int = 10, inputs: str = "frames") -
     r = {"step_s": step_s, "tokens_per_s": tokens / step_s, "xla_flops": xla_flops, "model_flops": model_flops,
          "params": params, "peak_flops": peak, "mfu": model_flops / step_s / peak, "hfu": xla_flops / step_s / peak,
          "compile_s": compile_s}
+    mem = state_memory(state)
+    r.update({f"{k}_bytes": v for k, v in mem.items()})
     dev = jax.devices()[0]
     print(f"{component.name}: {params / 1e6:.1f}M params, batch {cfg.batch_size}x{cfg.seq_len} of "
           f"{'x'.join(map(str, cfg.image_size))} ({inputs}), {tokens} tokens/step, remat {cfg.remat}, "
@@ -138,11 +140,31 @@ def bench_train(cfg, component, timed_steps: int = 10, inputs: str = "frames") -
     print(f"  compile          {compile_s:.1f} s")
     print(f"  step time        {step_s:.3f} s (median of {timed_steps}; min {min(times):.3f}, max {max(times):.3f})")
     print(f"  tokens/s         {r['tokens_per_s']:,.0f}")
-    print(f"  XLA FLOPs/step   {xla_flops / 1e9:,.1f} GFLOP (cost analysis)")
+    print(f"  XLA FLOPs/step   {xla_flops / 1e9:,.1f} GFLOP (cost analysis, all devices)")
     print(f"  model FLOPs/step {model_flops / 1e9:,.1f} GFLOP (6 x trained params x tokens, 2 x frozen forwards)")
     print(f"  matmul peak      {peak / 1e9:,.1f} GFLOP/s ({precision(cfg).dtype.name} 2048^2, same process)")
     print(f"  MFU              {r['mfu']:.1%}   (HFU from XLA FLOPs: {r['hfu']:.1%})")
+    mib = lambda b: f"{b / 2**20:,.1f} MiB"
+    line = lambda p: (f"params {mib(mem[p + 'params'])} + frozen {mib(mem[p + 'frozen'])} + optimizer "
+                      f"{mib(mem[p + 'opt'])} = {mib(mem[p + 'total'])}")
+    print(f"  state/device     {line('')} (fullest of {mesh.size} devices; mesh dp {mesh.shape['dp']} x fsdp "
+          f"{mesh.shape['fsdp']})")
+    print(f"  replicated (dp)  {line('dp_')}  -> this mesh holds {mem['total'] / mem['dp_total']:.2f}x")
     return r
+
+
+def state_memory(state) -> dict[str, int]:
+    """Bytes of the train state on the fullest device (``params``, ``frozen``, ``opt``, ``total``), and the
+    same replicated on every device as data parallelism holds them (``dp_*``)."""
+    import jax
+
+    from jasmine.train.mesh import bytes_per_device
+
+    held = {k: bytes_per_device(state[k]) for k in ("params", "frozen", "opt")}
+    fullest = max(set().union(*held.values()), key=lambda d: sum(h.get(d, 0) for h in held.values()))
+    mem = {k: h.get(fullest, 0) for k, h in held.items()}
+    mem |= {f"dp_{k}": int(sum(x.nbytes for x in jax.tree.leaves(state[k]))) for k in held}
+    return mem | {"total": sum(mem[k] for k in held), "dp_total": sum(mem[f"dp_{k}"] for k in held)}
 
 
 @dataclass(frozen=True)

@@ -115,3 +115,76 @@ def test_process_blocks_are_disjoint_and_make_up_the_one_process_batch(synthetic
         assert len(set(ids)) == len(ids), "two processes read the same window"
         np.testing.assert_array_equal(np.concatenate([p["frames"] for p in parts]), full["frames"])
         np.testing.assert_array_equal(np.concatenate([p["actions"] for p in parts]), full["actions"])
+
+
+@pytest.mark.parametrize(
+    "sharding, mesh, devices, local, expect",
+    [
+        ("dp", "", 8, 4, (8, 1)),
+        ("fsdp", "", 8, 4, (1, 8)),
+        ("hybrid", "", 8, 4, (2, 4)),  # FSDP within each process, DP across
+        ("hybrid", "4x2", 8, 4, (4, 2)),
+        ("hybrid", "1x8", 8, 4, (1, 8)),
+        ("dp", "2x2", 4, 4, r"--mesh 2x2 needs --sharding hybrid"),
+        ("hybrid", "2by2", 4, 4, r"--mesh '2by2' is not DPxFSDP, e.g. --mesh 2x4"),
+        ("hybrid", "3x2", 4, 4, r"--mesh 3x2 has 6 devices but there are 4 \(1 process\(es\) x 4\)"),
+        ("hybrid", "3x4", 12, 6, r"--mesh 3x4: FSDP groups of 4 devices would split a process's 6 devices"),
+    ],
+)
+def test_mesh_shapes_and_their_errors(sharding, mesh, devices, local, expect):
+    from jasmine.train.mesh import mesh_shape
+
+    if isinstance(expect, tuple):
+        assert mesh_shape(sharding, mesh, devices, local) == expect
+    else:
+        with pytest.raises(ValueError, match=expect):
+            mesh_shape(sharding, mesh, devices, local)
+
+
+@pytest.mark.parametrize(
+    "kw, env, match",
+    [
+        ({"coordinator": "h:1"}, {}, r"needs all of coordinator, num-processes and process-id; coordinator given but "
+                                     r"not --distributed.num-processes \(env JAX_NUM_PROCESSES\), --distributed.process-id"),
+        ({"num_processes": 2, "process_id": 2}, {"JAX_COORDINATOR_ADDRESS": "h:1"},
+         r"--distributed.process-id \(env JAX_PROCESS_ID\) must be in \[0, 2\), got 2"),
+        ({"num_processes": 2, "process_id": 0, "coordinator": "host"}, {}, r"must be HOST:PORT, got 'host'"),
+        ({}, {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"},
+         r"environment variable JAX_NUM_PROCESSES='two' is not an integer"),
+        ({"num_processes": 0, "process_id": 0, "coordinator": "h:1"}, {}, r"num-processes .* must be >= 1, got 0"),
+    ],
+)
+def test_bad_distributed_settings_are_named(kw, env, match, monkeypatch, synthetic_dir, tmp_path):
+    from dataclasses import replace
+
+    from jasmine.config import DistributedConfig, PRESETS
+    from jasmine.train.components import COMPONENTS
+    from jasmine.train.loop import train
+
+    for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    cfg = replace(PRESETS["tokenizer"]["micro"], data=synthetic_dir, out=tmp_path / "run",
+                  distributed=DistributedConfig(**kw))
+    with pytest.raises(ValueError, match=match):
+        train(cfg, COMPONENTS["tokenizer"], progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_one_process_never_initialises_a_cluster(monkeypatch):
+    from jasmine.config import DistributedConfig
+    from jasmine.train import distributed
+
+    for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: pytest.fail("initialised a cluster"))
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # an interactive one-task allocation
+    monkeypatch.setenv("SLURM_STEP_NODELIST", "node1")
+    assert distributed.scheduler_world_size() is None
+    assert distributed.initialize() is False
+    assert distributed.initialize(DistributedConfig(coordinator="h:1", num_processes=1, process_id=0)) is False
+    monkeypatch.setenv("SLURM_NTASKS", "8")  # srun -n 8: JAX's SLURM detection takes over
+    assert distributed.scheduler_world_size() == ("SLURM", 8)
+    monkeypatch.delenv("SLURM_STEP_NODELIST")  # sbatch's shell itself, outside srun: not a cluster step
+    assert distributed.scheduler_world_size() is None

@@ -245,31 +245,38 @@ def test_four_device_data_parallel_matches_one_device_and_restores_on_one(data16
         from jasmine.train.mesh import global_batch, mesh_for
         assert jax.device_count() == 4
         cfg = tiny_cfg(None, None, model=replace(MODEL, model_dim=64, ffn_dim=256))  # FFN kernels of 64x256 = 2^14
-        out = {{}}
-        for mode in ("dp", "fsdp"):
-            for n in (1, 4):
-                mesh = mesh_for(replace(cfg, sharding=mode), n)
-                _, state, _, step = setup(replace(cfg, sharding=mode), TOK, mesh)
-                if (mode, n) == ("fsdp", 4):  # large params and both Adam moments are split 4 ways
-                    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-                    big = [(jax.tree_util.keystr(p), x) for p, x in leaves if x.size >= 2**14]
-                    assert len(big) >= 3 * 4, [p for p, _ in big]  # 2 FFN kernels x 2 blocks... in params, mu, nu
-                    for path, x in big:
-                        shard = x.addressable_shards[0].data.shape
-                        assert int(np.prod(shard)) * 4 == x.size and len(x.sharding.device_set) == 4, path
-                    assert any("mu" in p for p, _ in big) and any("nu" in p for p, _ in big)
-                    small = [x for _, x in leaves if x.ndim and x.size < 2**14]
-                    assert all(x.addressable_shards[0].data.shape == x.shape for x in small)
-                batch = global_batch(synthetic_batch(cfg, ("frames",)), mesh)
-                losses = []
-                for _ in range(3):
-                    state, m = step(state, batch)
-                    losses += [float(m["loss"]), float(m["grad_norm"])]
-                out[(mode, n)] = losses, [np.asarray(x) for x in jax.tree.leaves(state["params"])]
-        for mode in ("dp", "fsdp"):
-            np.testing.assert_allclose(out[(mode, 1)][0], out[(mode, 4)][0], rtol=1e-5)
-            for a, b in zip(out[(mode, 1)][1], out[(mode, 4)][1]):  # Adam amplifies ulp noise where grad ~ 0
+        out, expect = {{}}, {{}}
+        for mode, n, mesh_arg in [("dp", 1, ""), ("dp", 4, ""), ("fsdp", 1, ""), ("fsdp", 4, ""), ("hybrid", 4, "2x2")]:
+            c = replace(cfg, sharding=mode, mesh=mesh_arg)
+            mesh = mesh_for(c, n)
+            _, state, _, step = setup(c, TOK, mesh)
+            split = {{("fsdp", 4): 4, ("hybrid", 4): 2}}.get((mode, n))
+            if split:  # large params and both Adam moments are split over fsdp, replicated over dp
+                leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+                big = [(jax.tree_util.keystr(p), x) for p, x in leaves if x.size >= 2**14]
+                assert len(big) >= 3 * 4, [p for p, _ in big]  # 2 FFN kernels x 2 blocks... in params, mu, nu
+                for path, x in big:
+                    shard = x.addressable_shards[0].data.shape
+                    assert int(np.prod(shard)) * split == x.size and len(x.sharding.device_set) == 4, path
+                assert any("mu" in p for p, _ in big) and any("nu" in p for p, _ in big)
+                small = [x for _, x in leaves if x.ndim and x.size < 2**14]
+                assert all(x.addressable_shards[0].data.shape == x.shape for x in small)
+                held = jax.tree.leaves((state["params"], state["opt"]))
+                expect[mode] = sum(x.nbytes // split if x.size >= 2**14 else x.nbytes for x in held)
+            batch = global_batch(synthetic_batch(cfg, ("frames",)), mesh)
+            losses = []
+            for _ in range(3):
+                state, m = step(state, batch)
+                losses += [float(m["loss"]), float(m["grad_norm"])]
+            out[(mode, n)] = losses, [np.asarray(x) for x in jax.tree.leaves(state["params"])]
+        for one, many in [(("dp", 1), ("dp", 4)), (("fsdp", 1), ("fsdp", 4)), (("dp", 1), ("hybrid", 4))]:
+            np.testing.assert_allclose(out[one][0], out[many][0], rtol=1e-5)
+            for a, b in zip(out[one][1], out[many][1]):  # Adam amplifies ulp noise where grad ~ 0
                 np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+        from jasmine.bench import bench_train  # its memory report: the fullest device against replication
+        dp, fsdp = (bench_train(replace(cfg, sharding=m), TOK, 1) for m in ("dp", "fsdp"))
+        assert dp["total_bytes"] == dp["dp_total_bytes"] == fsdp["dp_total_bytes"]
+        assert fsdp["params_bytes"] + fsdp["opt_bytes"] == expect["fsdp"] < 0.7 * (dp["params_bytes"] + dp["opt_bytes"])
         train(tiny_cfg({str(data16)!r}, {str(tmp_path / "run")!r}, steps=3), TOK, progress=False)
         print("OK")
     """)

@@ -1,0 +1,81 @@
+"""bf16 on CPU, the path GPUs take by default: every train step and the cached sampler, against fp32.
+
+bf16 keeps 8 bits of mantissa, so nothing here is bitwise: the tolerances are a few bf16
+ulps on the loss, and token agreement where sampling can flip a near-tie.
+"""
+
+from dataclasses import replace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jasmine.bench import synthetic_batch
+from jasmine.config import OptimConfig, preset
+from jasmine.models.dynamics import DynamicsConfig
+from jasmine.models.genie import Genie
+from jasmine.models.nn import Precision
+from jasmine.sample.rollout import Rollout, SampleOptions
+from jasmine.train.components import COMPONENTS
+from jasmine.train.loop import setup
+from jasmine.train.mesh import global_batch, make_mesh
+from test_sample import LAM, TOK
+
+RUNS = {  # component, config changes, batch inputs
+    "tokenizer": ("tokenizer", {}, "frames"),
+    "lam": ("lam", {}, "frames"),
+    "maskgit": ("dynamics", {"gt_actions": True, "num_actions": 7}, "tokens"),
+    "causal": ("dynamics", {"gt_actions": True, "num_actions": 7, "dynamics": "causal"}, "tokens"),
+}
+
+
+def losses(name: str, dtype: str, steps: int) -> tuple[list[float], list[float], str]:
+    component, kw, inputs = RUNS[name]
+    comp = COMPONENTS[component]
+    cfg = replace(preset(component, "micro"), dtype=dtype, optim=OptimConfig(lr=3e-3, warmup_steps=1,
+                                                                              decay_fraction=0.0), **kw)
+    mesh = make_mesh((1, 1))
+    _, state, _, step = setup(cfg, comp, mesh, pretrained=False)
+    batch = global_batch(synthetic_batch(cfg, comp.batch_keys(cfg), 7, inputs=inputs), mesh)
+    hlo = step.lower(state, batch).as_text()
+    out, norms = [], []
+    for _ in range(steps):
+        state, m = step(state, batch)
+        out.append(float(m["loss"]))
+        norms.append(float(m["grad_norm"]))
+    return out, norms, hlo
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_bf16_train_step_matches_fp32_and_learns(name):
+    f32, f32_norm, f32_hlo = losses(name, "float32", 1)
+    bf16, bf16_norm, hlo = losses(name, "bfloat16", 30)
+    assert "bf16" in hlo and "bf16" not in f32_hlo  # the bf16 step really computes in bf16
+    assert bf16[0] != f32[0]
+    np.testing.assert_allclose(bf16[0], f32[0], rtol=2e-2)  # a few bf16 ulps (2^-8) on a mean
+    np.testing.assert_allclose(bf16_norm[0], f32_norm[0], rtol=5e-2)
+    assert np.isfinite(bf16).all() and min(bf16[-5:]) < 0.8 * bf16[0], bf16  # and it overfits the batch
+
+
+@pytest.mark.parametrize("family", ["maskgit", "causal"])
+def test_bf16_cached_sampler_agrees_with_uncached_and_fp32(family):
+    def genie(dtype):  # same seed, fp32 params either way: only the compute dtype differs
+        dyn = DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=2, num_heads=2)
+        return Genie(TOK, dyn, (16, 16, 3), lam_cfg=LAM, family=family, prec=Precision(dtype), rngs=nnx.Rngs(0))
+
+    g16, g32 = genie(jnp.bfloat16), genie(jnp.float32)
+    ctx = jax.random.randint(jax.random.key(0), (2, 2, 16), 0, 16)
+    acts = jax.random.randint(jax.random.key(1), (2, 9), 0, 4)
+    zeros = jnp.zeros((2, 2, LAM.code_dim))
+    assert "bf16" in str(jax.make_jaxpr(lambda c: g16.prefill(c, zeros, 5))(ctx))
+    for temperature in (1.0, 0.0):
+        opts = dict(temperature=temperature, **({"steps": 4} if family == "maskgit" else {}))
+        run = lambda g, cache: np.asarray(Rollout(g, 5, SampleOptions(cache=cache, **opts)).run(
+            ctx, acts, jax.random.key(3), num_frames=8))
+        cached, uncached = run(g16, True), run(g16, False)  # 8 frames in a window of 5: the cache slides
+        np.testing.assert_array_equal(cached[:, :2], ctx)
+        assert (cached == uncached).mean() >= 0.95, (cached != uncached).sum()
+        if temperature == 0.0:
+            assert (cached == run(g32, True)).mean() >= 0.9

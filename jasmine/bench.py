@@ -114,6 +114,7 @@ def bench_train(cfg, component, timed_steps: int = 10, inputs: str = "frames") -
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     xla_flops = float(cost.get("flops", 0.0)) * mesh.size  # the cost analysis is of one device's partition
+    fused = compiled.as_text().count("__cudnn$fmha")  # cuDNN fused attention custom calls, forward and backward
     times = []
     for i in range(2 + timed_steps):
         t0 = time.perf_counter()
@@ -130,7 +131,7 @@ def bench_train(cfg, component, timed_steps: int = 10, inputs: str = "frames") -
     peak = matmul_peak(precision(cfg).dtype)
     r = {"step_s": step_s, "tokens_per_s": tokens / step_s, "xla_flops": xla_flops, "model_flops": model_flops,
          "params": params, "peak_flops": peak, "mfu": model_flops / step_s / peak, "hfu": xla_flops / step_s / peak,
-         "compile_s": compile_s}
+         "compile_s": compile_s, "cudnn_attention_calls": fused}
     mem = state_memory(state)
     r.update({f"{k}_bytes": v for k, v in mem.items()})
     dev = jax.devices()[0]
@@ -138,6 +139,7 @@ def bench_train(cfg, component, timed_steps: int = 10, inputs: str = "frames") -
           f"{'x'.join(map(str, cfg.image_size))} ({inputs}), {tokens} tokens/step, remat {cfg.remat}, "
           f"{precision(cfg).dtype.name} on {mesh.size}x {dev.platform} ({dev.device_kind})")
     print(f"  compile          {compile_s:.1f} s")
+    print(f"  attention        --attention {cfg.attention}: {fused} cuDNN fused-attention calls in the compiled step")
     print(f"  step time        {step_s:.3f} s (median of {timed_steps}; min {min(times):.3f}, max {max(times):.3f})")
     print(f"  tokens/s         {r['tokens_per_s']:,.0f}")
     print(f"  XLA FLOPs/step   {xla_flops / 1e9:,.1f} GFLOP (cost analysis, all devices)")

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# What only an NVIDIA GPU can show, in one place. It prints figures; no test depends on it.
+#   1. the cuDNN fused-attention path is taken in every component's bf16 train step;
+#   2. bf16 MFU of each component at the coinrun preset (against a bf16 matmul peak measured in-process);
+#   3. cached-sampler frames/s (MaskGIT and causal, batch 1 and 8) against the uncached sampler.
+# Usage: bash scripts/gpu_check.sh [BATCH]     (from the repository root; installs the cuda extra)
+# A dry run of the script itself on a CPU machine: EXTRA= PRESET=micro REQUIRE_GPU=0 bash scripts/gpu_check.sh 2
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BATCH=${1:-8}
+PYTHON=${PYTHON:-python3}
+PRESET=${PRESET:-coinrun}
+EXTRA=${EXTRA---extra cuda}
+$PYTHON -m uv --version >/dev/null 2>&1 || $PYTHON -m pip install --quiet uv
+$PYTHON -m uv sync --locked $EXTRA --quiet
+run() { $PYTHON -m uv run --locked $EXTRA "$@"; }
+
+run python -c 'import jax; print(f"devices: {jax.devices()}")'
+if [ "${REQUIRE_GPU:-1}" = 1 ]; then
+  run python -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu" and "no GPU visible to JAX")'
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+
+declare -A MFU CALLS
+for spec in tokenizer lam "dynamics" "dynamics --dynamics causal"; do
+  name=${spec// --dynamics /-}
+  echo; echo "== bench train $spec ($PRESET, bf16, batch $BATCH)"
+  out=$(run jasmine bench train $spec --preset "$PRESET" --dtype bfloat16 --batch-size "$BATCH" --timed-steps 20)
+  echo "$out"
+  MFU[$name]=$(sed -n 's/^  MFU *\([0-9.]*%\).*/\1/p' <<<"$out")
+  CALLS[$name]=$(sed -n 's/.*: \([0-9]*\) cuDNN fused-attention calls.*/\1/p' <<<"$out")
+done
+
+for family in maskgit causal; do
+  echo; echo "== bench sample --dynamics $family ($PRESET, bf16)"
+  run jasmine bench sample --preset "$PRESET" --dtype bfloat16 --dynamics "$family" --batch-sizes 1 8 --repeats 3
+done
+
+echo; echo "== summary"
+status=0
+for name in tokenizer lam dynamics dynamics-causal; do
+  taken=yes; [ "${CALLS[$name]:-0}" -gt 0 ] || { taken=NO; status=1; }
+  printf '  %-16s bf16 MFU %-7s cuDNN attention taken: %s (%s fused calls)\n' "$name" "${MFU[$name]}" "$taken" "${CALLS[$name]}"
+done
+exit $status

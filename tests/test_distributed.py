@@ -188,3 +188,24 @@ def test_one_process_never_initialises_a_cluster(monkeypatch):
     assert distributed.scheduler_world_size() == ("SLURM", 8)
     monkeypatch.delenv("SLURM_STEP_NODELIST")  # sbatch's shell itself, outside srun: not a cluster step
     assert distributed.scheduler_world_size() is None
+
+
+def test_sigterm_to_one_process_stops_all_at_the_same_checkpointed_step(tmp_path):
+    import signal
+    import time
+
+    data = tmp_path / "ds"
+    write_synthetic(data, lengths=(40, 33, 25, 60), frame_shape=(16, 16, 3))
+    out = tmp_path / "run"
+    procs = launch(data, out, 10_000, 2, "--ckpt-every", "5000", "--val-every", "5000")
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)  # as a scheduler's preemption notice reaching one process first
+    logs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2, logs
+    steps = {int(line.split()[1]) for log in logs for line in log.splitlines() if line.startswith("step ")}
+    assert len(steps) == 1 and 3 <= (step := steps.pop()) < 10_000, logs
+    assert f"SIGTERM: saved checkpoint at step {step}" in logs[0]
+    assert sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == [step]

@@ -80,19 +80,33 @@ def make_eval_step(component: Component, cfg: C.TrainConfig, model: Model):
 
 
 class _StopRequest:
-    """Turns SIGTERM/SIGINT into a flag checked between steps."""
+    """SIGTERM/SIGINT become a flag checked between steps (``stop_at``).
 
-    def __init__(self):
+    Several processes must stop after the same step, or the ones still stepping would wait
+    forever for the others: there JAX's preemption sync manager catches SIGTERM (sent by
+    the scheduler to any process) and all processes stop at the step it agrees on.
+    """
+
+    def __init__(self, processes: int):
         self.signum = None
+        self.multi = processes > 1
         self._old = {}
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in () if self.multi else (signal.SIGTERM, signal.SIGINT):
             self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, _frame):
         self.signum = signum
+
+    def stop_at(self, step: int) -> bool:
+        if self.multi:
+            from jax.experimental import multihost_utils
+
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.signum = signal.SIGTERM
+        return self.signum is not None
 
     def __exit__(self, *_):
         for sig, old in self._old.items():
@@ -209,7 +223,7 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
     t_log, steps_since = time.perf_counter(), 0
     bar = tqdm(total=cfg.steps, initial=start, desc=component.name, unit="step", dynamic_ncols=True,
                disable=not progress or pidx != 0)
-    with _StopRequest() as stop:
+    with _StopRequest(pcount) as stop:
         for step in range(start, cfg.steps):
             batch = global_batch({k: v for k, v in next(data_iter).items() if k in component.batch_keys(cfg)}, mesh)
             state, metrics = step_fn(state, batch)
@@ -228,11 +242,12 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
             bar.update()
             if done % cfg.val_every == 0 or done == cfg.steps:
                 last_val = _validate(cfg, eval_fn, preview_fn, state, mesh, logger, out, done, align)
-            if done % cfg.ckpt_every == 0 or done == cfg.steps or done == stable_end:
+            due = done % cfg.ckpt_every == 0 or done == cfg.steps or done == stable_end
+            if due:
                 ckpt.save(done, state, force=True)
-            if stop.signum is not None:
+            if stop.stop_at(done):
                 stopped = signal.Signals(stop.signum).name
-                if done % cfg.ckpt_every and done != cfg.steps:
+                if not due:
                     ckpt.save(done, state, force=True)
                 break
     bar.close()

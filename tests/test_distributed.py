@@ -36,17 +36,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(data: Path, out: Path, steps: int, processes: int, *extra: str) -> list[subprocess.Popen]:
-    """Start ``processes`` JAX processes with 4 / processes CPU devices each, training the micro tokenizer."""
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={4 // processes}"}
+def launch(data: Path, out: Path, steps: int, processes: int, *extra: str, how: str = "flags") -> list[subprocess.Popen]:
+    """Start ``processes`` JAX processes with 4 / processes CPU devices each, training the micro tokenizer.
+
+    ``how`` tells each process about the others: ``flags`` (--distributed.*), ``env``
+    (JAX_COORDINATOR_ADDRESS, ...) or ``slurm`` (the variables ``srun`` sets, for JAX's detection).
+    """
     cmd = [sys.executable, "-m", "jasmine", "train", "tokenizer", *FLAGS, "--data", str(data), "--out", str(out),
-           "--steps", str(steps), *extra]
-    dist = []
-    if processes > 1:
-        dist = ["--distributed.coordinator", f"127.0.0.1:{_free_port()}", "--distributed.num-processes",
-                str(processes), "--distributed.initialization-timeout", "120"]
-    return [subprocess.Popen(cmd + dist + (["--distributed.process-id", str(i)] if dist else []), env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(processes)]
+           "--steps", str(steps), "--distributed.initialization-timeout", "120", *extra]
+    port = _free_port()
+    procs = []
+    for i in range(processes):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={4 // processes}"}
+        args = list(cmd)
+        if processes > 1 and how == "flags":
+            args += ["--distributed.coordinator", f"127.0.0.1:{port}", "--distributed.num-processes", str(processes),
+                     "--distributed.process-id", str(i)]
+        elif processes > 1 and how == "env":
+            env |= {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": str(processes),
+                    "JAX_PROCESS_ID": str(i)}
+        elif processes > 1:
+            env |= {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "localhost", "SLURM_STEP_NUM_NODES": "1",
+                    "SLURM_NTASKS": str(processes), "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i),
+                    "JAX_COORDINATOR_PORT": str(port)}
+        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return procs
 
 
 def wait(*groups: list[subprocess.Popen]) -> list[str]:
@@ -86,12 +100,13 @@ def test_two_processes_train_like_one_and_checkpoints_move_between_them(tmp_path
     assert_params(params(whole, 2), params(parts, 2), exact=True)  # 2 processes are deterministic
     assert_params(params(ref, 2), params(parts, 2), exact=False)  # and train like 1 process
 
-    wait(launch(data, parts, 4, 2, "--resume"))  # resume in 2 processes: exact
+    wait(launch(data, parts, 4, 2, "--resume", how="env"))  # resume in 2 processes: exact
     assert_params(params(whole, 4), params(parts, 4), exact=True)
     assert_params(params(ref, 4), params(parts, 4), exact=False)
     wait(launch(data, parts, 6, 1, "--resume"))  # 2 processes -> 1
     assert_params(params(ref, 6), params(parts, 6), exact=False)
-    wait(launch(data, parts, 8, 2, "--resume"))  # 1 -> 2
+    outs = wait(launch(data, parts, 8, 2, "--resume", how="slurm"))  # 1 -> 2, as srun would start them
+    assert "2 process(es), 4 device(s)" in outs[0]
     assert_params(params(ref, 8), params(parts, 8), exact=False)
     for name in ("ref", "parts"):  # one writer: every step logged once, by process 0
         steps = [line for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines() if '"train"' in line]

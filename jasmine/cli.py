@@ -27,6 +27,26 @@ def _data_coinrun(argv: list[str], prog: str) -> None:
     print(f"  {total / meta['generation_seconds']:,.0f} frames/s")
 
 
+def _data_convert(kind: str) -> Command:
+    def run(argv: list[str], prog: str) -> None:
+        from jasmine.data.convert import ImagesArgs, VideoArgs, convert
+
+        args = tyro.cli(VideoArgs if kind == "video" else ImagesArgs, args=argv, prog=prog)
+        meta = convert(args, kind)
+        print(f"\nwrote {args.out}", end="")
+        for split, info in meta["splits"].items():
+            print(f"\n  {split:5}  {info['episodes']:6d} episodes  {info['frames']:9d} frames  {info['records']:6d} records",
+                  end="")
+        frames = sum(i["frames"] for i in meta["splits"].values())
+        skipped = meta["skipped"]
+        print(f"\n  {frames / meta['seconds']:,.0f} frames/s; skipped {len(skipped['unreadable'])} unreadable and "
+              f"{len(skipped['too_short'])} too-short source(s)")
+        for line in skipped["unreadable"] + skipped["too_short"]:
+            print(f"    {line}")
+
+    return run
+
+
 def _data_inspect(argv: list[str], prog: str) -> None:
     from jasmine.data.inspect import InspectArgs, inspect
 
@@ -136,6 +156,8 @@ def _demo(argv: list[str], prog: str) -> None:
 Command = Callable[[list[str], str], None]
 COMMANDS: dict[str, tuple[Command, str]] = {
     "data coinrun": (_data_coinrun, "generate a procgen CoinRun dataset"),
+    "data video": (_data_convert("video"), "video files (mp4, webm, mkv, avi, gif) to a dataset, split by file"),
+    "data images": (_data_convert("images"), "folders of PNG/JPEG frames (one per episode) to a dataset"),
     "data inspect": (_data_inspect, "summarise a dataset; write a contact sheet and a GIF"),
     "train tokenizer": (_train("tokenizer"), "train the VQ-VAE video tokenizer"),
     "train lam": (_train("lam"), "train the latent action model"),

@@ -47,6 +47,14 @@ def _data_convert(kind: str) -> Command:
     return run
 
 
+def _data_dedup(argv: list[str], prog: str) -> None:
+    from jasmine.data.dedup import DedupArgs, dedup
+
+    args = tyro.cli(DedupArgs, args=argv, prog=prog)
+    if dedup(args)["cross_split"] and args.fail_on_cross_split:
+        sys.exit(f"error: splits of {args.dir} share content (see the report); --fail-on-cross-split")
+
+
 def _data_inspect(argv: list[str], prog: str) -> None:
     from jasmine.data.inspect import InspectArgs, inspect
 
@@ -158,6 +166,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "data coinrun": (_data_coinrun, "generate a procgen CoinRun dataset"),
     "data video": (_data_convert("video"), "video files (mp4, webm, mkv, avi, gif) to a dataset, split by file"),
     "data images": (_data_convert("images"), "folders of PNG/JPEG frames (one per episode) to a dataset"),
+    "data dedup": (_data_dedup, "exact duplicate episodes and frames within and across splits; JSON report"),
     "data inspect": (_data_inspect, "summarise a dataset; write a contact sheet and a GIF"),
     "train tokenizer": (_train("tokenizer"), "train the VQ-VAE video tokenizer"),
     "train lam": (_train("lam"), "train the latent action model"),

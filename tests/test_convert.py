@@ -1,5 +1,6 @@
 """`jasmine data video` and `jasmine data images`: round trip into the loader, determinism, splits, bad input."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +128,34 @@ def test_empty_input_and_unreadable_frames_are_named(tmp_path):
                               test_fraction=0, workers=0), "images")
     assert meta["splits"]["train"]["episodes"] == 1
     assert len(meta["skipped"]["unreadable"]) == 1 and "bad/3.png: not a readable image" in meta["skipped"]["unreadable"][0]
+
+
+def test_dedup_finds_a_planted_cross_split_duplicate(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from jasmine.data.dataset import DatasetWriter
+    from jasmine.data.dedup import find_duplicates
+
+    rng = np.random.default_rng(0)
+    eps = [rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8) for _ in range(4)]
+    eps[1][5] = eps[1][2]  # a frame repeated inside a train episode
+    w = DatasetWriter(tmp_path / "ds", frame_shape=(8, 8, 3), num_actions=3, source="t", generator={}, chunk_len=5)
+    acts = np.arange(12) % 3
+    for e in (0, 1):
+        w.add_episode("train", eps[e], acts, {})
+    w.add_episode("test", eps[2], acts, {})
+    w.add_episode("test", eps[0], acts, {})  # planted: train episode 0 again, in test
+    w.add_episode("val", eps[3], acts, {})
+    w.finish()
+    report = find_duplicates(tmp_path / "ds", progress=False)
+    assert report["episodes"]["shared_across_splits"] == {"test/train": 1}
+    assert sorted(report["episodes"]["examples"][0]) == [["test", 1], ["train", 0]]
+    assert report["frames"]["shared_across_splits"] == {"test/train": 12}
+    assert report["frames"]["duplicates_within_split"] == {"train": 1}
+    assert report["episodes"]["duplicates_within_split"] == {}
+    cmd = [sys.executable, "-m", "jasmine", "data", "dedup", str(tmp_path / "ds")]
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    res = subprocess.run(cmd + ["--fail-on-cross-split"], capture_output=True, text=True)
+    assert res.returncode == 1 and "share content" in res.stderr
+    assert json.loads((tmp_path / "ds" / "dedup.json").read_text())["episodes"]["unique_episodes"] == 4

@@ -28,6 +28,8 @@ class InspectArgs:
     """Episodes shown in the pictures."""
     max_records: int = 0
     """Records read per split for the action histogram (0 = all)."""
+    dedup: bool = True
+    """Count exact duplicate episodes and frames within and across splits (reads every frame)."""
 
 
 def _bar_lines(labels: list[str], counts: np.ndarray, width: int = 40) -> list[str]:
@@ -87,6 +89,16 @@ def inspect(args: InspectArgs) -> dict:
             print("  action histogram:")
             print("\n".join(_bar_lines([str(a) for a in range(num_actions)], counts)))
         summary[split] = {"episodes": info["episodes"], "frames": info["frames"], "action_counts": counts.tolist()}
+    if args.dedup:
+        from jasmine.data.dedup import find_duplicates
+
+        dup = find_duplicates(args.dir, progress=False)
+        print("\nduplicates (exact content; details: jasmine data dedup)")
+        for kind in ("episodes", "frames"):
+            r = dup[kind]
+            print(f"  {kind:8}  {r[kind] - r['unique_' + kind]} repeats; within splits {r['duplicates_within_split'] or 0}; "
+                  f"shared across splits {r['shared_across_splits'] or 0}")
+        summary["duplicates"] = dup
     episodes = _episode_frames(args.dir, meta, args.split, args.episodes)
     Image.fromarray(contact_sheet(episodes).squeeze()).save(out / "contact_sheet.png")
     gif_len = min(64, min(len(e) for e in episodes))

@@ -55,6 +55,16 @@ def _data_dedup(argv: list[str], prog: str) -> None:
         sys.exit(f"error: splits of {args.dir} share content (see the report); --fail-on-cross-split")
 
 
+def _data_import_jasmine(argv: list[str], prog: str) -> None:
+    from jasmine.data.import_jasmine import ImportArgs, import_jasmine
+
+    args = tyro.cli(ImportArgs, args=argv, prog=prog)
+    meta = import_jasmine(args)
+    print(f"\nwrote {args.out}  (actions: {meta['generator']['actions']}, num_actions {meta['num_actions']})")
+    for split, info in meta["splits"].items():
+        print(f"  {split:5}  {info['episodes']:6d} episodes  {info['frames']:9d} frames  {info['records']:6d} records")
+
+
 def _data_inspect(argv: list[str], prog: str) -> None:
     from jasmine.data.inspect import InspectArgs, inspect
 
@@ -167,6 +177,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "data video": (_data_convert("video"), "video files (mp4, webm, mkv, avi, gif) to a dataset, split by file"),
     "data images": (_data_convert("images"), "folders of PNG/JPEG frames (one per episode) to a dataset"),
     "data dedup": (_data_dedup, "exact duplicate episodes and frames within and across splits; JSON report"),
+    "data import-jasmine": (_data_import_jasmine, "convert a dataset in the reference's pickled format, safely"),
     "data inspect": (_data_inspect, "summarise a dataset; write a contact sheet and a GIF"),
     "train tokenizer": (_train("tokenizer"), "train the VQ-VAE video tokenizer"),
     "train lam": (_train("lam"), "train the latent action model"),

@@ -1,0 +1,167 @@
+"""``jasmine data import-jasmine``: datasets in the reference codebase's format, read safely.
+
+The reference stores each record as ``pickle.dumps({"raw_video": bytes of uint8
+[T, H, W, C], "sequence_length": T, "actions": int array [T]})`` in ArrayRecord shards
+(``DIR/{train,val,test}/*.array_record``, or a flat folder of shards). Unpickling runs
+whatever code a record names, so records are read by :class:`SafeUnpickler`, which builds
+only built-in containers, bytes, numbers and NumPy arrays, and refuses anything else
+before it runs. Each record becomes one episode (the format does not say which records
+came from one episode). Split folders are kept; a flat folder is dealt to splits by shard.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import tyro
+from tqdm import tqdm
+
+from jasmine.data.convert import assign_splits
+from jasmine.data.dataset import SPLITS, DataError, DatasetWriter, RecordFormatError
+
+# What the reference's records may name: NumPy's array reconstruction (every pickle protocol, NumPy 1 and 2).
+ALLOWED = {
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),  # bytes in protocol 2 pickles
+}
+
+
+class Refused(pickle.UnpicklingError):
+    """A record names something other than the allowed types."""
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """An unpickler that can build containers, bytes, numbers and NumPy arrays, and nothing else."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in ALLOWED:
+            raise Refused(f"refused {module}.{name}: only built-in containers, bytes, numbers and "
+                                         f"NumPy arrays may appear in a record")
+        return super().find_class(module, name)
+
+
+def safe_loads(buf: bytes):
+    return SafeUnpickler(io.BytesIO(buf)).load()
+
+
+@dataclass(frozen=True)
+class ImportArgs:
+    """Convert a dataset in the reference codebase's format (pickled records in ArrayRecord) safely."""
+
+    inputs: Annotated[Path, tyro.conf.arg(name="in")]
+    """Folder of the reference's dataset (train/, val/, test/ of *.array_record, or the shards themselves)."""
+    out: Path
+    """Output dataset directory."""
+    frame_shape: tuple[int, int, int] = (64, 64, 3)
+    """H W C of the stored frames (the reference's records do not say)."""
+    num_actions: int = 0
+    """Number of discrete actions (0 = the largest action id seen + 1; vector actions are dropped)."""
+    val_fraction: float = 0.1
+    """For a flat folder of shards: share of shards for val."""
+    test_fraction: float = 0.1
+    seed: int = 0
+    chunk_len: int = 160
+    records_per_shard: int = 100
+    overwrite: bool = False
+
+
+def _shards(root: Path, val: float, test: float, seed: int) -> dict[str, list[Path]]:
+    if not root.is_dir():
+        raise DataError(f"--in {root} is not a folder of ArrayRecord shards")
+    if any((root / s).is_dir() for s in SPLITS):
+        split = {s: sorted((root / s).glob("*.array_record")) for s in SPLITS if (root / s).is_dir()}
+    else:
+        files = sorted(root.glob("*.array_record"))
+        split = assign_splits(files, val, test, seed) if files else {}
+    if not any(split.values()):
+        raise DataError(f"no *.array_record shards in --in {root} (or its train/val/test folders)")
+    return split
+
+
+def read_record(buf: bytes, where: str, frame_shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Frames uint8 [T, H, W, C] and actions (or None) of one reference record, checked."""
+    try:
+        rec = safe_loads(buf)
+    except Refused as e:
+        raise RecordFormatError(f"{where}: {e}") from None
+    except Exception as e:  # truncated or garbage bytes
+        raise RecordFormatError(f"{where}: not a readable pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(rec, dict) or "raw_video" not in rec or "sequence_length" not in rec:
+        raise RecordFormatError(f"{where}: expected a dict with raw_video and sequence_length, got "
+                                f"{type(rec).__name__}{sorted(rec) if isinstance(rec, dict) else ''}")
+    t, raw = rec["sequence_length"], rec["raw_video"]
+    if isinstance(raw, np.ndarray):
+        raw = raw.astype(np.uint8, copy=False).tobytes()
+    if not isinstance(t, (int, np.integer)) or not isinstance(raw, (bytes, bytearray)):
+        raise RecordFormatError(f"{where}: sequence_length must be an int and raw_video bytes")
+    want = int(t) * int(np.prod(frame_shape))
+    if t < 1 or len(raw) != want:
+        raise RecordFormatError(f"{where}: raw_video holds {len(raw)} bytes, not sequence_length {t} x "
+                                f"{'x'.join(map(str, frame_shape))} = {want} (set --frame-shape)")
+    frames = np.frombuffer(raw, np.uint8).reshape(int(t), *frame_shape)
+    actions = rec.get("actions")
+    if actions is not None:
+        actions = np.asarray(actions)
+        if actions.shape[:1] != (t,) or not np.issubdtype(actions.dtype, np.integer):
+            raise RecordFormatError(f"{where}: actions are {actions.dtype}{list(actions.shape)}, expected int[{t}, ...]")
+    return frames, actions
+
+
+def _records(path: Path):
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    try:
+        reader = ArrayRecordReader(str(path))
+        n = reader.num_records()
+    except Exception as e:
+        raise DataError(f"shard {path} is unreadable or corrupt: {e}") from e
+    try:
+        for i in range(n):
+            yield i, reader.read([i])[0]
+    finally:
+        reader.close()
+
+
+def import_jasmine(args: ImportArgs) -> dict:
+    """Stream every record through the safe reader into a new dataset; on any bad record nothing is kept."""
+    root = Path(args.inputs)
+    splits = _shards(root, args.val_fraction, args.test_fraction, args.seed)
+    writer = DatasetWriter(args.out, frame_shape=args.frame_shape, num_actions=args.num_actions,
+                           source="jasmine-reference", generator={"name": "import-jasmine", "in": str(root),
+                                                                  "seed": args.seed}, chunk_len=args.chunk_len,
+                           records_per_shard=args.records_per_shard, overwrite=args.overwrite)
+    kind, top = None, -1  # the actions of the first record decide: scalar ids kept, vectors or none dropped
+    try:
+        with tqdm(total=sum(len(f) for f in splits.values()), unit="shard", desc="import-jasmine",
+                  dynamic_ncols=True) as bar:
+            for split, files in splits.items():
+                for path in files:
+                    for i, buf in _records(path):
+                        where = f"shard {path}, record {i}"
+                        frames, actions = read_record(buf, where, args.frame_shape)
+                        this = "none" if actions is None else "scalar" if actions.ndim == 1 else "vector"
+                        if kind is not None and this != kind:
+                            raise RecordFormatError(f"{where}: {this} actions, but earlier records have {kind}")
+                        kind = this
+                        if kind == "scalar":
+                            if actions.min() < 0 or (args.num_actions and actions.max() >= args.num_actions):
+                                raise RecordFormatError(f"{where}: action ids outside [0, --num-actions "
+                                                        f"{args.num_actions or '?'})")
+                            top = max(top, int(actions.max()))
+                        writer.add_episode(split, frames, actions.astype(np.int32) if kind == "scalar" else None,
+                                           {"source": str(path), "record": i})
+                    bar.update()
+    except BaseException:
+        writer.abort()
+        raise
+    writer.num_actions = (args.num_actions or top + 1) if kind == "scalar" else 0
+    writer.generator["actions"] = {"scalar": "kept", "vector": "vector actions dropped"}.get(kind, "none")
+    return writer.finish(**{s: {"sources": [str(p) for p in files]} for s, files in splits.items() if files})

@@ -5,7 +5,7 @@
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
 EXTRAS ?= --extra coinrun
-TEST_EXTRAS ?= $(EXTRAS) --extra wandb
+TEST_EXTRAS ?= $(EXTRAS) --extra wandb --extra atari --extra minatar
 
 .PHONY: demo test sync bootstrap
 

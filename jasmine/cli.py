@@ -65,6 +65,20 @@ def _data_import_jasmine(argv: list[str], prog: str) -> None:
         print(f"  {split:5}  {info['episodes']:6d} episodes  {info['frames']:9d} frames  {info['records']:6d} records")
 
 
+def _data_game(kind: str) -> Command:
+    def run(argv: list[str], prog: str) -> None:
+        from jasmine.data.games import AtariArgs, MinAtarArgs, generate
+
+        args = tyro.cli(AtariArgs if kind == "atari" else MinAtarArgs, args=argv, prog=prog)
+        meta = generate(args, kind)
+        print(f"\nwrote {args.out} in {meta['seconds']:.1f}s; actions {meta['generator']['action_meanings']}")
+        for split, info in meta["splits"].items():
+            print(f"  {split:5}  {info['episodes']:6d} episodes  {info['frames']:9d} frames  env seeds "
+                  f"{info['env_seeds']}")
+
+    return run
+
+
 def _data_inspect(argv: list[str], prog: str) -> None:
     from jasmine.data.inspect import InspectArgs, inspect
 
@@ -178,6 +192,8 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "data images": (_data_convert("images"), "folders of PNG/JPEG frames (one per episode) to a dataset"),
     "data dedup": (_data_dedup, "exact duplicate episodes and frames within and across splits; JSON report"),
     "data import-jasmine": (_data_import_jasmine, "convert a dataset in the reference's pickled format, safely"),
+    "data atari": (_data_game("atari"), "random-policy Atari episodes (ale-py), splits disjoint by env seed"),
+    "data minatar": (_data_game("minatar"), "random-policy MinAtar episodes, rendered in colour"),
     "data inspect": (_data_inspect, "summarise a dataset; write a contact sheet and a GIF"),
     "train tokenizer": (_train("tokenizer"), "train the VQ-VAE video tokenizer"),
     "train lam": (_train("lam"), "train the latent action model"),

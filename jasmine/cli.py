@@ -14,15 +14,19 @@ import tyro
 from jasmine.data.dataset import DataError
 
 
+def _print_splits(meta: dict, seeds: str = "") -> None:
+    for split, info in meta["splits"].items():
+        print(f"  {split:5}  {info['episodes']:6d} episodes  {info['frames']:9d} frames  {info['records']:6d} records"
+              + (f"  {seeds.replace('_', ' ')} {info[seeds]}" if seeds else ""))
+
+
 def _data_coinrun(argv: list[str], prog: str) -> None:
     from jasmine.data.coinrun import CoinRunArgs, generate
 
     args = tyro.cli(CoinRunArgs, args=argv, prog=prog)
     meta = generate(args)
     print(f"\nwrote {args.out} in {meta['generation_seconds']:.1f}s")
-    for split, info in meta["splits"].items():
-        print(f"  {split:5}  {info['episodes']:6d} episodes  {info['frames']:9d} frames  {info['records']:6d} records  "
-              f"levels {info['level_seeds']}")
+    _print_splits(meta, "level_seeds")
     total = sum(i["frames"] for i in meta["splits"].values())
     print(f"  {total / meta['generation_seconds']:,.0f} frames/s")
 
@@ -33,13 +37,11 @@ def _data_convert(kind: str) -> Command:
 
         args = tyro.cli(VideoArgs if kind == "video" else ImagesArgs, args=argv, prog=prog)
         meta = convert(args, kind)
-        print(f"\nwrote {args.out}", end="")
-        for split, info in meta["splits"].items():
-            print(f"\n  {split:5}  {info['episodes']:6d} episodes  {info['frames']:9d} frames  {info['records']:6d} records",
-                  end="")
+        print(f"\nwrote {args.out}")
+        _print_splits(meta)
         frames = sum(i["frames"] for i in meta["splits"].values())
         skipped = meta["skipped"]
-        print(f"\n  {frames / meta['seconds']:,.0f} frames/s; skipped {len(skipped['unreadable'])} unreadable and "
+        print(f"  {frames / meta['seconds']:,.0f} frames/s; skipped {len(skipped['unreadable'])} unreadable and "
               f"{len(skipped['too_short'])} too-short source(s)")
         for line in skipped["unreadable"] + skipped["too_short"]:
             print(f"    {line}")
@@ -61,8 +63,7 @@ def _data_import_jasmine(argv: list[str], prog: str) -> None:
     args = tyro.cli(ImportArgs, args=argv, prog=prog)
     meta = import_jasmine(args)
     print(f"\nwrote {args.out}  (actions: {meta['generator']['actions']}, num_actions {meta['num_actions']})")
-    for split, info in meta["splits"].items():
-        print(f"  {split:5}  {info['episodes']:6d} episodes  {info['frames']:9d} frames  {info['records']:6d} records")
+    _print_splits(meta)
 
 
 def _data_game(kind: str) -> Command:
@@ -72,9 +73,7 @@ def _data_game(kind: str) -> Command:
         args = tyro.cli(AtariArgs if kind == "atari" else MinAtarArgs, args=argv, prog=prog)
         meta = generate(args, kind)
         print(f"\nwrote {args.out} in {meta['seconds']:.1f}s; actions {meta['generator']['action_meanings']}")
-        for split, info in meta["splits"].items():
-            print(f"  {split:5}  {info['episodes']:6d} episodes  {info['frames']:9d} frames  env seeds "
-                  f"{info['env_seeds']}")
+        _print_splits(meta, "env_seeds")
 
     return run
 

@@ -170,6 +170,12 @@ def _eval(argv: list[str], prog: str) -> None:
     evaluate(tyro.cli(EvalArgs, args=argv, prog=prog))
 
 
+def _actions(argv: list[str], prog: str) -> None:
+    from jasmine.eval.actions import ActionsArgs, actions_report
+
+    actions_report(tyro.cli(ActionsArgs, args=argv, prog=prog))
+
+
 def _print_result(result: dict) -> None:
     fmt = lambda m: "  ".join(f"{k} {v:.4g}" for k, v in m.items() if k in ("loss", "mse", "psnr", "ssim", "codebook_usage", "top1_accuracy", "full_frame_psnr", "lam_codebook_usage"))
     print(f"step {result['step']}  train: {fmt(result['train'])}")
@@ -200,6 +206,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "sample": (_sample, "roll a trained model out from context frames; GIF, MP4 and per-frame metrics"),
     "eval": (_eval, "rollout PSNR/SSIM vs baselines, controllability (delta PSNR), plots and a report"),
     "data tokenize": (_data_tokenize, "write token-id records for fast dynamics training"),
+    "actions": (_actions, "LAM codes against real actions: count matrix, NMI, heatmap, each code's dominant actions"),
     "demo": (_demo, "the end-to-end demo: CoinRun data, three training stages, eval and report"),
     "bench data": (_bench_data, "loader throughput in frames/s"),
     "bench train": (_bench_train, "train-step time, tokens/s and MFU of a component"),

@@ -127,6 +127,7 @@ def test_demo_pipeline_runs_end_to_end_and_reuses_stages(micro_demo, capsys):
     copy = per_clip["copy_last"]  # ... and the copy-last baseline repeats the context frame
     assert (copy[:, 0] > 58).all() and metrics["tokenizer_codes"]["codes_used"] >= 1
     assert "Δ4PSNR" in (out / "eval" / "report.md").read_text()
+    assert 0 <= metrics["lam_action_nmi"] <= 1  # the LAM's codes against CoinRun's real actions
     capsys.readouterr()
     demo(DemoArgs(out=out, preset="micro"))
     log = capsys.readouterr().out

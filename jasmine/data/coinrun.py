@@ -22,6 +22,9 @@ from tqdm import tqdm
 from jasmine.data.dataset import DatasetWriter
 
 NUM_ACTIONS = 15
+# procgen's key combinations per action id (ProcgenGym3Env.get_combos); in CoinRun D/A/W/S/Q/E do nothing
+ACTION_MEANINGS = ["LEFT+DOWN", "LEFT", "LEFT+UP", "DOWN", "NOOP", "UP", "RIGHT+DOWN", "RIGHT", "RIGHT+UP",
+                   "D", "A", "W", "S", "Q", "E"]
 FRAME_SHAPE = (64, 64, 3)
 
 
@@ -148,7 +151,7 @@ def generate(args: CoinRunArgs) -> dict:
         frame_shape=FRAME_SHAPE,
         num_actions=NUM_ACTIONS,
         source="procgen:coinrun:hard",
-        generator={"name": "coinrun", "args": gen_args},
+        generator={"name": "coinrun", "args": gen_args, "action_meanings": ACTION_MEANINGS},
         chunk_len=args.chunk_len,
         records_per_shard=args.records_per_shard,
         overwrite=args.overwrite,

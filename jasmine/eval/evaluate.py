@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from jasmine.eval.metrics import code_usage, psnr_ssim, summarise_rollouts
 from jasmine.eval.report import plot_curves, summary_lines, write_report
-from jasmine.sample.clips import check_lengths, choose_actions, load_genie, read_clips
+from jasmine.sample.clips import check_lengths, choose_actions, infer_actions, load_genie, num_action_codes, read_clips
 from jasmine.sample.rollout import Rollout, SampleOptions
 from jasmine.viz import side_by_side, stack_rows, write_gif
 
@@ -98,6 +98,13 @@ def evaluate(args: EvalArgs) -> dict:
             scores[name].append(psnr_ssim(gt, video))
         for b in range(min(args.gifs - len(previews), len(gt))):
             previews.append(side_by_side(gt[b], videos["tokenizer"][b], videos["model"][b], videos["random_actions"][b]))
+    nmi = None
+    if genie.lam is not None and "actions" in clips:  # how much the latent actions say about the real ones
+        from jasmine.eval.actions import count_matrix, nmi as normalised_mi
+
+        codes = infer_actions(genie, clips["frames"])
+        nmi = normalised_mi(count_matrix(codes, clips["actions"][:, :-1], num_action_codes(genie),
+                                         int(clips["actions"].max()) + 1))
     psnr = {k: np.concatenate([p for p, _ in v]) for k, v in scores.items()}
     ssim = {k: np.concatenate([s for _, s in v]) for k, v in scores.items()}
     results = {
@@ -106,6 +113,7 @@ def evaluate(args: EvalArgs) -> dict:
         **{k: getattr(roll.opts, k) for k in ("steps", "temperature", "choice_temperature", "ordinal", "top_k")},
         "actions": source, "delta_t": args.delta_t,
         "seconds": time.perf_counter() - t0,
+        "lam_action_nmi": nmi,
         "tokenizer_codes": code_usage(np.concatenate(token_ids), genie.tokenizer.cfg.vocab_size),
         **summarise_rollouts(psnr, ssim, context=args.context, delta_t=args.delta_t, seed=args.seed),
         "per_clip": {"episode": clips["episode"].tolist(), "start": clips["start"].tolist(),

@@ -56,7 +56,8 @@ def summary_lines(res: dict) -> list[str]:
             f"means over generated frames [95% bootstrap CI over episodes]:", "", metrics_table(res), "",
             f"Δ{t}PSNR = {_ci(res[f'delta_psnr_t{t}'], '.3f')} dB",
             f"tokenizer codes on these clips: {codes['codes_used']} of {codes['vocab']} used, perplexity "
-            f"{codes['perplexity']:.1f}"]
+            f"{codes['perplexity']:.1f}"] + ([f"NMI(LAM code; real action) = {res['lam_action_nmi']:.3f} (details: "
+                                             f"jasmine actions)"] if res.get("lam_action_nmi") is not None else [])
 
 
 def sampling_text(res: dict) -> str:

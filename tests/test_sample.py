@@ -127,7 +127,13 @@ def test_demo_pipeline_runs_end_to_end_and_reuses_stages(micro_demo, capsys):
     copy = per_clip["copy_last"]  # ... and the copy-last baseline repeats the context frame
     assert (copy[:, 0] > 58).all() and metrics["tokenizer_codes"]["codes_used"] >= 1
     assert "Δ4PSNR" in (out / "eval" / "report.md").read_text()
-    assert 0 <= metrics["lam_action_nmi"] <= 1  # the LAM's codes against CoinRun's real actions
+    from jasmine.eval.actions import nmi, transition_counts  # eval's NMI: the codes the model rolled out with
+    from jasmine.sample.clips import infer_actions, load_genie, num_action_codes, read_clips
+
+    cfg, genie = load_genie(out / "dynamics")
+    clips = read_clips(genie, out / "data", "test", metrics["clips"], metrics["frames"], 0, cfg.image_size)
+    counts = transition_counts(infer_actions(genie, clips["frames"]), clips["actions"], num_action_codes(genie), 15)
+    assert metrics["lam_action_nmi"] == pytest.approx(nmi(counts), abs=1e-12)
     capsys.readouterr()
     demo(DemoArgs(out=out, preset="micro"))
     log = capsys.readouterr().out

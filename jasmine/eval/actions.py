@@ -53,6 +53,13 @@ def count_matrix(codes: np.ndarray, actions: np.ndarray, num_codes: int, num_act
     return counts
 
 
+def transition_counts(codes_BT1: np.ndarray, actions_BT: np.ndarray, num_codes: int,
+                      num_actions: int) -> np.ndarray:
+    """Counts of clips' codes (entry t-1: the transition into frame t) against the real action taken after
+    frame t-1 (``actions_BT[:, t-1]``); the one place codes and actions are paired."""
+    return count_matrix(codes_BT1, actions_BT[:, :-1], num_codes, num_actions)
+
+
 def nmi(counts: np.ndarray) -> float:
     """Normalised mutual information of the joint counts (arithmetic mean of the two entropies)."""
     p = counts / max(counts.sum(), 1)
@@ -141,7 +148,7 @@ def actions_report(args: ActionsArgs) -> dict:
         raise ValueError(f"--frames must be >= 2 (one transition), got {args.frames}")
     clips = episode_clips(args.data, args.split, args.clips, args.frames, args.seed, align=window - 1)
     codes = latent_actions(lam, window, clips["frames"])
-    counts = count_matrix(codes, clips["actions"][:, :-1], lam.cfg.vocab_size, num_actions)
+    counts = transition_counts(codes, clips["actions"], lam.cfg.vocab_size, num_actions)
     meanings = meta.get("generator", {}).get("action_meanings")
     result = {"run": str(args.run), "data": str(args.data), "split": args.split, "clips": args.clips,
               "transitions": int(counts.sum()), "nmi": nmi(counts), "counts": counts.tolist(),

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from jasmine.eval.metrics import code_usage, psnr_ssim, summarise_rollouts
 from jasmine.eval.report import plot_curves, summary_lines, write_report
-from jasmine.sample.clips import check_lengths, choose_actions, infer_actions, load_genie, num_action_codes, read_clips
+from jasmine.sample.clips import check_lengths, choose_actions, load_genie, num_action_codes, read_clips
 from jasmine.sample.rollout import Rollout, SampleOptions
 from jasmine.viz import side_by_side, stack_rows, write_gif
 
@@ -77,7 +77,7 @@ def evaluate(args: EvalArgs) -> dict:
     roll = Rollout(genie, cfg.seq_len, opts)
     rng = np.random.default_rng(args.seed)
     scores = {k: [] for k in SOURCES}
-    previews, token_ids = [], []
+    previews, token_ids, model_actions = [], [], []
     t0 = time.perf_counter()
     for lo in tqdm(range(0, args.clips, args.batch_size), desc="eval", unit="batch", dynamic_ncols=True):
         batch = {k: v[lo : lo + args.batch_size] for k, v in clips.items()}
@@ -88,23 +88,24 @@ def evaluate(args: EvalArgs) -> dict:
         key = jax.random.key(args.seed + lo)  # the same random numbers for both action sources
         rollout = lambda actions: roll.decode(roll.run(ctx, actions, key, num_frames=args.frames - args.context))
         videos = {
-            "model": rollout(choose_actions(source, genie, batch, rng)),
+            "model": rollout(actions := choose_actions(source, genie, batch, rng)),
             "random_actions": rollout(choose_actions("random", genie, batch, rng)),
             "tokenizer": roll.decode(ids_gt),
             "copy_last": np.repeat(gt[:, args.context - 1 : args.context], args.frames, axis=1),
         }
         videos["copy_last"][:, : args.context] = gt[:, : args.context]
+        model_actions.append(actions)
         for name, video in videos.items():
             scores[name].append(psnr_ssim(gt, video))
         for b in range(min(args.gifs - len(previews), len(gt))):
             previews.append(side_by_side(gt[b], videos["tokenizer"][b], videos["model"][b], videos["random_actions"][b]))
     nmi = None
-    if genie.lam is not None and "actions" in clips:  # how much the latent actions say about the real ones
-        from jasmine.eval.actions import count_matrix, nmi as normalised_mi
+    if source == "lam" and "actions" in clips:  # how much the latent actions the model used say about the real ones
+        from jasmine.eval.actions import nmi as normalised_mi, transition_counts
 
-        codes = infer_actions(genie, clips["frames"])
-        nmi = normalised_mi(count_matrix(codes, clips["actions"][:, :-1], num_action_codes(genie),
-                                         int(clips["actions"].max()) + 1))
+        real = clips["actions"]
+        nmi = normalised_mi(transition_counts(np.concatenate(model_actions), real, num_action_codes(genie),
+                                              int(real.max()) + 1))
     psnr = {k: np.concatenate([p for p, _ in v]) for k, v in scores.items()}
     ssim = {k: np.concatenate([s for _, s in v]) for k, v in scores.items()}
     results = {

@@ -5,7 +5,7 @@
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
 EXTRAS ?= --extra coinrun
-TEST_EXTRAS ?= $(EXTRAS) --extra wandb --extra atari --extra minatar
+TEST_EXTRAS ?= $(EXTRAS) --extra wandb --extra atari --extra minatar --extra play
 
 .PHONY: demo test sync bootstrap
 

@@ -291,3 +291,97 @@ def bench_sample(args: BenchSampleArgs) -> dict[int, dict[str, float]]:
               f"({whole_s / frame_s:.1f}x for {cfg.seq_len}x the tokens)")
         print(f"  batch {b}  cache speed-up {speedup:.1f}x  (pass-time bound {bound:.1f}x; {speedup / bound:.0%} of it)")
     return results
+
+
+@dataclass(frozen=True)
+class BenchPlayArgs:
+    """Latency from an action to its frame being ready in ``jasmine play``: median and p95, in-process and
+    through the server on loopback (WebSocket round trip, PNG included)."""
+
+    run: Path | None = None
+    """Dynamics run (default: an untrained model of --preset; the latency does not depend on the weights)."""
+    preset: str = "tiny"
+    """Dynamics preset when no --run is given."""
+    steps: int = 100
+    """Timed actions (after --warmup); past the model's seq_len the window slides, as in long play."""
+    warmup: int = 5
+    websocket: bool = True
+    """Also time the round trip through the play server (needs the play extra)."""
+    seed: int = 0
+
+
+def _play_game(args: BenchPlayArgs):
+    from flax import nnx
+
+    from jasmine.config import preset
+    from jasmine.play.world import Bindings, Game, load_game
+    from jasmine.sample.clips import num_action_codes
+    from jasmine.sample.rollout import Rollout, SampleOptions
+    from jasmine.train.components import COMPONENTS
+
+    if args.run is not None:
+        return load_game(args.run), f"run {args.run}"
+    cfg = preset("dynamics", args.preset)
+    genie = COMPONENTS["dynamics"].build(cfg, nnx.Rngs(0), pretrained=False)
+    roll = Rollout(genie, cfg.seq_len, SampleOptions(**dataclasses.asdict(cfg.val_sampling)))
+    game = Game(roll, Bindings.for_codes(num_action_codes(genie)), genie.tokenizer.image_shape,
+                tokenizer_window=genie.tokenizer_window, family=genie.dynamics.family, name=f"{args.preset} preset")
+    return game, f"untrained {args.preset} preset"
+
+
+def _quantiles(ms: list[float]) -> str:
+    return f"median {np.median(ms):7.1f} ms   p95 {np.percentile(ms, 95):7.1f} ms   ({1000 / np.median(ms):.1f} frames/s)"
+
+
+def bench_play(args: BenchPlayArgs) -> dict[str, dict[str, float]]:
+    import io
+
+    from PIL import Image
+
+    from jasmine.play.world import World
+
+    game, what = _play_game(args)
+    h, w, c = game.frame_shape
+    rng = np.random.default_rng(args.seed)
+    frame = rng.integers(0, 256, (h, w, c), dtype=np.uint8)
+    codes = rng.integers(0, game.num_codes, args.warmup + args.steps).tolist()
+    window = game.roll.window
+    print(f"play latency, {what}: {game.family} dynamics, {h}x{w}x{c} frames, seq_len {window}, "
+          f"{game.num_codes} actions, sampling {game.roll.opts}")
+    world = World(game, frame[None, None], np.zeros((1, 0), np.int32), args.seed, "bench")
+    ms = []
+    for i, code in enumerate(codes):
+        t0 = time.perf_counter()
+        world.step(code)
+        world.message()  # the PNG the page gets
+        if i >= args.warmup:
+            ms.append((time.perf_counter() - t0) * 1e3)
+    first = [m for i, m in enumerate(ms, args.warmup + 1) if i < window]
+    results = {"in_process": {"median_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95))}}
+    print(f"  in-process, {args.steps} actions   {_quantiles(ms)}")
+    if first:
+        print(f"    of which within the first window ({len(first)})   {_quantiles(first)}")
+        slid = ms[len(first):]
+        if slid:
+            print(f"    of which sliding (cache re-prefilled, {len(slid)})   {_quantiles(slid)}")
+    if args.websocket:
+        from websockets.sync.client import connect
+
+        from jasmine.play.server import Background, make_app
+
+        buf = io.BytesIO()
+        Image.fromarray(frame.squeeze(-1) if c == 1 else frame).save(buf, format="PNG")
+        with Background(make_app(game, seed=args.seed)) as url, connect(url.replace("http", "ws") + "/ws") as ws:
+            ws.recv()  # hello
+            ws.send(buf.getvalue())
+            ws.recv()
+            ms = []
+            for i, code in enumerate(codes):
+                t0 = time.perf_counter()
+                ws.send(f'{{"type": "action", "code": {code}}}')
+                ws.recv()
+                if i >= args.warmup:
+                    ms.append((time.perf_counter() - t0) * 1e3)
+        results["websocket"] = {"median_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95))}
+        print(f"  WebSocket round trip, {args.steps} actions   {_quantiles(ms)}")
+    return results

@@ -176,6 +176,20 @@ def _actions(argv: list[str], prog: str) -> None:
     actions_report(tyro.cli(ActionsArgs, args=argv, prog=prog))
 
 
+def _play(argv: list[str], prog: str) -> None:
+    try:
+        from jasmine.play.server import PlayArgs, play
+    except ImportError as e:
+        sys.exit(f"jasmine play needs the play extra ({e.name} is missing): uv sync --extra play")
+    play(tyro.cli(PlayArgs, args=argv, prog=prog))
+
+
+def _bench_play(argv: list[str], prog: str) -> None:
+    from jasmine.bench import BenchPlayArgs, bench_play
+
+    bench_play(tyro.cli(BenchPlayArgs, args=argv, prog=prog))
+
+
 def _print_result(result: dict) -> None:
     fmt = lambda m: "  ".join(f"{k} {v:.4g}" for k, v in m.items() if k in ("loss", "mse", "psnr", "ssim", "codebook_usage", "top1_accuracy", "full_frame_psnr", "lam_codebook_usage"))
     print(f"step {result['step']}  train: {fmt(result['train'])}")
@@ -207,10 +221,12 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "eval": (_eval, "rollout PSNR/SSIM vs baselines, controllability (delta PSNR), plots and a report"),
     "data tokenize": (_data_tokenize, "write token-id records for fast dynamics training"),
     "actions": (_actions, "LAM codes against real actions: count matrix, NMI, heatmap, each code's dominant actions"),
+    "play": (_play, "play a dynamics run in the browser: keys pick actions, each press generates a frame"),
     "demo": (_demo, "the end-to-end demo: CoinRun data, three training stages, eval and report"),
     "bench data": (_bench_data, "loader throughput in frames/s"),
     "bench train": (_bench_train, "train-step time, tokens/s and MFU of a component"),
     "bench sample": (_bench_sample, "frames/s of MaskGIT rollouts with and without the KV cache"),
+    "bench play": (_bench_play, "play latency from an action to its frame: median and p95, in-process and over a WebSocket"),
 }
 
 

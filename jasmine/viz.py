@@ -35,11 +35,11 @@ def frame_grid(rows_RTHWC, max_frames: int = 8) -> np.ndarray:
     return stack_rows(*strips)[0]
 
 
-def write_gif(path: Path, frames_THWC, fps: int = 8, scale: int = 2) -> None:
-    """A looping GIF, nearest-neighbour upscaled by ``scale``."""
+def write_gif(path, frames_THWC, fps: int = 8, scale: int = 2) -> None:
+    """A looping GIF (to a path or a binary file object), nearest-neighbour upscaled by ``scale``."""
     frames = to_uint8(frames_THWC).repeat(scale, axis=1).repeat(scale, axis=2)
     images = [Image.fromarray(f.squeeze(-1) if f.shape[-1] == 1 else f) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
 
 
 def write_mp4(path: Path, frames_THWC, fps: int = 8, scale: int = 4) -> bool:

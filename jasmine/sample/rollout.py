@@ -69,28 +69,57 @@ class Rollout:
         if action_ids_BT1.shape != (B, T - 1):
             raise ValueError(f"need {T - 1} actions per sample for {C} context + {num_frames} frames, "
                              f"got {action_ids_BT1.shape[1]}")
-        if C < 1 or C >= self.window:
-            raise ValueError(f"--context {C} must be between 1 and the model's seq_len - 1 ({self.window - 1})")
-        a_BTA = jnp.pad(self._vectors(self.state, jnp.asarray(action_ids_BT1)), ((0, 0), (1, 0), (0, 0)))
-        frames = [ctx_ids_BCN[:, c] for c in range(C)]
-        W, start = self.window, 0
-
-        def window_actions(lo, hi):  # frame at window position 0 gets no action, as in training
-            return a_BTA[:, lo:hi].at[:, 0].set(0.0)
-
-        caches = self._prefill(self.state, ctx_ids_BCN, window_actions(0, C)) if self.opts.cache else None
+        stream = self.start(ctx_ids_BCN, action_ids_BT1[:, : C - 1], rng)
         for t in range(C, T):
-            key = jax.random.fold_in(rng, t)
-            if t - start == W:  # slide: keep the last W-1 frames
-                start += 1
-                if self.opts.cache:
-                    caches = self._prefill(self.state, jnp.stack(frames[start:t], 1), window_actions(start, t))
-            pos = t - start
-            if self.opts.cache:
-                ids_BN, caches = self._cached_frame(self.state, caches, pos, a_BTA[:, t], key)
-            else:
-                win_BWN = jnp.stack(frames[start:t] + [jnp.zeros_like(frames[0])] * (W - pos), 1)
-                a_BWA = jnp.pad(window_actions(start, t + 1), ((0, 0), (0, W - pos - 1), (0, 0)))
-                ids_BN = self._full_frame(self.state, win_BWN, a_BWA, pos, key)
-            frames.append(ids_BN)
-        return jnp.stack(frames, 1)
+            stream.step(action_ids_BT1[:, t - 1])
+        return jnp.stack(stream.frames, 1)
+
+    def start(self, ctx_ids_BCN, ctx_action_ids_BC1, rng) -> "Stream":
+        """A rollout to advance one frame at a time (``run`` loops over it; ``jasmine play`` holds one per tab)."""
+        return Stream(self, ctx_ids_BCN, ctx_action_ids_BC1, rng)
+
+
+class Stream:
+    """The state of one rollout: its frames' tokens and action latents, the window start and the caches.
+
+    ``step`` draws frame t with ``fold_in(rng, t)``, so a stream gives exactly the frames ``Rollout.run``
+    gives for the same actions, however it is driven.
+    """
+
+    def __init__(self, roll: Rollout, ctx_ids_BCN, ctx_action_ids_BC1, rng):
+        B, C, N = ctx_ids_BCN.shape
+        if C < 1 or C >= roll.window:
+            raise ValueError(f"--context {C} must be between 1 and the model's seq_len - 1 ({roll.window - 1})")
+        if np.shape(ctx_action_ids_BC1) != (B, C - 1):
+            raise ValueError(f"need {C - 1} actions between the {C} context frames, got {np.shape(ctx_action_ids_BC1)}")
+        self.roll, self.rng, self.start = roll, rng, 0
+        self.frames = [ctx_ids_BCN[:, c] for c in range(C)]
+        a_BCA = roll._vectors(roll.state, jnp.asarray(ctx_action_ids_BC1, jnp.int32).reshape(B, C - 1))
+        zero_BA = jnp.zeros((B, a_BCA.shape[-1]), a_BCA.dtype)
+        self.actions = [zero_BA] + [a_BCA[:, c] for c in range(C - 1)]  # frame t's action latent
+        self.caches = roll._prefill(roll.state, ctx_ids_BCN, self._window_actions(0, C)) if roll.opts.cache else None
+
+    def _window_actions(self, lo: int, hi: int) -> jax.Array:
+        """Action latents [B, hi - lo, A] of frames lo..hi-1; window position 0 gets none, as in training."""
+        return jnp.stack([jnp.zeros_like(self.actions[0])] + self.actions[lo + 1 : hi], 1)
+
+    def step(self, action_ids_B) -> jax.Array:
+        """Generate the next frame after the given action ids [B]; returns its token ids [B, N]."""
+        roll, t, W = self.roll, len(self.frames), self.roll.window
+        B = self.frames[0].shape[0]
+        self.actions.append(roll._vectors(roll.state, jnp.asarray(action_ids_B, jnp.int32).reshape(B, 1))[:, 0])
+        key = jax.random.fold_in(self.rng, t)
+        if t - self.start == W:  # slide: keep the last W-1 frames
+            self.start += 1
+            if roll.opts.cache:
+                self.caches = roll._prefill(roll.state, jnp.stack(self.frames[self.start : t], 1),
+                                            self._window_actions(self.start, t))
+        pos = t - self.start
+        if roll.opts.cache:
+            ids_BN, self.caches = roll._cached_frame(roll.state, self.caches, pos, self.actions[t], key)
+        else:
+            win_BWN = jnp.stack(self.frames[self.start : t] + [jnp.zeros_like(self.frames[0])] * (W - pos), 1)
+            a_BWA = jnp.pad(self._window_actions(self.start, t + 1), ((0, 0), (0, W - pos - 1), (0, 0)))
+            ids_BN = roll._full_frame(roll.state, win_BWN, a_BWA, pos, key)
+        self.frames.append(ids_BN)
+        return ids_BN

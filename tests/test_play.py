@@ -1,0 +1,269 @@
+"""jasmine play: key bindings, worlds, sessions, bad requests and a fuzz test on loopback, and a real browser."""
+
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import write_synthetic
+from jasmine.config import DynamicsTrainConfig, LAMTrainConfig, OptimConfig, TokenizerTrainConfig
+from jasmine.models.dynamics import DynamicsConfig
+from jasmine.models.lam import LAMConfig
+from jasmine.models.tokenizer import TokenizerConfig
+from jasmine.play.world import Bindings, PlayError, World, best_code, decode_upload
+
+pytest.importorskip("starlette")
+RUN = dict(steps=2, batch_size=2, seq_len=4, image_size=(16, 16, 3), log_every=1, val_every=2, val_batches=1,
+           ckpt_every=2, optim=OptimConfig(lr=3e-3, warmup_steps=1, decay_fraction=0.0))
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from jasmine.train.components import COMPONENTS
+    from jasmine.train.loop import train
+
+    root = tmp_path_factory.mktemp("play")
+    write_synthetic(root / "data", lengths=(40, 33, 25, 60), splits=("train", "test"), frame_shape=(16, 16, 3))
+    tok = TokenizerConfig(patch_size=4, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=8, num_latents=16)
+    lam = LAMConfig(patch_size=8, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=8, num_latents=4)
+    train(TokenizerTrainConfig(data=root / "data", out=root / "tok", model=tok, **RUN), COMPONENTS["tokenizer"],
+          progress=False)
+    train(LAMTrainConfig(data=root / "data", out=root / "lam", model=lam, **{**RUN, "seq_len": 2}), COMPONENTS["lam"],
+          progress=False)
+    dyn = DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2)
+    train(DynamicsTrainConfig(data=root / "data", out=root / "dyn", tokenizer=root / "tok", lam=root / "lam",
+                              model=dyn, **{**RUN, "seq_len": 5, "optim": replace(RUN["optim"], lr=1e-5)}),
+          COMPONENTS["dynamics"], progress=False)  # barely trained: its frames still vary with the action
+    return root
+
+
+@pytest.fixture(scope="module")
+def game(runs):
+    from jasmine.play.world import load_game
+
+    return load_game(runs / "dyn", runs / "data")
+
+
+def png(frame: np.ndarray, fmt="PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_bindings_from_a_hand_made_count_matrix():
+    meanings = ["NOOP", "LEFT", "RIGHT", "UP"]
+    counts = np.array([[50, 10, 10, 10],   # code 0: mostly NOOP, but gets the most LEFT transitions too
+                       [0, 8, 0, 0],       # code 1: always LEFT, less often
+                       [5, 0, 30, 20],     # code 2: RIGHT and UP
+                       [0, 0, 0, 0]])      # code 3: unused
+    # LEFT: P(L|k)P(k|L) = 10/80*10/18 = .069 for code 0, 8/8*8/18 = .44 for code 1 → 1
+    assert best_code(counts, 1) == 1 and best_code(counts, 2) == 2 and best_code(counts, 3) == 2
+    assert best_code(np.zeros((2, 2)), 0) is None
+    b = Bindings.for_codes(4, meanings=meanings, counts_KA=counts)
+    assert b.keys == {"1": 0, "2": 1, "3": 2, "4": 3, "ArrowLeft": 1, "ArrowRight": 2, "ArrowUp": 2, " ": 2}
+    assert b.labels[0] == "code 0: NOOP 62%, LEFT 12%" and b.labels[3] == "code 3: unused"
+    assert b.describe()[2]["keys"] == ["3", "ArrowRight", "ArrowUp", "Space"]
+    gt = Bindings.for_codes(4, meanings=["NOOP", "FIRE", "LEFT", "DOWN"], gt_actions=True)  # keys = the actions
+    assert gt.labels == ["NOOP", "FIRE", "LEFT", "DOWN"]
+    assert gt.keys == {"1": 0, "2": 1, "3": 2, "4": 3, "ArrowLeft": 2, "ArrowDown": 3, " ": 1}
+    assert Bindings.for_codes(12).keys == {str(k + 1): k for k in range(9)}  # no actions known: number keys only
+
+
+def test_world_frames_are_the_rollouts_frames(game):
+    """A world stepped one action at a time shows exactly the decoded frames of ``Rollout.run``."""
+    import jax
+
+    episode, frames, _ = game.levels.get(1)
+    codes = [3, 0, 2, 2, 1, 0, 3]  # 1 + 7 frames: past seq_len 5 (slides) and across tokenizer chunks of 4
+    world = World(game, frames[None], np.zeros((1, 0), np.int32), 5, "test")
+    shown = np.stack([frames[0]] + [world.step(c) for c in codes])
+    ids = game.roll.run(game.roll.encode(frames[None]), np.array([codes]), jax.random.key(5), num_frames=len(codes))
+    want = (np.clip(game.roll.decode(ids)[0], 0, 1) * 255).round().astype(np.uint8)
+    np.testing.assert_array_equal(shown[1:], want[1:])
+    assert game.window == 4 and len(world.frames) == 8
+    world.reset()  # back to the start: the same actions give the same frames
+    np.testing.assert_array_equal(np.stack([world.step(c) for c in codes]), shown[1:])
+    firsts = {World(game, frames[None], np.zeros((1, 0), np.int32), 5, "t").step(c).tobytes() for c in range(4)}
+    assert len(firsts) > 1, "different actions should give different frames"
+    gif = Image.open(io.BytesIO(world.gif()))
+    assert gif.n_frames == 8 and gif.size == (64, 64)
+
+
+def test_uploads_are_checked(game):
+    frame = np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    assert decode_upload(png(frame), (16, 16, 3)).shape == (16, 16, 3)
+    assert decode_upload(png(frame, "JPEG"), (16, 16, 3)).dtype == np.uint8
+    for bad, why in [(b"hello", "not a readable PNG or JPEG"), (png(frame)[:60], "not a readable PNG or JPEG"),
+                     (png(frame, "GIF"), "not a readable PNG or JPEG"), (png(frame, "BMP"), "not a readable PNG or JPEG"),
+                     (png(np.zeros((5000, 4000, 3), np.uint8)), "at most 16,777,216 pixels")]:
+        with pytest.raises(PlayError, match=why):
+            decode_upload(bad, (16, 16, 3))
+    world = game.world_from_image(png(frame), 0)
+    assert world.frames[0].shape == (16, 16, 3) and world.step(1).shape == (16, 16, 3)
+
+
+def test_every_bad_message_gets_a_clear_error_and_the_session_goes_on(game):
+    from jasmine.play.server import Session
+
+    s = Session(game, seed=0)
+    cases = [("not json", "malformed message"), ("[1, 2]", 'JSON object with a string "type"'),
+             ('{"type": 3}', 'string "type"'), ('{"type": "jump"}', "unknown message type 'jump'"),
+             ('{"type": "action", "code": 1}', "no world yet"), ("[" * 5000, "message too long"),
+             ('{"type": "level", "index": -1}', '"index" must be a non-negative integer'),
+             ('{"type": "level", "index": true}', '"index" must be a non-negative integer')]
+    for text, why in cases:
+        with pytest.raises(PlayError, match=why):
+            s.handle(text, None, 1000)
+    assert s.handle('{"type": "level"}', None, 1000)["type"] == "frame"
+    for text, why in [('{"type": "action"}', 'needs "code"'), ('{"type": "action", "code": 4}', "unknown action 4"),
+                      ('{"type": "action", "code": true}', "unknown action True"),
+                      ('{"type": "action", "code": "1"}', "unknown action '1'"),
+                      ('{"type": "action", "code": 1.0}', "unknown action 1.0")]:
+        with pytest.raises(PlayError, match=why):
+            s.handle(text, None, 1000)
+    with pytest.raises(PlayError, match=r"the upload is 0.0 MiB; at most 0.0 MiB"):
+        s.handle(None, b"x" * 1001, 1000)
+    reply = s.handle('{"type": "action", "code": 2}', None, 1000)
+    assert reply["t"] == 1 and reply["code"] == 2 and reply["image"].startswith("data:image/png;base64,")
+    assert s.handle('{"type": "reset"}', None, 1000)["t"] == 0
+    gif = s.handle('{"type": "gif"}', None, 1000)
+    assert gif["frames"] == 1 and base64.b64decode(gif["data"])[:6] == b"GIF89a"
+
+
+def test_tabs_do_not_disturb_each_other_and_idle_ones_are_freed(game):
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    from jasmine.play.server import make_app
+
+    def frames_of(ws, codes):
+        return [ws.receive_json()["image"] for _ in [ws.send_json({"type": "action", "code": c}) for c in codes]]
+
+    app = make_app(game, max_sessions=2, idle_s=0.6)
+    with TestClient(app) as client:
+        with client.websocket_connect("/ws") as a:
+            assert a.receive_json()["type"] == "hello"
+            a.send_json({"type": "level", "index": 2})
+            a.receive_json()
+            alone = frames_of(a, [1, 2, 3, 0])
+            a.send_json({"type": "reset"})
+            a.receive_json()
+            with client.websocket_connect("/ws") as b:
+                b.receive_json()
+                b.send_json({"type": "level", "index": 0})
+                b.receive_json()
+                mixed = []
+                for c in [1, 2, 3, 0]:  # interleave the other tab's actions with this one's
+                    mixed += frames_of(a, [c])
+                    frames_of(b, [3 - c])
+                assert mixed == alone
+                with client.websocket_connect("/ws") as c:  # a third tab is over --max-sessions 2
+                    assert "the server is full (2 sessions)" in c.receive_json()["message"]
+                    with pytest.raises(WebSocketDisconnect) as closed:
+                        c.receive_json()
+                    assert closed.value.code == 4002
+            assert len(app.state.sessions) == 1
+            time.sleep(1.0)  # tab a says nothing for longer than idle_s
+            assert "closed after being idle" in a.receive_json()["message"]
+            assert len(app.state.sessions) == 0
+
+
+def test_fuzz_on_loopback_then_play_still_works(game):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    from jasmine.play.server import Background, make_app
+
+    rng = np.random.default_rng(0)
+    pick = lambda options: options[int(rng.integers(0, len(options)))]
+    junk = [lambda: rng.bytes(int(rng.integers(0, 64))).decode("latin-1"),
+            lambda: json.dumps({"type": pick(["action", "level", "reset", "gif", "x"]),
+                                "code": pick([-1, 99, 1.5, None, "a", [1], {"a": 1}, 2**70]),
+                                "index": pick([-3, "b", None, 1e9])}),
+            lambda: json.dumps(rng.integers(-5, 5, int(rng.integers(0, 5))).tolist()),
+            lambda: '{"type": ' * int(rng.integers(1, 800)),  # up to 7,200 bytes: within the protocol limit
+            lambda: rng.bytes(int(rng.integers(1, 3000)))]  # binary: a broken upload
+    max_upload = 4096
+    with Background(make_app(game, max_upload=max_upload), max_upload=max_upload) as url:
+        ws_url = url.replace("http", "ws") + "/ws"
+        with connect(ws_url) as ws:
+            ws.recv()
+            replies = []
+            for i in range(300):
+                ws.send(junk[i % len(junk)]())
+                replies.append(json.loads(ws.recv(timeout=60)))
+            assert all(r["type"] in ("error", "frame", "gif") for r in replies)
+            assert sum(r["type"] == "error" for r in replies) > 250
+            ws.send(b"\x89PNG" + b"x" * (max_upload + 10))  # over the limit, under the protocol's: a clear error
+            assert "at most 0.0 MiB is accepted" in json.loads(ws.recv(timeout=30))["message"]
+        with connect(ws_url) as ws:  # over the protocol limit: this connection closes, the server stays up
+            ws.recv()
+            ws.send(b"x" * (3 * max_upload))
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=30)
+        with connect(ws_url) as ws:
+            assert json.loads(ws.recv())["type"] == "hello"
+            ws.send('{"type": "level"}')
+            assert json.loads(ws.recv(timeout=60))["t"] == 0
+            ws.send('{"type": "action", "code": 1}')
+            assert json.loads(ws.recv(timeout=60))["t"] == 1
+
+
+def test_play_refuses_runs_of_the_wrong_kind(runs):
+    out = subprocess.run([sys.executable, "-m", "jasmine.cli", "play", "--run", str(runs / "tok")], capture_output=True,
+                         text=True)
+    assert out.returncode != 0 and "is a TokenizerTrainConfig run; sampling needs a dynamics run" in out.stderr
+    assert "Traceback" not in out.stderr
+    from jasmine.data.dataset import DataError
+    from jasmine.play.world import load_game
+
+    with pytest.raises(DataError, match="no split 'val'"):
+        load_game(runs / "dyn", runs / "data", split="val")
+    with pytest.raises(ValueError, match="--context 5 must be between 1 and the model's seq_len - 1 \\(4\\)"):
+        load_game(runs / "dyn", runs / "data", context=5)
+
+
+def test_a_real_browser_plays(game, tmp_path):
+    """Headless Chromium opens the page, starts a level, presses keys and sees frames that depend on the action."""
+    if CHROMIUM is None:
+        if os.environ.get("JASMINE_REQUIRE_BROWSER") or os.environ.get("CI"):
+            pytest.fail("CI needs Chromium for the browser test: .ci/run installs it (apt-get install chromium)")
+        pytest.skip("no Chromium: install it with `apt-get install chromium` (Debian) to run the browser test")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from jasmine.play.server import Background, make_app
+
+    with Background(make_app(game)) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(url)
+        frames = lambda: int(page.evaluate("document.body.dataset.frames || '0'"))
+        page.wait_for_function("document.body.dataset.frames === '1'", timeout=60_000)  # the level's first frame
+        assert page.locator("#actions button.action").count() == game.num_codes
+        shown = {}
+        for key in ["1", "2"]:
+            before = frames()
+            page.click("#reset")
+            page.wait_for_function(f"Number(document.body.dataset.frames) > {before}")
+            page.keyboard.press(key)
+            page.wait_for_function("document.getElementById('frame-count').textContent === '1'")
+            shown[key] = page.get_attribute("#world", "src")
+        assert shown["1"] != shown["2"], "two different actions gave the same frame"
+        for key in ["3", "4", "1"]:
+            before = frames()
+            page.keyboard.press(key)
+            page.wait_for_function(f"Number(document.body.dataset.frames) > {before}")
+        assert page.text_content("#frame-count") == "4" and page.locator("#history img").count() == 5
+        assert page.text_content("#label").startswith("code 0") and "ms model" in page.text_content("#latency")
+        page.screenshot(path=str(tmp_path / "play.png"))
+        assert (tmp_path / "play.png").stat().st_size > 1000
+        browser.close()

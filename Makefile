@@ -4,8 +4,8 @@
 # Both install uv (with pip) if it is missing, then the locked environment in .venv.
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
-EXTRAS ?= --extra coinrun
-TEST_EXTRAS ?= $(EXTRAS) --extra wandb --extra atari --extra minatar --extra play
+EXTRAS ?= --extra coinrun --extra play
+TEST_EXTRAS ?= $(EXTRAS) --extra wandb --extra atari --extra minatar
 
 .PHONY: demo test sync bootstrap
 

@@ -303,8 +303,7 @@ class BenchPlayArgs:
     preset: str = "tiny"
     """Dynamics preset when no --run is given."""
     steps: int = 100
-    """Timed actions (after --warmup); past the model's seq_len the window slides, as in long play."""
-    warmup: int = 5
+    """Timed actions, after compiling; past the model's seq_len the window slides, as in long play."""
     websocket: bool = True
     """Also time the round trip through the play server (needs the play extra)."""
     seed: int = 0
@@ -344,26 +343,24 @@ def bench_play(args: BenchPlayArgs) -> dict[str, dict[str, float]]:
     h, w, c = game.frame_shape
     rng = np.random.default_rng(args.seed)
     frame = rng.integers(0, 256, (h, w, c), dtype=np.uint8)
-    codes = rng.integers(0, game.num_codes, args.warmup + args.steps).tolist()
+    codes = rng.integers(0, game.num_codes, args.steps).tolist()
     window = game.roll.window
     print(f"play latency, {what}: {game.family} dynamics, {h}x{w}x{c} frames, seq_len {window}, "
           f"{game.num_codes} actions, sampling {game.roll.opts}")
+    print(f"  compiled (encode, frames, sliding window, decode) in {game.warm_up():.1f}s")
     world = World(game, frame[None, None], np.zeros((1, 0), np.int32), args.seed, "bench")
     ms = []
-    for i, code in enumerate(codes):
+    for code in codes:
         t0 = time.perf_counter()
         world.step(code)
         world.message()  # the PNG the page gets
-        if i >= args.warmup:
-            ms.append((time.perf_counter() - t0) * 1e3)
-    first = [m for i, m in enumerate(ms, args.warmup + 1) if i < window]
+        ms.append((time.perf_counter() - t0) * 1e3)
     results = {"in_process": {"median_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95))}}
     print(f"  in-process, {args.steps} actions   {_quantiles(ms)}")
-    if first:
-        print(f"    of which within the first window ({len(first)})   {_quantiles(first)}")
-        slid = ms[len(first):]
-        if slid:
-            print(f"    of which sliding (cache re-prefilled, {len(slid)})   {_quantiles(slid)}")
+    first, slid = ms[: window - 1], ms[window - 1 :]
+    print(f"    frames 1..{window - 1} (within the first window)   {_quantiles(first)}")
+    if slid:
+        print(f"    later frames (window slides: cache re-prefilled)   {_quantiles(slid)}")
     if args.websocket:
         from websockets.sync.client import connect
 
@@ -376,12 +373,11 @@ def bench_play(args: BenchPlayArgs) -> dict[str, dict[str, float]]:
             ws.send(buf.getvalue())
             ws.recv()
             ms = []
-            for i, code in enumerate(codes):
+            for code in codes:
                 t0 = time.perf_counter()
                 ws.send(f'{{"type": "action", "code": {code}}}')
                 ws.recv()
-                if i >= args.warmup:
-                    ms.append((time.perf_counter() - t0) * 1e3)
+                ms.append((time.perf_counter() - t0) * 1e3)
         results["websocket"] = {"median_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95))}
         print(f"  WebSocket round trip, {args.steps} actions   {_quantiles(ms)}")
     return results

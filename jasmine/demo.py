@@ -114,4 +114,5 @@ def demo(args: DemoArgs) -> dict:
                         ("plot", ev / "psnr_ssim.png"), ("rollouts GIF", ev / "rollouts.gif")):
         print(f"  {label:20} {path}")
     print("\n" + metrics_table(res))
+    print(f"\nplay it in the browser: jasmine play --run {dyn}")
     return res

@@ -159,6 +159,19 @@ def read_metadata(root: str | Path) -> dict[str, Any]:
     return meta
 
 
+def action_meanings(meta: dict[str, Any]) -> list[str] | None:
+    """Names of the dataset's actions: recorded by its generator (CoinRun datasets written before the names
+    were recorded get procgen's, which never change)."""
+    gen = meta.get("generator") or {}
+    if gen.get("action_meanings"):
+        return list(gen["action_meanings"])
+    if gen.get("name") == "coinrun" and meta.get("num_actions") == 15:
+        from jasmine.data.coinrun import ACTION_MEANINGS
+
+        return list(ACTION_MEANINGS)
+    return None
+
+
 def _inside(root: Path, rel: Any, where: Path) -> Path:
     """``root / rel``, refusing absolute paths and paths that leave ``root`` (untrusted metadata)."""
     if not isinstance(rel, str) or not rel or Path(rel).is_absolute():

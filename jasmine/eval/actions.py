@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from jasmine.config import DynamicsTrainConfig, LAMTrainConfig
-from jasmine.data.dataset import DataError, read_metadata
+from jasmine.data.dataset import DataError, action_meanings, read_metadata
 from jasmine.data.loader import episode_clips
 from jasmine.models.genie import from_lam_windows, lam_windows
 from jasmine.train.runs import run_config
@@ -149,7 +149,7 @@ def actions_report(args: ActionsArgs) -> dict:
     clips = episode_clips(args.data, args.split, args.clips, args.frames, args.seed, align=window - 1)
     codes = latent_actions(lam, window, clips["frames"])
     counts = transition_counts(codes, clips["actions"], lam.cfg.vocab_size, num_actions)
-    meanings = meta.get("generator", {}).get("action_meanings")
+    meanings = action_meanings(meta)
     result = {"run": str(args.run), "data": str(args.data), "split": args.split, "clips": args.clips,
               "transitions": int(counts.sum()), "nmi": nmi(counts), "counts": counts.tolist(),
               "action_meanings": meanings, "codes": action_mapping(counts, args.top, meanings)}

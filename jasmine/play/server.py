@@ -220,8 +220,10 @@ def play(args: PlayArgs) -> None:
     max_upload = int(args.max_upload_mb * 2**20)
     app = make_app(game, seed=args.seed, max_sessions=args.max_sessions, idle_s=args.idle_minutes * 60,
                    max_upload=max_upload)
-    print(f"{game.family} world model from {args.run}: {game.num_codes} actions, frames {game.frame_shape}, "
-          f"{len(game.levels) if game.levels else 0} levels from {args.split}")
+    levels = (f"{len(game.levels)} levels from {game.levels.index.root}'s {args.split} split" if game.levels else
+              "no dataset (--data): start from uploaded images")
+    print(f"{game.family} world model from {args.run}: {game.num_codes} actions, frames {game.frame_shape}, {levels}")
+    print(f"compiled the sampler in {game.warm_up():.1f}s")
     for row in game.bindings.describe():
         print(f"  {row['label']:<40} keys: {' '.join(row['keys']) or '-'}")
     if not ipaddress.ip_address(_resolve(args.host)).is_loopback:

@@ -14,6 +14,7 @@ import base64
 import dataclasses
 import io
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from jasmine.data.convert import fit_frame
-from jasmine.data.dataset import DataError, read_metadata
+from jasmine.data.dataset import DataError, action_meanings, read_metadata
 from jasmine.data.loader import EpisodeIndex, episode_clips
 from jasmine.eval.actions import action_mapping, latent_actions, transition_counts
 from jasmine.sample.clips import infer_actions, load_genie, num_action_codes
@@ -136,6 +137,14 @@ class Game:
                 "codes": self.bindings.describe(), "keys": self.bindings.keys,
                 "levels": len(self.levels) if self.levels else 0}
 
+    def warm_up(self) -> float:
+        """Compile everything a session runs (encode, first frames, the sliding window, decode); seconds taken."""
+        t0 = time.perf_counter()
+        world = World(self, np.zeros((1, 1, *self.frame_shape), np.uint8), np.zeros((1, 0), np.int32), 0, "warm-up")
+        for t in range(self.roll.window + 1):
+            world.step(t % self.num_codes)
+        return time.perf_counter() - t0
+
     def world_from_level(self, i: int, seed: int) -> "World":
         if self.levels is None:
             raise PlayError("no dataset was given (--data), so there are no levels: upload an image instead")
@@ -168,14 +177,18 @@ def load_game(run: Path, data: Path | None = None, split: str = "test", context:
         opts = dataclasses.replace(opts, temperature=temperature, ordinal=opts.ordinal and temperature == 0)
     roll = Rollout(genie, cfg.seq_len, opts if steps is None else dataclasses.replace(opts, steps=steps))
     meta = read_metadata(data) if data is not None else {}
-    meanings = meta.get("generator", {}).get("action_meanings")
+    meanings = action_meanings(meta)
     gt, counts = genie.lam is None, None
     levels = Levels(data, split, context, cfg.image_size) if data is not None else None
     if not gt and meta.get("num_actions", 0) > 0:
-        clips = episode_clips(data, split, min(mapping_clips, len(levels)), min(16, cfg.seq_len), 0,
-                              align=genie.lam_window - 1)
-        codes = latent_actions(genie.lam, genie.lam_window, clips["frames"])
-        counts = transition_counts(codes, clips["actions"], genie.lam.cfg.vocab_size, meta["num_actions"])
+        try:
+            clips = episode_clips(data, split, min(mapping_clips, len(levels)), min(16, cfg.seq_len), 0,
+                                  align=genie.lam_window - 1)
+        except DataError as e:
+            warnings.warn(f"no action mapping (number keys only): {e}")
+        else:
+            codes = latent_actions(genie.lam, genie.lam_window, clips["frames"])
+            counts = transition_counts(codes, clips["actions"], genie.lam.cfg.vocab_size, meta["num_actions"])
     bindings = Bindings.for_codes(num_action_codes(genie), meanings=meanings, counts_KA=counts, gt_actions=gt)
     infer = None if gt else (lambda frames: infer_actions(genie, frames))
     return Game(roll, bindings, genie.tokenizer.image_shape, levels=levels, tokenizer_window=genie.tokenizer_window,

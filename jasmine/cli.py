@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import signal
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import tyro
@@ -76,6 +78,32 @@ def _data_game(kind: str) -> Command:
         _print_splits(meta, "env_seeds")
 
     return run
+
+
+@dataclass(frozen=True)
+class RelayoutArgs:
+    """Copy a dataset into another record layout: format 3 (grouped: small uncompressed records, the fastest
+    to load) or format 2 (chunked: 160-frame compressed records, the smallest on disk)."""
+
+    src: tyro.conf.Positional[Path]
+    """Dataset to copy (any source, frames or tokens)."""
+    out: Path
+    format_version: int = 3
+    chunk_len: int | None = None
+    """Frames per record (default: 8 for format 3, 160 for format 2)."""
+    overwrite: bool = False
+
+
+def _data_relayout(argv: list[str], prog: str) -> None:
+    from jasmine.data.dataset import relayout
+
+    args = tyro.cli(RelayoutArgs, args=argv, prog=prog)
+    meta = relayout(args.src, args.out, args.format_version, args.chunk_len, args.overwrite)
+    size = lambda root: sum(p.stat().st_size for p in Path(root).rglob("*.array_record"))
+    frames = sum(i["frames"] for i in meta["splits"].values())
+    print(f"wrote {args.out}: format {meta['format_version']}, {meta['chunk_len']} frames per record, "
+          f"{size(args.out) / frames:,.0f} bytes/frame on disk (source: {size(args.src) / frames:,.0f})")
+    _print_splits(meta)
 
 
 def _data_inspect(argv: list[str], prog: str) -> None:
@@ -213,6 +241,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "data import-jasmine": (_data_import_jasmine, "convert a dataset in the reference's pickled format, safely"),
     "data atari": (_data_game("atari"), "random-policy Atari episodes (ale-py), splits disjoint by env seed"),
     "data minatar": (_data_game("minatar"), "random-policy MinAtar episodes, rendered in colour"),
+    "data relayout": (_data_relayout, "copy a dataset into another record layout (format 3: fastest loading)"),
     "data inspect": (_data_inspect, "summarise a dataset; write a contact sheet and a GIF"),
     "train tokenizer": (_train("tokenizer"), "train the VQ-VAE video tokenizer"),
     "train lam": (_train("lam"), "train the latent action model"),

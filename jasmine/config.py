@@ -98,6 +98,9 @@ class TrainConfig:
     """Also keep every checkpoint whose step is a multiple of this (0 = none)."""
     num_workers: int = 0
     """Grain worker processes for loading."""
+    read_threads: int = 0
+    """Grain threads reading windows ahead in each loading process (0: read when a batch is asked for; with
+    the GIL on few cores threads slow in-memory reads down, see README; they help on slow network disks)."""
     wandb: bool = False
     """Also log to Weights & Biases (WANDB_MODE=offline works)."""
     optim: OptimConfig = OptimConfig()

@@ -119,7 +119,7 @@ def tokenize(args: TokenizeArgs) -> dict:
     with tqdm(total=total, unit="rec", desc="tokenize", dynamic_ncols=True) as bar:
         for split, info in meta["splits"].items():
             sizes = [len(lengths) for _, lengths in split_shards(args.data, meta, split)]
-            episode_of = EpisodeIndex(args.data, split).episode
+            episode_of = EpisodeIndex(args.data, split).record_episode
             pending: list[list[tuple]] = []  # whole episodes: [(arrays, record meta), ...]
 
             def flush(writer):

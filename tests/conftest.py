@@ -27,9 +27,10 @@ def synthetic_episode(episode: int, length: int, frame_shape=FRAME_SHAPE) -> tup
 
 
 def write_synthetic(root, lengths=(40, 33, 25, 60, 9), splits=("train", "val"), chunk_len=20, actions=True,
-                    records_per_shard=3, frame_shape=FRAME_SHAPE):
+                    records_per_shard=3, frame_shape=FRAME_SHAPE, format_version=2):
     writer = DatasetWriter(root, frame_shape=frame_shape, num_actions=7 if actions else 0, source="synthetic",
-                           generator={"name": "synthetic"}, chunk_len=chunk_len, records_per_shard=records_per_shard)
+                           generator={"name": "synthetic"}, chunk_len=chunk_len, records_per_shard=records_per_shard,
+                           format_version=format_version)
     for split in splits:
         for e, n in enumerate(lengths):
             frames, acts = synthetic_episode(e, n, frame_shape)

@@ -14,6 +14,14 @@ from jasmine.data.loader import episode_clips, make_loader
 from jasmine.data.records import RecordFormatError, ShardWriter, encode_record, write_json_atomic
 
 
+@pytest.fixture(params=[2, 3], ids=["chunked", "grouped"])
+def synthetic_dir(tmp_path, request):
+    """Every loader test runs on both layouts: 20-frame records (format 2) and 8-frame ones (format 3,
+    where windows of 8 frames mostly span two records)."""
+    write_synthetic(tmp_path / "ds", chunk_len=20 if request.param == 2 else 8, format_version=request.param)
+    return tmp_path / "ds"
+
+
 def loader(root, seed=0, batch_size=4, seq_len=8, **kw):
     kw.setdefault("process_index", 0)
     kw.setdefault("process_count", 1)

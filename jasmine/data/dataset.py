@@ -26,10 +26,19 @@ from jasmine.data.records import (FORMAT_VERSION, SHARD_SUFFIX, DataError, Recor
                                   decode_record, encode_record, write_json_atomic)
 
 METADATA = "metadata.json"
+GROUPED_VERSION = 3
+"""Dataset format 3, the grouped layout: records of ``chunk_len`` (default 8) frames in shards that
+ArrayRecord does not compress; a training window is read from the few records it overlaps (an
+episode's records are consecutive), never a whole 160-frame chunk. Format 2, the chunked layout:
+160-frame records, compressed, a window decompresses and checks its whole record. Both hold the
+same records (``jasmine.data.records``); ``jasmine data relayout`` converts between them."""
+READABLE_VERSIONS = (FORMAT_VERSION, GROUPED_VERSION)
+SHARD_OPTIONS = {FORMAT_VERSION: "group_size:1", GROUPED_VERSION: "group_size:1,uncompressed"}
+DEFAULT_CHUNK = {FORMAT_VERSION: 160, GROUPED_VERSION: 8}
 SPLITS = ("train", "val", "test")
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
-__all__ = ["DataError", "RecordFormatError", "DatasetWriter", "read_metadata", "split_shards", "iter_records"]
+__all__ = ["GROUPED_VERSION", "DataError", "RecordFormatError", "DatasetWriter", "read_metadata", "split_shards", "iter_records"]
 
 
 @dataclass
@@ -57,9 +66,10 @@ class DatasetWriter:
         num_actions: int,
         source: str,
         generator: dict[str, Any],
-        chunk_len: int = 160,
-        records_per_shard: int = 100,
+        chunk_len: int | None = None,
+        records_per_shard: int | None = None,
         overwrite: bool = False,
+        format_version: int = FORMAT_VERSION,
     ):
         self.root = Path(root)
         if (self.root / METADATA).exists() and not overwrite:
@@ -68,8 +78,13 @@ class DatasetWriter:
         for split in SPLITS:
             shutil.rmtree(self.root / split, ignore_errors=True)
         self.root.mkdir(parents=True, exist_ok=True)
+        if format_version not in READABLE_VERSIONS:
+            raise DataError(f"--format-version {format_version}: this jasmine writes {list(READABLE_VERSIONS)}")
+        self.format_version = format_version
         self.frame_shape, self.num_actions, self.source = tuple(frame_shape), num_actions, source
-        self.generator, self.chunk_len, self.records_per_shard = generator, chunk_len, records_per_shard
+        self.generator = generator
+        self.chunk_len = chunk_len or DEFAULT_CHUNK[format_version]
+        self.records_per_shard = records_per_shard or 100 * 160 // self.chunk_len  # shards of ~16k frames
         self.splits: dict[str, SplitInfo] = {}
         self._writers: dict[str, ShardWriter] = {}
 
@@ -77,19 +92,24 @@ class DatasetWriter:
         """Append one episode (frames uint8 [T,H,W,C], actions int [T] or None)."""
         if tuple(frames.shape[1:]) != self.frame_shape or frames.dtype != np.uint8:
             raise DataError(f"episode frames {frames.dtype}{list(frames.shape)} != uint8[T, {self.frame_shape}]")
+        arrays = {"frames": frames} | ({} if actions is None else {"actions": np.asarray(actions, np.int32)})
+        self.add_arrays(split, arrays, meta)
+
+    def add_arrays(self, split: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """Append one episode given as named arrays with a leading time axis (frames, or tokens, ...)."""
         if split not in self._writers:
-            self._writers[split] = ShardWriter(self.root / split, self.records_per_shard)
+            self._writers[split] = ShardWriter(self.root / split, self.records_per_shard,
+                                               SHARD_OPTIONS[self.format_version])
             self.splits[split] = SplitInfo()
         info, writer = self.splits[split], self._writers[split]
-        for k, start in enumerate(range(0, len(frames), self.chunk_len)):
-            arrays = {"frames": frames[start : start + self.chunk_len]}
-            if actions is not None:
-                arrays["actions"] = np.asarray(actions[start : start + self.chunk_len], np.int32)
-            writer.write(encode_record(arrays, {**meta, "chunk_index": k}), len(arrays["frames"]))
+        n = len(next(iter(arrays.values())))
+        for k, start in enumerate(range(0, n, self.chunk_len)):
+            rec = {name: a[start : start + self.chunk_len] for name, a in arrays.items()}
+            writer.write(encode_record(rec, {**meta, "chunk_index": k}), min(self.chunk_len, n - start))
             info.records += 1
         info.episodes += 1
-        info.frames += len(frames)
-        info.episode_lengths.append(len(frames))
+        info.frames += n
+        info.episode_lengths.append(n)
 
     def abort(self) -> None:
         for writer in self._writers.values():
@@ -102,7 +122,7 @@ class DatasetWriter:
             self.splits[split].shards = [{"file": f"{split}/{n}", "lengths": ls} for n, ls in writer.shards]
         meta = {
             "format": "jasmine-episodes",
-            "format_version": FORMAT_VERSION,
+            "format_version": self.format_version,
             "frame_shape": list(self.frame_shape),
             "num_actions": self.num_actions,
             "source": self.source,
@@ -143,8 +163,9 @@ def read_metadata(root: str | Path) -> dict[str, Any]:
         raise DataError(f"{path}: expected a JSON object")
     if meta.get("format") != "jasmine-episodes":
         raise DataError(f"{path}: 'format' is {meta.get('format')!r}, expected 'jasmine-episodes'")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{path}: format_version {meta.get('format_version')!r}, this jasmine reads {FORMAT_VERSION}")
+    if meta.get("format_version") not in READABLE_VERSIONS:
+        raise DataError(f"{path}: format_version {meta.get('format_version')!r}, this jasmine reads "
+                        f"{list(READABLE_VERSIONS)}")
     for key in ("frame_shape", "num_actions", "splits"):
         if key not in meta:
             raise DataError(f"{path}: missing key {key!r}")
@@ -227,3 +248,48 @@ def iter_records(root: str | Path, meta: dict, split: str, limit: int = 0):
             yield decode_at(reader.read([i])[0], path, i)
             seen += 1
         reader.close()
+
+
+def relayout(src: str | Path, dst: str | Path, format_version: int, chunk_len: int | None = None,
+             overwrite: bool = False, splits: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Copy dataset ``src`` to ``dst`` in another layout (format 2: chunked, 3: grouped), episode by episode.
+
+    Records are re-cut to ``chunk_len`` frames (default: the layout's); arrays, episodes, splits
+    (or only ``splits``), record metadata and shard order are kept, so both copies hold the same frames.
+    """
+    from tqdm import tqdm
+
+    meta = read_metadata(src)
+    if Path(dst).resolve() == Path(src).resolve():
+        raise DataError(f"--out {dst} is the source dataset; write the new layout elsewhere")
+    writer = DatasetWriter(dst, frame_shape=tuple(meta["frame_shape"]), num_actions=meta["num_actions"],
+                           source=meta.get("source", "relayout"), generator=meta.get("generator", {}),
+                           chunk_len=chunk_len, overwrite=overwrite, format_version=format_version)
+    extra = {k: v for k, v in meta.items() if k not in ("format", "format_version", "frame_shape", "num_actions",
+                                                        "source", "chunk_len", "generator", "splits")}
+    chosen = {s: i for s, i in meta["splits"].items() if splits is None or s in splits}
+    for split in set(splits or ()) - set(chosen):
+        raise DataError(f"{Path(src) / METADATA}: no split {split!r} (have {sorted(meta['splits'])})")
+    total = sum(info["records"] for info in chosen.values())
+    with tqdm(total=total, unit="rec", desc=f"relayout to format {format_version}", dynamic_ncols=True) as bar:
+        for split, info in chosen.items():
+            lengths = list(info.get("episode_lengths") or [])  # unknown: every record is its own episode
+            episode: list[tuple[dict, dict]] = []
+            for arrays, rec_meta in iter_records(src, meta, split):
+                episode.append((arrays, rec_meta))
+                bar.update()
+                done = sum(len(next(iter(a.values()))) for a, _ in episode)
+                if not lengths or done >= lengths[0]:
+                    if lengths and done != lengths.pop(0):
+                        raise DataError(f"{Path(src) / METADATA}: split {split!r}'s records do not add up to its "
+                                        f"episode_lengths")
+                    writer.add_arrays(split, {k: np.concatenate([a[k] for a, _ in episode]) for k in episode[0][0]},
+                                      {k: v for k, v in episode[0][1].items() if k != "chunk_index"})
+                    episode.clear()
+    out = writer.finish(**{s: {k: v for k, v in i.items() if k not in ("episodes", "frames", "records",
+                                                                          "episode_lengths", "shards")}
+                           for s, i in chosen.items()})
+    if extra:
+        out.update(extra)
+        write_json_atomic(Path(dst) / METADATA, out)
+    return out

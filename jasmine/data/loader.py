@@ -3,9 +3,12 @@
 Dimension key: B batch (per process), T seq_len, H/W/C frame height/width/channels.
 
 The index is built from metadata.json alone: each record's length, and which episode it
-belongs to and at which frame of that episode it starts. A record owns window *slots*:
+belongs to and at which frame of that episode it starts. Windows are cut from *segments*:
+in the chunked layout (format 2) a segment is one record, in the grouped layout (format 3,
+records of a few frames) it is a whole episode, read back from only the records a window
+overlaps. A segment owns window *slots*:
 disjoint windows ``stride`` frames apart (``stride`` is ``seq_len`` rounded up to a
-multiple of ``align``), all shifted by one random offset per record and epoch. So an epoch
+multiple of ``align``), all shifted by one random offset per segment and epoch. So an epoch
 sees about every frame once, and two slots never share a frame. With ``align`` > 1 every
 window starts at an episode frame that is a multiple of ``align`` (the encoding rule of
 frozen frame encoders, see ``jasmine.models.genie``).
@@ -28,7 +31,8 @@ from typing import Any
 import grain
 import numpy as np
 
-from jasmine.data.dataset import DataError, RecordFormatError, decode_at, read_metadata, split_shards
+from jasmine.data.dataset import (GROUPED_VERSION, DataError, RecordFormatError, decode_at, read_metadata,
+                                  split_shards)
 
 
 def record_arrays(meta: dict[str, Any]) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
@@ -56,7 +60,11 @@ def _check_shard(path: Path, expected_records: int) -> None:
 
 
 class EpisodeIndex:
-    """Records of one split (in shard order) with their episode and starting frame in it."""
+    """Segments of one split (in shard order) with their episode and starting frame in it.
+
+    ``lengths``, ``episode`` and ``offset`` are per segment; ``read(i, start, length)`` gives
+    frames [start, start + length) of segment ``i``, decoding only the records they lie in.
+    """
 
     def __init__(self, root: str | Path, split: str, image_shape: tuple[int, int, int] | None = None):
         self.root, self.split = Path(root), split
@@ -73,17 +81,31 @@ class EpisodeIndex:
         for path, lengths in shards:
             _check_shard(path, len(lengths))
         self._first = np.cumsum([0] + [len(ls) for _, ls in shards])  # global record id of each shard's first
-        self.lengths = np.concatenate([np.asarray(ls, np.int64) for _, ls in shards])
-        self.episode, self.offset = self._episodes(meta["splits"][split].get("episode_lengths"))
+        self.record_lengths = np.concatenate([np.asarray(ls, np.int64) for _, ls in shards])
+        episode_lengths = meta["splits"][split].get("episode_lengths")
+        episode, offset = self._episodes(episode_lengths)
+        self.grouped = meta["format_version"] == GROUPED_VERSION
+        if self.grouped:
+            if not episode_lengths:
+                raise DataError(f"{self.root / 'metadata.json'}: split {split!r} of a format-3 dataset needs "
+                                f"episode_lengths")
+            firsts = np.flatnonzero(offset == 0)
+        else:
+            firsts = np.arange(len(self.record_lengths))
+        self._seg_first = np.append(firsts, len(self.record_lengths))  # records of segment i: [first[i], first[i+1])
+        self.lengths = np.add.reduceat(self.record_lengths, firsts) if len(firsts) else np.zeros(0, np.int64)
+        self.episode, self.offset, self.record_episode = episode[firsts], offset[firsts], episode
+        self._rec_start = offset - np.repeat(self.offset, np.diff(self._seg_first))  # record's frame in its segment
         self._reader = None
 
     def _episodes(self, episode_lengths) -> tuple[np.ndarray, np.ndarray]:
         """Episode id and start frame within it of each record (records are written episode by episode)."""
+        n_rec = len(self.record_lengths)
         if not episode_lengths:  # unknown: every record is its own episode
-            return np.arange(len(self.lengths)), np.zeros(len(self.lengths), np.int64)
-        episode, offset = np.zeros(len(self.lengths), np.int64), np.zeros(len(self.lengths), np.int64)
+            return np.arange(n_rec), np.zeros(n_rec, np.int64)
+        episode, offset = np.zeros(n_rec, np.int64), np.zeros(n_rec, np.int64)
         e, done = 0, 0
-        for r, n in enumerate(self.lengths):
+        for r, n in enumerate(self.record_lengths):
             if e >= len(episode_lengths):
                 raise DataError(f"{self.root / 'metadata.json'}: split {self.split!r} has more record frames than "
                                 f"its episode_lengths add up to")
@@ -100,17 +122,33 @@ class EpisodeIndex:
         shard = bisect.bisect_right(self._first, record) - 1
         return self.paths[shard], record - int(self._first[shard])
 
-    def read(self, record: int) -> dict[str, np.ndarray]:
-        """The checked arrays of one record; a malformed record raises RecordFormatError naming shard and record."""
+    def read(self, segment: int, start: int = 0, length: int | None = None) -> dict[str, np.ndarray]:
+        """Checked arrays of frames [start, start + length) (default: all) of a segment, decoded from only the
+        records they lie in; a malformed record raises RecordFormatError naming shard and record."""
         if self._reader is None:
             self._reader = grain.sources.ArrayRecordDataSource(self.paths)
+        lo, hi = int(self._seg_first[segment]), int(self._seg_first[segment + 1])
+        stop = int(self.lengths[segment]) if length is None else start + length
+        if hi - lo > 1:  # grouped layout: only the records overlapping the window
+            starts = self._rec_start[lo:hi]
+            lo, hi = lo + int(np.searchsorted(starts, start, "right")) - 1, lo + int(np.searchsorted(starts, stop, "left"))
+        parts = []
+        for r in range(lo, hi):  # each record's frames inside [start, stop)
+            base, n = int(self._rec_start[r]), int(self.record_lengths[r])
+            a, b = max(start, base) - base, min(stop, base + n) - base
+            parts.append({k: v[a:b] for k, v in self._read_record(r).items()})
+        if len(parts) == 1:  # a view into the record's buffer: copied so the window owns its memory
+            return {k: np.array(v) for k, v in parts[0].items()}
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _read_record(self, record: int) -> dict[str, np.ndarray]:
         path, idx = self.locate(record)
         try:
             buf = self._reader[record]
         except Exception as e:
             raise DataError(f"shard {path} is unreadable or corrupt (record {idx}): {e}") from e
         arrays, _ = decode_at(buf, path, idx)
-        n = int(self.lengths[record])
+        n = int(self.record_lengths[record])
         out = {}
         for name, (dtype, shape) in self.arrays.items():
             arr = arrays.get(name)
@@ -123,7 +161,7 @@ class EpisodeIndex:
         return out
 
     def first_aligned(self, align: int) -> np.ndarray:
-        """Per record, the first frame whose episode frame index is a multiple of ``align``."""
+        """Per segment, the first frame whose episode frame index is a multiple of ``align``."""
         return (-self.offset) % align
 
     def __getstate__(self):
@@ -131,7 +169,7 @@ class EpisodeIndex:
 
 
 class WindowSlots(grain.sources.RandomAccessDataSource):
-    """Item ``i`` is the record owning slot ``i``, with the slot's number within the record."""
+    """Item ``i`` is the segment owning slot ``i``, with the slot's number within the segment."""
 
     def __init__(self, index: EpisodeIndex, seq_len: int, align: int = 1):
         if align < 1:
@@ -143,27 +181,27 @@ class WindowSlots(grain.sources.RandomAccessDataSource):
         if not slots.any():
             raise DataError(
                 f"{index.root / index.split}: no record has a window of seq_len={seq_len} frames starting at a "
-                f"multiple of {align} (longest record: {int(index.lengths.max(initial=0))} frames); lower seq_len "
+                f"multiple of {align} (longest: {int(index.lengths.max(initial=0))} frames); lower seq_len "
                 f"or regenerate with longer episodes")
         short = int((slots == 0).sum())
         if short:
-            warnings.warn(f"{index.root / index.split}: skipping {short} of {len(slots)} records shorter than "
+            warnings.warn(f"{index.root / index.split}: skipping {short} of {len(slots)} "
+                          f"{'episodes' if index.grouped else 'records'} shorter than "
                           f"seq_len={seq_len}")
         self.slots_of = slots
-        self.record_of_slot = np.repeat(np.arange(len(slots)), slots)
-        self.slot_in_record = np.arange(len(self.record_of_slot)) - np.repeat(np.cumsum(slots) - slots, slots)
+        self.segment_of_slot = np.repeat(np.arange(len(slots)), slots)
+        self.slot_in_segment = np.arange(len(self.segment_of_slot)) - np.repeat(np.cumsum(slots) - slots, slots)
 
     def __len__(self) -> int:
-        return len(self.record_of_slot)
+        return len(self.segment_of_slot)
 
     def __getitem__(self, slot: int) -> dict[str, Any]:
-        record = int(self.record_of_slot[slot])
-        return {"record": record, "slot": int(self.slot_in_record[slot]), "arrays": self.index.read(record)}
+        return {"segment": int(self.segment_of_slot[slot]), "slot": int(self.slot_in_segment[slot])}
 
-    def window_start(self, record: int, slot: int, rng: np.random.Generator) -> int:
-        """Start frame of ``slot``: the record's random aligned offset (``rng``) plus ``slot`` strides."""
-        first = int(self.index.first_aligned(self.align)[record])
-        free = int(self.index.lengths[record]) - first - self.seq_len - (int(self.slots_of[record]) - 1) * self.stride
+    def window_start(self, segment: int, slot: int, rng: np.random.Generator) -> int:
+        """Start frame of ``slot``: the segment's random aligned offset (``rng``) plus ``slot`` strides."""
+        first = int(self.index.first_aligned(self.align)[segment])
+        free = int(self.index.lengths[segment]) - first - self.seq_len - (int(self.slots_of[segment]) - 1) * self.stride
         return first + self.align * int(rng.integers(0, free // self.align + 1)) + slot * self.stride
 
     def __repr__(self) -> str:
@@ -171,15 +209,15 @@ class WindowSlots(grain.sources.RandomAccessDataSource):
 
 
 class CropWindow(grain.transforms.MapWithIndex):
-    """Crop a slot's window; the record's offset is drawn from (seed, epoch, record), shared by its slots."""
+    """Read a slot's window; the segment's offset is drawn from (seed, epoch, segment), shared by its slots."""
 
     def __init__(self, slots: WindowSlots, seed: int):
         self.slots, self.seed, self.n = slots, seed, len(slots)
 
     def map_with_index(self, index: int, item: dict[str, Any]) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([self.seed, index // self.n, item["record"]])
-        start = self.slots.window_start(item["record"], item["slot"], rng)
-        return {k: np.array(v[start : start + self.slots.seq_len]) for k, v in item["arrays"].items()}
+        rng = np.random.default_rng([self.seed, index // self.n, item["segment"]])
+        start = self.slots.window_start(item["segment"], item["slot"], rng)
+        return self.slots.index.read(item["segment"], start, self.slots.seq_len)
 
 
 class ProcessBlock(grain.MapDataset):
@@ -217,6 +255,7 @@ def make_loader(
     process_index: int | None = None,
     process_count: int | None = None,
     start_batch: int = 0,
+    read_threads: int = 0,
 ) -> grain.IterDataset:
     """Batches ``{"frames": uint8[B,T,H,W,C], "actions": int32[B,T]}`` for this process.
 
@@ -226,6 +265,8 @@ def make_loader(
     ``batch_size`` is the global batch; each of ``process_count`` JAX processes gets its
     block of ``batch_size // process_count`` rows. ``num_epochs=None`` repeats forever.
     ``start_batch`` skips that many global batches (for any process count, the same batches).
+    ``read_threads`` > 0 reads windows ahead in that many threads (Grain's default is 16: on 2 cores the
+    GIL makes that 3x slower than reading on demand; the batches are the same either way).
     """
     if process_index is None or process_count is None:
         import jax
@@ -240,7 +281,8 @@ def make_loader(
     ds = grain.MapDataset.source(slots).shuffle(seed=seed).repeat(num_epochs).map_with_index(CropWindow(slots, seed))
     per_process = batch_size // process_count
     rows = ProcessBlock(ds, process_index, process_count, per_process)[start_batch * per_process :]
-    it = rows.to_iter_dataset().batch(per_process, drop_remainder=True)
+    read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=64 * read_threads)
+    it = rows.to_iter_dataset(read_options=read).batch(per_process, drop_remainder=True)
     if num_workers > 0:
         from absl import flags  # grain's worker processes read absl flags; parse them if no app did
 
@@ -273,8 +315,8 @@ def episode_clips(root: str | Path, split: str, n: int, length: int, seed: int, 
         windows = [(int(r), int(first[r]) + align * m) for r in np.flatnonzero(index.episode == e)
                    for m in range(counts[r])]
         r, s = windows[int(rng.integers(0, len(windows)))]
-        for name, arr in index.read(r).items():
-            clips.setdefault(name, []).append(np.array(arr[s : s + length]))
+        for name, arr in index.read(r, s, length).items():
+            clips.setdefault(name, []).append(np.array(arr))
         clips["episode"].append(int(e))
         clips["start"].append(int(index.offset[r]) + s)
     return {k: np.stack(v) if k not in ("episode", "start") else np.asarray(v) for k, v in clips.items()}

@@ -115,9 +115,8 @@ class Levels:
     def get(self, i: int) -> tuple[int, np.ndarray, np.ndarray | None]:
         """(episode, its first C frames uint8 [C, H, W, Ch], actions [C] or None) of level ``i`` (mod count)."""
         r = int(self.records[i % len(self.records)])
-        arrays = self.index.read(r)
-        acts = arrays.get("actions")
-        return int(self.index.episode[r]), arrays["frames"][: self.context], None if acts is None else acts[: self.context]
+        arrays = self.index.read(r, 0, self.context)
+        return int(self.index.episode[r]), arrays["frames"], arrays.get("actions")
 
 
 class Game:

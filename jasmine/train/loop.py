@@ -40,7 +40,7 @@ from jasmine.viz import frame_grid
 
 # Fields that may differ between a run's saved config and the one it continues with.
 RESUMABLE_CHANGES = {"steps", "resume", "init_from", "init_step", "log_every", "val_every", "val_batches", "ckpt_every",
-                     "keep_last", "keep_every", "num_workers", "wandb", "data", "out", "sharding", "mesh",
+                     "keep_last", "keep_every", "num_workers", "read_threads", "wandb", "data", "out", "sharding", "mesh",
                      "distributed"}
 
 
@@ -186,7 +186,7 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
     step = resolve_step(source, cfg.init_step if cfg.init_from is not None else None) if source is not None else 0
     loader = make_loader(cfg.data, "train", seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed,
                          image_shape=cfg.image_size, align=align, num_workers=cfg.num_workers, process_index=pidx,
-                         process_count=pcount, start_batch=step)  # batch s is a function of s
+                         process_count=pcount, start_batch=step, read_threads=cfg.read_threads)  # batch s is a function of s
     data_iter = iter(loader)
     stable_end = decay_start(cfg.optim, cfg.steps)
     ckpt = Checkpointer(out / "checkpoints", keep_last=cfg.keep_last, keep_every=cfg.keep_every,

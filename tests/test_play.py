@@ -99,6 +99,32 @@ def test_world_frames_are_the_rollouts_frames(game):
     assert gif.n_frames == 8 and gif.size == (64, 64)
 
 
+def test_a_causal_world_with_ground_truth_actions_plays_the_rollouts_frames():
+    """The other family and the other action source: a causal Genie on real actions, stepped by a World."""
+    import jax
+    from flax import nnx
+
+    from jasmine.models.genie import Genie
+    from jasmine.play.world import Game
+    from jasmine.sample.rollout import Rollout, SampleOptions
+
+    tok = TokenizerConfig(patch_size=8, model_dim=16, ffn_dim=32, num_blocks=1, num_heads=2, latent_dim=4, num_latents=8)
+    dyn = DynamicsConfig(model_dim=16, ffn_dim=32, num_blocks=1, num_heads=2)
+    genie = Genie(tok, dyn, (16, 16, 3), action_source="gt", num_actions=5, family="causal", tokenizer_window=2,
+                  rngs=nnx.Rngs(0))
+    roll = Rollout(genie, 4, SampleOptions())
+    meanings = ["NOOP", "LEFT", "RIGHT", "UP", "FIRE"]
+    game = Game(roll, Bindings.for_codes(5, meanings=meanings, gt_actions=True), (16, 16, 3), tokenizer_window=2,
+                family="causal")
+    assert game.bindings.keys["ArrowRight"] == 2 and game.bindings.keys[" "] == 4
+    ctx = np.random.default_rng(0).integers(0, 256, (1, 1, 16, 16, 3), dtype=np.uint8)
+    codes = [2, 4, 1, 0, 3]  # past the window of 4
+    world = World(game, ctx, np.zeros((1, 0), np.int32), 1, "test")
+    shown = np.stack([world.step(c) for c in codes])
+    ids = roll.run(roll.encode(ctx), np.array([codes]), jax.random.key(1), num_frames=len(codes))
+    np.testing.assert_array_equal(shown, (np.clip(roll.decode(ids)[0, 1:], 0, 1) * 255).round().astype(np.uint8))
+
+
 def test_uploads_are_checked(game):
     frame = np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8)
     assert decode_upload(png(frame), (16, 16, 3)).shape == (16, 16, 3)

@@ -245,6 +245,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "data inspect": (_data_inspect, "summarise a dataset; write a contact sheet and a GIF"),
     "train tokenizer": (_train("tokenizer"), "train the VQ-VAE video tokenizer"),
     "train lam": (_train("lam"), "train the latent action model"),
+    "train mae": (_train("mae"), "train the MAE tokenizer (continuous latents for the diffusion dynamics)"),
     "train dynamics": (_train("dynamics"), "train the dynamics, MaskGIT or --dynamics causal (--lam RUN | --co-train-lam | --gt-actions)"),
     "sample": (_sample, "roll a trained model out from context frames; GIF, MP4 and per-frame metrics"),
     "eval": (_eval, "rollout PSNR/SSIM vs baselines, controllability (delta PSNR), plots and a report"),

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from jasmine.models.dynamics import DynamicsConfig
 from jasmine.models.lam import LAMConfig
+from jasmine.models.mae import MAEConfig
 from jasmine.models.digits import SamplingOptions
 from jasmine.models.nn import Attention, Remat
 from jasmine.models.tokenizer import TokenizerConfig
@@ -118,6 +119,13 @@ class LAMTrainConfig(TrainConfig):
 
 
 @dataclass(frozen=True)
+class MAETrainConfig(TrainConfig):
+    """The MAE tokenizer: continuous latents for the diffusion dynamics."""
+
+    model: MAEConfig = MAEConfig()
+
+
+@dataclass(frozen=True)
 class DynamicsTrainConfig(TrainConfig):
     """Dynamics on a frozen tokenizer, with the LAM frozen (--lam), co-trained, or GT actions."""
 
@@ -208,12 +216,24 @@ PRESETS["lam"] = {
                               "val_batches": 8}, optim=OptimConfig(lr=1e-3, warmup_steps=50, decay_fraction=0.2),
                            model=_TINY_LAM),
 }
+_SHARED = ("steps", "batch_size", "seq_len", "image_size", "ckpt_every", "val_every", "val_batches", "log_every",
+           "keep_every", "optim")
 _MICRO_RUN = dict(steps=12, batch_size=2, seq_len=4, image_size=(64, 64, 3), ckpt_every=12, val_every=12,
                   val_batches=1, log_every=4, optim=OptimConfig(lr=1e-3, warmup_steps=2, decay_fraction=0.2))
 _MICRO_TOKENIZER = TokenizerConfig(patch_size=16, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=16,
                                    num_latents=64)
 _MICRO_LAM = LAMConfig(patch_size=16, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=8, num_latents=4)
 PRESETS["tokenizer"]["micro"] = TokenizerTrainConfig(**_MICRO_RUN, model=_MICRO_TOKENIZER)
+PRESETS["mae"] = {  # the VQ tokenizer's architectures and budgets, with a tanh bottleneck instead of a quantizer
+    "coinrun": MAETrainConfig(**{k: getattr(PRESETS["tokenizer"]["coinrun"], k) for k in _SHARED},
+                              model=MAEConfig(patch_size=16, model_dim=512, ffn_dim=2048, num_blocks=4, num_heads=8,
+                                              latent_dim=32)),
+    "tiny": MAETrainConfig(**{k: getattr(PRESETS["tokenizer"]["tiny"], k) for k in _SHARED},
+                           model=MAEConfig(patch_size=8, model_dim=128, ffn_dim=512, num_blocks=2, num_heads=4,
+                                           latent_dim=16)),
+    "micro": MAETrainConfig(**_MICRO_RUN, model=MAEConfig(patch_size=16, model_dim=32, ffn_dim=64, num_blocks=1,
+                                                         num_heads=2, latent_dim=8)),
+}
 PRESETS["lam"]["micro"] = LAMTrainConfig(**_MICRO_RUN, model=_MICRO_LAM)
 PRESETS["dynamics"] = {
     "coinrun": DynamicsTrainConfig(  # 17 frames: the LAM's windows tile them and clips align to 16 frames
@@ -308,7 +328,7 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
 def load_config(path: Path) -> TrainConfig:
     data = json.loads(Path(path).read_text())
     kind = data.pop("type")
-    classes = {c.__name__: c for c in (TokenizerTrainConfig, LAMTrainConfig, DynamicsTrainConfig)}
+    classes = {c.__name__: c for c in (TokenizerTrainConfig, LAMTrainConfig, MAETrainConfig, DynamicsTrainConfig)}
     if kind not in classes:
         raise ValueError(f"{path}: unknown config type {kind!r}")
     return from_dict(classes[kind], data)

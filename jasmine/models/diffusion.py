@@ -1,0 +1,182 @@
+"""Diffusion-forcing dynamics over MAE latents, and a sampler that walks the noise path training uses.
+
+Dimension key:
+    B batch   T frames   N latent tokens per frame   L latent width   D model width
+    A action-latent width   W window (frames)   K denoising steps
+
+**Noise path** (rectified flow, signal level τ ∈ [0, 1], 1 = clean):
+``z_τ = τ·z + (1 − τ)·ε`` with ε ~ N(0, I). Training gives every frame of a window its own τ,
+drawn uniformly from the grid {0, 1/S, ..., 1} (``noise_levels`` = S, so the clean end is
+drawn too), and the model predicts the clean latents (x-prediction) of every frame from the
+noisy frames up to it (causal in time), each frame's action and each frame's τ. Each frame
+holds N + 2 tokens: its action, its noise level, and its N noisy latents. The loss is the
+per-frame MSE, optionally weighted by the ramp w(τ) = 0.9·τ + 0.1.
+
+**Sampling** a frame starts from ε (τ_0 = 0) and takes K steps τ_k = k/K. Step k predicts
+x̂ = f(z_τk, τ_k), takes the noise it implies, ε̂ = (z_τk − τ_k·x̂)/(1 − τ_k), and moves to the
+next level *on the training path*: z_τk+1 = τ_k+1·x̂ + (1 − τ_k+1)·ε̂ (an Euler step of the flow;
+a clean prediction is never fed back as a noisy input). At τ_K = 1 the frame is x̂. Past
+frames enter at the context level τ_c = 1 − ``context_noise``, noised with a fixed noise
+per window position and tagged with exactly τ_c; that fixed choice makes the cached sampler
+(past frames' K/V kept, one-frame passes) and the uncached one (full window per step) see
+the same inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat, sinusoidal_rows
+
+CONTEXT_NOISE_SEED = 17
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Architecture and training noise of the diffusion-forcing dynamics."""
+
+    model_dim: int = 512
+    ffn_dim: int = 2048
+    num_blocks: int = 6
+    num_heads: int = 8
+    noise_levels: int = 64
+    """S: training draws each frame's signal level from {0, 1/S, ..., 1}, both ends included."""
+    ramp_weight: bool = True
+    """Weight each frame's loss by 0.9·τ + 0.1 (cleaner frames count more)."""
+
+
+@dataclass(frozen=True)
+class DiffusionSampling:
+    """How the diffusion dynamics draws a frame."""
+
+    steps: int = 16
+    """K denoising steps per frame (levels 0, 1/K, ..., 1)."""
+    context_noise: float = 0.1
+    """Past frames enter at signal level 1 - context_noise, tagged with it."""
+
+    def check(self, window: int | None = None, context: int | None = None) -> None:
+        if self.steps < 1:
+            raise ValueError(f"--steps must be >= 1 denoising step, got {self.steps}")
+        if not 0.0 <= self.context_noise < 1.0:
+            raise ValueError(f"--context-noise must be in [0, 1), got {self.context_noise}")
+
+    @property
+    def context_level(self) -> float:
+        return 1.0 - self.context_noise
+
+
+def noise(z, tau, eps):
+    """The training path: z_τ = τ·z + (1 − τ)·ε (τ broadcast over the trailing N, L axes)."""
+    tau = jnp.asarray(tau, jnp.float32)[..., None, None]
+    return tau * z + (1.0 - tau) * eps
+
+
+def sample_levels(rng, shape_BT, levels: int):
+    """Signal levels τ uniform on {0, 1/S, ..., 1} (S = ``levels``), one per frame."""
+    return jax.random.randint(rng, shape_BT, 0, levels + 1).astype(jnp.float32) / levels
+
+
+def denoise(predict, eps, steps: int):
+    """K Euler steps along the training path from noise ``eps`` (τ = 0) to τ = 1; ``predict(z_τ, τ) -> x̂``."""
+    z = eps
+    for k in range(steps):
+        tau, nxt = k / steps, (k + 1) / steps
+        x_hat = predict(z, tau)
+        eps_hat = (z - tau * x_hat) / (1.0 - tau)
+        z = x_hat if k == steps - 1 else nxt * x_hat + (1.0 - nxt) * eps_hat
+    return z
+
+
+def context_eps(pos, shape):
+    """The fixed noise of window position ``pos`` (may be traced) for past frames."""
+    return jax.random.normal(jax.random.fold_in(jax.random.key(CONTEXT_NOISE_SEED), pos), shape, jnp.float32)
+
+
+class DiffusionDynamics(nnx.Module):
+    """x-prediction of every frame's clean latents from noisy latents, levels and actions; causal in time."""
+
+    family = "diffusion"
+
+    def __init__(self, cfg: DiffusionConfig, latent_dim: int, action_dim: int, *, prec: Precision = Precision(),
+                 attention: Attention = "auto", remat: Remat = "none", rngs: nnx.Rngs):
+        if cfg.noise_levels < 1:
+            raise ValueError(f"--model.noise-levels must be >= 1, got {cfg.noise_levels}")
+        self.cfg, self.latent_dim, self.dtype = cfg, latent_dim, prec.dtype
+        lin = lambda i, o: nnx.Linear(i, o, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
+        self.latent_in, self.action_proj, self.level_proj = (lin(latent_dim, cfg.model_dim),
+                                                             lin(action_dim, cfg.model_dim),
+                                                             lin(cfg.model_dim, cfg.model_dim))
+        self.transformer = AxialTransformer(cfg.model_dim, cfg.model_dim, cfg.ffn_dim, latent_dim, cfg.num_blocks,
+                                            cfg.num_heads, prec=prec, attention=attention, remat=remat, rngs=rngs)
+
+    def embed(self, z_BTNL, tau_BT, a_BTA):
+        """Tokens [B, T, 2 + N, D]: the action, the noise level (sinusoids of 1000·τ), the latents."""
+        B, T = tau_BT.shape
+        level_BTD = sinusoidal_rows(1000.0 * tau_BT.reshape(-1), self.cfg.model_dim).reshape(B, T, -1)
+        a_BT1D = self.action_proj(a_BTA.astype(self.dtype))[:, :, None]
+        l_BT1D = self.level_proj(level_BTD.astype(self.dtype))[:, :, None]
+        return jnp.concatenate([a_BT1D, l_BT1D, self.latent_in(z_BTNL.astype(self.dtype))], axis=2)
+
+    def __call__(self, z_BTNL, tau_BT, a_BTA):
+        """Predicted clean latents float32 [B, T, N, L] of every frame."""
+        return self.transformer(self.embed(z_BTNL, tau_BT, a_BTA))[:, :, 2:].astype(jnp.float32)
+
+    def loss(self, z_BTNL, a_BTA, rng, *, training: bool = True):
+        """Diffusion forcing: per-frame levels on the grid, x-prediction MSE (ramp-weighted)."""
+        k_tau, k_eps = jax.random.split(rng)
+        tau_BT = sample_levels(k_tau, z_BTNL.shape[:2], self.cfg.noise_levels)
+        eps = jax.random.normal(k_eps, z_BTNL.shape, jnp.float32)
+        mse_BT = jnp.mean((self(noise(z_BTNL, tau_BT, eps), tau_BT, a_BTA) - z_BTNL) ** 2, axis=(2, 3))
+        w_BT = 0.9 * tau_BT + 0.1 if self.cfg.ramp_weight else jnp.ones_like(tau_BT)
+        loss = jnp.sum(w_BT * mse_BT) / jnp.sum(w_BT)
+        clean = tau_BT == 1.0
+        return loss, {"mse": mse_BT.mean(), "weighted_mse": loss,
+                      "mse_clean_level": jnp.sum(mse_BT * clean) / jnp.maximum(clean.sum(), 1),
+                      "mse_noise_level": jnp.sum(mse_BT * (tau_BT == 0)) / jnp.maximum((tau_BT == 0).sum(), 1)}
+
+    # ------------------------------------------------------------------ generation
+
+    def _context(self, z_BTNL, start: int, opts: DiffusionSampling):
+        """Past frames at window positions start.. noised to the context level, and that level per frame."""
+        T = z_BTNL.shape[1]
+        eps_TNL = jax.vmap(lambda p: context_eps(p, z_BTNL.shape[2:]))(start + jnp.arange(T))
+        tau_BT = jnp.full(z_BTNL.shape[:2], opts.context_level, jnp.float32)
+        return noise(z_BTNL, tau_BT, eps_TNL[None]), tau_BT
+
+    def prefill(self, z_BTNL, a_BTA, window: int, opts: DiffusionSampling = DiffusionSampling()):
+        """Temporal K/V caches (one window) of past frames, entered at the context level."""
+        z_ctx, tau_BT = self._context(z_BTNL, 0, opts)
+        return self.transformer.prefill(self.embed(z_ctx, tau_BT, a_BTA), window)[1]
+
+    def _step(self, z_BNL, tau, a_BA, caches, pos):
+        B = z_BNL.shape[0]
+        x = self.embed(z_BNL[:, None], jnp.full((B, 1), tau, jnp.float32), a_BA[:, None])
+        out, kvs = self.transformer.step(x, caches, pos)
+        return out[:, 0, 2:].astype(jnp.float32), kvs
+
+    def next_frame(self, caches, pos, a_BA, rng, opts: DiffusionSampling, n: int):
+        """Generate the frame at window position ``pos`` (K one-frame passes), then write it to the caches at
+        the context level (one more pass). Returns (latents_BNL, caches)."""
+        eps = jax.random.normal(rng, (a_BA.shape[0], n, self.latent_dim), jnp.float32)
+        z_BNL = denoise(lambda z, tau: self._step(z, tau, a_BA, caches, pos)[0], eps, opts.steps)
+        z_ctx, _ = self._context(z_BNL[:, None], pos, opts)
+        _, kvs = self._step(z_ctx[:, 0], opts.context_level, a_BA, caches, pos)
+        return z_BNL, AxialTransformer.write_cache(caches, kvs, pos)
+
+    def frame(self, z_BWNL, a_BWA, pos, rng, opts: DiffusionSampling):
+        """Uncached: frame ``pos`` of the window, a full forward per step (the same draws as ``next_frame``)."""
+        B, W, n, _ = z_BWNL.shape
+        ctx, tau_ctx = self._context(z_BWNL, 0, opts)
+        before = (jnp.arange(W) < pos)[None, :, None, None]
+
+        def predict(z_BNL, tau):
+            z_in = jnp.where(before, ctx, jax.lax.dynamic_update_index_in_dim(jnp.zeros_like(ctx), z_BNL, pos, 1))
+            tau_BW = jnp.where(before[..., 0, 0], tau_ctx, tau)
+            return jnp.take(self(z_in, tau_BW, a_BWA), pos, axis=1)
+
+        eps = jax.random.normal(rng, (B, n, self.latent_dim), jnp.float32)
+        return denoise(predict, eps, opts.steps)

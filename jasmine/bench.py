@@ -45,6 +45,17 @@ class BenchDataArgs:
     seed: int = 0
 
 
+def with_frame_tokenizer(cfg, preset_name: str):
+    """A dynamics config whose family reads MAE latents gets the MAE preset's architecture (benchmarks build
+    untrained models, with no tokenizer run to take it from)."""
+    from jasmine.config import preset
+    from jasmine.models.genie import DYNAMICS
+
+    if DYNAMICS[cfg.dynamics].continuous and cfg.mae_model is None:
+        return dataclasses.replace(cfg, mae_model=preset("mae", preset_name).model)
+    return cfg
+
+
 def _split_bytes(root: Path, split: str) -> int:
     from jasmine.data.dataset import read_metadata, split_shards
 
@@ -273,10 +284,10 @@ class BenchSampleArgs:
     context: int = 1
     frames: int = 15
     batch_sizes: tuple[int, ...] = (1, 8)
-    dynamics: Literal["maskgit", "causal"] = "maskgit"
-    """Dynamics family timed; for causal, MaskGIT's cached frames/s are printed beside it."""
-    steps: int = 25
-    """MaskGIT steps per frame."""
+    dynamics: Literal["maskgit", "causal", "diffusion"] = "maskgit"
+    """Dynamics family timed; for causal and diffusion, MaskGIT's cached frames/s are printed beside it."""
+    steps: int | None = None
+    """MaskGIT steps per frame (default 25), or diffusion denoising steps K (default 16)."""
     dtype: str = "auto"
     """Compute dtype (auto = the preset's: float32 on CPU, bfloat16 on GPU)."""
     repeats: int = 1
@@ -347,26 +358,36 @@ def bench_sample(args: BenchSampleArgs) -> dict[int, dict[str, float]]:
     from jasmine.sample.rollout import SampleOptions
     from jasmine.train.components import COMPONENTS
 
-    cfg = dataclasses.replace(preset("dynamics", args.preset), dtype=args.dtype, dynamics=args.dynamics)
+    cfg = with_frame_tokenizer(dataclasses.replace(preset("dynamics", args.preset), dtype=args.dtype,
+                                                   dynamics=args.dynamics), args.preset)
     build = lambda c: COMPONENTS["dynamics"].build(c, nnx.Rngs(0), pretrained=False)
     genie = build(cfg)
-    maskgit = genie.dynamics.maskgit_options
+    maskgit, continuous = genie.dynamics.maskgit_options, genie.dynamics.continuous
     h, w, _ = cfg.image_size
-    n = (h // cfg.tokenizer_model.patch_size) * (w // cfg.tokenizer_model.patch_size)
+    n = (h // cfg.frame_tokenizer.patch_size) * (w // cfg.frame_tokenizer.patch_size)
     T = args.context + args.frames
-    passes = len(working_steps(args.steps, n))
-    opts = SampleOptions(steps=args.steps) if maskgit else SampleOptions()
-    how = f"{args.steps} MaskGIT steps ({passes} change tokens)" if maskgit else "one token at a time"
+    steps = (args.steps or 25) if maskgit else 25  # MaskGIT's steps (for the others: of the MaskGIT beside them)
+    passes = len(working_steps(steps, n))
+    opts = SampleOptions(steps=steps) if maskgit else SampleOptions(steps=args.steps) if continuous else SampleOptions()
+    K = type(genie.dynamics).resolve_sampling(opts).steps
+    how = (f"{steps} MaskGIT steps ({passes} change tokens)" if maskgit else f"{K} denoising steps" if continuous
+           else "one token at a time")
     print(f"sampling {args.frames} frames after {args.context} context, {args.dynamics} dynamics, {how}, seq_len "
           f"{cfg.seq_len}, {n} tokens/frame, {cfg.model.num_blocks}x{cfg.model.model_dim} on {jax.devices()[0].platform}")
-    print(f"  per frame: cached = {passes} one-frame passes + 1 to write the cache; uncached = {passes} passes over "
-          f"all {cfg.seq_len} frames" if maskgit else f"  per frame: cached = {n + 1} one-slot passes ({n} tokens + 1 "
-          f"to write the last); uncached = {n} passes over all {cfg.seq_len} x {n + 1} slots")
-    other = None if maskgit else build(dataclasses.replace(cfg, dynamics="maskgit"))
+    if maskgit or continuous:
+        k = passes if maskgit else K
+        print(f"  per frame: cached = {k} one-frame passes + 1 to write the cache; uncached = {k} passes over all "
+              f"{cfg.seq_len} frames")
+    else:
+        print(f"  per frame: cached = {n + 1} one-slot passes ({n} tokens + 1 to write the last); uncached = {n} "
+              f"passes over all {cfg.seq_len} x {n + 1} slots")
+    other = None if maskgit else build(dataclasses.replace(cfg, dynamics="maskgit", mae_model=None))
     results = {}
     for b in args.batch_sizes:
         r = results[b] = {}
-        ctx = jax.random.randint(jax.random.key(0), (b, args.context, n), 0, cfg.tokenizer_model.vocab_size)
+        ids = jax.random.randint(jax.random.key(0), (b, args.context, n), 0, cfg.tokenizer_model.vocab_size)
+        ctx = jax.numpy.tanh(jax.random.normal(jax.random.key(0), (b, args.context, n, cfg.mae_model.latent_dim))) \
+            if continuous else ids
         acts = jax.random.randint(jax.random.key(1), (b, T - 1), 0, cfg.lam_model.vocab_size)
         for cache in (True, False):
             fps, best = _rollout_fps(genie, cfg.seq_len, dataclasses.replace(opts, cache=cache), ctx, acts,
@@ -375,9 +396,9 @@ def bench_sample(args: BenchSampleArgs) -> dict[int, dict[str, float]]:
             print(f"  batch {b}  {'cached  ' if cache else 'uncached'}  {fps:8.2f} frames/s  ({best:.2f} s per rollout)")
         speedup = r["cached"] / r["uncached"]
         if other is not None:
-            r["maskgit_cached"], best = _rollout_fps(other, cfg.seq_len, SampleOptions(steps=args.steps), ctx, acts,
+            r["maskgit_cached"], best = _rollout_fps(other, cfg.seq_len, SampleOptions(steps=steps), ids, acts,
                                                      args.frames, args.repeats)
-            print(f"  batch {b}  cache speed-up {speedup:.1f}x;  MaskGIT ({args.steps} steps, cached) beside it: "
+            print(f"  batch {b}  cache speed-up {speedup:.1f}x;  MaskGIT ({steps} steps, cached) beside it: "
                   f"{r['maskgit_cached']:.2f} frames/s ({best:.2f} s per rollout)")
             continue
         frame_s, whole_s = pass_times(genie.dynamics, b, cfg.seq_len, n, cfg.lam_model.code_dim)

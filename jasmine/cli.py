@@ -177,6 +177,10 @@ def _bench_train(argv: list[str], prog: str) -> None:
             f"MFU. --preset NAME (default coinrun), --timed-steps N (default 10), --inputs frames|tokens (dynamics: "
             f"pre-tokenized batches skip the frozen encoders); every config field can be set.")
     cfg = tyro.cli(type(base), default=base, args=argv, prog=f"{prog} {component} [--preset NAME]", description=desc)
+    if component == "dynamics":
+        from jasmine.bench import with_frame_tokenizer
+
+        cfg = with_frame_tokenizer(cfg, name)
     bench_train(cfg, COMPONENTS[component], int(timed), inputs)
 
 

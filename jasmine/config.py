@@ -143,7 +143,7 @@ class DynamicsTrainConfig(TrainConfig):
     """Content hash of the --lam params (filled and recorded; if given, a different LAM is refused)."""
     co_train_lam: bool = False
     """Train the LAM jointly (fresh from --lam-model, or from --lam RUN), keeping its decoder and losses."""
-    dynamics: Literal["maskgit", "causal"] = "maskgit"
+    dynamics: Literal["maskgit", "causal", "diffusion"] = "maskgit"
     """Dynamics family: maskgit (Genie's; frames by confidence-based unmasking) or causal (autoregressive over
     tokens: token k of frame t from all earlier frames, tokens < k of t and actions <= t)."""
     detach_lam: bool = False
@@ -153,6 +153,8 @@ class DynamicsTrainConfig(TrainConfig):
     model: DynamicsConfig = DynamicsConfig()
     tokenizer_model: TokenizerConfig = TokenizerConfig()
     """Filled from --tokenizer's run when training."""
+    mae_model: MAEConfig | None = None
+    """Filled from --tokenizer when it is an MAE run (the diffusion family's latents)."""
     tokenizer_window: int = 0
     """Frames the tokenizer encodes together: its training seq_len (filled from --tokenizer's run)."""
     lam_model: LAMConfig = LAMConfig()
@@ -168,6 +170,11 @@ class DynamicsTrainConfig(TrainConfig):
     """MaskGIT sampling of the validation rollouts and full-frame metric."""
     val_rollout_frames: int = 0
     """Validation rollout length: generated frames after one context frame (0 = seq_len - 1)."""
+
+    @property
+    def frame_tokenizer(self) -> TokenizerConfig | MAEConfig:
+        """The tokenizer the dynamics reads: the MAE's for the diffusion family, the VQ/FSQ one's otherwise."""
+        return self.mae_model or self.tokenizer_model
 
     @property
     def lam_mode(self) -> str:

@@ -43,8 +43,9 @@ class DemoArgs:
     preset: Literal["tiny", "micro"] = "tiny"
     """tiny: the full demo (~15 min on 2 CPU cores); micro: a one-minute smoke run of the same pipeline."""
     seed: int = 0
-    dynamics: Literal["maskgit", "causal"] = "maskgit"
-    """Dynamics family (a non-default one trains into dynamics-FAMILY/ and evaluates into eval-FAMILY/)."""
+    dynamics: Literal["maskgit", "causal", "diffusion"] = "maskgit"
+    """Dynamics family (a non-default one trains into dynamics-FAMILY/ and evaluates into eval-FAMILY/); diffusion
+    trains an MAE tokenizer (mae/) instead of the VQ/FSQ one."""
 
 
 def _data_stage(args: DemoArgs, sizes: dict) -> Path:
@@ -70,7 +71,7 @@ def _train_stage(name: str, cfg: C.TrainConfig) -> Path:
     if (out / "config.json").exists() and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
         saved = C.load_config(out / "config.json")
         done = Checkpointer(ckpt_dir, read_only=True).latest_step()
-        filled = ("resume", "tokenizer_model", "tokenizer_window", "tokenizer_step", "tokenizer_hash", "lam_model",
+        filled = ("resume", "tokenizer_model", "mae_model", "tokenizer_window", "tokenizer_step", "tokenizer_hash", "lam_model",
                   "lam_window", "lam_step", "lam_hash", "num_actions", "image_size")  # set from the runs and data
         same = not [d for d in C.diff(saved, cfg) if not d.startswith(filled)]
         if same and done == cfg.steps:
@@ -95,21 +96,25 @@ def demo(args: DemoArgs) -> dict:
     sizes = SIZES[args.preset]
     data = _data_stage(args, sizes)
     base = dict(data=data, seed=args.seed)
-    tok = _train_stage("tokenizer", replace(C.preset("tokenizer", args.preset), out=args.out / "tokenizer", **base))
+    family = DYNAMICS[args.dynamics]
+    tok_name = "mae" if family.continuous else "tokenizer"  # what the family's dynamics reads
+    tok = _train_stage(tok_name, replace(C.preset(tok_name, args.preset), out=args.out / tok_name, **base))
     lam = _train_stage("lam", replace(C.preset("lam", args.preset), out=args.out / "lam", **base))
     suffix = "" if args.dynamics == DemoArgs.dynamics else f"-{args.dynamics}"
     dyn = _train_stage("dynamics", replace(C.preset("dynamics", args.preset), out=args.out / f"dynamics{suffix}",
-                                           tokenizer=tok, lam=lam, dynamics=args.dynamics, **base))
+                                           tokenizer=tok, lam=lam, dynamics=args.dynamics, **base,
+                                           **({"val_sampling": C.SamplingOptions()} if family.continuous else {})))
     print("[demo] eval: rollouts on held-out clips")
     ev = args.out / f"eval{suffix}"
     res = evaluate(EvalArgs(run=dyn, data=data, clips=sizes["clips"], frames=sizes["frames"],
-                            steps=sizes["steps"] if DYNAMICS[args.dynamics].maskgit_options else None,
-                            temperature=sizes["temperature"], ordinal=sizes["ordinal"],
+                            steps=sizes["steps"] if family.maskgit_options else None,
+                            temperature=1.0 if family.continuous else sizes["temperature"],
+                            ordinal=sizes["ordinal"] and not family.continuous,
                             delta_t=min(4, sizes["frames"] - 1), seed=args.seed, out=ev, batch_size=min(8, sizes["clips"])))
     minutes = (time.perf_counter() - t0) / 60
     print(f"\n[demo] done in {minutes:.1f} min. Outputs:")
     for label, path in (("dataset", data), ("data contact sheet", args.out / "inspect" / "contact_sheet.png"),
-                        ("tokenizer run", tok), ("LAM run", lam), ("dynamics run", dyn),
+                        (f"{tok_name} run", tok), ("LAM run", lam), ("dynamics run", dyn),
                         ("report", ev / "report.md"), ("metrics", ev / "metrics.json"),
                         ("plot", ev / "psnr_ssim.png"), ("rollouts GIF", ev / "rollouts.gif")):
         print(f"  {label:20} {path}")

@@ -7,10 +7,11 @@ import optax
 import pytest
 from flax import nnx
 
-from jasmine.models.diffusion import (DiffusionConfig, DiffusionDynamics, DiffusionSampling, denoise, noise,
-                                      sample_levels)
+from jasmine.models.diffusion import DiffusionDynamics, denoise, noise, sample_levels
+from jasmine.models.digits import SamplingOptions
+from jasmine.models.dynamics import DynamicsConfig
 
-CFG = DiffusionConfig(model_dim=32, ffn_dim=64, num_blocks=2, num_heads=2, noise_levels=8)
+CFG = DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=2, num_heads=2, noise_levels=8)
 B, T, N, L, A = 2, 5, 6, 4, 3
 
 
@@ -31,10 +32,12 @@ def test_shapes_and_loss():
     z = jnp.tanh(jax.random.normal(jax.random.key(0), (B, T, N, L)))
     a = jax.random.normal(jax.random.key(1), (B, T, A))
     assert dyn(z, jnp.ones((B, T)), a).shape == (B, T, N, L)
-    loss, metrics = dyn.loss(z, a, jax.random.key(2))
+    loss, metrics = dyn.loss(z, a, jax.random.split(jax.random.key(2)))
     assert loss.shape == () and np.isfinite(float(loss)) and {"mse", "mse_clean_level"} <= set(metrics)
     with pytest.raises(ValueError, match="--model.noise-levels must be >= 1"):
-        DiffusionDynamics(DiffusionConfig(noise_levels=0), L, A, rngs=nnx.Rngs(0))
+        DiffusionDynamics(DynamicsConfig(noise_levels=0), L, A, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="--model.mask-limit: MaskGIT-only option"):
+        DiffusionDynamics(DynamicsConfig(mask_limit=0.2), L, A, rngs=nnx.Rngs(0))
 
 
 def test_frame_t_sees_inputs_levels_and_actions_up_to_t_only():
@@ -71,7 +74,7 @@ def test_an_oracle_model_gets_its_clean_latents_back_along_the_training_path(ste
 
 def test_cache_gives_the_same_frames_and_seeds_decide_them():
     dyn = model()
-    opts = DiffusionSampling(steps=4, context_noise=0.2)
+    opts = SamplingOptions(steps=4, context_noise=0.2)
     ctx = jnp.tanh(jax.random.normal(jax.random.key(0), (B, 2, N, L)))
     a = jax.random.normal(jax.random.key(1), (B, T, A))
 
@@ -106,7 +109,7 @@ def test_overfitting_one_batch_drives_the_loss_down():
 
     @nnx.jit
     def step(dyn, opt, rng):
-        loss, grads = nnx.value_and_grad(lambda m: m.loss(z, a, rng)[0])(dyn)
+        loss, grads = nnx.value_and_grad(lambda m: m.loss(z, a, jax.random.split(rng))[0])(dyn)
         opt.update(dyn, grads)
         return loss
 
@@ -115,8 +118,95 @@ def test_overfitting_one_batch_drives_the_loss_down():
 
 
 def test_bad_sampling_settings_are_named():
-    for opts, why in [(DiffusionSampling(steps=0), "--steps must be >= 1 denoising step, got 0"),
-                      (DiffusionSampling(steps=-2), "got -2"),
-                      (DiffusionSampling(context_noise=1.0), r"--context-noise must be in \[0, 1\)")]:
+    check = DiffusionDynamics.check_sampling
+    for opts, why in [(SamplingOptions(steps=0), "--steps must be >= 1 denoising step, got 0"),
+                      (SamplingOptions(steps=-2), "got -2"),
+                      (SamplingOptions(context_noise=1.0), r"--context-noise must be in \[0, 1\)"),
+                      (SamplingOptions(temperature=0.0, top_k=3), "--temperature, --top-k: token sampling option")]:
         with pytest.raises(ValueError, match=why):
-            opts.check()
+            check(opts)
+    resolved = DiffusionDynamics.resolve_sampling(SamplingOptions())
+    assert resolved.steps == 16 and resolved.context_noise == 0.1
+    with pytest.raises(ValueError, match="--context-noise is a diffusion option"):
+        SamplingOptions(context_noise=0.1).check(None, "maskgit", True)
+
+
+@pytest.fixture(scope="module")
+def mae_run(tmp_path_factory):
+    from conftest import write_synthetic
+    from jasmine.config import MAETrainConfig, OptimConfig
+    from jasmine.models.mae import MAEConfig
+    from jasmine.train.components import COMPONENTS
+    from jasmine.train.loop import train
+
+    root = tmp_path_factory.mktemp("diffusion")
+    write_synthetic(root / "data", lengths=(40, 33, 25, 60), frame_shape=(16, 16, 3))
+    train(MAETrainConfig(data=root / "data", out=root / "mae", steps=2, batch_size=2, seq_len=2, image_size=(16, 16, 3),
+                         log_every=1, val_every=2, val_batches=1, ckpt_every=2, optim=OptimConfig(warmup_steps=1),
+                         model=MAEConfig(patch_size=4, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2,
+                                         latent_dim=4)), COMPONENTS["mae"], progress=False)
+    return root
+
+
+def dyn_cfg(root, out, **kw):
+    from jasmine.config import DynamicsTrainConfig, OptimConfig
+
+    from dataclasses import replace
+
+    base = DynamicsTrainConfig(data=root / "data", out=out, tokenizer=root / "mae", gt_actions=True, dynamics="diffusion",
+                               model=CFG, steps=4, batch_size=2, seq_len=5, image_size=(16, 16, 3), log_every=1,
+                               val_every=4, val_batches=1, ckpt_every=2, val_sampling=SamplingOptions(steps=3),
+                               optim=OptimConfig(lr=3e-3, warmup_steps=1, decay_fraction=0.0))
+    return replace(base, **kw)
+
+
+def test_diffusion_dynamics_trains_resumes_and_rolls_out_past_its_window(mae_run, tmp_path):
+    from jasmine.sample.clips import load_genie
+    from jasmine.sample.rollout import Rollout, SampleOptions
+    from jasmine.train.components import COMPONENTS
+    from jasmine.train.logging import read_metrics
+    from jasmine.train.loop import train
+
+    straight = train(dyn_cfg(mae_run, tmp_path / "s"), COMPONENTS["dynamics"], progress=False)
+    train(dyn_cfg(mae_run, tmp_path / "r", steps=2), COMPONENTS["dynamics"], progress=False)
+    resumed = train(dyn_cfg(mae_run, tmp_path / "r", resume=True), COMPONENTS["dynamics"], progress=False)
+    for a, b in zip(jax.tree.leaves(straight["state"]["params"]), jax.tree.leaves(resumed["state"]["params"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    val = read_metrics(tmp_path / "s", "val")[-1]
+    assert {"rollout_psnr", "full_frame_psnr", "mse_clean_level"} <= set(val) and "full_frame_token_accuracy" not in val
+    cfg, genie = load_genie(tmp_path / "s")
+    assert genie.dynamics.family == "diffusion" and cfg.mae_model is not None
+    frames = jax.random.randint(jax.random.key(0), (2, 1, 16, 16, 3), 0, 256).astype(jnp.uint8)
+    acts = np.array([[1, 2, 3, 4, 5, 6, 0]] * 2) % 7  # 1 + 7 frames: past seq_len 5, the window slides
+    out = {}
+    for cache in (True, False):
+        roll = Rollout(genie, cfg.seq_len, SampleOptions(steps=3, cache=cache))
+        ctx = roll.encode(frames)
+        assert ctx.shape == (2, 1, 16, 4) and ctx.dtype == jnp.float32  # MAE latents
+        out[cache] = np.asarray(roll.run(ctx, acts, jax.random.key(1), num_frames=7))
+    assert out[True].shape == (2, 8, 16, 4)
+    np.testing.assert_allclose(out[True], out[False], atol=1e-4)
+
+
+def test_families_refuse_the_other_kind_of_tokenizer(mae_run, tmp_path):
+    from dataclasses import replace
+
+    from jasmine.config import OptimConfig, TokenizerTrainConfig
+    from jasmine.models.tokenizer import TokenizerConfig
+    from jasmine.train.components import COMPONENTS
+    from jasmine.train.loop import train
+
+    with pytest.raises(ValueError, match=r"--tokenizer .*mae: --dynamics maskgit needs a VQ/FSQ tokenizer run "
+                                         r"\(`jasmine train tokenizer`\), got an MAE tokenizer"):
+        train(replace(dyn_cfg(mae_run, tmp_path / "m"), dynamics="maskgit", model=DynamicsConfig(
+            model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2), val_sampling=SamplingOptions()),
+              COMPONENTS["dynamics"], progress=False)
+    train(TokenizerTrainConfig(data=mae_run / "data", out=tmp_path / "vq", steps=1, batch_size=2, seq_len=1,
+                               image_size=(16, 16, 3), log_every=1, val_every=1, val_batches=1, ckpt_every=1,
+                               optim=OptimConfig(warmup_steps=1), model=TokenizerConfig(
+                                   patch_size=8, model_dim=16, ffn_dim=32, num_blocks=1, num_heads=2, latent_dim=4,
+                                   num_latents=8)), COMPONENTS["tokenizer"], progress=False)
+    with pytest.raises(ValueError, match=r"--dynamics diffusion needs an MAE tokenizer run \(`jasmine train mae`\), "
+                                         r"got a VQ/FSQ tokenizer"):
+        train(dyn_cfg(mae_run, tmp_path / "d", tokenizer=tmp_path / "vq"), COMPONENTS["dynamics"], progress=False)
+    assert not (tmp_path / "d" / "checkpoints").exists()

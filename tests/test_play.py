@@ -99,30 +99,34 @@ def test_world_frames_are_the_rollouts_frames(game):
     assert gif.n_frames == 8 and gif.size == (64, 64)
 
 
-def test_a_causal_world_with_ground_truth_actions_plays_the_rollouts_frames():
-    """The other family and the other action source: a causal Genie on real actions, stepped by a World."""
+@pytest.mark.parametrize("family", ["causal", "diffusion"])
+def test_other_families_with_ground_truth_actions_play_the_rollouts_frames(family):
+    """The other families and the other action source: a Genie on real actions, stepped by a World."""
     import jax
     from flax import nnx
 
     from jasmine.models.genie import Genie
+    from jasmine.models.mae import MAEConfig
     from jasmine.play.world import Game
     from jasmine.sample.rollout import Rollout, SampleOptions
 
-    tok = TokenizerConfig(patch_size=8, model_dim=16, ffn_dim=32, num_blocks=1, num_heads=2, latent_dim=4, num_latents=8)
+    arch = dict(patch_size=8, model_dim=16, ffn_dim=32, num_blocks=1, num_heads=2, latent_dim=4)
+    tok = MAEConfig(**arch) if family == "diffusion" else TokenizerConfig(**arch, num_latents=8)
     dyn = DynamicsConfig(model_dim=16, ffn_dim=32, num_blocks=1, num_heads=2)
-    genie = Genie(tok, dyn, (16, 16, 3), action_source="gt", num_actions=5, family="causal", tokenizer_window=2,
+    genie = Genie(tok, dyn, (16, 16, 3), action_source="gt", num_actions=5, family=family, tokenizer_window=2,
                   rngs=nnx.Rngs(0))
-    roll = Rollout(genie, 4, SampleOptions())
+    roll = Rollout(genie, 4, SampleOptions(steps=3) if family == "diffusion" else SampleOptions())
     meanings = ["NOOP", "LEFT", "RIGHT", "UP", "FIRE"]
     game = Game(roll, Bindings.for_codes(5, meanings=meanings, gt_actions=True), (16, 16, 3), tokenizer_window=2,
-                family="causal")
+                family=family)
     assert game.bindings.keys["ArrowRight"] == 2 and game.bindings.keys[" "] == 4
     ctx = np.random.default_rng(0).integers(0, 256, (1, 1, 16, 16, 3), dtype=np.uint8)
     codes = [2, 4, 1, 0, 3]  # past the window of 4
     world = World(game, ctx, np.zeros((1, 0), np.int32), 1, "test")
     shown = np.stack([world.step(c) for c in codes])
     ids = roll.run(roll.encode(ctx), np.array([codes]), jax.random.key(1), num_frames=len(codes))
-    np.testing.assert_array_equal(shown, (np.clip(roll.decode(ids)[0, 1:], 0, 1) * 255).round().astype(np.uint8))
+    want = (np.clip(roll.decode(ids)[0, 1:], 0, 1) * 255).round().astype(np.uint8)
+    assert np.abs(shown.astype(int) - want).max() <= 1  # latents may differ in the last bits; frames by <= 1 level
 
 
 def test_uploads_are_checked(game):

@@ -192,3 +192,35 @@ def test_causal_demo_sample_and_bench_share_the_tools(micro_demo, capsys):
     text = capsys.readouterr().out
     assert "17 one-slot passes" in text and "MaskGIT (25 steps, cached) beside it" in text
     assert all(r[1][k] > 0 for k in ("cached", "uncached", "maskgit_cached"))
+
+
+def test_diffusion_demo_sample_eval_and_bench_share_the_tools(micro_demo, capsys):
+    from jasmine.bench import BenchSampleArgs, bench_sample
+    from jasmine.demo import DemoArgs, demo
+    from jasmine.eval.evaluate import EvalArgs, evaluate
+    from jasmine.sample.command import SampleArgs, sample
+
+    out, _ = micro_demo
+    capsys.readouterr()
+    res = demo(DemoArgs(out=out, preset="micro", dynamics="diffusion"))  # trains an MAE; reuses data and LAM
+    log = capsys.readouterr().out
+    assert "[demo] mae: training into" in log and "[demo] lam: reusing" in log
+    assert res["dynamics"] == "diffusion" and res["steps"] == 16 and res["context_noise"] == 0.1
+    assert res["tokenizer_codes"] is None and set(res["per_frame"]) == {"model", "random_actions", "tokenizer",
+                                                                         "copy_last"}
+    report = (out / "eval-diffusion" / "report.md").read_text()
+    assert "16 denoising steps" in report and "continuous latents (MAE)" in report
+    saved = sample(SampleArgs(run=out / "dynamics-diffusion", data=out / "data", frames=6, steps=2, context_noise=0.3,
+                              out=out / "s"))
+    assert saved["dynamics"] == "diffusion" and saved["steps"] == 2 and saved["context_noise"] == 0.3
+    for kw, why in [(dict(steps=0), "--steps must be >= 1 denoising step"),
+                    (dict(temperature=0.0), "--temperature: token sampling option"),
+                    (dict(context=6), "--context 6 must be shorter than the rollout")]:
+        with pytest.raises(ValueError, match=why):
+            evaluate(EvalArgs(run=out / "dynamics-diffusion", data=out / "data", clips=2, frames=6, **kw))
+    with pytest.raises(ValueError, match="--context-noise is a diffusion option"):
+        evaluate(EvalArgs(run=out / "dynamics", data=out / "data", clips=2, frames=6, context_noise=0.2))
+    r = bench_sample(BenchSampleArgs(preset="micro", frames=2, batch_sizes=(1,), dynamics="diffusion", steps=3))
+    text = capsys.readouterr().out
+    assert "3 denoising steps" in text and "MaskGIT (25 steps, cached) beside it" in text
+    assert all(r[1][k] > 0 for k in ("cached", "uncached", "maskgit_cached"))

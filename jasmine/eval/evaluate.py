@@ -50,7 +50,8 @@ class EvalArgs:
     """Clip frame index t of the controllability metric ΔtPSNR."""
     batch_size: int = 8
     steps: int | None = None
-    """MaskGIT only: steps per frame (default 25; steps that fix no token are skipped: at most one pass per token)."""
+    """MaskGIT: steps per frame (default 25; steps that fix no token are skipped); diffusion: denoising steps K
+    (default 16)."""
     temperature: float = 1.0
     choice_temperature: float | None = None
     """MaskGIT only: choice temperature (Gumbel noise on confidences, annealed to 0; default 4.5)."""
@@ -58,6 +59,8 @@ class EvalArgs:
     """Sample each token digit from its k most likely values only (0 = all)."""
     ordinal: bool = False
     """With --temperature 0 (or --argmax) and FSQ tokens: each digit's expected level, rounded (least squared error)."""
+    context_noise: float | None = None
+    """Diffusion only: past frames enter at signal level 1 - context_noise (default 0.1); --steps is K."""
     seed: int = 0
     gifs: int = 4
     """Clips drawn in the report GIF."""
@@ -73,7 +76,7 @@ def evaluate(args: EvalArgs) -> dict:
     source = "gt" if genie.lam is None else "lam"
     clips = read_clips(genie, args.data, args.split, args.clips, args.frames, args.seed, cfg.image_size)
     opts = SampleOptions(steps=args.steps, temperature=args.temperature, choice_temperature=args.choice_temperature,
-                         ordinal=args.ordinal, top_k=args.top_k)
+                         ordinal=args.ordinal, top_k=args.top_k, context_noise=args.context_noise)
     roll = Rollout(genie, cfg.seq_len, opts)
     rng = np.random.default_rng(args.seed)
     scores = {k: [] for k in SOURCES}
@@ -111,11 +114,13 @@ def evaluate(args: EvalArgs) -> dict:
     results = {
         "run": str(args.run), "data": str(args.data), "split": args.split, "clips": args.clips,
         "context": args.context, "frames": args.frames, "dynamics": genie.dynamics.family,
-        **{k: getattr(roll.opts, k) for k in ("steps", "temperature", "choice_temperature", "ordinal", "top_k")},
+        **{k: getattr(roll.opts, k) for k in ("steps", "temperature", "choice_temperature", "ordinal", "top_k",
+                                              "context_noise")},
         "actions": source, "delta_t": args.delta_t,
         "seconds": time.perf_counter() - t0,
         "lam_action_nmi": nmi,
-        "tokenizer_codes": code_usage(np.concatenate(token_ids), genie.tokenizer.cfg.vocab_size),
+        "tokenizer_codes": (code_usage(np.concatenate(token_ids), genie.tokenizer.cfg.vocab_size)
+                            if np.issubdtype(token_ids[0].dtype, np.integer) else None),  # MAE latents have no codes
         **summarise_rollouts(psnr, ssim, context=args.context, delta_t=args.delta_t, seed=args.seed),
         "per_clip": {"episode": clips["episode"].tolist(), "start": clips["start"].tolist(),
                      "psnr": {k: v.tolist() for k, v in psnr.items()}, "ssim": {k: v.tolist() for k, v in ssim.items()}},

@@ -54,17 +54,27 @@ def summary_lines(res: dict) -> list[str]:
     return [f"{res['clips']} clips from distinct {res['split']} episodes, {res['context']} context + "
             f"{res['frames'] - res['context']} generated frames, actions: {res['actions']} ({res['seconds']:.0f}s); "
             f"means over generated frames [95% bootstrap CI over episodes]:", "", metrics_table(res), "",
-            f"Δ{t}PSNR = {_ci(res[f'delta_psnr_t{t}'], '.3f')} dB",
+            f"Δ{t}PSNR = {_ci(res[f'delta_psnr_t{t}'], '.3f')} dB"] + ([
             f"tokenizer codes on these clips: {codes['codes_used']} of {codes['vocab']} used, perplexity "
-            f"{codes['perplexity']:.1f}"] + ([f"NMI(LAM code; real action) = {res['lam_action_nmi']:.3f} (details: "
+            f"{codes['perplexity']:.1f}"] if codes else []) + ([f"NMI(LAM code; real action) = {res['lam_action_nmi']:.3f} (details: "
                                              f"jasmine actions)"] if res.get("lam_action_nmi") is not None else [])
 
 
 def sampling_text(res: dict) -> str:
     """How the frames were sampled, in words."""
+    if res.get("context_noise") is not None:
+        return (f"{res['steps']} denoising steps per frame along the training noise path (context frames at noise "
+                f"{res['context_noise']})")
     how = (f"{res['steps']} MaskGIT steps per frame (temperature {res['temperature']}, choice temperature "
            f"{res['choice_temperature']}" if res.get("steps") else f"one token at a time (temperature {res['temperature']}")
     return how + (f", top-{res['top_k']}" if res.get("top_k") else "") + (", ordinal decoding" if res.get("ordinal") else "") + ")"
+
+
+def _codes_text(codes: dict | None) -> str:
+    if not codes:
+        return "The tokenizer gives continuous latents (MAE): no codes to count; its reconstruction is the ceiling."
+    return (f"Tokenizer codes on these clips: {codes['codes_used']} of {codes['vocab']} used, perplexity "
+            f"{codes['perplexity']:.1f}.")
 
 
 def write_report(path: Path, res: dict) -> None:
@@ -83,8 +93,7 @@ context frame(s), then {res['frames'] - res['context']} generated frames by the 
 **Controllability** Δ{t}PSNR = PSNR(x, x̂) − PSNR(x, x̂′) at frame {t}, x̂′ from random actions:
 **{_ci(res[f'delta_psnr_t{t}'], '.3f')} dB** (positive: the inferred actions matter).
 
-Tokenizer codes on these clips: {res['tokenizer_codes']['codes_used']} of {res['tokenizer_codes']['vocab']} used,
-perplexity {res['tokenizer_codes']['perplexity']:.1f}.
+{_codes_text(res['tokenizer_codes'])}
 
 ## Per frame
 

@@ -29,13 +29,12 @@ import jax.numpy as jnp
 from flax import nnx
 from functools import partial
 
-from jasmine.models.digits import Digits, SamplingOptions
-from jasmine.models.dynamics import DynamicsConfig, masked_token_metrics
+from jasmine.models.digits import Digits, SamplingOptions, TokenFamily
+from jasmine.models.dynamics import MASKGIT_ONLY, DynamicsConfig, masked_token_metrics
 from jasmine.models.nn import (Attention, LayerNorm32, MultiHeadAttention, Precision, Remat, cached_attention,
                                dot_product_attention, positions, run_blocks)
 
-_MASKGIT_ONLY = (("--model.mask-limit", "mask_limit"), ("--model.clean-frames", "clean_frames"),
-                 ("--model.context-noise", "context_noise"), ("--model.action-mode", "action_mode"))
+_MASKGIT_ONLY = MASKGIT_ONLY
 
 
 class CausalBlock(nnx.Module):
@@ -64,7 +63,7 @@ class CausalBlock(nnx.Module):
         return self._finish(x_B1D, y), caches
 
 
-class CausalDynamics(nnx.Module):
+class CausalDynamics(TokenFamily, nnx.Module):
     family = "causal"
     maskgit_options = False
 
@@ -122,7 +121,7 @@ class CausalDynamics(nnx.Module):
 
     # ------------------------------------------------------------------ generation
 
-    def prefill(self, ids_BCN, a_BCA, window: int):
+    def prefill(self, ids_BCN, a_BCA, window: int, opts: SamplingOptions | None = None):
         """Per-block K/V caches [B, window * L, H, K] holding the slots of the known frames."""
         C, N = ids_BCN.shape[1:]
         x_BSD, caches = self.slots(ids_BCN, a_BCA), []

@@ -6,17 +6,17 @@ Dimension key:
 
 **Noise path** (rectified flow, signal level τ ∈ [0, 1], 1 = clean):
 ``z_τ = τ·z + (1 − τ)·ε`` with ε ~ N(0, I). Training gives every frame of a window its own τ,
-drawn uniformly from the grid {0, 1/S, ..., 1} (``noise_levels`` = S, so the clean end is
+drawn uniformly from the grid {0, 1/S, ..., 1} (``--model.noise-levels`` S, so the clean end is
 drawn too), and the model predicts the clean latents (x-prediction) of every frame from the
 noisy frames up to it (causal in time), each frame's action and each frame's τ. Each frame
 holds N + 2 tokens: its action, its noise level, and its N noisy latents. The loss is the
-per-frame MSE, optionally weighted by the ramp w(τ) = 0.9·τ + 0.1.
+per-frame MSE, weighted by the ramp w(τ) = 0.9·τ + 0.1 (``--model.ramp-weight``).
 
 **Sampling** a frame starts from ε (τ_0 = 0) and takes K steps τ_k = k/K. Step k predicts
 x̂ = f(z_τk, τ_k), takes the noise it implies, ε̂ = (z_τk − τ_k·x̂)/(1 − τ_k), and moves to the
 next level *on the training path*: z_τk+1 = τ_k+1·x̂ + (1 − τ_k+1)·ε̂ (an Euler step of the flow;
 a clean prediction is never fed back as a noisy input). At τ_K = 1 the frame is x̂. Past
-frames enter at the context level τ_c = 1 − ``context_noise``, noised with a fixed noise
+frames enter at the context level τ_c = 1 − ``--context-noise`` (default 0.1), noised with a fixed noise
 per window position and tagged with exactly τ_c; that fixed choice makes the cached sampler
 (past frames' K/V kept, one-frame passes) and the uncached one (full window per step) see
 the same inputs.
@@ -24,49 +24,21 @@ the same inputs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jasmine.models.digits import SamplingOptions
+from jasmine.models.dynamics import MASKGIT_ONLY, DynamicsConfig
 from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat, sinusoidal_rows
 
 CONTEXT_NOISE_SEED = 17
 
 
-@dataclass(frozen=True)
-class DiffusionConfig:
-    """Architecture and training noise of the diffusion-forcing dynamics."""
-
-    model_dim: int = 512
-    ffn_dim: int = 2048
-    num_blocks: int = 6
-    num_heads: int = 8
-    noise_levels: int = 64
-    """S: training draws each frame's signal level from {0, 1/S, ..., 1}, both ends included."""
-    ramp_weight: bool = True
-    """Weight each frame's loss by 0.9·τ + 0.1 (cleaner frames count more)."""
-
-
-@dataclass(frozen=True)
-class DiffusionSampling:
-    """How the diffusion dynamics draws a frame."""
-
-    steps: int = 16
-    """K denoising steps per frame (levels 0, 1/K, ..., 1)."""
-    context_noise: float = 0.1
-    """Past frames enter at signal level 1 - context_noise, tagged with it."""
-
-    def check(self, window: int | None = None, context: int | None = None) -> None:
-        if self.steps < 1:
-            raise ValueError(f"--steps must be >= 1 denoising step, got {self.steps}")
-        if not 0.0 <= self.context_noise < 1.0:
-            raise ValueError(f"--context-noise must be in [0, 1), got {self.context_noise}")
-
-    @property
-    def context_level(self) -> float:
-        return 1.0 - self.context_noise
+DEFAULT_STEPS, DEFAULT_CONTEXT_NOISE = 16, 0.1
+_MASKGIT_ONLY = MASKGIT_ONLY + (("--model.z-loss-weight", "z_loss_weight"),)
 
 
 def noise(z, tau, eps):
@@ -97,14 +69,47 @@ def context_eps(pos, shape):
 
 
 class DiffusionDynamics(nnx.Module):
-    """x-prediction of every frame's clean latents from noisy latents, levels and actions; causal in time."""
+    """x-prediction of every frame's clean latents from noisy latents, levels and actions; causal in time.
+
+    The dynamics-family interface of ``jasmine.models.dynamics.MaskGITDynamics``, over MAE latents
+    [.., N, L] instead of token ids [.., N]. Sampling: ``--steps`` is K, ``--context-noise`` the
+    context level; the token options (temperature, top-k, ordinal, choice temperature) are refused.
+    """
 
     family = "diffusion"
+    continuous = True
+    maskgit_options = False
 
-    def __init__(self, cfg: DiffusionConfig, latent_dim: int, action_dim: int, *, prec: Precision = Precision(),
-                 attention: Attention = "auto", remat: Remat = "none", rngs: nnx.Rngs):
+    @staticmethod
+    def check_config(cfg: DynamicsConfig) -> None:
+        given = [flag for flag, f in _MASKGIT_ONLY if getattr(cfg, f) != getattr(DynamicsConfig(), f)]
+        if given:
+            raise ValueError(f"{', '.join(given)}: MaskGIT-only option(s); the diffusion dynamics noises latents "
+                             f"instead of masking tokens")
         if cfg.noise_levels < 1:
             raise ValueError(f"--model.noise-levels must be >= 1, got {cfg.noise_levels}")
+
+    @classmethod
+    def check_sampling(cls, opts: SamplingOptions, tok_cfg=None) -> None:
+        token_only = [flag for flag, bad in (("--temperature", opts.temperature != 1.0), ("--top-k", opts.top_k != 0),
+                                             ("--ordinal", opts.ordinal),
+                                             ("--choice-temperature", opts.choice_temperature is not None)) if bad]
+        if token_only:
+            raise ValueError(f"{', '.join(token_only)}: token sampling option(s); the diffusion dynamics denoises "
+                             f"latents (use --steps and --context-noise)")
+        if opts.steps is not None and opts.steps < 1:
+            raise ValueError(f"--steps must be >= 1 denoising step, got {opts.steps}")
+        if opts.context_noise is not None and not 0.0 <= opts.context_noise < 1.0:
+            raise ValueError(f"--context-noise must be in [0, 1), got {opts.context_noise}")
+
+    @classmethod
+    def resolve_sampling(cls, opts: SamplingOptions) -> SamplingOptions:
+        return replace(opts, steps=opts.steps or DEFAULT_STEPS,
+                       context_noise=DEFAULT_CONTEXT_NOISE if opts.context_noise is None else opts.context_noise)
+
+    def __init__(self, cfg: DynamicsConfig, latent_dim: int, action_dim: int, *, prec: Precision = Precision(),
+                 attention: Attention = "auto", remat: Remat = "none", rngs: nnx.Rngs):
+        self.check_config(cfg)
         self.cfg, self.latent_dim, self.dtype = cfg, latent_dim, prec.dtype
         lin = lambda i, o: nnx.Linear(i, o, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
         self.latent_in, self.action_proj, self.level_proj = (lin(latent_dim, cfg.model_dim),
@@ -126,8 +131,9 @@ class DiffusionDynamics(nnx.Module):
         return self.transformer(self.embed(z_BTNL, tau_BT, a_BTA))[:, :, 2:].astype(jnp.float32)
 
     def loss(self, z_BTNL, a_BTA, rng, *, training: bool = True):
-        """Diffusion forcing: per-frame levels on the grid, x-prediction MSE (ramp-weighted)."""
-        k_tau, k_eps = jax.random.split(rng)
+        """Diffusion forcing: per-frame levels on the grid, x-prediction MSE (ramp-weighted); ``rng`` holds the
+        two keys of the levels and the noise."""
+        k_tau, k_eps = rng
         tau_BT = sample_levels(k_tau, z_BTNL.shape[:2], self.cfg.noise_levels)
         eps = jax.random.normal(k_eps, z_BTNL.shape, jnp.float32)
         mse_BT = jnp.mean((self(noise(z_BTNL, tau_BT, eps), tau_BT, a_BTA) - z_BTNL) ** 2, axis=(2, 3))
@@ -140,15 +146,16 @@ class DiffusionDynamics(nnx.Module):
 
     # ------------------------------------------------------------------ generation
 
-    def _context(self, z_BTNL, start: int, opts: DiffusionSampling):
+    def _context(self, z_BTNL, start: int, opts: SamplingOptions):
         """Past frames at window positions start.. noised to the context level, and that level per frame."""
         T = z_BTNL.shape[1]
         eps_TNL = jax.vmap(lambda p: context_eps(p, z_BTNL.shape[2:]))(start + jnp.arange(T))
-        tau_BT = jnp.full(z_BTNL.shape[:2], opts.context_level, jnp.float32)
+        tau_BT = jnp.full(z_BTNL.shape[:2], 1.0 - opts.context_noise, jnp.float32)
         return noise(z_BTNL, tau_BT, eps_TNL[None]), tau_BT
 
-    def prefill(self, z_BTNL, a_BTA, window: int, opts: DiffusionSampling = DiffusionSampling()):
+    def prefill(self, z_BTNL, a_BTA, window: int, opts: SamplingOptions = SamplingOptions()):
         """Temporal K/V caches (one window) of past frames, entered at the context level."""
+        opts = self.resolve_sampling(opts)
         z_ctx, tau_BT = self._context(z_BTNL, 0, opts)
         return self.transformer.prefill(self.embed(z_ctx, tau_BT, a_BTA), window)[1]
 
@@ -158,17 +165,19 @@ class DiffusionDynamics(nnx.Module):
         out, kvs = self.transformer.step(x, caches, pos)
         return out[:, 0, 2:].astype(jnp.float32), kvs
 
-    def next_frame(self, caches, pos, a_BA, rng, opts: DiffusionSampling, n: int):
+    def next_frame(self, caches, pos, a_BA, rng, opts: SamplingOptions, n: int):
         """Generate the frame at window position ``pos`` (K one-frame passes), then write it to the caches at
         the context level (one more pass). Returns (latents_BNL, caches)."""
+        opts = self.resolve_sampling(opts)
         eps = jax.random.normal(rng, (a_BA.shape[0], n, self.latent_dim), jnp.float32)
         z_BNL = denoise(lambda z, tau: self._step(z, tau, a_BA, caches, pos)[0], eps, opts.steps)
         z_ctx, _ = self._context(z_BNL[:, None], pos, opts)
-        _, kvs = self._step(z_ctx[:, 0], opts.context_level, a_BA, caches, pos)
+        _, kvs = self._step(z_ctx[:, 0], 1.0 - opts.context_noise, a_BA, caches, pos)
         return z_BNL, AxialTransformer.write_cache(caches, kvs, pos)
 
-    def frame(self, z_BWNL, a_BWA, pos, rng, opts: DiffusionSampling):
+    def frame(self, z_BWNL, a_BWA, pos, rng, opts: SamplingOptions):
         """Uncached: frame ``pos`` of the window, a full forward per step (the same draws as ``next_frame``)."""
+        opts = self.resolve_sampling(opts)
         B, W, n, _ = z_BWNL.shape
         ctx, tau_ctx = self._context(z_BWNL, 0, opts)
         before = (jnp.arange(W) < pos)[None, :, None, None]

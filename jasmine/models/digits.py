@@ -78,6 +78,28 @@ class Digits:
 MASKGIT_STEPS, MASKGIT_CHOICE_TEMPERATURE = 25, 4.5
 
 
+def token_digits(tok_cfg) -> Digits:
+    """How a dynamics model reads a VQ/FSQ tokenizer's ids: FSQ digits, or one digit over the VQ vocabulary."""
+    return Digits(tok_cfg.fsq_levels if tok_cfg.quantizer == "fsq" else (tok_cfg.vocab_size,))
+
+
+class TokenFamily:
+    """What the token families (MaskGIT, causal) share: discrete ids from a VQ/FSQ tokenizer, and how they
+    check and resolve sampling options. (The diffusion family defines the same hooks for latents.)"""
+
+    continuous = False
+    maskgit_options = False
+    family = ""
+
+    @classmethod
+    def check_sampling(cls, opts: "SamplingOptions", tok_cfg) -> None:
+        opts.check(token_digits(tok_cfg), cls.family, cls.maskgit_options)
+
+    @classmethod
+    def resolve_sampling(cls, opts: "SamplingOptions") -> "SamplingOptions":
+        return opts.resolved(cls.maskgit_options)
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """How a dynamics model draws tokens. ``steps`` and ``choice_temperature`` are MaskGIT's only
@@ -93,6 +115,8 @@ class SamplingOptions:
     """With temperature 0 and FSQ tokens: each digit's expected level (rounded) instead of its most likely one."""
     top_k: int = 0
     """Sample each digit from its k most likely values only (0 = all)."""
+    context_noise: float | None = None
+    """Diffusion only: past frames enter at signal level 1 - context_noise (default 0.1)."""
 
     def resolved(self, maskgit_options: bool) -> SamplingOptions:
         """With MaskGIT's defaults filled in where it uses them (as recorded in eval results)."""
@@ -115,3 +139,6 @@ class SamplingOptions:
                              f"{family} dynamics model samples one token at a time and has no unmasking steps")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        if self.context_noise is not None:
+            raise ValueError(f"--context-noise is a diffusion option; a {family} dynamics model conditions on "
+                             f"clean tokens")

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jasmine.models.digits import Digits, SamplingOptions
+from jasmine.models.digits import Digits, SamplingOptions, TokenFamily
 from jasmine.models.maskgit import generate_frame, unmask_frame
 from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat
 
@@ -47,6 +47,15 @@ class DynamicsConfig:
     action_mode: Literal["prepend", "add"] = "prepend"
     """prepend: the action is an extra token per frame; add: it is added to every token."""
     z_loss_weight: float = 0.0
+    noise_levels: int = 64
+    """Diffusion only: training draws each frame's signal level from {0, 1/S, ..., 1} (S = noise_levels)."""
+    ramp_weight: bool = True
+    """Diffusion only: weight each frame's loss by 0.9 * level + 0.1."""
+
+
+MASKGIT_ONLY = (("--model.mask-limit", "mask_limit"), ("--model.clean-frames", "clean_frames"),
+                ("--model.context-noise", "context_noise"), ("--model.action-mode", "action_mode"))
+"""DynamicsConfig fields only MaskGIT uses (flag, field): other families refuse non-default values."""
 
 
 def sample_mask(rng, shape_BTN, mask_limit: float, clean_frames: float = 0.0):
@@ -69,7 +78,7 @@ def corrupt_context(rng, ids_BTN, mask_BTN, rate: float, vocab: int):
     return jnp.where(hit_BTN, jax.random.randint(k_id, ids_BTN.shape, 0, vocab, ids_BTN.dtype), ids_BTN)
 
 
-class MaskGITDynamics(nnx.Module):
+class MaskGITDynamics(TokenFamily, nnx.Module):
     """The dynamics-family interface (shared with ``jasmine.models.causal.CausalDynamics``): ``loss``,
     ``prefill``, ``next_frame`` (cached) and ``frame`` (uncached), ``family``, ``maskgit_options`` and
     ``check_config``."""
@@ -116,7 +125,7 @@ class MaskGITDynamics(nnx.Module):
         return masked_token_metrics(self(inputs_BTN, mask_BTN, a_BTA), ids_BTN, mask_BTN, self.digits,
                                     self.cfg.z_loss_weight)
 
-    def prefill(self, ids_BTN, actions_BTA, window: int):
+    def prefill(self, ids_BTN, actions_BTA, window: int, opts: SamplingOptions | None = None):
         """Temporal K/V caches (one window) of fully known frames; see ``AxialTransformer.prefill``."""
         x = self.embed(ids_BTN, jnp.zeros(ids_BTN.shape, bool), actions_BTA)
         return self.transformer.prefill(x, window)[1]

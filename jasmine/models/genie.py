@@ -1,9 +1,12 @@
-"""Genie: a frozen tokenizer, an action source and a dynamics model (MaskGIT or causal), and the
-encoding rule.
+"""Genie: a frozen tokenizer, an action source and a dynamics model (MaskGIT, causal or diffusion),
+and the encoding rule.
 
 Dimension key:
     B batch   T frames   H/W/C frame height/width/channels   N tokens per frame
-    A action-latent width   K encoder windows per clip   V vocabulary
+    A action-latent width   K encoder windows per clip   V vocabulary   L MAE latent width
+
+"Tokens" are what the tokenizer gives a frame: VQ/FSQ ids [.., N] for the token families, or
+MAE latents [.., N, L] for the diffusion family (each family declares which: ``continuous``).
 
 The action source is either a latent action model (frozen from its own run, or co-trained
 with the dynamics, keeping its decoder and losses) or an embedding of ground-truth actions.
@@ -35,20 +38,28 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jasmine.models.causal import CausalDynamics
-from jasmine.models.digits import Digits, SamplingOptions
+from jasmine.models.diffusion import DiffusionDynamics
+from jasmine.models.digits import SamplingOptions, token_digits
 from jasmine.models.dynamics import DynamicsConfig, MaskGITDynamics, frame_actions
 from jasmine.models.lam import LAMConfig, LatentActionModel
+from jasmine.models.mae import MAEConfig, MAETokenizer
 from jasmine.models.nn import Attention, Precision, Remat
 from jasmine.models.tokenizer import Tokenizer, TokenizerConfig
 
 ActionSource = Literal["lam", "gt"]
-DYNAMICS = {cls.family: cls for cls in (MaskGITDynamics, CausalDynamics)}
+DYNAMICS = {cls.family: cls for cls in (MaskGITDynamics, CausalDynamics, DiffusionDynamics)}
 """Dynamics families by name: each has the interface documented on ``MaskGITDynamics``."""
+__all__ = ["DYNAMICS", "Genie", "token_digits"]
 
 
-def token_digits(tok_cfg: TokenizerConfig) -> Digits:
-    """How the dynamics reads this tokenizer's ids: FSQ digits, or one digit over the VQ vocabulary."""
-    return Digits(tok_cfg.fsq_levels if tok_cfg.quantizer == "fsq" else (tok_cfg.vocab_size,))
+def check_tokenizer(family: str, tok_cfg) -> None:
+    """A token family needs a VQ/FSQ tokenizer, the diffusion family an MAE tokenizer."""
+    if family not in DYNAMICS:
+        raise ValueError(f"--dynamics {family!r} is not a dynamics family; choose from {sorted(DYNAMICS)}")
+    if DYNAMICS[family].continuous != isinstance(tok_cfg, MAEConfig):
+        need, cmd = ("an MAE", "train mae") if DYNAMICS[family].continuous else ("a VQ/FSQ", "train tokenizer")
+        have = "an MAE" if isinstance(tok_cfg, MAEConfig) else "a VQ/FSQ"
+        raise ValueError(f"--dynamics {family} needs {need} tokenizer run (`jasmine {cmd}`), got {have} tokenizer")
 
 
 def frame_alignment(tokenizer_window: int, lam_window: int | None) -> int:
@@ -90,7 +101,8 @@ class Genie(nnx.Module):
         kw = dict(prec=prec, attention=attention, remat=remat, rngs=rngs)
         self.action_source = action_source
         self.tokenizer_window, self.lam_window = tokenizer_window, lam_window
-        self.tokenizer = Tokenizer(tok_cfg, image_shape, **kw)
+        check_tokenizer(family, tok_cfg)
+        self.tokenizer = (MAETokenizer if isinstance(tok_cfg, MAEConfig) else Tokenizer)(tok_cfg, image_shape, **kw)
         if action_source == "lam":
             self.lam = LatentActionModel(lam_cfg, image_shape, **kw)
             self.action_embed = None
@@ -99,10 +111,9 @@ class Genie(nnx.Module):
                 raise ValueError("ground-truth actions need a dataset with actions (num_actions > 0)")
             self.lam = None
             self.action_embed = nnx.Embed(num_actions, lam_cfg.code_dim, param_dtype=prec.param_dtype, rngs=rngs)
-        if family not in DYNAMICS:
-            raise ValueError(f"--dynamics {family!r} is not a dynamics family; choose from {sorted(DYNAMICS)}")
         DYNAMICS[family].check_config(dyn_cfg)
-        self.dynamics = DYNAMICS[family](dyn_cfg, token_digits(tok_cfg), lam_cfg.code_dim, **kw)
+        reads = tok_cfg.latent_dim if DYNAMICS[family].continuous else token_digits(tok_cfg)
+        self.dynamics = DYNAMICS[family](dyn_cfg, reads, lam_cfg.code_dim, **kw)
 
     @property
     def align(self) -> int:
@@ -118,12 +129,12 @@ class Genie(nnx.Module):
     # ------------------------------------------------------------------ the encoding rule
 
     def encode(self, frames_BTHWC):
-        """Token ids int32 [B, T, N] of uint8 (or [0, 1]) frames of an aligned clip."""
+        """Tokens of uint8 (or [0, 1]) frames of an aligned clip: ids int32 [B, T, N] or latents [B, T, N, L]."""
         x = frames_BTHWC.astype(jnp.float32) / (255.0 if frames_BTHWC.dtype == jnp.uint8 else 1.0)
         return jax.lax.stop_gradient(in_chunks(self.tokenizer.encode, x, self.tokenizer_window))
 
     def decode(self, ids_BTN):
-        """Frames float32 [B, T, H, W, C] in [0, 1] of the tokens of an aligned clip."""
+        """Frames float32 [B, T, H, W, C] in [0, 1] of the tokens (ids or latents) of an aligned clip."""
         return in_chunks(self.tokenizer.decode, ids_BTN, self.tokenizer_window)
 
     def infer_actions(self, frames_BTHWC):
@@ -169,9 +180,9 @@ class Genie(nnx.Module):
 
     # ------------------------------------------------------------------ generation
 
-    def prefill(self, ids_BCN, actions_BCA, window: int):
+    def prefill(self, ids_BCN, actions_BCA, window: int, opts: SamplingOptions = SamplingOptions()):
         """K/V caches (``window`` frames) of the known frames; ``actions_BCA[:, 0]`` should be zeros."""
-        return self.dynamics.prefill(ids_BCN, actions_BCA, window)
+        return self.dynamics.prefill(ids_BCN, actions_BCA, window, opts)
 
     def next_frame(self, caches, pos, action_BA, rng, opts: SamplingOptions):
         """Generate the frame at window position ``pos`` from the caches; returns (ids_BN, updated caches)."""
@@ -183,10 +194,10 @@ class Genie(nnx.Module):
         ``a_BTA[:, t]`` conditions frame t (zeros at t = 0). Frame t uses ``fold_in(rng, t)``,
         as :class:`jasmine.sample.rollout.Rollout` does, so both give the same tokens.
         """
-        B, C, N = ctx_BCN.shape
+        B, C = ctx_BCN.shape[:2]
         T = a_BTA.shape[1]
-        caches = self.prefill(ctx_BCN, a_BTA[:, :C], T)
-        ids_BTN = jnp.zeros((B, T, N), ctx_BCN.dtype).at[:, :C].set(ctx_BCN)
+        caches = self.prefill(ctx_BCN, a_BTA[:, :C], T, opts)
+        ids_BTN = jnp.zeros((B, T, *ctx_BCN.shape[2:]), ctx_BCN.dtype).at[:, :C].set(ctx_BCN)
 
         def body(t, carry):
             ids_BTN, caches = carry

@@ -35,7 +35,8 @@ class SampleArgs:
     clips: int = 1
     """Number of clips (rows in the video)."""
     steps: int | None = None
-    """MaskGIT only: steps per frame (default 25; steps that fix no token are skipped: at most one pass per token)."""
+    """MaskGIT: steps per frame (default 25; steps that fix no token are skipped); diffusion: denoising steps K
+    (default 16)."""
     temperature: float = 1.0
     choice_temperature: float | None = None
     """MaskGIT only: choice temperature (Gumbel noise on confidences, annealed to 0; default 4.5)."""
@@ -43,6 +44,8 @@ class SampleArgs:
     """Sample each token digit from its k most likely values only (0 = all)."""
     ordinal: bool = False
     """With --temperature 0 (or --argmax) and FSQ tokens: each digit's expected level, rounded (least squared error)."""
+    context_noise: float | None = None
+    """Diffusion only: past frames enter at signal level 1 - context_noise (default 0.1); --steps is K."""
     argmax: bool = False
     """Take the most likely token instead of sampling (and unmask the most confident first, without noise)."""
     cache: bool = True
@@ -59,7 +62,7 @@ def sample(args: SampleArgs) -> dict:
     actions = choose_actions(args.actions, genie, clips, np.random.default_rng(args.seed))
     opts = SampleOptions(steps=args.steps, temperature=0.0 if args.argmax else args.temperature,
                          choice_temperature=args.choice_temperature, ordinal=args.ordinal, top_k=args.top_k,
-                         cache=args.cache)
+                         context_noise=args.context_noise, cache=args.cache)
     roll = Rollout(genie, cfg.seq_len, opts)
     ctx = roll.encode(clips["frames"][:, : args.context])
     t0 = time.perf_counter()
@@ -78,7 +81,8 @@ def sample(args: SampleArgs) -> dict:
         "run": str(args.run), "context": args.context, "frames": args.frames, "actions_source": args.actions,
         "episodes": clips["episode"].tolist(), "starts": clips["start"].tolist(),
         "actions": actions.tolist(), "dynamics": genie.dynamics.family,
-        **{k: getattr(roll.opts, k) for k in ("steps", "temperature", "choice_temperature", "ordinal", "top_k")},
+        **{k: getattr(roll.opts, k) for k in ("steps", "temperature", "choice_temperature", "ordinal", "top_k",
+                                              "context_noise")},
         "cache": args.cache,
         "seconds": seconds, "frames_per_s": args.clips * (args.frames - args.context) / seconds,
         "per_frame": {"psnr": psnr.mean(0).tolist(), "ssim": ssim.mean(0).tolist()},

@@ -37,12 +37,12 @@ class Rollout:
 
     def __init__(self, genie: Genie, window: int, opts: SampleOptions = SampleOptions()):
         dyn = genie.dynamics
-        opts.check(dyn.digits, dyn.family, dyn.maskgit_options)
+        type(dyn).check_sampling(opts, genie.tokenizer.cfg)
         self.graphdef, self.state = nnx.split(genie)
-        self.window, self.opts = window, opts.resolved(dyn.maskgit_options)
+        self.window, self.opts = window, type(dyn).resolve_sampling(opts)
         gd = self.graphdef
 
-        self._prefill = jax.jit(lambda state, ids, a: nnx.merge(gd, state).prefill(ids, a, window))
+        self._prefill = jax.jit(lambda state, ids, a: nnx.merge(gd, state).prefill(ids, a, window, self.opts))
         self._cached_frame = jax.jit(lambda state, caches, pos, a_BA, rng: nnx.merge(gd, state).next_frame(
             caches, pos, a_BA, rng, opts), donate_argnums=1)
         self._full_frame = jax.jit(lambda state, ids_BWN, a_BWA, pos, rng: nnx.merge(gd, state).dynamics.frame(
@@ -64,7 +64,7 @@ class Rollout:
 
         Returns all token ids [B, C + F, N] (the context unchanged).
         """
-        B, C, N = ctx_ids_BCN.shape
+        B, C = ctx_ids_BCN.shape[:2]
         T = C + num_frames
         if action_ids_BT1.shape != (B, T - 1):
             raise ValueError(f"need {T - 1} actions per sample for {C} context + {num_frames} frames, "
@@ -87,7 +87,7 @@ class Stream:
     """
 
     def __init__(self, roll: Rollout, ctx_ids_BCN, ctx_action_ids_BC1, rng):
-        B, C, N = ctx_ids_BCN.shape
+        B, C = ctx_ids_BCN.shape[:2]
         if C < 1 or C >= roll.window:
             raise ValueError(f"--context {C} must be between 1 and the model's seq_len - 1 ({roll.window - 1})")
         if np.shape(ctx_action_ids_BC1) != (B, C - 1):

@@ -15,11 +15,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jasmine.config import DynamicsTrainConfig, LAMTrainConfig, TokenizerTrainConfig
+from jasmine.config import DynamicsTrainConfig, LAMTrainConfig, MAETrainConfig, TokenizerTrainConfig
 from jasmine.data.dataset import DataError, read_metadata
 from jasmine.data.loader import record_arrays
 from jasmine.eval.metrics import frame_psnr_ssim
-from jasmine.models.genie import DYNAMICS, Genie, frame_alignment, token_digits
+from jasmine.models.genie import DYNAMICS, Genie, check_tokenizer, frame_alignment
 from jasmine.train.components.base import Component, image_metrics, load_run, precision, register, reset_codes, to_unit
 from jasmine.train.components.lam import lam_terms
 from jasmine.train.runs import describe, provenance, run_config
@@ -45,6 +45,10 @@ def _check_data_provenance(data, meta: dict, key: str, prov: dict, flag: str) ->
                         f"re-run `jasmine data tokenize` with this {key} or pass the one that made the data")
 
 
+def _tokenizer_kind(cfg: DynamicsTrainConfig) -> type:
+    return MAETrainConfig if DYNAMICS[cfg.dynamics].continuous else TokenizerTrainConfig
+
+
 class DynamicsComponent(Component):
     name = "dynamics"
     config_cls = DynamicsTrainConfig
@@ -56,16 +60,26 @@ class DynamicsComponent(Component):
         meta = read_metadata(cfg.data)
         arrays = record_arrays(meta)
         data_shape = tuple(meta["frame_shape"])
-        tok, _, tok_prov = _frozen_run("--tokenizer", cfg.tokenizer, cfg.tokenizer_step, cfg.tokenizer_hash,
-                                       TokenizerTrainConfig)
+        family = DYNAMICS[cfg.dynamics]  # its model options are checked when Genie builds it
+        tok_kind = _tokenizer_kind(cfg)
+        tok_run = run_config(cfg.tokenizer)
+        if isinstance(tok_run, (TokenizerTrainConfig, MAETrainConfig)):
+            try:
+                check_tokenizer(cfg.dynamics, tok_run.model)
+            except ValueError as e:
+                raise ValueError(f"--tokenizer {cfg.tokenizer}: {e}") from None
+        tok, _, tok_prov = _frozen_run("--tokenizer", cfg.tokenizer, cfg.tokenizer_step, cfg.tokenizer_hash, tok_kind)
         if tuple(tok.image_size) != data_shape:
             raise DataError(f"--tokenizer {cfg.tokenizer} was trained on {list(tok.image_size)} frames but --data "
                             f"{cfg.data} holds {list(data_shape)} frames")
         if "tokens" in arrays:
+            if family.continuous:
+                raise DataError(f"--data {cfg.data} holds token ids; the {family.family} dynamics trains on frames "
+                                f"(its MAE latents are computed on the fly)")
             _check_data_provenance(cfg.data, meta, "tokenizer", tok_prov, "--tokenizer")
-        family = DYNAMICS[cfg.dynamics]  # its model options are checked when Genie builds it
-        cfg.val_sampling.check(token_digits(tok.model), family.family, family.maskgit_options)
-        cfg = dataclasses.replace(cfg, tokenizer_model=tok.model, tokenizer_window=tok.seq_len, image_size=data_shape,
+        family.check_sampling(cfg.val_sampling, tok.model)
+        models = {"mae_model": tok.model} if family.continuous else {"tokenizer_model": tok.model}
+        cfg = dataclasses.replace(cfg, **models, tokenizer_window=tok.seq_len, image_size=data_shape,
                                   tokenizer_step=tok_prov["step"], tokenizer_hash=tok_prov["hash"],
                                   num_actions=int(meta["num_actions"]))
         if mode == "gt" and "actions" not in arrays:
@@ -103,13 +117,13 @@ class DynamicsComponent(Component):
         return cfg.lam_window or cfg.seq_len
 
     def build(self, cfg: DynamicsTrainConfig, rngs: nnx.Rngs, *, pretrained: bool = True) -> Genie:
-        genie = Genie(cfg.tokenizer_model, cfg.model, cfg.image_size, action_source="gt" if cfg.gt_actions else "lam",
+        genie = Genie(cfg.frame_tokenizer, cfg.model, cfg.image_size, action_source="gt" if cfg.gt_actions else "lam",
                       lam_cfg=cfg.lam_model, num_actions=cfg.num_actions, tokenizer_window=cfg.tokenizer_window or 1,
                       lam_window=self._lam_window(cfg), family=cfg.dynamics, prec=precision(cfg), attention=cfg.attention,
                       remat=cfg.remat, rngs=rngs)
         if pretrained:
             nnx.update(genie.tokenizer, nnx.state(_frozen_run("--tokenizer", cfg.tokenizer, cfg.tokenizer_step,
-                                                              cfg.tokenizer_hash, TokenizerTrainConfig)[1]))
+                                                              cfg.tokenizer_hash, _tokenizer_kind(cfg))[1]))
             if cfg.lam is not None:
                 nnx.update(genie.lam, nnx.state(_frozen_run("--lam", cfg.lam, cfg.lam_step, cfg.lam_hash,
                                                             LAMTrainConfig)[1]))
@@ -141,7 +155,8 @@ class DynamicsComponent(Component):
         _, metrics, _ = self.loss(model, batch, rng, cfg, training=False)
         ids_BTN, pred_BTN = self._full_frame(model, batch, rng, cfg)
         t = ids_BTN.shape[1] - 1
-        metrics["full_frame_token_accuracy"] = jnp.mean(pred_BTN[:, t] == ids_BTN[:, t])
+        if jnp.issubdtype(ids_BTN.dtype, jnp.integer):  # token ids (not MAE latents)
+            metrics["full_frame_token_accuracy"] = jnp.mean(pred_BTN[:, t] == ids_BTN[:, t])
         target_BTHWC = to_unit(batch["frames"]) if "frames" in batch else model.decode(ids_BTN)
         suffix = "" if "frames" in batch else "_vs_tokenizer"
         metrics |= {f"full_frame_{k}{suffix}": v
@@ -176,15 +191,16 @@ class DynamicsComponent(Component):
 
     def tokens_per_batch(self, cfg: DynamicsTrainConfig) -> int:
         h, w, _ = cfg.image_size
-        n = (h // cfg.tokenizer_model.patch_size) * (w // cfg.tokenizer_model.patch_size)
-        return cfg.batch_size * cfg.seq_len * (n + (cfg.model.action_mode == "prepend"))
+        n = (h // cfg.frame_tokenizer.patch_size) * (w // cfg.frame_tokenizer.patch_size)
+        extra = 2 if DYNAMICS[cfg.dynamics].continuous else cfg.model.action_mode == "prepend"  # action (+ level)
+        return cfg.batch_size * cfg.seq_len * (n + extra)
 
     def model_flops(self, cfg: DynamicsTrainConfig, params: dict[str, int], inputs: str = "frames") -> float:
         """Trained dynamics (and co-trained LAM) at 6x; frozen encoders that run on frames at 2x."""
         h, w, _ = cfg.image_size
         B, T = cfg.batch_size, cfg.seq_len
         S, L = max(cfg.tokenizer_window, 1), self._lam_window(cfg)
-        tok_n = (h // cfg.tokenizer_model.patch_size) * (w // cfg.tokenizer_model.patch_size)
+        tok_n = (h // cfg.frame_tokenizer.patch_size) * (w // cfg.frame_tokenizer.patch_size)
         lam_n = (h // cfg.lam_model.patch_size) * (w // cfg.lam_model.patch_size)
         lam_frames = B * max(-(-(T - 1) // (L - 1)), 1) * L  # frames in the LAM's windows
         size = lambda prefix: sum(v for k, v in params.items() if k.startswith(prefix))

@@ -30,11 +30,10 @@ from flax import nnx
 from functools import partial
 
 from jasmine.models.digits import Digits, SamplingOptions, TokenFamily
-from jasmine.models.dynamics import MASKGIT_ONLY, DynamicsConfig, masked_token_metrics
+from jasmine.models.dynamics import MASKGIT_ONLY, DynamicsConfig, masked_token_metrics, refuse_options
 from jasmine.models.nn import (Attention, LayerNorm32, MultiHeadAttention, Precision, Remat, cached_attention,
                                dot_product_attention, positions, run_blocks)
 
-_MASKGIT_ONLY = MASKGIT_ONLY
 
 
 class CausalBlock(nnx.Module):
@@ -69,10 +68,8 @@ class CausalDynamics(TokenFamily, nnx.Module):
 
     @staticmethod
     def check_config(cfg: DynamicsConfig) -> None:
-        given = [flag for flag, f in _MASKGIT_ONLY if getattr(cfg, f) != getattr(DynamicsConfig(), f)]
-        if given:
-            raise ValueError(f"{', '.join(given)}: MaskGIT-only option(s); the causal dynamics masks nothing and "
-                             f"gives each frame's action its own slot")
+        refuse_options(cfg, MASKGIT_ONLY, "the causal dynamics masks nothing and gives each frame's action its own "
+                                          "slot")
 
     def __init__(self, cfg: DynamicsConfig, digits: Digits, action_dim: int, *, prec: Precision = Precision(),
                  attention: Attention = "auto", remat: Remat = "none", rngs: nnx.Rngs):

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jasmine.models.digits import SamplingOptions
-from jasmine.models.dynamics import MASKGIT_ONLY, DynamicsConfig
+from jasmine.models.dynamics import MASKGIT_ONLY, DynamicsConfig, refuse_options
 from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat, sinusoidal_rows
 
 CONTEXT_NOISE_SEED = 17
@@ -82,10 +82,7 @@ class DiffusionDynamics(nnx.Module):
 
     @staticmethod
     def check_config(cfg: DynamicsConfig) -> None:
-        given = [flag for flag, f in _MASKGIT_ONLY if getattr(cfg, f) != getattr(DynamicsConfig(), f)]
-        if given:
-            raise ValueError(f"{', '.join(given)}: MaskGIT-only option(s); the diffusion dynamics noises latents "
-                             f"instead of masking tokens")
+        refuse_options(cfg, _MASKGIT_ONLY, "the diffusion dynamics noises latents instead of masking tokens")
         if cfg.noise_levels < 1:
             raise ValueError(f"--model.noise-levels must be >= 1, got {cfg.noise_levels}")
 

@@ -58,6 +58,13 @@ MASKGIT_ONLY = (("--model.mask-limit", "mask_limit"), ("--model.clean-frames", "
 """DynamicsConfig fields only MaskGIT uses (flag, field): other families refuse non-default values."""
 
 
+def refuse_options(cfg: "DynamicsConfig", options, why: str) -> None:
+    """Raise naming every (flag, field) of ``options`` that ``cfg`` sets away from its default."""
+    given = [flag for flag, f in options if getattr(cfg, f) != getattr(DynamicsConfig(), f)]
+    if given:
+        raise ValueError(f"{', '.join(given)}: MaskGIT-only option(s); {why}")
+
+
 def sample_mask(rng, shape_BTN, mask_limit: float, clean_frames: float = 0.0):
     """Per-sample p ~ U[mask_limit, 1), per-token Bernoulli(p); frame 0 never masked, and each later frame
     left clean with probability ``clean_frames``."""

@@ -28,6 +28,9 @@ RUNS = {  # component, config changes, batch inputs
     "lam": ("lam", {}, "frames"),
     "maskgit": ("dynamics", {"gt_actions": True, "num_actions": 7}, "tokens"),
     "causal": ("dynamics", {"gt_actions": True, "num_actions": 7, "dynamics": "causal"}, "tokens"),
+    "mae": ("mae", {}, "frames"),
+    "diffusion": ("dynamics", {"gt_actions": True, "num_actions": 7, "dynamics": "diffusion",
+                               "mae_model": preset("mae", "micro").model}, "frames"),
 }
 
 

@@ -56,20 +56,13 @@ def with_frame_tokenizer(cfg, preset_name: str):
     return cfg
 
 
-def _split_bytes(root: Path, split: str) -> int:
-    from jasmine.data.dataset import read_metadata, split_shards
-
-    return sum(p.stat().st_size for p, _ in split_shards(root, read_metadata(root), split))
-
-
 def bench_data(args: BenchDataArgs) -> dict[int, dict]:
     import tempfile
 
-    from jasmine.data.dataset import read_metadata, relayout
+    from jasmine.data.dataset import bytes_per_frame, read_metadata, relayout
     from jasmine.data.loader import make_loader
 
     meta = read_metadata(args.dir)
-    frames_in_split = meta["splits"][args.split]["frames"] if args.split in meta["splits"] else 1
     results: dict[int, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(args.scratch or tmp)
@@ -83,7 +76,7 @@ def bench_data(args: BenchDataArgs) -> dict[int, dict]:
                 relayout(args.dir, roots[version], version, overwrite=True, splits=(args.split,))
                 os.sync()  # the copy's write-back must not compete with the timed reads
         for version, root in roots.items():
-            results[version] = {"bytes_per_frame": _split_bytes(root, args.split) / frames_in_split,
+            results[version] = {"bytes_per_frame": bytes_per_frame(root, (args.split,)),
                                 "chunk_len": read_metadata(root)["chunk_len"]}
         # in-process runs first: a run with worker processes can leave them busy for a while after it
         for workers, threads, (version, root) in itertools.product(args.num_workers, args.read_threads, roots.items()):

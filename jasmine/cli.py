@@ -95,14 +95,12 @@ class RelayoutArgs:
 
 
 def _data_relayout(argv: list[str], prog: str) -> None:
-    from jasmine.data.dataset import relayout
+    from jasmine.data.dataset import bytes_per_frame, relayout
 
     args = tyro.cli(RelayoutArgs, args=argv, prog=prog)
     meta = relayout(args.src, args.out, args.format_version, args.chunk_len, args.overwrite)
-    size = lambda root: sum(p.stat().st_size for p in Path(root).rglob("*.array_record"))
-    frames = sum(i["frames"] for i in meta["splits"].values())
     print(f"wrote {args.out}: format {meta['format_version']}, {meta['chunk_len']} frames per record, "
-          f"{size(args.out) / frames:,.0f} bytes/frame on disk (source: {size(args.src) / frames:,.0f})")
+          f"{bytes_per_frame(args.out):,.0f} bytes/frame on disk (source: {bytes_per_frame(args.src):,.0f})")
     _print_splits(meta)
 
 

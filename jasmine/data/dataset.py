@@ -227,6 +227,14 @@ def split_shards(root: str | Path, meta: dict[str, Any], split: str) -> list[tup
     return shards
 
 
+def bytes_per_frame(root: str | Path, splits: tuple[str, ...] | None = None) -> float:
+    """Shard bytes on disk per frame, over ``splits`` (default: all)."""
+    meta = read_metadata(root)
+    chosen = [s for s in meta["splits"] if splits is None or s in splits]
+    size = sum(p.stat().st_size for s in chosen for p, _ in split_shards(root, meta, s))
+    return size / max(sum(meta["splits"][s]["frames"] for s in chosen), 1)
+
+
 def decode_at(buf: bytes, shard: Path | str, index: int):
     """Decode record ``index`` of ``shard``; a malformed one raises RecordFormatError naming both."""
     try:

@@ -27,13 +27,11 @@ import einops
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from functools import partial
 
 from jasmine.models.digits import Digits, SamplingOptions, TokenFamily
 from jasmine.models.dynamics import MASKGIT_ONLY, DynamicsConfig, masked_token_metrics, refuse_options
 from jasmine.models.nn import (Attention, LayerNorm32, MultiHeadAttention, Precision, Remat, cached_attention,
-                               dot_product_attention, positions, run_blocks)
-
+                               dot_product_attention, linear_layers, positions, run_blocks)
 
 
 class CausalBlock(nnx.Module):
@@ -43,7 +41,7 @@ class CausalBlock(nnx.Module):
                  rngs: nnx.Rngs):
         self.norm_a, self.norm_f = LayerNorm32(dim, prec=prec, rngs=rngs), LayerNorm32(dim, prec=prec, rngs=rngs)
         self.attn = MultiHeadAttention(dim, heads, prec=prec, attention=attention, rngs=rngs)
-        lin = partial(nnx.Linear, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
+        lin = linear_layers(prec, rngs)
         self.ffn_in, self.ffn_out = lin(dim, ffn_dim), lin(ffn_dim, dim)
 
     def _finish(self, x_BSD, y_BSHK):
@@ -76,7 +74,7 @@ class CausalDynamics(TokenFamily, nnx.Module):
         self.cfg, self.digits, self.dtype, self.remat = cfg, digits, prec.dtype, remat
         D = cfg.model_dim
         self.token_embed = nnx.Embed(digits.width, D, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
-        lin = partial(nnx.Linear, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
+        lin = linear_layers(prec, rngs)
         self.action_proj = lin(action_dim, D)
         self.blocks = nnx.List([CausalBlock(D, cfg.ffn_dim, cfg.num_heads, prec=prec, attention=attention, rngs=rngs)
                                 for _ in range(cfg.num_blocks)])

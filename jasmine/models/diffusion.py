@@ -32,7 +32,7 @@ from flax import nnx
 
 from jasmine.models.digits import SamplingOptions
 from jasmine.models.dynamics import MASKGIT_ONLY, DynamicsConfig, refuse_options
-from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat, sinusoidal_rows
+from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat, linear_layers, sinusoidal_rows
 
 CONTEXT_NOISE_SEED = 17
 
@@ -108,7 +108,7 @@ class DiffusionDynamics(nnx.Module):
                  attention: Attention = "auto", remat: Remat = "none", rngs: nnx.Rngs):
         self.check_config(cfg)
         self.cfg, self.latent_dim, self.dtype = cfg, latent_dim, prec.dtype
-        lin = lambda i, o: nnx.Linear(i, o, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
+        lin = linear_layers(prec, rngs)
         self.latent_in, self.action_proj, self.level_proj = (lin(latent_dim, cfg.model_dim),
                                                              lin(action_dim, cfg.model_dim),
                                                              lin(cfg.model_dim, cfg.model_dim))

@@ -25,7 +25,7 @@ from flax import nnx
 
 from jasmine.models.digits import Digits, SamplingOptions, TokenFamily
 from jasmine.models.maskgit import generate_frame, unmask_frame
-from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat
+from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat, linear_layers
 
 
 @dataclass(frozen=True)
@@ -104,8 +104,7 @@ class MaskGITDynamics(TokenFamily, nnx.Module):
         self.token_embed = nnx.Embed(digits.width, cfg.model_dim, dtype=prec.dtype, param_dtype=prec.param_dtype,
                                      rngs=rngs)
         self.mask_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (cfg.model_dim,), prec.param_dtype))
-        self.action_proj = nnx.Linear(action_dim, cfg.model_dim, dtype=prec.dtype, param_dtype=prec.param_dtype,
-                                      rngs=rngs)
+        self.action_proj = linear_layers(prec, rngs)(action_dim, cfg.model_dim)
         self.transformer = AxialTransformer(cfg.model_dim, cfg.model_dim, cfg.ffn_dim, digits.width, cfg.num_blocks,
                                             cfg.num_heads, prec=prec, attention=attention, remat=remat, rngs=rngs)
 

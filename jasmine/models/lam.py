@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat
+from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat, linear_layers
 from jasmine.models.quantize import make_quantizer
 from jasmine.models.tokenizer import TokenizerConfig, check_patch_size, patchify, unpatchify
 
@@ -44,7 +44,7 @@ class LatentActionModel(nnx.Module):
         self.encoder = AxialTransformer(patch_dim, cfg.model_dim, cfg.ffn_dim, cfg.code_dim, cfg.num_blocks,
                                         cfg.num_heads, **kw)
         self.vq = make_quantizer(cfg, param_dtype=prec.param_dtype, rngs=rngs)
-        self.action_up = nnx.Linear(cfg.code_dim, patch_dim, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
+        self.action_up = linear_layers(prec, rngs)(cfg.code_dim, patch_dim)
         self.decoder = AxialTransformer(patch_dim, cfg.model_dim, cfg.ffn_dim, patch_dim, cfg.num_blocks,
                                         cfg.num_heads, **kw)
 

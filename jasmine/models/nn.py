@@ -49,6 +49,22 @@ def dot_product_attention(q_SLHK, k_SMHK, v_SMHK, *, causal: bool, mask_SHLM=Non
     return jax.nn.dot_product_attention(q_SLHK, k_SMHK, v_SMHK, mask=mask_SHLM, is_causal=causal, implementation=impl)
 
 
+class Linear(nnx.Linear):
+    """``nnx.Linear`` applied as one 2-D matmul over the flattened leading axes.
+
+    Same parameters; on XLA:CPU the weight gradient of an N-D dot (contracting B, T and N)
+    runs about 25% slower than the 2-D one.
+    """
+
+    def __call__(self, x):
+        return super().__call__(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], self.out_features)
+
+
+def linear_layers(prec: Precision, rngs: nnx.Rngs):
+    """``Linear(in, out)`` in the compute/parameter dtypes of ``prec``."""
+    return partial(Linear, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
+
+
 class MultiHeadAttention(nnx.Module):
     """Self-attention with a fused QKV projection over the second-to-last axis of x_SLD."""
 
@@ -56,7 +72,7 @@ class MultiHeadAttention(nnx.Module):
         if dim % heads:
             raise ValueError(f"model_dim {dim} is not divisible by num_heads {heads}")
         self.heads, self.attention = heads, attention
-        lin = partial(nnx.Linear, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
+        lin = linear_layers(prec, rngs)
         self.qkv = lin(dim, 3 * dim)
         self.out = lin(dim, dim)
 
@@ -91,7 +107,7 @@ class AxialBlock(nnx.Module):
         self.norm_s, self.norm_t, self.norm_f = (LayerNorm32(dim, prec=prec, rngs=rngs) for _ in range(3))
         self.spatial = MultiHeadAttention(dim, heads, prec=prec, attention=attention, rngs=rngs)
         self.temporal = MultiHeadAttention(dim, heads, prec=prec, attention=attention, rngs=rngs)
-        lin = partial(nnx.Linear, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
+        lin = linear_layers(prec, rngs)
         self.ffn_in, self.ffn_out = lin(dim, ffn_dim), lin(ffn_dim, dim)
 
     def _spatial(self, x_BTND):
@@ -166,7 +182,7 @@ class AxialTransformer(nnx.Module):
     def __init__(self, in_dim: int, model_dim: int, ffn_dim: int, out_dim: int, num_blocks: int, num_heads: int, *,
                  spatial_causal: bool = False, prec: Precision = Precision(), attention: Attention = "auto",
                  remat: Remat = "none", rngs: nnx.Rngs):
-        lin = partial(nnx.Linear, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
+        lin = linear_layers(prec, rngs)
         self.dtype, self.remat, self.model_dim = prec.dtype, remat, model_dim
         self.proj_in = lin(in_dim, model_dim)
         self.blocks = nnx.List([

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jasmine.models.nn import AxialTransformer, attention_implementation, dot_product_attention
+from jasmine.models.nn import AxialTransformer, Linear, attention_implementation, dot_product_attention
 from jasmine.models.quantize import VectorQuantizer
 from jasmine.models.tokenizer import Tokenizer, TokenizerConfig, patchify, unpatchify
 
@@ -23,6 +23,20 @@ def test_tokenizer_shapes_and_round_trip_api():
     np.testing.assert_array_equal(ids2, ids)
     np.testing.assert_allclose(nnx.jit(lambda m, i: m.decode(i))(model, ids2), recon, atol=1e-6)
     assert aux["code_counts"].sum() == 2 * 5 * 12
+
+
+def test_linear_flattening_matches_nnx_linear_values_and_gradients():
+    """Linear is nnx.Linear with its leading axes flattened: same parameters, outputs and gradients."""
+    ours, ref = Linear(6, 5, rngs=nnx.Rngs(0)), nnx.Linear(6, 5, rngs=nnx.Rngs(0))
+    x_BTNI = jax.random.normal(jax.random.key(1), (2, 3, 4, 6))
+    assert jax.tree.map(jnp.shape, nnx.state(ours)) == jax.tree.map(jnp.shape, nnx.state(ref))
+    y = ours(x_BTNI)
+    assert y.shape == (2, 3, 4, 5)
+    np.testing.assert_allclose(y, ref(x_BTNI), rtol=1e-6, atol=1e-6)
+    loss = lambda m, x: jnp.sum(jnp.sin(m(x)))
+    g_ours, g_ref = nnx.grad(loss)(ours, x_BTNI), nnx.grad(loss)(ref, x_BTNI)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), nnx.state(g_ours),
+                 nnx.state(g_ref))
 
 
 def test_patchify_inverts():

@@ -20,4 +20,4 @@ demo: sync
 
 test: bootstrap
 	$(UV) sync --locked $(TEST_EXTRAS) --group dev
-	$(UV) run --locked $(TEST_EXTRAS) --group dev pytest -q
+	$(UV) run --locked $(TEST_EXTRAS) --group dev pytest -q -n auto

@@ -217,7 +217,7 @@ def bench_train(cfg, component, timed_steps: int = 10, inputs: str = "frames") -
     times = []
     for i in range(2 + timed_steps):
         t0 = time.perf_counter()
-        state, metrics = compiled(state, batch)
+        state, metrics = compiled(state, batch, step_fn.schedule)
         jax.block_until_ready(metrics)
         if i >= 2:
             times.append(time.perf_counter() - t0)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import write_synthetic
+from conftest import write_synthetic, xla_env
 from jasmine.data.loader import make_loader
 from jasmine.train.components import load_run
 
@@ -47,7 +47,7 @@ def launch(data: Path, out: Path, steps: int, processes: int, *extra: str, how: 
     port = _free_port()
     procs = []
     for i in range(processes):
-        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={4 // processes}"}
+        env = xla_env(4 // processes)
         args = list(cmd)
         if processes > 1 and how == "flags":
             args += ["--distributed.coordinator", f"127.0.0.1:{port}", "--distributed.num-processes", str(processes),

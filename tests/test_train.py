@@ -16,7 +16,7 @@ import pytest
 import tyro
 from flax import nnx
 
-from conftest import write_synthetic
+from conftest import write_synthetic, xla_env
 from jasmine import config as C
 from jasmine.config import OptimConfig, TokenizerTrainConfig
 from jasmine.models.tokenizer import TokenizerConfig
@@ -162,7 +162,8 @@ def test_weight_decay_skips_norms_biases_embeddings_codebooks_and_tokens():
     genie = Genie(MODEL, DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2), (16, 16, 3),
                   lam_cfg=LAMConfig(patch_size=8, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2), rngs=nnx.Rngs(0))
     params = nnx.state(genie, nnx.Param)
-    tx = make_optimizer(OptimConfig(lr=0.1, warmup_steps=0, schedule="constant", weight_decay=0.5), 10)
+    opt = OptimConfig(lr=0.1, warmup_steps=0, schedule="constant", weight_decay=0.5)
+    tx = make_optimizer(opt, lr_schedule(opt, 10))
     updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)  # zero gradients
     changed = {jax.tree_util.keystr(p): bool((np.asarray(u) != 0).any())
                for p, u in jax.tree_util.tree_flatten_with_path(updates)[0]}
@@ -280,7 +281,7 @@ def test_four_device_data_parallel_matches_one_device_and_restores_on_one(data16
         train(tiny_cfg({str(data16)!r}, {str(tmp_path / "run")!r}, steps=3), TOK, progress=False)
         print("OK")
     """)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = xla_env(4)
     res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert res.returncode == 0 and "OK" in res.stdout, res.stdout + res.stderr
     resumed = train(tiny_cfg(data16, tmp_path / "run", steps=5, resume=True), TOK, progress=False)

@@ -34,7 +34,8 @@ from jasmine.train.components import Component, build_model
 from jasmine.train.logging import MetricsLogger, read_metrics
 from jasmine.train.distributed import initialize
 from jasmine.train.mesh import batch_sharding, global_batch, mesh_for, replicated, state_shardings
-from jasmine.train.optim import decay_start, first_changed_step, lr_schedule, make_optimizer
+from jasmine.train.optim import (decay_start, first_changed_step, learning_rate, lr_schedule, make_optimizer,
+                                 schedule_values)
 from jasmine.train.runs import checkpoint_steps, init_state, resolve_step, restore_state
 from jasmine.viz import frame_grid
 
@@ -44,11 +45,14 @@ RESUMABLE_CHANGES = {"steps", "resume", "init_from", "init_step", "log_every", "
                      "distributed"}
 
 
-def make_train_step(component: Component, cfg: C.TrainConfig, model: Model, tx):
-    schedule = lr_schedule(cfg.optim, cfg.steps)
+def make_train_step(component: Component, cfg: C.TrainConfig, model: Model):
+    """``train_step(state, batch, schedule)``; ``schedule`` holds :func:`schedule_values` as data, so the compiled
+    step does not depend on ``--steps`` or the learning rate."""
     trainable = component.trainable(cfg)
 
-    def train_step(state, batch):
+    def train_step(state, batch, schedule_values):
+        schedule = lambda step: learning_rate(cfg.optim.schedule, step, schedule_values)
+        tx = make_optimizer(cfg.optim, schedule)
         step_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         k_loss, k_post = jax.random.split(step_key)
 
@@ -153,16 +157,31 @@ def count_params(tree) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
+class TrainStep:
+    """The jitted train step of a run: ``step(state, batch) -> (state, metrics)``, its schedule passed as data."""
+
+    def __init__(self, jitted, schedule: np.ndarray):
+        self.jitted, self.schedule = jitted, schedule
+
+    def __call__(self, state, batch):
+        return self.jitted(state, batch, self.schedule)
+
+    def lower(self, state, batch):
+        """The lowered step; call its ``compile()`` result with ``(state, batch, self.schedule)``."""
+        return self.jitted.lower(state, batch, self.schedule)
+
+
 def setup(cfg: C.TrainConfig, component: Component, mesh, *, pretrained: bool = True):
     """Model, optimizer, initial state on the mesh, its shardings, and the jitted train step."""
     model = build_model(component, cfg, pretrained=pretrained and cfg.init_from is None and not cfg.resume)
-    tx = make_optimizer(cfg.optim, cfg.steps)
+    tx = make_optimizer(cfg.optim, lr_schedule(cfg.optim, cfg.steps))
     state = init_state(model, tx, cfg.seed)
     shardings = state_shardings(state, mesh)
     state = jax.device_put(state, shardings)
-    step_fn = jax.jit(make_train_step(component, cfg, model, tx), in_shardings=(shardings, batch_sharding(mesh)),
-                      out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
-    return model, state, shardings, step_fn
+    jitted = jax.jit(make_train_step(component, cfg, model),
+                     in_shardings=(shardings, batch_sharding(mesh), replicated(mesh)),
+                     out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
+    return model, state, shardings, TrainStep(jitted, schedule_values(cfg.optim, cfg.steps))
 
 
 def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) -> dict[str, Any]:

@@ -32,26 +32,38 @@ def decay_start(cfg: OptimConfig, total_steps: int) -> int:
     return total_steps - int(round(cfg.decay_fraction * total_steps))
 
 
+def schedule_values(cfg: OptimConfig, total_steps: int) -> np.ndarray:
+    """What a schedule's shape depends on, as data: [lr, end_lr, warmup_steps, decay_start, total_steps].
+
+    The train step takes these as an argument, so its compiled program is the same for every
+    budget and learning rate: a run extended to a larger ``--steps`` runs the very program it
+    started with, and runs that differ only in their schedule share one compilation.
+    """
+    return np.array([cfg.lr, cfg.end_lr, max(cfg.warmup_steps, 0), decay_start(cfg, total_steps), total_steps],
+                    np.float32)
+
+
+def learning_rate(kind: str, step, values):
+    """The learning rate of ``step`` for a schedule ``kind`` with :func:`schedule_values` ``values`` (traceable)."""
+    lr, end_lr, warmup, start, total = (values[i] for i in range(5))
+    step = jnp.asarray(step, jnp.float32)
+    warm = jnp.where(warmup > 0, jnp.minimum((step + 1) / jnp.maximum(warmup, 1.0), 1.0), 1.0)
+    if kind == "constant":
+        main = lr
+    elif kind == "wsd":  # exactly lr until the decay starts, then linearly to end_lr at the last step
+        decay_steps = total - start
+        frac = jnp.where(decay_steps > 0, jnp.clip((step - start + 1) / jnp.maximum(decay_steps, 1.0), 0.0, 1.0), 0.0)
+        main = lr + (end_lr - lr) * frac
+    else:  # cosine from the end of warmup to total_steps
+        frac = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
+        main = end_lr + 0.5 * (lr - end_lr) * (1 + jnp.cos(jnp.pi * frac))
+    return warm * main
+
+
 def lr_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     """Linear warmup over ``warmup_steps``, then the chosen shape, as a function of the step."""
-    warmup = max(cfg.warmup_steps, 0)
-    start = decay_start(cfg, total_steps)
-    decay_steps = total_steps - start
-
-    def schedule(step):
-        step = jnp.asarray(step, jnp.float32)
-        warm = jnp.minimum((step + 1) / warmup, 1.0) if warmup else 1.0
-        if cfg.schedule == "constant":
-            main = cfg.lr
-        elif cfg.schedule == "wsd":
-            frac = jnp.clip((step - start + 1) / max(decay_steps, 1), 0.0, 1.0) if decay_steps else 0.0
-            main = cfg.lr + (cfg.end_lr - cfg.lr) * frac
-        else:  # cosine from the end of warmup to total_steps
-            frac = jnp.clip((step - warmup) / max(total_steps - warmup, 1), 0.0, 1.0)
-            main = cfg.end_lr + 0.5 * (cfg.lr - cfg.end_lr) * (1 + jnp.cos(jnp.pi * frac))
-        return warm * main
-
-    return schedule
+    values = schedule_values(cfg, total_steps)
+    return lambda step: learning_rate(cfg.schedule, step, values)
 
 
 def first_changed_step(old: OptimConfig, old_steps: int, new: OptimConfig, new_steps: int, taken: int) -> int | None:
@@ -74,7 +86,7 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(is_kernel, params)
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
-    adamw = optax.adamw(lr_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
-                        mask=decay_mask)
+def make_optimizer(cfg: OptimConfig, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """AdamW with ``schedule`` (:func:`lr_schedule`, or :func:`learning_rate` of traced values in the train step)."""
+    adamw = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask)
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw) if cfg.grad_clip > 0 else adamw

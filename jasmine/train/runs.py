@@ -21,7 +21,7 @@ from flax import nnx
 
 from jasmine import config as C
 from jasmine.train.checkpoint import Checkpointer, abstract
-from jasmine.train.optim import make_optimizer
+from jasmine.train.optim import lr_schedule, make_optimizer
 
 
 @dataclass
@@ -89,7 +89,7 @@ def resolve_step(run_dir: str | Path, step: int | None) -> int:
 def restore_state(run_dir: str | Path, cfg: C.TrainConfig, model: Model, step: int, shardings=None) -> dict[str, Any]:
     """The train state saved at ``step``, in ``shardings`` (default: all on this process's first device,
     whatever mesh the checkpoint was written from)."""
-    tx = make_optimizer(cfg.optim, cfg.steps)
+    tx = make_optimizer(cfg.optim, lr_schedule(cfg.optim, cfg.steps))
     shapes = jax.eval_shape(lambda: init_state(model, tx, cfg.seed))
     if shardings is None:
         shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.local_devices()[0]), shapes)

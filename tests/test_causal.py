@@ -12,7 +12,7 @@ from jasmine.models.dynamics import DynamicsConfig
 from jasmine.models.nn import AxialTransformer, positions
 from jasmine.sample.rollout import Rollout, SampleOptions
 from jasmine.train.components import COMPONENTS
-from test_genie import dyn_cfg, runs  # noqa: F401  (the module's trained tokenizer and LAM runs)
+from test_genie import dyn_cfg
 
 CFG = DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=2, num_heads=2)
 B, T, N, A = 1, 3, 4, 5
@@ -29,12 +29,8 @@ def allowed(t, k):
 
 def dependence(logits_fn, x_BTLD):
     """[T, N, T, L]: whether logit (t, k) has a non-zero gradient with respect to input slot (t', j)."""
-    out = np.zeros((T, N, T, L), bool)
-    for t in range(T):
-        for k in range(N):
-            g = jax.grad(lambda x: logits_fn(x)[0, t, k].sum())(x_BTLD)
-            out[t, k] = np.abs(np.asarray(g[0])).sum(-1) > 0
-    return out
+    jac = jax.jit(jax.jacrev(lambda x: logits_fn(x)[0, :, :N].sum(-1)))(x_BTLD)  # [T, N, B, T, L, D]
+    return np.abs(np.asarray(jac[:, :, 0])).sum(-1) > 0
 
 
 def violations(dep):
@@ -48,9 +44,9 @@ def test_receptive_field_is_exactly_earlier_frames_earlier_tokens_and_actions_up
     # through the real inputs: the action into frame t reaches frame t's tokens and later frames' only
     ids = jax.random.randint(jax.random.key(1), (B, T, N), 0, 6)
     a_BTA = jax.random.normal(jax.random.key(2), (B, T, A))
+    jac = jax.jit(jax.jacrev(lambda a: dyn(ids, a)[0].sum(axis=(1, 2))))(a_BTA)  # [T, B, T, A]
     for t in range(T):
-        g = jax.grad(lambda a: dyn(ids, a)[0, t].sum())(a_BTA)
-        np.testing.assert_array_equal(np.abs(np.asarray(g[0])).sum(-1) > 0, np.arange(T) <= t)
+        np.testing.assert_array_equal(np.abs(np.asarray(jac[t, 0])).sum(-1) > 0, np.arange(T) <= t)
 
 
 def test_the_spatially_causal_axial_design_fails_the_same_check():
@@ -63,7 +59,7 @@ def test_the_spatially_causal_axial_design_fails_the_same_check():
     assert len(bad) >= (T - 1) * (N - 1)
 
 
-def _genie(runs, **kw):  # noqa: F811
+def _genie(runs, **kw):
     cfg = COMPONENTS["dynamics"].prepare(dyn_cfg(runs / "data", None, runs / "tok", lam=runs / "lam",
                                                  dynamics="causal", **kw))
     return cfg, COMPONENTS["dynamics"].build(cfg, nnx.Rngs(0), pretrained=False)
@@ -71,7 +67,7 @@ def _genie(runs, **kw):  # noqa: F811
 
 @pytest.mark.parametrize("opts", [SamplingOptions(temperature=1.0), SamplingOptions(temperature=0.0),
                                   SamplingOptions(temperature=1.0, top_k=2)])
-def test_cached_and_uncached_tokens_are_identical_also_past_seq_len(runs, opts):  # noqa: F811
+def test_cached_and_uncached_tokens_are_identical_also_past_seq_len(runs, opts):
     cfg, genie = _genie(runs)
     n = genie.tokens_per_frame
     ctx = jax.random.randint(jax.random.key(0), (2, 1, n), 0, genie.dynamics.digits.vocab)
@@ -95,7 +91,7 @@ def test_sampling_is_seeded_and_top_k_restricts_each_digit():
     assert not np.array_equal(same[0], same[2])
 
 
-def test_rollouts_are_deterministic_in_the_seed(runs):  # noqa: F811
+def test_rollouts_are_deterministic_in_the_seed(runs):
     cfg, genie = _genie(runs)
     roll = Rollout(genie, cfg.seq_len, SampleOptions(temperature=1.0))
     ctx = jnp.zeros((2, 1, genie.tokens_per_frame), jnp.int32)
@@ -112,12 +108,12 @@ def test_rollouts_are_deterministic_in_the_seed(runs):  # noqa: F811
      "--model.action-mode: MaskGIT-only"),
     ({"val_sampling": SamplingOptions(steps=8)}, "--steps is a MaskGIT option"),
 ])
-def test_maskgit_only_training_options_are_refused(runs, kw, match):  # noqa: F811
+def test_maskgit_only_training_options_are_refused(runs, kw, match):
     with pytest.raises(ValueError, match=match):
         _genie(runs, **kw)
 
 
-def test_maskgit_only_sampling_options_and_too_long_contexts_are_refused(runs):  # noqa: F811
+def test_maskgit_only_sampling_options_and_too_long_contexts_are_refused(runs):
     cfg, genie = _genie(runs)
     with pytest.raises(ValueError, match="--steps and --choice-temperature are MaskGIT option"):
         Rollout(genie, cfg.seq_len, SampleOptions(steps=25, choice_temperature=1.0))

@@ -1,10 +1,9 @@
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from conftest import cli
 from jasmine.data.coinrun import CoinRunArgs, episodes, generate, level_ranges
 from jasmine.data.dataset import DataError, iter_records, read_metadata
 
@@ -119,7 +118,11 @@ def test_existing_dataset_needs_overwrite(coinrun_dir):
 @needs_procgen
 def test_cli_generates_and_inspects(tmp_path):
     out = tmp_path / "cli"
-    run = lambda *a: subprocess.run([sys.executable, "-m", "jasmine.cli", *a], capture_output=True, text=True, check=True)
+    def run(*a):
+        res = cli(*a)
+        assert res.returncode == 0, res.stderr
+        return res
+
     gen = run("data", "coinrun", "--out", str(out), "--train-episodes", "2", "--val-episodes", "1",
               "--test-episodes", "1", "--max-episode-len", "40", "--num-envs", "2")
     assert "frames/s" in gen.stdout and "train" in gen.stdout

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import cli
 from jasmine.data.convert import ImagesArgs, VideoArgs, assign_splits, convert
 from jasmine.data.dataset import DataError, iter_records, read_metadata
 from jasmine.data.loader import make_loader
@@ -131,9 +132,6 @@ def test_empty_input_and_unreadable_frames_are_named(tmp_path):
 
 
 def test_dedup_finds_a_planted_cross_split_duplicate(tmp_path, capsys):
-    import subprocess
-    import sys
-
     from jasmine.data.dataset import DatasetWriter
     from jasmine.data.dedup import find_duplicates
 
@@ -154,8 +152,8 @@ def test_dedup_finds_a_planted_cross_split_duplicate(tmp_path, capsys):
     assert report["frames"]["shared_across_splits"] == {"test/train": 12}
     assert report["frames"]["duplicates_within_split"] == {"train": 1}
     assert report["episodes"]["duplicates_within_split"] == {}
-    cmd = [sys.executable, "-m", "jasmine", "data", "dedup", str(tmp_path / "ds")]
-    assert subprocess.run(cmd, capture_output=True).returncode == 0
-    res = subprocess.run(cmd + ["--fail-on-cross-split"], capture_output=True, text=True)
+    cmd = ["data", "dedup", tmp_path / "ds"]
+    assert cli(*cmd).returncode == 0
+    res = cli(*cmd, "--fail-on-cross-split")
     assert res.returncode == 1 and "share content" in res.stderr
     assert json.loads((tmp_path / "ds" / "dedup.json").read_text())["episodes"]["unique_episodes"] == 4

@@ -131,21 +131,23 @@ def test_bad_sampling_settings_are_named():
         SamplingOptions(context_noise=0.1).check(None, "maskgit", True)
 
 
-@pytest.fixture(scope="module")
-def mae_run(tmp_path_factory):
-    from conftest import write_synthetic
+@pytest.fixture(scope="session")
+def mae_run(shared_root):
+    from conftest import build_once, write_synthetic
     from jasmine.config import MAETrainConfig, OptimConfig
     from jasmine.models.mae import MAEConfig
     from jasmine.train.components import COMPONENTS
     from jasmine.train.loop import train
 
-    root = tmp_path_factory.mktemp("diffusion")
-    write_synthetic(root / "data", lengths=(40, 33, 25, 60), frame_shape=(16, 16, 3))
-    train(MAETrainConfig(data=root / "data", out=root / "mae", steps=2, batch_size=2, seq_len=2, image_size=(16, 16, 3),
-                         log_every=1, val_every=2, val_batches=1, ckpt_every=2, optim=OptimConfig(warmup_steps=1),
-                         model=MAEConfig(patch_size=4, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2,
-                                         latent_dim=4)), COMPONENTS["mae"], progress=False)
-    return root
+    def build(root):
+        write_synthetic(root / "data", lengths=(40, 33, 25, 60), frame_shape=(16, 16, 3))
+        train(MAETrainConfig(data=root / "data", out=root / "mae", steps=2, batch_size=2, seq_len=2,
+                             image_size=(16, 16, 3), log_every=1, val_every=2, val_batches=1, ckpt_every=2,
+                             optim=OptimConfig(warmup_steps=1),
+                             model=MAEConfig(patch_size=4, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2,
+                                             latent_dim=4)), COMPONENTS["mae"], progress=False)
+
+    return build_once(shared_root / "diffusion", "mae", build)
 
 
 def dyn_cfg(root, out, **kw):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import write_synthetic
+from conftest import MICRO_DYN, MICRO_LAM, MICRO_RUN, MICRO_TOK, build_once
 from jasmine.config import DynamicsTrainConfig, LAMTrainConfig, OptimConfig, TokenizerTrainConfig
 from jasmine.data.dataset import DataError, iter_records, read_metadata
 from jasmine.tokenize import TokenizeArgs, tokenize
@@ -21,12 +21,8 @@ from jasmine.train.components import COMPONENTS, load_run
 from jasmine.train.loop import setup, train
 from jasmine.train.logging import read_metrics
 
-TOK_MODEL = TokenizerConfig(patch_size=4, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=8, num_latents=16)
-LAM_MODEL = LAMConfig(patch_size=8, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=8, num_latents=4,
-                      dead_code_reset_steps=0)
-DYN_MODEL = DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2)
-RUN = dict(steps=3, batch_size=4, seq_len=4, image_size=(16, 16, 3), log_every=1, val_every=3, val_batches=1,
-           ckpt_every=3, optim=OptimConfig(lr=3e-3, warmup_steps=1, decay_fraction=0.0))
+TOK_MODEL, LAM_MODEL, DYN_MODEL = MICRO_TOK, MICRO_LAM, MICRO_DYN
+RUN = dict(MICRO_RUN, optim=OptimConfig(lr=3e-3, warmup_steps=1, decay_fraction=0.0))
 
 
 def dyn_cfg(data, out, tokenizer, **kw):
@@ -34,18 +30,6 @@ def dyn_cfg(data, out, tokenizer, **kw):
     base = DynamicsTrainConfig(data=data, out=out, tokenizer=tokenizer, model=DYN_MODEL, lam_model=LAM_MODEL,
                                val_sampling=sampling, **RUN)
     return replace(base, **kw)
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("genie")
-    write_synthetic(root / "data", lengths=(40, 33, 25, 60), frame_shape=(16, 16, 3))
-    write_synthetic(root / "noact", lengths=(40, 33), frame_shape=(16, 16, 3), actions=False)
-    write_synthetic(root / "data32", lengths=(40, 33), frame_shape=(32, 32, 3))
-    train(TokenizerTrainConfig(data=root / "data", out=root / "tok", model=TOK_MODEL, **RUN), COMPONENTS["tokenizer"],
-          progress=False)
-    train(LAMTrainConfig(data=root / "data", out=root / "lam", model=LAM_MODEL, **RUN), COMPONENTS["lam"], progress=False)
-    return root
 
 
 def test_mask_statistics_match_p_and_spare_frame_0():
@@ -286,19 +270,21 @@ RULE_TOK = replace(TOK_MODEL, quantizer="fsq", fsq_levels=(5, 5, 5))  # many cod
 RULE_LAM = replace(LAM_MODEL, quantizer="fsq", fsq_levels=(3, 3, 3))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def rule_runs(runs):
     """A tokenizer trained on windows of 3 frames and a LAM on windows of 3: clips align to lcm(3, 2) = 6."""
-    root = runs
     one = {**RUN, "steps": 1, "val_every": 1, "ckpt_every": 1}
-    train(TokenizerTrainConfig(data=root / "data", out=root / "tok3", model=RULE_TOK, **{**one, "seq_len": 3}),
-          COMPONENTS["tokenizer"], progress=False)
-    train(TokenizerTrainConfig(data=root / "data", out=root / "tok3b", model=RULE_TOK, **{**one, "seq_len": 3, "seed": 1}),
-          COMPONENTS["tokenizer"], progress=False)
-    train(LAMTrainConfig(data=root / "data", out=root / "lam3", model=RULE_LAM, **{**one, "seq_len": 3}),
-          COMPONENTS["lam"], progress=False)
-    tokenize(TokenizeArgs(tokenizer=root / "tok3", data=root / "data", out=root / "tokens3", lam=root / "lam3"))
-    return root
+
+    def build(root):
+        train(TokenizerTrainConfig(data=root / "data", out=root / "tok3", model=RULE_TOK, **{**one, "seq_len": 3}),
+              COMPONENTS["tokenizer"], progress=False)
+        train(TokenizerTrainConfig(data=root / "data", out=root / "tok3b", model=RULE_TOK,
+                                   **{**one, "seq_len": 3, "seed": 1}), COMPONENTS["tokenizer"], progress=False)
+        train(LAMTrainConfig(data=root / "data", out=root / "lam3", model=RULE_LAM, **{**one, "seq_len": 3}),
+              COMPONENTS["lam"], progress=False)
+        tokenize(TokenizeArgs(tokenizer=root / "tok3", data=root / "data", out=root / "tokens3", lam=root / "lam3"))
+
+    return build_once(runs, "rule_runs", build)
 
 
 def frame_keys(frames):
@@ -394,8 +380,8 @@ def test_detach_lam_keeps_dynamics_gradients_out_of_the_co_trained_lam(runs, det
         _, metrics, _ = COMPONENTS["dynamics"].loss(g, batch, jax.random.key(0), cfg, training=True)
         return metrics["cross_entropy"], metrics["lam_loss"]
 
-    g_dyn = jax.grad(lambda p: losses(p)[0])(lam_params)
-    g_lam = jax.grad(lambda p: losses(p)[1])(lam_params)
+    g_dyn, g_lam = jax.jit(lambda p: (jax.grad(lambda q: losses(q)[0])(p), jax.grad(lambda q: losses(q)[1])(p)))(
+        lam_params)
     dyn_norm = sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(g_dyn))
     assert (dyn_norm == 0.0) == detach, dyn_norm
     assert sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(g_lam)) > 0  # the LAM still learns from its own loss

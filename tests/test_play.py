@@ -5,8 +5,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import replace
 
@@ -14,10 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_synthetic
-from jasmine.config import DynamicsTrainConfig, LAMTrainConfig, OptimConfig, TokenizerTrainConfig
+from conftest import MICRO_DYN, build_once, cli, write_synthetic
+from jasmine.config import DynamicsTrainConfig, OptimConfig
 from jasmine.models.dynamics import DynamicsConfig
-from jasmine.models.lam import LAMConfig
 from jasmine.models.tokenizer import TokenizerConfig
 from jasmine.play.world import Bindings, PlayError, World, best_code, decode_upload
 
@@ -27,31 +24,26 @@ RUN = dict(steps=2, batch_size=2, seq_len=4, image_size=(16, 16, 3), log_every=1
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+@pytest.fixture(scope="session")
+def play_runs(runs, shared_root):
+    """A dataset with a test split and a barely trained MaskGIT run on the shared micro tokenizer and LAM."""
     from jasmine.train.components import COMPONENTS
     from jasmine.train.loop import train
 
-    root = tmp_path_factory.mktemp("play")
-    write_synthetic(root / "data", lengths=(40, 33, 25, 60), splits=("train", "test"), frame_shape=(16, 16, 3))
-    tok = TokenizerConfig(patch_size=4, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=8, num_latents=16)
-    lam = LAMConfig(patch_size=8, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=8, num_latents=4)
-    train(TokenizerTrainConfig(data=root / "data", out=root / "tok", model=tok, **RUN), COMPONENTS["tokenizer"],
-          progress=False)
-    train(LAMTrainConfig(data=root / "data", out=root / "lam", model=lam, **{**RUN, "seq_len": 2}), COMPONENTS["lam"],
-          progress=False)
-    dyn = DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2)
-    train(DynamicsTrainConfig(data=root / "data", out=root / "dyn", tokenizer=root / "tok", lam=root / "lam",
-                              model=dyn, **{**RUN, "seq_len": 5, "optim": replace(RUN["optim"], lr=1e-5)}),
-          COMPONENTS["dynamics"], progress=False)  # barely trained: its frames still vary with the action
-    return root
+    def build(root):
+        write_synthetic(root / "data", lengths=(40, 33, 25, 60), splits=("train", "test"), frame_shape=(16, 16, 3))
+        train(DynamicsTrainConfig(data=root / "data", out=root / "dyn", tokenizer=runs / "tok", lam=runs / "lam",
+                                  model=MICRO_DYN, **{**RUN, "seq_len": 5, "optim": replace(RUN["optim"], lr=1e-5)}),
+              COMPONENTS["dynamics"], progress=False)  # barely trained: its frames still vary with the action
+
+    return build_once(shared_root / "play", "play", build)
 
 
 @pytest.fixture(scope="module")
-def game(runs):
+def game(play_runs):
     from jasmine.play.world import load_game
 
-    return load_game(runs / "dyn", runs / "data")
+    return load_game(play_runs / "dyn", play_runs / "data")
 
 
 def png(frame: np.ndarray, fmt="PNG") -> bytes:
@@ -249,18 +241,16 @@ def test_fuzz_on_loopback_then_play_still_works(game):
             assert json.loads(ws.recv(timeout=60))["t"] == 1
 
 
-def test_play_refuses_runs_of_the_wrong_kind(runs):
-    out = subprocess.run([sys.executable, "-m", "jasmine.cli", "play", "--run", str(runs / "tok")], capture_output=True,
-                         text=True)
+def test_play_refuses_runs_of_the_wrong_kind(runs, play_runs):
+    out = cli("play", "--run", runs / "tok")  # an error message, not an exception
     assert out.returncode != 0 and "is a TokenizerTrainConfig run; sampling needs a dynamics run" in out.stderr
-    assert "Traceback" not in out.stderr
     from jasmine.data.dataset import DataError
     from jasmine.play.world import load_game
 
     with pytest.raises(DataError, match="no split 'val'"):
-        load_game(runs / "dyn", runs / "data", split="val")
+        load_game(play_runs / "dyn", play_runs / "data", split="val")
     with pytest.raises(ValueError, match="--context 5 must be between 1 and the model's seq_len - 1 \\(4\\)"):
-        load_game(runs / "dyn", runs / "data", context=5)
+        load_game(play_runs / "dyn", play_runs / "data", context=5)
 
 
 def test_a_real_browser_plays(game, tmp_path):

@@ -8,16 +8,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import MICRO_LAM, MICRO_TOK, build_once
 from jasmine.eval.metrics import psnr_ssim, summarise_rollouts
 from jasmine.models.dynamics import DynamicsConfig
 from jasmine.models.genie import Genie
-from jasmine.models.lam import LAMConfig
-from jasmine.models.tokenizer import TokenizerConfig
 from jasmine.sample.clips import check_lengths, choose_actions, load_genie
 from jasmine.sample.rollout import Rollout, SampleOptions
 
-TOK = TokenizerConfig(patch_size=4, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=8, num_latents=16)
-LAM = LAMConfig(patch_size=8, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=8, num_latents=4)
+TOK, LAM = MICRO_TOK, MICRO_LAM
 
 
 def genie(action_mode="prepend", blocks=2):
@@ -101,13 +99,14 @@ def test_bad_sampling_values_are_clear_errors(tmp_path):
         load_genie(tmp_path / "nope")
 
 
-@pytest.fixture(scope="module")
-def micro_demo(tmp_path_factory):
+@pytest.fixture(scope="session")
+def micro_demo(shared_root):
+    """The micro demo (CoinRun, tokenizer, LAM, MaskGIT dynamics, eval), run once for every test and worker."""
     from jasmine.demo import DemoArgs, demo
 
     pytest.importorskip("procgen")
-    out = tmp_path_factory.mktemp("demo") / "demo"
-    return out, demo(DemoArgs(out=out, preset="micro"))
+    root = build_once(shared_root / "demo", "demo", lambda r: demo(DemoArgs(out=r / "demo", preset="micro")))
+    return root / "demo", json.loads((root / "demo" / "eval" / "metrics.json").read_text())
 
 
 def test_demo_pipeline_runs_end_to_end_and_reuses_stages(micro_demo, capsys):
@@ -184,7 +183,7 @@ def test_causal_demo_sample_and_bench_share_the_tools(micro_demo, capsys):
     assert res["dynamics"] == "causal" and res["steps"] is None and (out / "eval-causal" / "report.md").exists()
     assert "by the causal dynamics" in (out / "eval-causal" / "report.md").read_text()
     assert (out / "dynamics" / "config.json").exists()  # the MaskGIT run is untouched
-    saved = sample(SampleArgs(run=out / "dynamics-causal", data=out / "data", frames=6, top_k=3, out=out / "s"))
+    saved = sample(SampleArgs(run=out / "dynamics-causal", data=out / "data", frames=6, top_k=3, out=out / "s-causal"))
     assert saved["dynamics"] == "causal" and saved["top_k"] == 3
     with pytest.raises(ValueError, match="--steps is a MaskGIT option"):
         evaluate(EvalArgs(run=out / "dynamics-causal", data=out / "data", clips=2, frames=6, steps=8))
@@ -211,7 +210,7 @@ def test_diffusion_demo_sample_eval_and_bench_share_the_tools(micro_demo, capsys
     report = (out / "eval-diffusion" / "report.md").read_text()
     assert "16 denoising steps" in report and "continuous latents (MAE)" in report
     saved = sample(SampleArgs(run=out / "dynamics-diffusion", data=out / "data", frames=6, steps=2, context_noise=0.3,
-                              out=out / "s"))
+                              out=out / "s-diffusion"))
     assert saved["dynamics"] == "diffusion" and saved["steps"] == 2 and saved["context_noise"] == 0.3
     for kw, why in [(dict(steps=0), "--steps must be >= 1 denoising step"),
                     (dict(temperature=0.0), "--temperature: token sampling option"),

@@ -129,6 +129,8 @@ def load_run(run_dir: str | Path, step: int | None = None) -> tuple[TrainConfig,
     """Rebuild a run's model from ``RUN/config.json`` with the params of its checkpoint ``step`` (default latest)."""
     cfg = run_config(run_dir)
     step = resolve_step(run_dir, step)
-    model = build_model(component_of(cfg), cfg, pretrained=False)
+    component = component_of(cfg)  # shapes only: the checkpoint supplies every value
+    model = Model.split(nnx.eval_shape(lambda: component.build(cfg, nnx.Rngs(cfg.seed), pretrained=False)),
+                        component.trainable(cfg))
     state = restore_state(run_dir, cfg, model, step)
     return cfg, model.merge(state["params"], state["frozen"], state["rest"]), step

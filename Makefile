@@ -21,4 +21,4 @@ demo: sync
 
 test: bootstrap
 	$(UV) sync --locked $(TEST_EXTRAS) --group dev --compile-bytecode
-	$(UV) run --locked $(TEST_EXTRAS) --group dev pytest -q -n auto
+	$(UV) run --locked $(TEST_EXTRAS) --group dev pytest -q -n auto --maxschedchunk 1

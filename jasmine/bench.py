@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import itertools
 import os
@@ -147,8 +148,10 @@ def _bench_step_with_data(args: BenchDataArgs, roots: dict[int, Path]) -> dict[s
     return out
 
 
+@functools.lru_cache
 def matmul_peak(dtype="float32", n: int = 2048, repeats: int = 20) -> float:
-    """Best-of-``repeats`` FLOP/s of an n x n matmul on the default device (the MFU denominator)."""
+    """Best-of-``repeats`` FLOP/s of an n x n matmul on the default device (the MFU denominator), measured once
+    per process."""
     import jax
     import jax.numpy as jnp
 

@@ -116,6 +116,7 @@ def test_existing_dataset_needs_overwrite(coinrun_dir):
 
 
 @needs_procgen
+@pytest.mark.heavy
 def test_cli_generates_and_inspects(tmp_path):
     out = tmp_path / "cli"
     def run(*a):

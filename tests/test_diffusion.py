@@ -162,6 +162,7 @@ def dyn_cfg(root, out, **kw):
     return replace(base, **kw)
 
 
+@pytest.mark.heavy
 def test_diffusion_dynamics_trains_resumes_and_rolls_out_past_its_window(mae_run, tmp_path):
     from jasmine.sample.clips import load_genie
     from jasmine.sample.rollout import Rollout, SampleOptions

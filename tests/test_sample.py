@@ -109,6 +109,7 @@ def micro_demo(shared_root):
     return root / "demo", json.loads((root / "demo" / "eval" / "metrics.json").read_text())
 
 
+@pytest.mark.heavy
 def test_demo_pipeline_runs_end_to_end_and_reuses_stages(micro_demo, capsys):
     from jasmine.demo import DemoArgs, demo
 
@@ -169,6 +170,7 @@ def test_bench_sample_reports_speed_up_and_its_pass_time_bound(capsys):
     assert "cache speed-up" in out and "pass-time bound" in out
 
 
+@pytest.mark.heavy(later=True)
 def test_causal_demo_sample_and_bench_share_the_tools(micro_demo, capsys):
     from jasmine.bench import BenchSampleArgs, bench_sample
     from jasmine.demo import DemoArgs, demo
@@ -193,6 +195,7 @@ def test_causal_demo_sample_and_bench_share_the_tools(micro_demo, capsys):
     assert all(r[1][k] > 0 for k in ("cached", "uncached", "maskgit_cached"))
 
 
+@pytest.mark.heavy(later=True)
 def test_diffusion_demo_sample_eval_and_bench_share_the_tools(micro_demo, capsys):
     from jasmine.bench import BenchSampleArgs, bench_sample
     from jasmine.demo import DemoArgs, demo

@@ -101,6 +101,7 @@ def test_resume_is_bitwise_exact(data16, tmp_path):
     assert s == r
 
 
+@pytest.mark.heavy
 def test_resume_after_sigterm_is_bitwise_exact(data16, tmp_path):
     steps = 40
     straight = train(tiny_cfg(data16, tmp_path / "s", steps=steps, ckpt_every=100, val_every=100), TOK, progress=False)
@@ -235,6 +236,7 @@ def test_image_size_must_match_data(data16, tmp_path):
         train(tiny_cfg(data16, tmp_path / "x", image_size=(32, 32, 3)), TOK, progress=False)
 
 
+@pytest.mark.heavy
 def test_four_device_data_parallel_matches_one_device_and_restores_on_one(data16, tmp_path):
     script = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})

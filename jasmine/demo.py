@@ -22,15 +22,34 @@ from jasmine.data.inspect import InspectArgs, inspect
 from jasmine.eval.evaluate import EvalArgs, evaluate
 from jasmine.eval.report import metrics_table
 from jasmine.models.genie import DYNAMICS
+from jasmine.presets import preset
 from jasmine.train.checkpoint import Checkpointer
 from jasmine.train.components import COMPONENTS
 from jasmine.train.loop import train
 
 SIZES = {  # preset → data and eval sizes
-    "tiny": dict(train_episodes=400, val_episodes=40, test_episodes=64, max_episode_len=1000, clips=32, frames=16,
-                 steps=25, temperature=0.0, ordinal=True),
-    "micro": dict(train_episodes=6, val_episodes=2, test_episodes=2, max_episode_len=60, clips=2, frames=6, steps=2,
-                  temperature=1.0, ordinal=False),
+    "tiny": dict(
+        train_episodes=400,
+        val_episodes=40,
+        test_episodes=64,
+        max_episode_len=1000,
+        clips=32,
+        frames=16,
+        steps=25,
+        temperature=0.0,
+        ordinal=True,
+    ),
+    "micro": dict(
+        train_episodes=6,
+        val_episodes=2,
+        test_episodes=2,
+        max_episode_len=60,
+        clips=2,
+        frames=6,
+        steps=2,
+        temperature=1.0,
+        ordinal=False,
+    ),
 }
 
 
@@ -50,8 +69,12 @@ class DemoArgs:
 
 def _data_stage(args: DemoArgs, sizes: dict) -> Path:
     data = args.out / "data"
-    gen = CoinRunArgs(out=data, seed=args.seed, overwrite=True,
-                      **{k: sizes[k] for k in ("train_episodes", "val_episodes", "test_episodes", "max_episode_len")})
+    gen = CoinRunArgs(
+        out=data,
+        seed=args.seed,
+        overwrite=True,
+        **{k: sizes[k] for k in ("train_episodes", "val_episodes", "test_episodes", "max_episode_len")},
+    )
     meta_path = data / METADATA
     if meta_path.exists():
         old = json.loads(meta_path.read_text()).get("generator", {}).get("args", {})
@@ -71,8 +94,20 @@ def _train_stage(name: str, cfg: C.TrainConfig) -> Path:
     if (out / "config.json").exists() and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
         saved = C.load_config(out / "config.json")
         done = Checkpointer(ckpt_dir, read_only=True).latest_step()
-        filled = ("resume", "tokenizer_model", "mae_model", "tokenizer_window", "tokenizer_step", "tokenizer_hash", "lam_model",
-                  "lam_window", "lam_step", "lam_hash", "num_actions", "image_size")  # set from the runs and data
+        filled = (
+            "resume",
+            "tokenizer_model",
+            "mae_model",
+            "tokenizer_window",
+            "tokenizer_step",
+            "tokenizer_hash",
+            "lam_model",
+            "lam_window",
+            "lam_step",
+            "lam_hash",
+            "num_actions",
+            "image_size",
+        )  # set from the runs and data
         same = not [d for d in C.diff(saved, cfg) if not d.startswith(filled)]
         if same and done == cfg.steps:
             print(f"[demo] {name}: reusing {out} (step {done})")
@@ -98,25 +133,51 @@ def demo(args: DemoArgs) -> dict:
     base = dict(data=data, seed=args.seed)
     family = DYNAMICS[args.dynamics]
     tok_name = "mae" if family.continuous else "tokenizer"  # what the family's dynamics reads
-    tok = _train_stage(tok_name, replace(C.preset(tok_name, args.preset), out=args.out / tok_name, **base))
-    lam = _train_stage("lam", replace(C.preset("lam", args.preset), out=args.out / "lam", **base))
+    tok = _train_stage(tok_name, replace(preset(tok_name, args.preset), out=args.out / tok_name, **base))
+    lam = _train_stage("lam", replace(preset("lam", args.preset), out=args.out / "lam", **base))
     suffix = "" if args.dynamics == DemoArgs.dynamics else f"-{args.dynamics}"
-    dyn = _train_stage("dynamics", replace(C.preset("dynamics", args.preset), out=args.out / f"dynamics{suffix}",
-                                           tokenizer=tok, lam=lam, dynamics=args.dynamics, **base,
-                                           **({"val_sampling": C.SamplingOptions()} if family.continuous else {})))
+    dyn = _train_stage(
+        "dynamics",
+        replace(
+            preset("dynamics", args.preset),
+            out=args.out / f"dynamics{suffix}",
+            tokenizer=tok,
+            lam=lam,
+            dynamics=args.dynamics,
+            **base,
+            **({"val_sampling": C.SamplingOptions()} if family.continuous else {}),
+        ),
+    )
     print("[demo] eval: rollouts on held-out clips")
     ev = args.out / f"eval{suffix}"
-    res = evaluate(EvalArgs(run=dyn, data=data, clips=sizes["clips"], frames=sizes["frames"],
-                            steps=sizes["steps"] if family.maskgit_options else None,
-                            temperature=1.0 if family.continuous else sizes["temperature"],
-                            ordinal=sizes["ordinal"] and not family.continuous,
-                            delta_t=min(4, sizes["frames"] - 1), seed=args.seed, out=ev, batch_size=min(8, sizes["clips"])))
+    res = evaluate(
+        EvalArgs(
+            run=dyn,
+            data=data,
+            clips=sizes["clips"],
+            frames=sizes["frames"],
+            steps=sizes["steps"] if family.maskgit_options else None,
+            temperature=1.0 if family.continuous else sizes["temperature"],
+            ordinal=sizes["ordinal"] and not family.continuous,
+            delta_t=min(4, sizes["frames"] - 1),
+            seed=args.seed,
+            out=ev,
+            batch_size=min(8, sizes["clips"]),
+        )
+    )
     minutes = (time.perf_counter() - t0) / 60
     print(f"\n[demo] done in {minutes:.1f} min. Outputs:")
-    for label, path in (("dataset", data), ("data contact sheet", args.out / "inspect" / "contact_sheet.png"),
-                        (f"{tok_name} run", tok), ("LAM run", lam), ("dynamics run", dyn),
-                        ("report", ev / "report.md"), ("metrics", ev / "metrics.json"),
-                        ("plot", ev / "psnr_ssim.png"), ("rollouts GIF", ev / "rollouts.gif")):
+    for label, path in (
+        ("dataset", data),
+        ("data contact sheet", args.out / "inspect" / "contact_sheet.png"),
+        (f"{tok_name} run", tok),
+        ("LAM run", lam),
+        ("dynamics run", dyn),
+        ("report", ev / "report.md"),
+        ("metrics", ev / "metrics.json"),
+        ("plot", ev / "psnr_ssim.png"),
+        ("rollouts GIF", ev / "rollouts.gif"),
+    ):
         print(f"  {label:20} {path}")
     print("\n" + metrics_table(res))
     print(f"\nplay it in the browser: jasmine play --run {dyn}")

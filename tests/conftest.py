@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
 
 # Reuse XLA compilations across tests and their subprocesses (same tiny models compile often).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/jasmine-test-jax-cache")
@@ -18,16 +27,6 @@ def xla_env(devices: int) -> dict[str, str]:
     """The environment for a subprocess with ``devices`` CPU devices (and this suite's compile flags)."""
     return {**os.environ, "XLA_FLAGS": f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={devices}"}
 
-import contextlib
-import io
-import subprocess
-from pathlib import Path
-from typing import Callable
-
-import numpy as np
-import pytest
-
-from jasmine.data.dataset import DatasetWriter
 
 FRAME_SHAPE = (8, 8, 3)
 
@@ -37,10 +36,19 @@ def _micro_models():
     from jasmine.models.lam import LAMConfig
     from jasmine.models.tokenizer import TokenizerConfig
 
-    tok = TokenizerConfig(patch_size=4, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=8,
-                          num_latents=16)
-    lam = LAMConfig(patch_size=8, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=8, num_latents=4,
-                    dead_code_reset_steps=0)
+    tok = TokenizerConfig(
+        patch_size=4, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=8, num_latents=16
+    )
+    lam = LAMConfig(
+        patch_size=8,
+        model_dim=32,
+        ffn_dim=64,
+        num_blocks=1,
+        num_heads=2,
+        latent_dim=8,
+        num_latents=4,
+        dead_code_reset_steps=0,
+    )
     return tok, lam, DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2)
 
 
@@ -57,15 +65,34 @@ def synthetic_episode(episode: int, length: int, frame_shape=FRAME_SHAPE) -> tup
     return frames, (t % 7).astype(np.int32)
 
 
-def write_synthetic(root, lengths=(40, 33, 25, 60, 9), splits=("train", "val"), chunk_len=20, actions=True,
-                    records_per_shard=3, frame_shape=FRAME_SHAPE, format_version=2):
-    writer = DatasetWriter(root, frame_shape=frame_shape, num_actions=7 if actions else 0, source="synthetic",
-                           generator={"name": "synthetic"}, chunk_len=chunk_len, records_per_shard=records_per_shard,
-                           format_version=format_version)
+def write_synthetic(
+    root,
+    lengths=(40, 33, 25, 60, 9),
+    splits=("train", "val"),
+    chunk_len=20,
+    actions=True,
+    records_per_shard=3,
+    frame_shape=FRAME_SHAPE,
+    format_version=2,
+):
+    from jasmine.data.dataset import DatasetWriter  # imported after the XLA environment above is set
+
+    writer = DatasetWriter(
+        root,
+        frame_shape=frame_shape,
+        num_actions=7 if actions else 0,
+        source="synthetic",
+        generator={"name": "synthetic"},
+        chunk_len=chunk_len,
+        records_per_shard=records_per_shard,
+        format_version=format_version,
+    )
     for split in splits:
         for e, n in enumerate(lengths):
             frames, acts = synthetic_episode(e, n, frame_shape)
-            writer.add_episode(split, frames, acts if actions else None, {"source": "synthetic", "level_seed": e, "episode_id": e})
+            writer.add_episode(
+                split, frames, acts if actions else None, {"source": "synthetic", "level_seed": e, "episode_id": e}
+            )
     return writer.finish()
 
 
@@ -90,16 +117,15 @@ def build_once(root: Path, name: str, build: Callable[[Path], object]) -> Path:
     return root
 
 
-MICRO_RUN = dict(steps=3, batch_size=4, seq_len=4, image_size=(16, 16, 3), log_every=1, val_every=3, val_batches=1,
-                 ckpt_every=3)
+MICRO_RUN = dict(
+    steps=3, batch_size=4, seq_len=4, image_size=(16, 16, 3), log_every=1, val_every=3, val_batches=1, ckpt_every=3
+)
 
 
 @pytest.fixture(scope="session")
 def runs(shared_root):
     """A synthetic 16x16 dataset (with and without actions, and a 32x32 one), a micro tokenizer and a micro LAM."""
     from jasmine.config import LAMTrainConfig, OptimConfig, TokenizerTrainConfig
-    from jasmine.models.lam import LAMConfig
-    from jasmine.models.tokenizer import TokenizerConfig
     from jasmine.train.components import COMPONENTS
     from jasmine.train.loop import train
 
@@ -108,10 +134,16 @@ def runs(shared_root):
         write_synthetic(root / "noact", lengths=(40, 33), frame_shape=(16, 16, 3), actions=False)
         write_synthetic(root / "data32", lengths=(40, 33), frame_shape=(32, 32, 3))
         run = dict(MICRO_RUN, optim=OptimConfig(lr=3e-3, warmup_steps=1, decay_fraction=0.0))
-        train(TokenizerTrainConfig(data=root / "data", out=root / "tok", model=MICRO_TOK, **run),
-              COMPONENTS["tokenizer"], progress=False)
-        train(LAMTrainConfig(data=root / "data", out=root / "lam", model=MICRO_LAM, **run), COMPONENTS["lam"],
-              progress=False)
+        train(
+            TokenizerTrainConfig(data=root / "data", out=root / "tok", model=MICRO_TOK, **run),
+            COMPONENTS["tokenizer"],
+            progress=False,
+        )
+        train(
+            LAMTrainConfig(data=root / "data", out=root / "lam", model=MICRO_LAM, **run),
+            COMPONENTS["lam"],
+            progress=False,
+        )
 
     return build_once(shared_root / "genie", "runs", build)
 
@@ -126,6 +158,7 @@ def pytest_collection_modifyitems(config, items):
     """Tests marked ``heavy`` (a minute or more on 2 cores) first, ``heavy(later=True)`` ones (which wait for a
     build another heavy test starts) after them: ``make test`` hands tests out one at a time in this order, so
     the long ones start early and the short ones fill the workers' ends."""
+
     def rank(item):
         mark = item.get_closest_marker("heavy")
         return 2 if mark is None else 1 if mark.kwargs.get("later") else 0
@@ -149,3 +182,13 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                 print(e.code, file=err)
             code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
     return subprocess.CompletedProcess(["jasmine", *args], code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def micro_demo(shared_root):
+    """The micro demo (CoinRun, tokenizer, LAM, MaskGIT dynamics, eval), run once for every test and worker."""
+    from jasmine.demo import DemoArgs, demo
+
+    pytest.importorskip("procgen")
+    root = build_once(shared_root / "demo", "demo", lambda r: demo(DemoArgs(out=r / "demo", preset="micro")))
+    return root / "demo", json.loads((root / "demo" / "eval" / "metrics.json").read_text())

@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import write_synthetic
+
 from jasmine.eval import actions as A
 
 
@@ -15,8 +15,10 @@ def test_nmi_against_hand_computed_values():
     assert A.nmi(np.array([[1, 1], [1, 1]])) == pytest.approx(0.0, abs=1e-12)
     # p = [[.5, .25], [0, .25]]: I = 0.215762 nats, H(code) = 0.562335, H(action) = ln 2
     assert A.nmi(np.array([[2, 1], [0, 1]])) == pytest.approx(0.215762 / ((0.562335 + np.log(2)) / 2), rel=1e-5)
-    assert A.count_matrix(np.array([[0, 1], [1, 1]]), np.array([[2, 0], [0, 0]]), 2, 3).tolist() == [[0, 0, 1],
-                                                                                                    [3, 0, 0]]
+    assert A.count_matrix(np.array([[0, 1], [1, 1]]), np.array([[2, 0], [0, 0]]), 2, 3).tolist() == [
+        [0, 0, 1],
+        [3, 0, 0],
+    ]
 
 
 def test_codes_pair_with_the_action_taken_from_the_earlier_frame(tmp_path, monkeypatch, capsys):
@@ -28,8 +30,9 @@ def test_codes_pair_with_the_action_taken_from_the_earlier_frame(tmp_path, monke
 
     monkeypatch.setattr(A, "load_lam", lambda run: (FakeLAM(), 2))
     monkeypatch.setattr(A, "latent_actions", lambda lam, window, frames: frames[:, :-1, 0, 0, 0].astype(int) % 7)
-    res = A.actions_report(A.ActionsArgs(run=tmp_path / "run", data=tmp_path / "ds", split="val", clips=4, frames=8,
-                                         out=tmp_path / "out"))
+    res = A.actions_report(
+        A.ActionsArgs(run=tmp_path / "run", data=tmp_path / "ds", split="val", clips=4, frames=8, out=tmp_path / "out")
+    )
     counts = np.asarray(res["counts"])
     assert counts.sum() == 4 * 7 and (counts == np.diag(np.diag(counts))).all()  # exactly diagonal when aligned
     assert res["nmi"] == pytest.approx(1.0) and res["codes"][3]["actions"][0] == {"action": 3, "name": "3", "p": 1.0}
@@ -61,11 +64,38 @@ def test_actions_command_on_a_trained_lam(tmp_path, capsys):
 
     write_synthetic(tmp_path / "ds", lengths=(40, 33, 25, 60), frame_shape=(16, 16, 3))
     lam = LAMConfig(patch_size=8, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=8, num_latents=4)
-    train(LAMTrainConfig(data=tmp_path / "ds", out=tmp_path / "lam", steps=2, batch_size=2, seq_len=4,
-                         image_size=(16, 16, 3), val_every=2, ckpt_every=2, log_every=1, model=lam,
-                         optim=OptimConfig(warmup_steps=1)), COMPONENTS["lam"], progress=False)
-    main(["actions", "--run", str(tmp_path / "lam"), "--data", str(tmp_path / "ds"), "--split", "val", "--clips", "4",
-          "--frames", "7"])
+    train(
+        LAMTrainConfig(
+            data=tmp_path / "ds",
+            out=tmp_path / "lam",
+            steps=2,
+            batch_size=2,
+            seq_len=4,
+            image_size=(16, 16, 3),
+            val_every=2,
+            ckpt_every=2,
+            log_every=1,
+            model=lam,
+            optim=OptimConfig(warmup_steps=1),
+        ),
+        COMPONENTS["lam"],
+        progress=False,
+    )
+    main(
+        [
+            "actions",
+            "--run",
+            str(tmp_path / "lam"),
+            "--data",
+            str(tmp_path / "ds"),
+            "--split",
+            "val",
+            "--clips",
+            "4",
+            "--frames",
+            "7",
+        ]
+    )
     res = json.loads((tmp_path / "lam" / "actions" / "actions.json").read_text())
     assert np.asarray(res["counts"]).shape == (4, 7) and res["transitions"] == 4 * 6 and 0 <= res["nmi"] <= 1
     assert "code  0" in capsys.readouterr().out

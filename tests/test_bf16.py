@@ -11,17 +11,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from test_sample import LAM, TOK
 
 from jasmine.bench import synthetic_batch
-from jasmine.config import OptimConfig, preset
+from jasmine.config import OptimConfig
 from jasmine.models.dynamics import DynamicsConfig
 from jasmine.models.genie import Genie
 from jasmine.models.nn import Precision
+from jasmine.presets import preset
 from jasmine.sample.rollout import Rollout, SampleOptions
 from jasmine.train.components import COMPONENTS
 from jasmine.train.loop import setup
 from jasmine.train.mesh import global_batch, make_mesh
-from test_sample import LAM, TOK
 
 RUNS = {  # component, config changes, batch inputs
     "tokenizer": ("tokenizer", {}, "frames"),
@@ -29,16 +30,20 @@ RUNS = {  # component, config changes, batch inputs
     "maskgit": ("dynamics", {"gt_actions": True, "num_actions": 7}, "tokens"),
     "causal": ("dynamics", {"gt_actions": True, "num_actions": 7, "dynamics": "causal"}, "tokens"),
     "mae": ("mae", {}, "frames"),
-    "diffusion": ("dynamics", {"gt_actions": True, "num_actions": 7, "dynamics": "diffusion",
-                               "mae_model": preset("mae", "micro").model}, "frames"),
+    "diffusion": (
+        "dynamics",
+        {"gt_actions": True, "num_actions": 7, "dynamics": "diffusion", "mae_model": preset("mae", "micro").model},
+        "frames",
+    ),
 }
 
 
 def losses(name: str, dtype: str, steps: int) -> tuple[list[float], list[float], str]:
     component, kw, inputs = RUNS[name]
     comp = COMPONENTS[component]
-    cfg = replace(preset(component, "micro"), dtype=dtype, optim=OptimConfig(lr=3e-3, warmup_steps=1,
-                                                                              decay_fraction=0.0), **kw)
+    cfg = replace(
+        preset(component, "micro"), dtype=dtype, optim=OptimConfig(lr=3e-3, warmup_steps=1, decay_fraction=0.0), **kw
+    )
     mesh = make_mesh((1, 1))
     _, state, _, step = setup(cfg, comp, mesh, pretrained=False)
     batch = global_batch(synthetic_batch(cfg, comp.batch_keys(cfg), 7, inputs=inputs), mesh)
@@ -75,8 +80,12 @@ def test_bf16_cached_sampler_agrees_with_uncached_and_fp32(family):
     assert "bf16" in str(jax.make_jaxpr(lambda c: g16.prefill(c, zeros, 5))(ctx))
     for temperature in (1.0, 0.0):
         opts = dict(temperature=temperature, **({"steps": 4} if family == "maskgit" else {}))
-        run = lambda g, cache: np.asarray(Rollout(g, 5, SampleOptions(cache=cache, **opts)).run(
-            ctx, acts, jax.random.key(3), num_frames=8))
+
+        def run(g, cache, opts=opts):
+            return np.asarray(
+                Rollout(g, 5, SampleOptions(cache=cache, **opts)).run(ctx, acts, jax.random.key(3), num_frames=8)
+            )
+
         cached, uncached = run(g16, True), run(g16, False)  # 8 frames in a window of 5: the cache slides
         np.testing.assert_array_equal(cached[:, :2], ctx)
         assert (cached == uncached).mean() >= 0.95, (cached != uncached).sum()

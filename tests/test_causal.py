@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from test_genie import dyn_cfg
 
 from jasmine.models.causal import CausalDynamics
 from jasmine.models.digits import Digits, SamplingOptions
@@ -12,7 +13,6 @@ from jasmine.models.dynamics import DynamicsConfig
 from jasmine.models.nn import AxialTransformer, positions
 from jasmine.sample.rollout import Rollout, SampleOptions
 from jasmine.train.components import COMPONENTS
-from test_genie import dyn_cfg
 
 CFG = DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=2, num_heads=2)
 B, T, N, A = 1, 3, 4, 5
@@ -51,8 +51,16 @@ def test_receptive_field_is_exactly_earlier_frames_earlier_tokens_and_actions_up
 
 def test_the_spatially_causal_axial_design_fails_the_same_check():
     """The reference's baseline: axial attention causal in space and time (token k sees tokens <= k of past frames)."""
-    axial = AxialTransformer(CFG.model_dim, CFG.model_dim, CFG.ffn_dim, 6, CFG.num_blocks, CFG.num_heads,
-                             spatial_causal=True, rngs=nnx.Rngs(0))
+    axial = AxialTransformer(
+        CFG.model_dim,
+        CFG.model_dim,
+        CFG.ffn_dim,
+        6,
+        CFG.num_blocks,
+        CFG.num_heads,
+        spatial_causal=True,
+        rngs=nnx.Rngs(0),
+    )
     x_BTLD = jax.random.normal(jax.random.key(0), (B, T, L, CFG.model_dim))
     bad = violations(dependence(lambda x: axial(x)[:, :, :N], x_BTLD))
     assert (1, 0) in bad and (2, 1) in bad  # token 0 of frame 1 cannot see tokens 1.. of frame 0
@@ -60,20 +68,27 @@ def test_the_spatially_causal_axial_design_fails_the_same_check():
 
 
 def _genie(runs, **kw):
-    cfg = COMPONENTS["dynamics"].prepare(dyn_cfg(runs / "data", None, runs / "tok", lam=runs / "lam",
-                                                 dynamics="causal", **kw))
+    cfg = COMPONENTS["dynamics"].prepare(
+        dyn_cfg(runs / "data", None, runs / "tok", lam=runs / "lam", dynamics="causal", **kw)
+    )
     return cfg, COMPONENTS["dynamics"].build(cfg, nnx.Rngs(0), pretrained=False)
 
 
-@pytest.mark.parametrize("opts", [SamplingOptions(temperature=1.0), SamplingOptions(temperature=0.0),
-                                  SamplingOptions(temperature=1.0, top_k=2)])
+@pytest.mark.parametrize(
+    "opts",
+    [SamplingOptions(temperature=1.0), SamplingOptions(temperature=0.0), SamplingOptions(temperature=1.0, top_k=2)],
+)
 def test_cached_and_uncached_tokens_are_identical_also_past_seq_len(runs, opts):
     cfg, genie = _genie(runs)
     n = genie.tokens_per_frame
     ctx = jax.random.randint(jax.random.key(0), (2, 1, n), 0, genie.dynamics.digits.vocab)
     actions = jax.random.randint(jax.random.key(1), (2, 2 * cfg.seq_len), 0, 4)  # 2 * seq_len + 1 frames: slides
-    out = {cache: Rollout(genie, cfg.seq_len, SampleOptions(**vars(opts), cache=cache)).run(
-        ctx, actions, jax.random.key(2), num_frames=2 * cfg.seq_len) for cache in (True, False)}
+    out = {
+        cache: Rollout(genie, cfg.seq_len, SampleOptions(**vars(opts), cache=cache)).run(
+            ctx, actions, jax.random.key(2), num_frames=2 * cfg.seq_len
+        )
+        for cache in (True, False)
+    }
     np.testing.assert_array_equal(out[True], out[False])
     np.testing.assert_array_equal(out[True][:, :1], ctx)
 
@@ -82,7 +97,7 @@ def test_sampling_is_seeded_and_top_k_restricts_each_digit():
     d = Digits((5, 4))
     logits = jax.random.normal(jax.random.key(0), (4000, d.width))
     draws = np.asarray(d.digits(d.sample(jax.random.key(1), logits, 1.0, top_k=2)))
-    for k, (o, v) in enumerate(zip(d.offsets, d.levels)):
+    for k, (o, v) in enumerate(zip(d.offsets, d.levels, strict=False)):
         top2 = np.argsort(np.asarray(logits[:, o : o + v]), axis=-1)[:, -2:]
         assert (draws[:, k : k + 1] == top2).any(-1).all()
     assert len(np.unique(draws[:, 0])) == 5  # all values occur across rows, only the top 2 within each
@@ -101,13 +116,20 @@ def test_rollouts_are_deterministic_in_the_seed(runs):
     assert not np.array_equal(a, c)
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"model": DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, mask_limit=0.2)},
-     "--model.mask-limit: MaskGIT-only"),
-    ({"model": DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, action_mode="add")},
-     "--model.action-mode: MaskGIT-only"),
-    ({"val_sampling": SamplingOptions(steps=8)}, "--steps is a MaskGIT option"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (
+            {"model": DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, mask_limit=0.2)},
+            "--model.mask-limit: MaskGIT-only",
+        ),
+        (
+            {"model": DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, action_mode="add")},
+            "--model.action-mode: MaskGIT-only",
+        ),
+        ({"val_sampling": SamplingOptions(steps=8)}, "--steps is a MaskGIT option"),
+    ],
+)
 def test_maskgit_only_training_options_are_refused(runs, kw, match):
     with pytest.raises(ValueError, match=match):
         _genie(runs, **kw)

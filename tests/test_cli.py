@@ -4,8 +4,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import cli
+
 from jasmine.cli import COMMANDS
 
 

@@ -1,9 +1,7 @@
-import json
-
 import numpy as np
 import pytest
-
 from conftest import cli
+
 from jasmine.data.coinrun import CoinRunArgs, episodes, generate, level_ranges
 from jasmine.data.dataset import DataError, iter_records, read_metadata
 
@@ -55,13 +53,22 @@ def test_short_episodes_are_replaced_by_later_starts():
     assert [seed for _, _, seed in eps] == [0, 2, 3, 5, 6]
 
 
-needs_procgen = pytest.mark.skipif(__import__("importlib").util.find_spec("procgen") is None,
-                                   reason="needs the coinrun extra")
+needs_procgen = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("procgen") is None, reason="needs the coinrun extra"
+)
 
 
 def small(out, seed=0, **kw):
-    args = dict(train_episodes=4, val_episodes=2, test_episodes=2, seed=seed, max_episode_len=60, chunk_len=25,
-                num_envs=4, records_per_shard=3)
+    args = dict(
+        train_episodes=4,
+        val_episodes=2,
+        test_episodes=2,
+        seed=seed,
+        max_episode_len=60,
+        chunk_len=25,
+        num_envs=4,
+        records_per_shard=3,
+    )
     return CoinRunArgs(out=out, **{**args, **kw})
 
 
@@ -93,7 +100,10 @@ def test_episodes_have_the_case_study_format(coinrun_dir):
 def test_same_arguments_give_byte_identical_records(coinrun_dir, tmp_path):
     generate(small(tmp_path / "b"))
     assert shard_bytes(coinrun_dir) == shard_bytes(tmp_path / "b")
-    strip = lambda m: {k: v for k, v in m.items()}
+
+    def strip(m):
+        return {k: v for k, v in m.items()}
+
     assert strip(read_metadata(coinrun_dir)) == strip(read_metadata(tmp_path / "b"))
     generate(small(tmp_path / "c", seed=1))
     assert shard_bytes(tmp_path / "c") != shard_bytes(coinrun_dir)
@@ -103,7 +113,7 @@ def test_splits_use_disjoint_level_ranges(coinrun_dir):
     meta = read_metadata(coinrun_dir)
     ranges = level_ranges(small(coinrun_dir))
     spans = sorted(ranges.values())
-    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
     for split, (lo, hi) in ranges.items():
         assert meta["splits"][split]["level_seeds"] == [lo, hi]
         for _, rec in iter_records(coinrun_dir, meta, split):
@@ -119,13 +129,28 @@ def test_existing_dataset_needs_overwrite(coinrun_dir):
 @pytest.mark.heavy
 def test_cli_generates_and_inspects(tmp_path):
     out = tmp_path / "cli"
+
     def run(*a):
         res = cli(*a)
         assert res.returncode == 0, res.stderr
         return res
 
-    gen = run("data", "coinrun", "--out", str(out), "--train-episodes", "2", "--val-episodes", "1",
-              "--test-episodes", "1", "--max-episode-len", "40", "--num-envs", "2")
+    gen = run(
+        "data",
+        "coinrun",
+        "--out",
+        str(out),
+        "--train-episodes",
+        "2",
+        "--val-episodes",
+        "1",
+        "--test-episodes",
+        "1",
+        "--max-episode-len",
+        "40",
+        "--num-envs",
+        "2",
+    )
     assert "frames/s" in gen.stdout and "train" in gen.stdout
     insp = run("data", "inspect", str(out), "--episodes", "2")
     assert "action histogram" in insp.stdout and "episode length" in insp.stdout

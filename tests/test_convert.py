@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli
 from PIL import Image
 
-from conftest import cli
 from jasmine.data.convert import ImagesArgs, VideoArgs, assign_splits, convert
 from jasmine.data.dataset import DataError, iter_records, read_metadata
 from jasmine.data.loader import make_loader
@@ -43,11 +43,22 @@ def episodes(root: Path) -> dict[str, list[np.ndarray]]:
 
 
 def test_video_round_trip_splits_skips_and_determinism(videos, tmp_path):
-    args = VideoArgs(inputs=(videos,), out=tmp_path / "a", size="32x32", min_len=8, chunk_len=10,
-                     val_fraction=0.2, test_fraction=0.2, workers=0)
+    args = VideoArgs(
+        inputs=(videos,),
+        out=tmp_path / "a",
+        size="32x32",
+        min_len=8,
+        chunk_len=10,
+        val_fraction=0.2,
+        test_fraction=0.2,
+        workers=0,
+    )
     meta = convert(args, "video")
     (unreadable,) = meta["skipped"]["unreadable"]
-    assert unreadable.startswith(str(videos / "broken.mp4") + ": ") and "short.mp4: 3 frames < --min-len 8" in meta["skipped"]["too_short"][0]
+    assert (
+        unreadable.startswith(str(videos / "broken.mp4") + ": ")
+        and "short.mp4: 3 frames < --min-len 8" in meta["skipped"]["too_short"][0]
+    )
     sources = {s: meta["splits"][s]["sources"] for s in meta["splits"]}
     names = [Path(p).name for ps in sources.values() for p in ps]
     assert sorted(names) == sorted(["anim.gif"] + [f"clip{k}.mp4" for k in range(5)])  # disjoint, all readable kept
@@ -76,8 +87,20 @@ def test_video_round_trip_splits_skips_and_determinism(videos, tmp_path):
 
 
 def test_video_fps_resampling_and_crop(videos, tmp_path):
-    meta = convert(VideoArgs(inputs=(videos / "clip0.mp4", videos / "anim.gif"), out=tmp_path / "f", size="16x24",
-                             fit="crop", fps=5, min_len=4, val_fraction=0, test_fraction=0, workers=0), "video")
+    meta = convert(
+        VideoArgs(
+            inputs=(videos / "clip0.mp4", videos / "anim.gif"),
+            out=tmp_path / "f",
+            size="16x24",
+            fit="crop",
+            fps=5,
+            min_len=4,
+            val_fraction=0,
+            test_fraction=0,
+            workers=0,
+        ),
+        "video",
+    )
     assert meta["frame_shape"] == [16, 24, 3]
     assert sorted(meta["splits"]["train"]["episode_lengths"]) == [10, 12]  # 2.0 s and 2.4 s at 5 frames/s
 
@@ -88,11 +111,21 @@ def test_image_folders_in_natural_order_exactly(tmp_path):
             d = tmp_path / "in" / f"episode{e}"
             d.mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.full((16, 16, 3), 20 * e + t, np.uint8)).save(d / f"frame{t}.png")
-    meta = convert(ImagesArgs(inputs=(tmp_path / "in",), out=tmp_path / "ds", size="16x16", min_len=4,
-                              val_fraction=0.34, test_fraction=0.0, workers=0), "images")
+    meta = convert(
+        ImagesArgs(
+            inputs=(tmp_path / "in",),
+            out=tmp_path / "ds",
+            size="16x16",
+            min_len=4,
+            val_fraction=0.34,
+            test_fraction=0.0,
+            workers=0,
+        ),
+        "images",
+    )
     eps = episodes(tmp_path / "ds")
     for split, paths in ((s, meta["splits"][s]["sources"]) for s in meta["splits"]):
-        for path, frames in zip(paths, eps[split]):
+        for path, frames in zip(paths, eps[split], strict=False):
             e = int(path[-1])
             np.testing.assert_array_equal(frames[:, 0, 0, 0], 20 * e + np.arange(12))  # frame10 after frame9
     assert sorted(len(meta["splits"][s]["sources"]) for s in meta["splits"]) == [1, 2]
@@ -125,10 +158,23 @@ def test_empty_input_and_unreadable_frames_are_named(tmp_path):
         for t in range(5):
             Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / f"{t}.png")
     (bad / "3.png").write_bytes(b"garbage")
-    meta = convert(ImagesArgs(inputs=(tmp_path / "in",), out=tmp_path / "ds", size="8x8", min_len=2, val_fraction=0,
-                              test_fraction=0, workers=0), "images")
+    meta = convert(
+        ImagesArgs(
+            inputs=(tmp_path / "in",),
+            out=tmp_path / "ds",
+            size="8x8",
+            min_len=2,
+            val_fraction=0,
+            test_fraction=0,
+            workers=0,
+        ),
+        "images",
+    )
     assert meta["splits"]["train"]["episodes"] == 1
-    assert len(meta["skipped"]["unreadable"]) == 1 and "bad/3.png: not a readable image" in meta["skipped"]["unreadable"][0]
+    assert (
+        len(meta["skipped"]["unreadable"]) == 1
+        and "bad/3.png: not a readable image" in meta["skipped"]["unreadable"][0]
+    )
 
 
 def test_dedup_finds_a_planted_cross_split_duplicate(tmp_path, capsys):

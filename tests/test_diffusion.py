@@ -46,7 +46,10 @@ def test_frame_t_sees_inputs_levels_and_actions_up_to_t_only():
     z = jax.random.normal(jax.random.key(0), (1, T, N, L))
     tau = jnp.full((1, T), 0.5)
     a = jax.random.normal(jax.random.key(1), (1, T, A))
-    out = lambda z, tau, a: nnx.merge(graphdef, state)(z, tau, a).sum(axis=(0, 2, 3))  # [T]
+
+    def out(z, tau, a):
+        return nnx.merge(graphdef, state)(z, tau, a).sum(axis=(0, 2, 3))  # [T]
+
     jz, jtau, ja = jax.jit(jax.jacrev(out, argnums=(0, 1, 2)))(z, tau, a)  # [T, 1, T, ...]
     for t in range(T):
         for j in (jz, jtau, ja):
@@ -119,10 +122,12 @@ def test_overfitting_one_batch_drives_the_loss_down():
 
 def test_bad_sampling_settings_are_named():
     check = DiffusionDynamics.check_sampling
-    for opts, why in [(SamplingOptions(steps=0), "--steps must be >= 1 denoising step, got 0"),
-                      (SamplingOptions(steps=-2), "got -2"),
-                      (SamplingOptions(context_noise=1.0), r"--context-noise must be in \[0, 1\)"),
-                      (SamplingOptions(temperature=0.0, top_k=3), "--temperature, --top-k: token sampling option")]:
+    for opts, why in [
+        (SamplingOptions(steps=0), "--steps must be >= 1 denoising step, got 0"),
+        (SamplingOptions(steps=-2), "got -2"),
+        (SamplingOptions(context_noise=1.0), r"--context-noise must be in \[0, 1\)"),
+        (SamplingOptions(temperature=0.0, top_k=3), "--temperature, --top-k: token sampling option"),
+    ]:
         with pytest.raises(ValueError, match=why):
             check(opts)
     resolved = DiffusionDynamics.resolve_sampling(SamplingOptions())
@@ -134,6 +139,7 @@ def test_bad_sampling_settings_are_named():
 @pytest.fixture(scope="session")
 def mae_run(shared_root):
     from conftest import build_once, write_synthetic
+
     from jasmine.config import MAETrainConfig, OptimConfig
     from jasmine.models.mae import MAEConfig
     from jasmine.train.components import COMPONENTS
@@ -141,24 +147,51 @@ def mae_run(shared_root):
 
     def build(root):
         write_synthetic(root / "data", lengths=(40, 33, 25, 60), frame_shape=(16, 16, 3))
-        train(MAETrainConfig(data=root / "data", out=root / "mae", steps=2, batch_size=2, seq_len=2,
-                             image_size=(16, 16, 3), log_every=1, val_every=2, val_batches=1, ckpt_every=2,
-                             optim=OptimConfig(warmup_steps=1),
-                             model=MAEConfig(patch_size=4, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2,
-                                             latent_dim=4)), COMPONENTS["mae"], progress=False)
+        train(
+            MAETrainConfig(
+                data=root / "data",
+                out=root / "mae",
+                steps=2,
+                batch_size=2,
+                seq_len=2,
+                image_size=(16, 16, 3),
+                log_every=1,
+                val_every=2,
+                val_batches=1,
+                ckpt_every=2,
+                optim=OptimConfig(warmup_steps=1),
+                model=MAEConfig(patch_size=4, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=4),
+            ),
+            COMPONENTS["mae"],
+            progress=False,
+        )
 
     return build_once(shared_root / "diffusion", "mae", build)
 
 
 def dyn_cfg(root, out, **kw):
-    from jasmine.config import DynamicsTrainConfig, OptimConfig
-
     from dataclasses import replace
 
-    base = DynamicsTrainConfig(data=root / "data", out=out, tokenizer=root / "mae", gt_actions=True, dynamics="diffusion",
-                               model=CFG, steps=4, batch_size=2, seq_len=5, image_size=(16, 16, 3), log_every=1,
-                               val_every=4, val_batches=1, ckpt_every=2, val_sampling=SamplingOptions(steps=3),
-                               optim=OptimConfig(lr=3e-3, warmup_steps=1, decay_fraction=0.0))
+    from jasmine.config import DynamicsTrainConfig, OptimConfig
+
+    base = DynamicsTrainConfig(
+        data=root / "data",
+        out=out,
+        tokenizer=root / "mae",
+        gt_actions=True,
+        dynamics="diffusion",
+        model=CFG,
+        steps=4,
+        batch_size=2,
+        seq_len=5,
+        image_size=(16, 16, 3),
+        log_every=1,
+        val_every=4,
+        val_batches=1,
+        ckpt_every=2,
+        val_sampling=SamplingOptions(steps=3),
+        optim=OptimConfig(lr=3e-3, warmup_steps=1, decay_fraction=0.0),
+    )
     return replace(base, **kw)
 
 
@@ -173,7 +206,9 @@ def test_diffusion_dynamics_trains_resumes_and_rolls_out_past_its_window(mae_run
     straight = train(dyn_cfg(mae_run, tmp_path / "s"), COMPONENTS["dynamics"], progress=False)
     train(dyn_cfg(mae_run, tmp_path / "r", steps=2), COMPONENTS["dynamics"], progress=False)
     resumed = train(dyn_cfg(mae_run, tmp_path / "r", resume=True), COMPONENTS["dynamics"], progress=False)
-    for a, b in zip(jax.tree.leaves(straight["state"]["params"]), jax.tree.leaves(resumed["state"]["params"])):
+    for a, b in zip(
+        jax.tree.leaves(straight["state"]["params"]), jax.tree.leaves(resumed["state"]["params"]), strict=False
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     val = read_metrics(tmp_path / "s", "val")[-1]
     assert {"rollout_psnr", "full_frame_psnr", "mse_clean_level"} <= set(val) and "full_frame_token_accuracy" not in val
@@ -199,17 +234,45 @@ def test_families_refuse_the_other_kind_of_tokenizer(mae_run, tmp_path):
     from jasmine.train.components import COMPONENTS
     from jasmine.train.loop import train
 
-    with pytest.raises(ValueError, match=r"--tokenizer .*mae: --dynamics maskgit needs a VQ/FSQ tokenizer run "
-                                         r"\(`jasmine train tokenizer`\), got an MAE tokenizer"):
-        train(replace(dyn_cfg(mae_run, tmp_path / "m"), dynamics="maskgit", model=DynamicsConfig(
-            model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2), val_sampling=SamplingOptions()),
-              COMPONENTS["dynamics"], progress=False)
-    train(TokenizerTrainConfig(data=mae_run / "data", out=tmp_path / "vq", steps=1, batch_size=2, seq_len=1,
-                               image_size=(16, 16, 3), log_every=1, val_every=1, val_batches=1, ckpt_every=1,
-                               optim=OptimConfig(warmup_steps=1), model=TokenizerConfig(
-                                   patch_size=8, model_dim=16, ffn_dim=32, num_blocks=1, num_heads=2, latent_dim=4,
-                                   num_latents=8)), COMPONENTS["tokenizer"], progress=False)
-    with pytest.raises(ValueError, match=r"--dynamics diffusion needs an MAE tokenizer run \(`jasmine train mae`\), "
-                                         r"got a VQ/FSQ tokenizer"):
+    with pytest.raises(
+        ValueError,
+        match=r"--tokenizer .*mae: --dynamics maskgit needs a VQ/FSQ tokenizer run "
+        r"\(`jasmine train tokenizer`\), got an MAE tokenizer",
+    ):
+        train(
+            replace(
+                dyn_cfg(mae_run, tmp_path / "m"),
+                dynamics="maskgit",
+                model=DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2),
+                val_sampling=SamplingOptions(),
+            ),
+            COMPONENTS["dynamics"],
+            progress=False,
+        )
+    train(
+        TokenizerTrainConfig(
+            data=mae_run / "data",
+            out=tmp_path / "vq",
+            steps=1,
+            batch_size=2,
+            seq_len=1,
+            image_size=(16, 16, 3),
+            log_every=1,
+            val_every=1,
+            val_batches=1,
+            ckpt_every=1,
+            optim=OptimConfig(warmup_steps=1),
+            model=TokenizerConfig(
+                patch_size=8, model_dim=16, ffn_dim=32, num_blocks=1, num_heads=2, latent_dim=4, num_latents=8
+            ),
+        ),
+        COMPONENTS["tokenizer"],
+        progress=False,
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"--dynamics diffusion needs an MAE tokenizer run \(`jasmine train mae`\), "
+        r"got a VQ/FSQ tokenizer",
+    ):
         train(dyn_cfg(mae_run, tmp_path / "d", tokenizer=tmp_path / "vq"), COMPONENTS["dynamics"], progress=False)
     assert not (tmp_path / "d" / "checkpoints").exists()

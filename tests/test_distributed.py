@@ -7,7 +7,6 @@ between processes, XLA's in-process reduction within one), so parameters agree t
 rounding, amplified by Adam where a gradient is ~0 (see ``PARAM_ATOL``).
 """
 
-import os
 import socket
 import subprocess
 import sys
@@ -16,18 +15,39 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import write_synthetic, xla_env
 from flax import nnx
 
-from conftest import write_synthetic, xla_env
 from jasmine.data.loader import make_loader
 from jasmine.train.components import load_run
 
 # Adam moves a coordinate by up to lr per step whatever its gradient's size, so a rounding-level gradient can
-# differ by ~lr (1e-3) after a step; observed: 5e-6 after 2 steps, 1.4e-5 after 8. A run fed the wrong batch differs by ~1e-3.
+# differ by ~lr (1e-3) after a step; observed: 5e-6 after 2 steps, 1.4e-5 after 8.
+# A run fed the wrong batch differs by ~1e-3.
 PARAM_ATOL = 1e-4
 # No decay phase, so runs of different --steps share one learning-rate schedule.
-FLAGS = ["--preset", "micro", "--image-size", "16", "16", "3", "--model.patch-size", "4", "--batch-size", "4",
-         "--ckpt-every", "2", "--keep-last", "10", "--optim.decay-fraction", "0", "--log-every", "1", "--val-every", "4"]
+FLAGS = [
+    "--preset",
+    "micro",
+    "--image-size",
+    "16",
+    "16",
+    "3",
+    "--model.patch-size",
+    "4",
+    "--batch-size",
+    "4",
+    "--ckpt-every",
+    "2",
+    "--keep-last",
+    "10",
+    "--optim.decay-fraction",
+    "0",
+    "--log-every",
+    "1",
+    "--val-every",
+    "4",
+]
 
 
 def _free_port() -> int:
@@ -36,29 +56,61 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(data: Path, out: Path, steps: int, processes: int, *extra: str, how: str = "flags") -> list[subprocess.Popen]:
+def launch(
+    data: Path, out: Path, steps: int, processes: int, *extra: str, how: str = "flags"
+) -> list[subprocess.Popen]:
     """Start ``processes`` JAX processes with 4 / processes CPU devices each, training the micro tokenizer.
 
     ``how`` tells each process about the others: ``flags`` (--distributed.*), ``env``
     (JAX_COORDINATOR_ADDRESS, ...) or ``slurm`` (the variables ``srun`` sets, for JAX's detection).
     """
-    cmd = [sys.executable, "-m", "jasmine", "train", "tokenizer", *FLAGS, "--data", str(data), "--out", str(out),
-           "--steps", str(steps), "--distributed.initialization-timeout", "120", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jasmine",
+        "train",
+        "tokenizer",
+        *FLAGS,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--distributed.initialization-timeout",
+        "120",
+        *extra,
+    ]
     port = _free_port()
     procs = []
     for i in range(processes):
         env = xla_env(4 // processes)
         args = list(cmd)
         if processes > 1 and how == "flags":
-            args += ["--distributed.coordinator", f"127.0.0.1:{port}", "--distributed.num-processes", str(processes),
-                     "--distributed.process-id", str(i)]
+            args += [
+                "--distributed.coordinator",
+                f"127.0.0.1:{port}",
+                "--distributed.num-processes",
+                str(processes),
+                "--distributed.process-id",
+                str(i),
+            ]
         elif processes > 1 and how == "env":
-            env |= {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": str(processes),
-                    "JAX_PROCESS_ID": str(i)}
+            env |= {
+                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                "JAX_NUM_PROCESSES": str(processes),
+                "JAX_PROCESS_ID": str(i),
+            }
         elif processes > 1:
-            env |= {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "localhost", "SLURM_STEP_NUM_NODES": "1",
-                    "SLURM_NTASKS": str(processes), "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i),
-                    "JAX_COORDINATOR_PORT": str(port)}
+            env |= {
+                "SLURM_JOB_ID": "4242",
+                "SLURM_STEP_NODELIST": "localhost",
+                "SLURM_STEP_NUM_NODES": "1",
+                "SLURM_NTASKS": str(processes),
+                "SLURM_PROCID": str(i),
+                "SLURM_LOCALID": str(i),
+                "JAX_COORDINATOR_PORT": str(port),
+            }
         procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     return procs
 
@@ -70,7 +122,7 @@ def wait(*groups: list[subprocess.Popen]) -> list[str]:
     finally:
         for p in procs:
             p.kill()
-    for p, out in zip(procs, outs):
+    for p, out in zip(procs, outs, strict=False):
         assert p.returncode == 0, out[-3000:]
     return outs
 
@@ -81,7 +133,7 @@ def params(run: Path, step: int) -> list[np.ndarray]:
 
 def assert_params(a: list[np.ndarray], b: list[np.ndarray], exact: bool) -> None:
     assert len(a) == len(b)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if exact:
             assert np.array_equal(x, y)
         else:
@@ -92,40 +144,44 @@ def assert_params(a: list[np.ndarray], b: list[np.ndarray], exact: bool) -> None
 def test_two_processes_train_like_one_and_checkpoints_move_between_them(tmp_path):
     data = tmp_path / "ds"
     write_synthetic(data, lengths=(40, 33, 25, 60), frame_shape=(16, 16, 3))
-    ref, whole, parts = tmp_path / "ref", tmp_path / "whole", tmp_path / "parts"
-    # 1 x 4 for 8 steps, and 2 x 2 for 4 steps.
+    ref, whole, again, down, up = (tmp_path / n for n in ("ref", "whole", "again", "down", "up"))
+    # 1 x 4 for 8 steps, and 2 x 2 (flags) for 4 steps.
     outs = wait(launch(data, ref, 8, 1), launch(data, whole, 4, 2))
     assert "2 process(es), 4 device(s), mesh dp 4 x fsdp 1" in outs[1]
     assert "process(es)" not in outs[2], "only process 0 prints"
     assert not any((whole / "checkpoints" / "4").glob("*tmp*"))
     assert_params(params(ref, 2), params(whole, 2), exact=False)  # 2 processes train like 1
 
-    # a new 2-process launch continues from step 2 of the first: the same steps 3-4, bitwise (deterministic)
-    wait(launch(data, parts, 4, 2, "--init-from", str(whole), "--init-step", "2", how="env"))
-    assert_params(params(whole, 4), params(parts, 4), exact=True)
-    assert_params(params(ref, 4), params(parts, 4), exact=False)
-    wait(launch(data, parts, 6, 1, "--resume"))  # 2 processes -> 1
-    assert_params(params(ref, 6), params(parts, 6), exact=False)
-    outs = wait(launch(data, parts, 8, 2, "--resume", how="slurm"))  # 1 -> 2, as srun would start them
-    assert "2 process(es), 4 device(s)" in outs[0]
-    assert_params(params(ref, 8), params(parts, 8), exact=False)
-    for name in ("ref", "parts"):  # one writer: every step logged once, by process 0
-        steps = [line for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
-        assert len(steps) == 8
+    # Then, at once: 2 x 2 (env) continuing from step 2 of `whole`; 1 x 4 continuing from step 4 of `whole`
+    # (2 processes -> 1); 2 x 2 started as srun would continuing from step 6 of `ref` (1 -> 2).
+    outs = wait(
+        launch(data, again, 4, 2, "--init-from", str(whole), "--init-step", "2", how="env"),
+        launch(data, down, 6, 1, "--init-from", str(whole), "--init-step", "4"),
+        launch(data, up, 8, 2, "--init-from", str(ref), "--init-step", "6", how="slurm"),
+    )
+    assert "2 process(es), 4 device(s)" in outs[3]
+    assert_params(params(whole, 4), params(again, 4), exact=True)  # the same steps 3-4, bitwise: deterministic
+    assert_params(params(ref, 6), params(down, 6), exact=False)
+    assert_params(params(ref, 8), params(up, 8), exact=False)
+    for run, n in ((ref, 8), (again, 4), (down, 6), (up, 8)):  # one writer: every step logged once, by process 0
+        steps = [line for line in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
+        assert len(steps) == n, run
 
 
 @pytest.mark.parametrize("processes", [2, 4])
 def test_process_blocks_are_disjoint_and_make_up_the_one_process_batch(synthetic_dir, processes):
     kw = dict(seq_len=4, batch_size=8, seed=3)
     one = iter(make_loader(synthetic_dir, "train", process_index=0, process_count=1, **kw))
-    blocks = [iter(make_loader(synthetic_dir, "train", process_index=p, process_count=processes, start_batch=2, **kw))
-              for p in range(processes)]
+    blocks = [
+        iter(make_loader(synthetic_dir, "train", process_index=p, process_count=processes, start_batch=2, **kw))
+        for p in range(processes)
+    ]
     for step in range(5):
         full = next(one)
         if step < 2:
             continue
         parts = [next(b) for b in blocks]
-        for p, part in enumerate(parts):
+        for _p, part in enumerate(parts):
             assert part["frames"].shape[0] == 8 // processes
         ids = [tuple(f[:, 0, 0, :2].ravel()) for part in parts for f in part["frames"]]  # (episode, frame) pixels
         assert len(set(ids)) == len(ids), "two processes read the same window"
@@ -160,20 +216,31 @@ def test_mesh_shapes_and_their_errors(sharding, mesh, devices, local, expect):
 @pytest.mark.parametrize(
     "kw, env, match",
     [
-        ({"coordinator": "h:1"}, {}, r"needs all of coordinator, num-processes and process-id; coordinator given but "
-                                     r"not --distributed.num-processes \(env JAX_NUM_PROCESSES\), --distributed.process-id"),
-        ({"num_processes": 2, "process_id": 2}, {"JAX_COORDINATOR_ADDRESS": "h:1"},
-         r"--distributed.process-id \(env JAX_PROCESS_ID\) must be in \[0, 2\), got 2"),
+        (
+            {"coordinator": "h:1"},
+            {},
+            r"needs all of coordinator, num-processes and process-id; coordinator given but "
+            r"not --distributed.num-processes \(env JAX_NUM_PROCESSES\), --distributed.process-id",
+        ),
+        (
+            {"num_processes": 2, "process_id": 2},
+            {"JAX_COORDINATOR_ADDRESS": "h:1"},
+            r"--distributed.process-id \(env JAX_PROCESS_ID\) must be in \[0, 2\), got 2",
+        ),
         ({"num_processes": 2, "process_id": 0, "coordinator": "host"}, {}, r"must be HOST:PORT, got 'host'"),
-        ({}, {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"},
-         r"environment variable JAX_NUM_PROCESSES='two' is not an integer"),
+        (
+            {},
+            {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"},
+            r"environment variable JAX_NUM_PROCESSES='two' is not an integer",
+        ),
         ({"num_processes": 0, "process_id": 0, "coordinator": "h:1"}, {}, r"num-processes .* must be >= 1, got 0"),
     ],
 )
 def test_bad_distributed_settings_are_named(kw, env, match, monkeypatch, synthetic_dir, tmp_path):
     from dataclasses import replace
 
-    from jasmine.config import DistributedConfig, PRESETS
+    from jasmine.config import DistributedConfig
+    from jasmine.presets import PRESETS
     from jasmine.train.components import COMPONENTS
     from jasmine.train.loop import train
 
@@ -181,8 +248,9 @@ def test_bad_distributed_settings_are_named(kw, env, match, monkeypatch, synthet
         monkeypatch.delenv(var, raising=False)
     for var, value in env.items():
         monkeypatch.setenv(var, value)
-    cfg = replace(PRESETS["tokenizer"]["micro"], data=synthetic_dir, out=tmp_path / "run",
-                  distributed=DistributedConfig(**kw))
+    cfg = replace(
+        PRESETS["tokenizer"]["micro"], data=synthetic_dir, out=tmp_path / "run", distributed=DistributedConfig(**kw)
+    )
     with pytest.raises(ValueError, match=match):
         train(cfg, COMPONENTS["tokenizer"], progress=False)
     assert not (tmp_path / "run").exists()

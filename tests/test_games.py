@@ -1,9 +1,8 @@
 """`jasmine data atari` and `jasmine data minatar`: a few short episodes each, through the loader."""
 
-import numpy as np
 import pytest
 
-from jasmine.data.dataset import DataError, iter_records, read_metadata
+from jasmine.data.dataset import DataError, iter_records
 from jasmine.data.games import AtariArgs, MinAtarArgs, generate
 from jasmine.data.loader import make_loader
 
@@ -16,8 +15,17 @@ GAMES = {
 def make(kind, out, **kw):
     pytest.importorskip("ale_py" if kind == "atari" else "minatar")  # installed by `make test`
     cls, game, _ = GAMES[kind]
-    base = dict(game=game, out=out, train_episodes=3, val_episodes=1, test_episodes=1, max_episode_len=40,
-                min_episode_len=8, size="32x32", chunk_len=16)
+    base = dict(
+        game=game,
+        out=out,
+        train_episodes=3,
+        val_episodes=1,
+        test_episodes=1,
+        max_episode_len=40,
+        min_episode_len=8,
+        size="32x32",
+        chunk_len=16,
+    )
     return generate(cls(**{**base, **kw}), kind)
 
 

@@ -6,20 +6,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import MICRO_DYN, MICRO_LAM, MICRO_RUN, MICRO_TOK, build_once
 from flax import nnx
 
-from conftest import MICRO_DYN, MICRO_LAM, MICRO_RUN, MICRO_TOK, build_once
 from jasmine.config import DynamicsTrainConfig, LAMTrainConfig, OptimConfig, TokenizerTrainConfig
 from jasmine.data.dataset import DataError, iter_records, read_metadata
-from jasmine.tokenize import TokenizeArgs, tokenize
-from jasmine.models.dynamics import DynamicsConfig, MaskGITDynamics, frame_actions, sample_mask
-from jasmine.models.lam import LAMConfig, LatentActionModel
-from jasmine.models.tokenizer import TokenizerConfig
 from jasmine.models.digits import Digits, SamplingOptions
+from jasmine.models.dynamics import MaskGITDynamics, frame_actions, sample_mask
+from jasmine.models.lam import LatentActionModel
 from jasmine.models.maskgit import generate_frame
 from jasmine.train.components import COMPONENTS, load_run
-from jasmine.train.loop import setup, train
 from jasmine.train.logging import read_metrics
+from jasmine.train.loop import setup, train
+from jasmine.train.tokenize import TokenizeArgs, tokenize
 
 TOK_MODEL, LAM_MODEL, DYN_MODEL = MICRO_TOK, MICRO_LAM, MICRO_DYN
 RUN = dict(MICRO_RUN, optim=OptimConfig(lr=3e-3, warmup_steps=1, decay_fraction=0.0))
@@ -27,8 +26,9 @@ RUN = dict(MICRO_RUN, optim=OptimConfig(lr=3e-3, warmup_steps=1, decay_fraction=
 
 def dyn_cfg(data, out, tokenizer, **kw):
     sampling = SamplingOptions(steps=3) if kw.get("dynamics", "maskgit") == "maskgit" else SamplingOptions(top_k=3)
-    base = DynamicsTrainConfig(data=data, out=out, tokenizer=tokenizer, model=DYN_MODEL, lam_model=LAM_MODEL,
-                               val_sampling=sampling, **RUN)
+    base = DynamicsTrainConfig(
+        data=data, out=out, tokenizer=tokenizer, model=DYN_MODEL, lam_model=LAM_MODEL, val_sampling=sampling, **RUN
+    )
     return replace(base, **kw)
 
 
@@ -57,7 +57,10 @@ def test_lam_action_between_t_minus_1_and_t_sees_frames_up_to_t_only():
     lam = LatentActionModel(LAM_MODEL, (16, 16, 3), rngs=nnx.Rngs(0))
     x = jax.random.uniform(jax.random.key(0), (1, 5, 16, 16, 3))
     graphdef, state = nnx.split(lam)
-    z = lambda x: nnx.merge(graphdef, state).encode(x)[0]  # straight-through latents [B, T-1, L]
+
+    def z(x):
+        return nnx.merge(graphdef, state).encode(x)[0]  # straight-through latents [B, T-1, L]
+
     jac = jax.jit(jax.jacrev(lambda x: z(x).sum(axis=(0, 2))))(x)  # [T-1, B, T, H, W, C]
     for t in range(1, 5):
         assert np.all(np.asarray(jac[t - 1, :, t + 1 :]) == 0.0), f"action {t - 1}->{t} sees the future"
@@ -69,7 +72,9 @@ def test_lam_action_between_t_minus_1_and_t_sees_frames_up_to_t_only():
 def test_gt_actions_are_aligned_with_the_frame_they_lead_to():
     from jasmine.models.genie import Genie
 
-    genie = Genie(TOK_MODEL, DYN_MODEL, (16, 16, 3), action_source="gt", lam_cfg=LAM_MODEL, num_actions=7, rngs=nnx.Rngs(0))
+    genie = Genie(
+        TOK_MODEL, DYN_MODEL, (16, 16, 3), action_source="gt", lam_cfg=LAM_MODEL, num_actions=7, rngs=nnx.Rngs(0)
+    )
     actions = jnp.array([[3, 1, 4, 1]])  # actions[t] is taken after frames[t]
     np.testing.assert_array_equal(genie.action_ids({"actions": actions}), [[3, 1, 4]])  # between (t-1, t) at t-1
     a_BTA, _ = genie.frame_conditioning({"actions": actions})
@@ -84,7 +89,7 @@ def _leaves(tree):
 def assert_trees_equal(a, b):
     """Same structure (names, nesting) and bitwise-equal leaves."""
     assert jax.tree.structure(jax.tree.map(np.asarray, a)) == jax.tree.structure(jax.tree.map(np.asarray, b))
-    for x, y in zip(_leaves(a), _leaves(b)):
+    for x, y in zip(_leaves(a), _leaves(b), strict=False):
         np.testing.assert_array_equal(x, y)
 
 
@@ -100,8 +105,16 @@ def test_frozen_parts_unchanged_and_absent_from_optimizer(runs, tmp_path):
     assert opt_paths and not any("tokenizer" in p or "'lam'" in p for p in opt_paths)
     assert set(state["params"].keys()) == {"dynamics"}
     val = read_metrics(tmp_path / "dyn", "val")[-1]
-    assert {"cross_entropy", "top1_accuracy", "top16_accuracy", "full_frame_psnr", "full_frame_ssim", "rollout_psnr",
-            "rollout_copy_last_psnr", "rollout_psnr_minus_copy_last"} <= set(val)
+    assert {
+        "cross_entropy",
+        "top1_accuracy",
+        "top16_accuracy",
+        "full_frame_psnr",
+        "full_frame_ssim",
+        "rollout_psnr",
+        "rollout_copy_last_psnr",
+        "rollout_psnr_minus_copy_last",
+    } <= set(val)
 
 
 def test_co_training_updates_the_lam_and_its_codebook(runs, tmp_path):
@@ -113,13 +126,16 @@ def test_co_training_updates_the_lam_and_its_codebook(runs, tmp_path):
     result = train(cfg, COMPONENTS["dynamics"], progress=False)
     after = result["state"]["params"]["lam"]
     assert not np.array_equal(before["vq"]["codebook"][...], np.asarray(after["vq"]["codebook"][...]))
-    assert not np.array_equal(before["decoder"]["proj_out"]["kernel"][...], np.asarray(after["decoder"]["proj_out"]["kernel"][...]))
+    assert not np.array_equal(
+        before["decoder"]["proj_out"]["kernel"][...], np.asarray(after["decoder"]["proj_out"]["kernel"][...])
+    )
     assert "lam_mse" in read_metrics(tmp_path / "co")[-1]
 
 
 def test_gt_action_mode_trains_its_embedding(runs, tmp_path):
-    result = train(dyn_cfg(runs / "data", tmp_path / "gt", runs / "tok", gt_actions=True), COMPONENTS["dynamics"],
-                   progress=False)
+    result = train(
+        dyn_cfg(runs / "data", tmp_path / "gt", runs / "tok", gt_actions=True), COMPONENTS["dynamics"], progress=False
+    )
     assert set(result["state"]["params"].keys()) == {"dynamics", "action_embed"}
 
 
@@ -128,8 +144,16 @@ def test_overfitting_one_batch_drives_dynamics_loss_down(runs, family):
     from jasmine.bench import synthetic_batch
     from jasmine.train.mesh import global_batch, make_mesh
 
-    cfg = dyn_cfg(None, None, runs / "tok", gt_actions=True, num_actions=7, tokenizer_model=TOK_MODEL, dynamics=family,
-                  optim=OptimConfig(lr=3e-3, warmup_steps=5, decay_fraction=0.0))
+    cfg = dyn_cfg(
+        None,
+        None,
+        runs / "tok",
+        gt_actions=True,
+        num_actions=7,
+        tokenizer_model=TOK_MODEL,
+        dynamics=family,
+        optim=OptimConfig(lr=3e-3, warmup_steps=5, decay_fraction=0.0),
+    )
     mesh = make_mesh((1, 1))
     _, state, _, step = setup(cfg, COMPONENTS["dynamics"], mesh, pretrained=False)
     batch = global_batch(synthetic_batch(cfg, ("tokens", "actions", "latent_actions"), 7, inputs="tokens"), mesh)
@@ -144,10 +168,15 @@ def test_overfitting_one_batch_drives_dynamics_loss_down(runs, family):
 def test_dynamics_resume_is_bitwise_exact(runs, tmp_path, family):
     kw = dict(lam=runs / "lam", steps=4, ckpt_every=2, val_every=3, dynamics=family)
     straight = train(dyn_cfg(runs / "data", tmp_path / "s", runs / "tok", **kw), COMPONENTS["dynamics"], progress=False)
-    train(dyn_cfg(runs / "data", tmp_path / "r", runs / "tok", **{**kw, "steps": 2}), COMPONENTS["dynamics"], progress=False)
-    resumed = train(dyn_cfg(runs / "data", tmp_path / "r", runs / "tok", resume=True, **kw), COMPONENTS["dynamics"],
-                    progress=False)
-    for a, b in zip(_leaves(straight["state"]["params"]), _leaves(resumed["state"]["params"])):
+    train(
+        dyn_cfg(runs / "data", tmp_path / "r", runs / "tok", **{**kw, "steps": 2}),
+        COMPONENTS["dynamics"],
+        progress=False,
+    )
+    resumed = train(
+        dyn_cfg(runs / "data", tmp_path / "r", runs / "tok", resume=True, **kw), COMPONENTS["dynamics"], progress=False
+    )
+    for a, b in zip(_leaves(straight["state"]["params"]), _leaves(resumed["state"]["params"]), strict=False):
         np.testing.assert_array_equal(a, b)
 
 
@@ -162,12 +191,18 @@ def test_pretokenized_data_trains_and_matches_the_tokenizer(runs, tmp_path):
     np.testing.assert_array_equal(out["tokens"][:4], tok.encode(frames)[0])
     np.testing.assert_array_equal(out["latent_actions"][1:4], lam.infer_actions(frames)[0])
     np.testing.assert_array_equal(out["actions"], src["actions"])
-    result = train(dyn_cfg(tmp_path / "tokens", tmp_path / "dyn", runs / "tok", lam=runs / "lam"),
-                   COMPONENTS["dynamics"], progress=False)
+    result = train(
+        dyn_cfg(tmp_path / "tokens", tmp_path / "dyn", runs / "tok", lam=runs / "lam"),
+        COMPONENTS["dynamics"],
+        progress=False,
+    )
     assert result["step"] == 3 and "full_frame_psnr_vs_tokenizer" in result["val"]
     with pytest.raises(DataError, match="--co-train-lam needs raw frames"):
-        train(dyn_cfg(tmp_path / "tokens", tmp_path / "dyn2", runs / "tok", co_train_lam=True), COMPONENTS["dynamics"],
-              progress=False)
+        train(
+            dyn_cfg(tmp_path / "tokens", tmp_path / "dyn2", runs / "tok", co_train_lam=True),
+            COMPONENTS["dynamics"],
+            progress=False,
+        )
 
 
 def test_maskgit_frame_generation_touches_only_its_frame():
@@ -187,7 +222,9 @@ def test_maskgit_frame_generation_touches_only_its_frame():
     frame = jnp.zeros((2, 9), jnp.int32)
     for s in range(5):  # masks only shrink, fixed tokens stay fixed
         logits = jax.random.normal(jax.random.key(s), (2, 9, 16))
-        new_frame, new_mask = unmask_step(logits, frame, mask, mask_schedule(5, 9)[s], jax.random.key(s), temperature=1.0)
+        new_frame, new_mask = unmask_step(
+            logits, frame, mask, mask_schedule(5, 9)[s], jax.random.key(s), temperature=1.0
+        )
         assert not (new_mask & ~mask).any() and int(new_mask.sum(-1)[0]) == mask_schedule(5, 9)[s]
         np.testing.assert_array_equal(new_frame[~mask], frame[~mask])
         frame, mask = new_frame, new_mask
@@ -209,9 +246,15 @@ def test_skipping_no_op_maskgit_steps_changes_nothing(temperature):
     ids, mask = jnp.zeros((2, n), jnp.int32), jnp.ones((2, n), bool)
     choice = 4.5 if temperature > 0 else 0.0  # argmax runs without choice noise
     for s in range(steps):  # every step, as written in the MaskGIT paper
-        ids, mask = unmask_step(frame_logits(ids, mask), ids, mask, mask_schedule(steps, n)[s],
-                                jax.random.fold_in(rng, s), temperature=temperature,
-                                choice_noise=choice * (1 - (s + 1) / steps))
+        ids, mask = unmask_step(
+            frame_logits(ids, mask),
+            ids,
+            mask,
+            mask_schedule(steps, n)[s],
+            jax.random.fold_in(rng, s),
+            temperature=temperature,
+            choice_noise=choice * (1 - (s + 1) / steps),
+        )
     fast = unmask_frame(frame_logits, jnp.zeros((2, n), jnp.int32), rng, SamplingOptions(steps, temperature, 4.5))
     assert not mask.any()
     np.testing.assert_array_equal(fast, ids)
@@ -222,15 +265,35 @@ def test_choice_temperature_spreads_the_first_tokens_over_the_frame():
 
     n, v = 16, 8
     logits = jnp.broadcast_to(jnp.eye(v)[jnp.arange(n) % v] * (20.0 - jnp.arange(n))[:, None], (1, n, v))
-    first = lambda noise, key: set(np.flatnonzero(~np.asarray(unmask_step(  # positions fixed by the first step
-        logits, jnp.zeros((1, n), jnp.int32), jnp.ones((1, n), bool), n - 4, key, temperature=1.0,
-        choice_noise=noise)[1][0])).tolist())
+
+    def first(noise, key):
+        return set(
+            np.flatnonzero(
+                ~np.asarray(
+                    unmask_step(  # positions fixed by the first step
+                        logits,
+                        jnp.zeros((1, n), jnp.int32),
+                        jnp.ones((1, n), bool),
+                        n - 4,
+                        key,
+                        temperature=1.0,
+                        choice_noise=noise,
+                    )[1][0]
+                )
+            ).tolist()
+        )
+
     assert all(first(0.0, jax.random.key(k)) == {0, 1, 2, 3} for k in range(10))  # only the most confident
     noisy = [first(4.5 * 24 / 25, jax.random.key(k)) for k in range(10)]
     assert len({frozenset(f) for f in noisy}) > 5 and set().union(*noisy) - {0, 1, 2, 3}
     emb = jax.random.normal(jax.random.key(0), (v + 1, v))
-    fn = lambda ids, mask: emb[jnp.where(mask, v, ids)] + jnp.cumsum(emb[jnp.where(mask, v, ids)], axis=1) * 0.5
-    runs = [unmask_frame(fn, jnp.zeros((1, n), jnp.int32), jax.random.key(0), SamplingOptions(8, 1.0, c)) for c in (0, 9)]
+
+    def fn(ids, mask):
+        return emb[jnp.where(mask, v, ids)] + jnp.cumsum(emb[jnp.where(mask, v, ids)], axis=1) * 0.5
+
+    runs = [
+        unmask_frame(fn, jnp.zeros((1, n), jnp.int32), jax.random.key(0), SamplingOptions(8, 1.0, c)) for c in (0, 9)
+    ]
     assert not np.array_equal(runs[0], runs[1])  # the option reaches the sampler
 
 
@@ -238,7 +301,11 @@ def test_choice_temperature_spreads_the_first_tokens_over_the_frame():
     "kw, data, match",
     [
         ({"gt_actions": True}, "noact", "--gt-actions: dataset .*noact has no actions"),
-        ({"lam": "LAM"}, "data32", r"--tokenizer .*tok was trained on \[16, 16, 3\] frames but --data .*data32 holds \[32, 32, 3\]"),
+        (
+            {"lam": "LAM"},
+            "data32",
+            r"--tokenizer .*tok was trained on \[16, 16, 3\] frames but --data .*data32 holds \[32, 32, 3\]",
+        ),
         ({"lam": "missing"}, "data", "run directory .*missing does not exist"),
         ({}, "data", "choose exactly one action source"),
         ({"lam": "LAM", "gt_actions": True}, "data", r"choose exactly one action source.*\(got frozen, gt\)"),
@@ -249,7 +316,11 @@ def test_dynamics_input_errors(runs, tmp_path, kw, data, match):
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         train(dyn_cfg(runs / data, tmp_path / "x", runs / "tok", **kw), COMPONENTS["dynamics"], progress=False)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        train(dyn_cfg(runs / "data", tmp_path / "y", runs / "nope", gt_actions=True), COMPONENTS["dynamics"], progress=False)
+        train(
+            dyn_cfg(runs / "data", tmp_path / "y", runs / "nope", gt_actions=True),
+            COMPONENTS["dynamics"],
+            progress=False,
+        )
 
 
 def test_co_training_can_start_from_a_lam_run(runs, tmp_path):
@@ -261,7 +332,9 @@ def test_co_training_can_start_from_a_lam_run(runs, tmp_path):
     _, lam, _ = load_run(runs / "lam")
     assert_trees_equal(state["params"]["lam"], nnx.state(lam, nnx.Param))  # starts from the run ...
     after = train(cfg, COMPONENTS["dynamics"], progress=False)["state"]["params"]["lam"]
-    assert any(not np.array_equal(a, b) for a, b in zip(_leaves(after), _leaves(nnx.state(lam, nnx.Param))))  # ... and trains it
+    assert any(
+        not np.array_equal(a, b) for a, b in zip(_leaves(after), _leaves(nnx.state(lam, nnx.Param)), strict=False)
+    )  # ... and trains it
 
 
 # ---------------------------------------------------------------------------- the encoding rule and provenance
@@ -276,12 +349,23 @@ def rule_runs(runs):
     one = {**RUN, "steps": 1, "val_every": 1, "ckpt_every": 1}
 
     def build(root):
-        train(TokenizerTrainConfig(data=root / "data", out=root / "tok3", model=RULE_TOK, **{**one, "seq_len": 3}),
-              COMPONENTS["tokenizer"], progress=False)
-        train(TokenizerTrainConfig(data=root / "data", out=root / "tok3b", model=RULE_TOK,
-                                   **{**one, "seq_len": 3, "seed": 1}), COMPONENTS["tokenizer"], progress=False)
-        train(LAMTrainConfig(data=root / "data", out=root / "lam3", model=RULE_LAM, **{**one, "seq_len": 3}),
-              COMPONENTS["lam"], progress=False)
+        train(
+            TokenizerTrainConfig(data=root / "data", out=root / "tok3", model=RULE_TOK, **{**one, "seq_len": 3}),
+            COMPONENTS["tokenizer"],
+            progress=False,
+        )
+        train(
+            TokenizerTrainConfig(
+                data=root / "data", out=root / "tok3b", model=RULE_TOK, **{**one, "seq_len": 3, "seed": 1}
+            ),
+            COMPONENTS["tokenizer"],
+            progress=False,
+        )
+        train(
+            LAMTrainConfig(data=root / "data", out=root / "lam3", model=RULE_LAM, **{**one, "seq_len": 3}),
+            COMPONENTS["lam"],
+            progress=False,
+        )
         tokenize(TokenizeArgs(tokenizer=root / "tok3", data=root / "data", out=root / "tokens3", lam=root / "lam3"))
 
     return build_once(runs, "rule_runs", build)
@@ -295,25 +379,44 @@ def frame_keys(frames):
 def test_a_frame_gets_the_same_tokens_and_action_everywhere(rule_runs):
     """data tokenize, training on frames (aligned loader windows), and eval/sample clips all agree."""
     from jasmine.data.loader import make_loader
-    from jasmine.sample.clips import infer_actions, load_genie, read_clips
+    from jasmine.sample.clips import infer_actions, read_clips
     from jasmine.sample.rollout import Rollout
 
     root = rule_runs
     ref_tok, ref_act = {}, {}
     meta = read_metadata(root / "tokens3")
-    for (tok_rec, _), (src, _) in zip(iter_records(root / "tokens3", meta, "train"),
-                                      iter_records(root / "data", read_metadata(root / "data"), "train")):
-        for key, ids, a in zip(frame_keys(src["frames"]), tok_rec["tokens"], tok_rec["latent_actions"]):
+    for (tok_rec, _), (src, _) in zip(
+        iter_records(root / "tokens3", meta, "train"),
+        iter_records(root / "data", read_metadata(root / "data"), "train"),
+        strict=False,
+    ):
+        for key, ids, a in zip(frame_keys(src["frames"]), tok_rec["tokens"], tok_rec["latent_actions"], strict=False):
             ref_tok[tuple(key)], ref_act[tuple(key)] = ids, a
-    cfg = COMPONENTS["dynamics"].prepare(dyn_cfg(root / "data", root / "unused", root / "tok3", lam=root / "lam3",
-                                                 seq_len=7))
+    cfg = COMPONENTS["dynamics"].prepare(
+        dyn_cfg(root / "data", root / "unused", root / "tok3", lam=root / "lam3", seq_len=7)
+    )
     align = COMPONENTS["dynamics"].align(cfg)
     genie = COMPONENTS["dynamics"].build(cfg, nnx.Rngs(0))
     assert align == 6 and genie.align == 6
     checked = 0
-    for batch in [next(it) for it in [iter(make_loader(root / "data", "train", seq_len=7, batch_size=4, seed=s,
-                                                       align=align, process_index=0, process_count=1))
-                                      for s in range(3)]]:
+    for batch in [
+        next(it)
+        for it in [
+            iter(
+                make_loader(
+                    root / "data",
+                    "train",
+                    seq_len=7,
+                    batch_size=4,
+                    seed=s,
+                    align=align,
+                    process_index=0,
+                    process_count=1,
+                )
+            )
+            for s in range(3)
+        ]
+    ]:
         ids, acts = genie.tokens(batch), genie.action_ids(batch)
         for b, keys in enumerate(frame_keys(batch["frames"])):
             for t, key in enumerate(map(tuple, keys)):
@@ -339,15 +442,25 @@ def test_provenance_is_recorded_and_a_mismatch_is_refused(rule_runs, tmp_path):
     meta = read_metadata(root / "tokens3")
     assert meta["tokenizer"]["step"] == 1 and len(meta["tokenizer"]["hash"]) == 16 and meta["lam"]["window"] == 3
     kw = dict(lam=root / "lam3", seq_len=7, steps=1)
-    with pytest.raises(DataError, match=r"(?s)was made with tokenizer .*tok3 step 1 \(params \w+\), but --tokenizer is .*tok3b"):
+    with pytest.raises(
+        DataError, match=r"(?s)was made with tokenizer .*tok3 step 1 \(params \w+\), but --tokenizer is .*tok3b"
+    ):
         train(dyn_cfg(root / "tokens3", tmp_path / "a", root / "tok3b", **kw), COMPONENTS["dynamics"], progress=False)
     with pytest.raises(ValueError, match=r"--tokenizer .*tok3 step 1 has params hash \w+, but 0123 was asked for"):
-        train(dyn_cfg(root / "tokens3", tmp_path / "b", root / "tok3", tokenizer_hash="0123", **kw),
-              COMPONENTS["dynamics"], progress=False)
+        train(
+            dyn_cfg(root / "tokens3", tmp_path / "b", root / "tok3", tokenizer_hash="0123", **kw),
+            COMPONENTS["dynamics"],
+            progress=False,
+        )
     with pytest.raises(DataError, match=r"was made with lam .*lam3 .* but --lam is .*lam "):
-        train(dyn_cfg(root / "tokens3", tmp_path / "c", root / "tok3", **{**kw, "lam": root / "lam"}),
-              COMPONENTS["dynamics"], progress=False)
-    result = train(dyn_cfg(root / "tokens3", tmp_path / "ok", root / "tok3", **kw), COMPONENTS["dynamics"], progress=False)
+        train(
+            dyn_cfg(root / "tokens3", tmp_path / "c", root / "tok3", **{**kw, "lam": root / "lam"}),
+            COMPONENTS["dynamics"],
+            progress=False,
+        )
+    result = train(
+        dyn_cfg(root / "tokens3", tmp_path / "ok", root / "tok3", **kw), COMPONENTS["dynamics"], progress=False
+    )
     saved = load_run(tmp_path / "ok")[0]
     assert saved.tokenizer_hash == meta["tokenizer"]["hash"] and saved.lam_hash == meta["lam"]["hash"]
     assert saved.tokenizer_step == 1 and saved.tokenizer_window == 3 and result["step"] == 1
@@ -355,22 +468,27 @@ def test_provenance_is_recorded_and_a_mismatch_is_refused(rule_runs, tmp_path):
 
     assert param_hash(load_run(tmp_path / "ok")[1].tokenizer) == meta["tokenizer"]["hash"]  # the frozen copy is it
     with pytest.raises(ValueError, match=r"(?s)does not match.*tokenizer_hash"):  # resume with another tokenizer
-        train(dyn_cfg(root / "data", tmp_path / "ok", root / "tok3b", resume=True, **{**kw, "steps": 2}),
-              COMPONENTS["dynamics"], progress=False)
+        train(
+            dyn_cfg(root / "data", tmp_path / "ok", root / "tok3b", resume=True, **{**kw, "steps": 2}),
+            COMPONENTS["dynamics"],
+            progress=False,
+        )
 
 
 def test_co_trained_lam_windows_must_tile_the_clip(runs, tmp_path):
     with pytest.raises(ValueError, match="seq_len - 1 must be a multiple of 3"):
-        COMPONENTS["dynamics"].prepare(dyn_cfg(runs / "data", tmp_path / "x", runs / "tok", lam=runs / "lam",
-                                               co_train_lam=True, seq_len=6))
+        COMPONENTS["dynamics"].prepare(
+            dyn_cfg(runs / "data", tmp_path / "x", runs / "tok", lam=runs / "lam", co_train_lam=True, seq_len=6)
+        )
 
 
 @pytest.mark.parametrize("detach", [False, True])
 def test_detach_lam_keeps_dynamics_gradients_out_of_the_co_trained_lam(runs, detach):
     from jasmine.bench import synthetic_batch
-    from jasmine.models.dynamics import masked_token_metrics
 
-    cfg = COMPONENTS["dynamics"].prepare(dyn_cfg(runs / "data", None, runs / "tok", co_train_lam=True, detach_lam=detach))
+    cfg = COMPONENTS["dynamics"].prepare(
+        dyn_cfg(runs / "data", None, runs / "tok", co_train_lam=True, detach_lam=detach)
+    )
     genie = COMPONENTS["dynamics"].build(cfg, nnx.Rngs(0), pretrained=False)
     batch = synthetic_batch(cfg, ("frames",))
     graphdef, lam_params, rest = nnx.split(genie, lambda path, v: isinstance(v, nnx.Param) and path[0] == "lam", ...)
@@ -381,7 +499,8 @@ def test_detach_lam_keeps_dynamics_gradients_out_of_the_co_trained_lam(runs, det
         return metrics["cross_entropy"], metrics["lam_loss"]
 
     g_dyn, g_lam = jax.jit(lambda p: (jax.grad(lambda q: losses(q)[0])(p), jax.grad(lambda q: losses(q)[1])(p)))(
-        lam_params)
+        lam_params
+    )
     dyn_norm = sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(g_dyn))
     assert (dyn_norm == 0.0) == detach, dyn_norm
     assert sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(g_lam)) > 0  # the LAM still learns from its own loss
@@ -393,11 +512,14 @@ def test_digit_tokens_embed_predict_and_sample_per_digit():
     np.testing.assert_array_equal(d.ids(d.digits(ids)), ids)  # mixed radix round trip, least significant first
     np.testing.assert_array_equal(d.digits(jnp.array(7)), [3, 1, 0])
     logits = jax.random.normal(jax.random.key(0), (60, d.width))
-    joint = sum(lp[:, :, None, None] if k == 0 else lp[:, None, :, None] if k == 1 else lp[:, None, None, :]
-                for k, lp in enumerate(d.log_softmax(logits)))  # log p of every (d0, d1, d2)
+    joint = sum(
+        lp[:, :, None, None] if k == 0 else lp[:, None, :, None] if k == 1 else lp[:, None, None, :]
+        for k, lp in enumerate(d.log_softmax(logits))
+    )  # log p of every (d0, d1, d2)
     np.testing.assert_allclose(jax.nn.logsumexp(joint.reshape(60, -1), axis=-1), 0.0, atol=1e-5)  # a distribution
-    np.testing.assert_allclose(d.log_prob(logits, ids), joint.transpose(0, 3, 2, 1).reshape(60, 60)[ids, ids],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        d.log_prob(logits, ids), joint.transpose(0, 3, 2, 1).reshape(60, 60)[ids, ids], atol=1e-5
+    )
     draws = np.asarray(d.sample(jax.random.key(1), jnp.broadcast_to(logits[0], (20000, d.width)), 1.0))
     freq = np.bincount(draws, minlength=60) / 20000  # sampled ids follow the product of the digit marginals
     np.testing.assert_allclose(freq, np.exp(d.log_prob(jnp.broadcast_to(logits[0], (60, d.width)), ids)), atol=0.015)
@@ -407,8 +529,9 @@ def test_digit_tokens_embed_predict_and_sample_per_digit():
     np.testing.assert_array_equal(d.digits(d.sample(None, peaked, 0.0)), [[1, 0, 4]])
     one = Digits((7,))  # a VQ token: one softmax over the vocabulary
     lg = jax.random.normal(jax.random.key(2), (5, 7))
-    np.testing.assert_allclose(one.log_prob(lg, jnp.arange(5)), jax.nn.log_softmax(lg)[jnp.arange(5), jnp.arange(5)],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        one.log_prob(lg, jnp.arange(5)), jax.nn.log_softmax(lg)[jnp.arange(5), jnp.arange(5)], atol=1e-6
+    )
     from jasmine.models.dynamics import masked_token_metrics
 
     ids_BTN = jnp.array([[[7, 59]]])

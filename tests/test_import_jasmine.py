@@ -36,7 +36,9 @@ def episode(rng, t, actions=True, shape=(64, 64, 3)):
 @pytest.mark.parametrize("protocol", [2, 5])
 def test_reference_records_convert_exactly(tmp_path, protocol):
     rng = np.random.default_rng(0)
-    made = {s: [episode(rng, t) for t in lens] for s, lens in (("train", (40, 17, 25)), ("val", (20,)), ("test", (18,)))}
+    made = {
+        s: [episode(rng, t) for t in lens] for s, lens in (("train", (40, 17, 25)), ("val", (20,)), ("test", (18,)))
+    }
     write_reference(tmp_path / "ref", {s: [r for r, _ in eps] for s, eps in made.items()}, protocol)
     meta = import_jasmine(ImportArgs(inputs=tmp_path / "ref", out=tmp_path / "ds", chunk_len=16))
     assert meta["num_actions"] == max(int(r["actions"].max()) for eps in made.values() for r, _ in eps) + 1
@@ -65,8 +67,11 @@ def test_a_record_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
     good, _ = episode(rng, 10)
     evil = pickle.dumps({"raw_video": _Exploit(marker), "sequence_length": 10})
     write_reference(tmp_path / "ref", {"train": [good, evil]})
-    with pytest.raises(RecordFormatError, match=r"shard .*train/data_0000.array_record, record 1: refused "
-                                                r"(posix|os|nt)\.system: only built-in containers"):
+    with pytest.raises(
+        RecordFormatError,
+        match=r"shard .*train/data_0000.array_record, record 1: refused "
+        r"(posix|os|nt)\.system: only built-in containers",
+    ):
         import_jasmine(ImportArgs(inputs=tmp_path / "ref", out=tmp_path / "ds"))
     assert not marker.exists() and not (tmp_path / "ds" / "metadata.json").exists()
     pickle.loads(evil)  # the same bytes do run code under plain pickle: the test is real
@@ -78,10 +83,15 @@ def test_a_record_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
     [
         (b"\x80\x04garbage", r"record 0: not a readable pickle"),
         (pickle.dumps([1, 2]), r"record 0: expected a dict with raw_video and sequence_length, got list"),
-        (pickle.dumps({"raw_video": b"\x00" * 10, "sequence_length": 2}), r"raw_video holds 10 bytes, not "
-                                                                           r"sequence_length 2 x 64x64x3"),
-        (pickle.dumps({"raw_video": b"\x00" * 64 * 64 * 3, "sequence_length": 1, "actions": np.array([0.5])}),
-         r"actions are float64\[1\], expected int\[1, ...\]"),
+        (
+            pickle.dumps({"raw_video": b"\x00" * 10, "sequence_length": 2}),
+            r"raw_video holds 10 bytes, not "
+            r"sequence_length 2 x 64x64x3",
+        ),
+        (
+            pickle.dumps({"raw_video": b"\x00" * 64 * 64 * 3, "sequence_length": 1, "actions": np.array([0.5])}),
+            r"actions are float64\[1\], expected int\[1, ...\]",
+        ),
     ],
 )
 def test_malformed_reference_records_are_named(tmp_path, record, match):
@@ -101,8 +111,11 @@ def test_flat_folder_is_split_by_shard_and_vector_actions_are_dropped(tmp_path):
         rec["actions"] = rng.integers(0, 2, (12, 11))  # MineRL-style vector actions
         w.write(pickle.dumps(rec))
         w.close()
-    meta = import_jasmine(ImportArgs(inputs=tmp_path / "flat", out=tmp_path / "ds", frame_shape=(8, 8, 3),
-                                     val_fraction=0.2, test_fraction=0.2))
+    meta = import_jasmine(
+        ImportArgs(
+            inputs=tmp_path / "flat", out=tmp_path / "ds", frame_shape=(8, 8, 3), val_fraction=0.2, test_fraction=0.2
+        )
+    )
     assert meta["num_actions"] == 0 and meta["generator"]["actions"] == "vector actions dropped"
     sources = [set(meta["splits"][s]["sources"]) for s in meta["splits"]]
     assert sorted(len(s) for s in sources) == [1, 1, 3] and len(set().union(*sources)) == 5

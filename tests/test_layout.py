@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from conftest import write_synthetic
+
 from jasmine.data.dataset import DataError, iter_records, read_metadata, relayout
 from jasmine.data.loader import CropWindow, EpisodeIndex, WindowSlots
 
@@ -30,17 +30,22 @@ def test_relayout_round_trip_keeps_every_episode(tmp_path):
     for split in ("train", "val"):
         a, b = episodes(tmp_path / "v2", split), episodes(tmp_path / "v3", split)
         assert len(a) == len(b) == 5
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=False):
             assert x.keys() == y.keys()
             for k in x:
                 np.testing.assert_array_equal(x[k], y[k])
         assert v3["splits"][split]["episode_lengths"] == src["splits"][split]["episode_lengths"]
         assert v3["splits"][split]["records"] == sum(-(-n // 8) for n in src["splits"][split]["episode_lengths"])
-        records = lambda m: [n for shard in m["splits"][split]["shards"] for n in shard["lengths"]]
+
+        def records(m, split=split):
+            return [n for shard in m["splits"][split]["shards"] for n in shard["lengths"]]
+
         assert records(back) == records(src)  # the same records again
     from array_record.python.array_record_module import ArrayRecordReader
 
-    options = lambda root: {ArrayRecordReader(str(p)).writer_options_string() for p in root.rglob("*.array_record")}
+    def options(root):
+        return {ArrayRecordReader(str(p)).writer_options_string() for p in root.rglob("*.array_record")}
+
     assert all(",uncompressed," in o for o in options(tmp_path / "v3"))  # a window's records are read, not inflated
     assert not any("uncompressed" in o for o in options(tmp_path / "v2"))
 
@@ -80,8 +85,17 @@ def test_bench_data_compares_layouts(tmp_path, capsys):
     from jasmine.bench import BenchDataArgs, bench_data
 
     write_synthetic(tmp_path / "v2", chunk_len=20)
-    res = bench_data(BenchDataArgs(dir=tmp_path / "v2", batch_size=4, seq_len=8, batches=3, num_workers=(0,),
-                                   step="none", scratch=tmp_path / "scratch"))
+    res = bench_data(
+        BenchDataArgs(
+            dir=tmp_path / "v2",
+            batch_size=4,
+            seq_len=8,
+            batches=3,
+            num_workers=(0,),
+            step="none",
+            scratch=tmp_path / "scratch",
+        )
+    )
     out = capsys.readouterr().out
     assert set(res) == {2, 3} and res[3]["chunk_len"] == 8 and res[3][0] > 0 and res[2][0] > 0
     assert "format 3 vs 2: workers=0" in out and (tmp_path / "scratch" / "format3" / "metadata.json").exists()

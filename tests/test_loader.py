@@ -7,8 +7,8 @@ import warnings
 
 import numpy as np
 import pytest
-
 from conftest import FRAME_SHAPE, write_synthetic
+
 from jasmine.data.dataset import DataError, read_metadata
 from jasmine.data.loader import episode_clips, make_loader
 from jasmine.data.records import RecordFormatError, ShardWriter, encode_record, write_json_atomic
@@ -34,7 +34,7 @@ def take(it, n):
 
 def assert_same(a, b):
     assert len(a) == len(b)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         assert x.keys() == y.keys()
         for k in x:
             np.testing.assert_array_equal(x[k], y[k])
@@ -52,7 +52,7 @@ def test_batches_are_contiguous_windows_with_aligned_actions(synthetic_dir):
 def test_same_seed_same_batches_and_different_seed_differs(synthetic_dir):
     a, b, c = (take(iter(loader(synthetic_dir, seed=s)), 6) for s in (1, 1, 2))
     assert_same(a, b)
-    assert any(not np.array_equal(x["frames"], y["frames"]) for x, y in zip(a, c))
+    assert any(not np.array_equal(x["frames"], y["frames"]) for x, y in zip(a, c, strict=False))
 
 
 @pytest.mark.parametrize("skip", [3, 11])  # mid-epoch, and past an epoch boundary (one epoch is ~5 batches)
@@ -69,7 +69,7 @@ def test_resume_from_iterator_state_continues_identically(synthetic_dir, skip):
 def frames_of(batch) -> list[set]:
     """Per window, the set of (episode, frame) it holds (the synthetic pixels encode both)."""
     f = batch["frames"][:, :, 0, 0]
-    return [{(int(e), int(t)) for t, e in zip(f[b, :, 0], f[b, :, 1])} for b in range(len(f))]
+    return [{(int(e), int(t)) for t, e in zip(f[b, :, 0], f[b, :, 1], strict=False)} for b in range(len(f))]
 
 
 def test_windows_of_an_epoch_never_overlap(synthetic_dir):
@@ -98,8 +98,12 @@ def test_aligned_windows_start_at_episode_frames_divisible_by_align(synthetic_di
     for batch in take(iter(loader(synthetic_dir, seq_len=6, align=4)), 12):
         t0 = batch["frames"][:, 0, 0, 0, 0].astype(int)  # episode frame index of each window's first frame
         assert (t0 % 4 == 0).all(), t0
-    starts = {int(t) for seed in range(6) for batch in take(iter(loader(synthetic_dir, seed=seed, seq_len=6, align=4)), 4)
-              for t in batch["frames"][:, 0, 0, 0, 0]}
+    starts = {
+        int(t)
+        for seed in range(6)
+        for batch in take(iter(loader(synthetic_dir, seed=seed, seq_len=6, align=4)), 4)
+        for t in batch["frames"][:, 0, 0, 0, 0]
+    }
     assert len(starts) > 4  # random offsets: many aligned starts, not a fixed grid per record
 
 
@@ -161,8 +165,13 @@ def test_record_of_wrong_shape_or_dtype_is_named(synthetic_dir):
     with ShardWriter(synthetic_dir / "train") as w:  # rewrite shard 0 with wrong frame sizes
         w.shards = []
         for n in shard["lengths"]:
-            w.write(encode_record({"frames": np.zeros((n, 4, 4, 3), np.uint8), "actions": np.zeros(n, np.int32)}, {}), n)
-    with pytest.raises(RecordFormatError, match=r"shard-00000.array_record, record \d+: frames are uint8\[\d+, 4, 4, 3\], expected uint8\[\d+, 8, 8, 3\]"):
+            w.write(
+                encode_record({"frames": np.zeros((n, 4, 4, 3), np.uint8), "actions": np.zeros(n, np.int32)}, {}), n
+            )
+    with pytest.raises(
+        RecordFormatError,
+        match=r"shard-00000.array_record, record \d+: frames are uint8\[\d+, 4, 4, 3\], expected uint8\[\d+, 8, 8, 3\]",
+    ):
         take(iter(loader(synthetic_dir)), 20)
 
 

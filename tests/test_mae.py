@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import write_synthetic
 from flax import nnx
 
-from conftest import write_synthetic
 from jasmine.config import MAETrainConfig, OptimConfig
 from jasmine.models.mae import MAEConfig, MAETokenizer, mae_mask
 from jasmine.train.components import COMPONENTS
@@ -20,9 +20,20 @@ MODEL = MAEConfig(patch_size=4, model_dim=32, ffn_dim=64, num_blocks=1, num_head
 
 
 def cfg(data=None, out=None, **kw):
-    base = MAETrainConfig(data=data, out=out, steps=6, batch_size=4, seq_len=4, image_size=(16, 16, 3), log_every=1,
-                          val_every=3, val_batches=1, ckpt_every=3, model=MODEL,
-                          optim=OptimConfig(lr=3e-3, warmup_steps=2, decay_fraction=0.0))
+    base = MAETrainConfig(
+        data=data,
+        out=out,
+        steps=6,
+        batch_size=4,
+        seq_len=4,
+        image_size=(16, 16, 3),
+        log_every=1,
+        val_every=3,
+        val_batches=1,
+        ckpt_every=3,
+        model=MODEL,
+        optim=OptimConfig(lr=3e-3, warmup_steps=2, decay_fraction=0.0),
+    )
     return replace(base, **kw)
 
 
@@ -67,15 +78,20 @@ def test_overfitting_one_batch_drives_mse_down_10x():
     from jasmine.train.loop import setup
     from jasmine.train.mesh import global_batch, make_mesh
 
-    c = cfg(steps=150, optim=OptimConfig(lr=3e-3, warmup_steps=10, decay_fraction=0.0),
-            model=replace(MODEL, model_dim=64, ffn_dim=128, latent_dim=16))
+    c = cfg(
+        steps=150,
+        optim=OptimConfig(lr=3e-3, warmup_steps=10, decay_fraction=0.0),
+        model=replace(MODEL, model_dim=64, ffn_dim=128, latent_dim=16),
+    )
     mesh = make_mesh((1, 1))
     model, state, _, step_fn = setup(c, MAE, mesh)
     rng = np.random.default_rng(0)
     frames = (rng.integers(0, 2, (4, 4, 4, 4, 3), dtype=np.uint8) * 255).repeat(4, axis=2).repeat(4, axis=3)
     batch = global_batch({"frames": frames}, mesh)
-    full_mse = lambda state: float(MAE.evaluate(model.merge(state["params"], state["frozen"], state["rest"]), batch,
-                                                None, c)["mse"])
+
+    def full_mse(state):
+        return float(MAE.evaluate(model.merge(state["params"], state["frozen"], state["rest"]), batch, None, c)["mse"])
+
     before = full_mse(state)
     for _ in range(c.steps):
         state, metrics = step_fn(state, batch)
@@ -89,7 +105,7 @@ def test_resume_is_bitwise_exact(tmp_path):
     train(cfg(tmp_path / "ds", tmp_path / "r", steps=3), MAE, progress=False)
     resumed = train(cfg(tmp_path / "ds", tmp_path / "r", resume=True), MAE, progress=False)
     for key in ("params", "opt"):
-        for a, b in zip(jax.tree.leaves(straight["state"][key]), jax.tree.leaves(resumed["state"][key])):
+        for a, b in zip(jax.tree.leaves(straight["state"][key]), jax.tree.leaves(resumed["state"][key]), strict=False):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert [r["loss"] for r in read_metrics(tmp_path / "s")] == [r["loss"] for r in read_metrics(tmp_path / "r")]
     assert {"psnr", "ssim", "latent_abs"} <= set(read_metrics(tmp_path / "s", "val")[0])

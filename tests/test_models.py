@@ -33,10 +33,14 @@ def test_linear_flattening_matches_nnx_linear_values_and_gradients():
     y = ours(x_BTNI)
     assert y.shape == (2, 3, 4, 5)
     np.testing.assert_allclose(y, ref(x_BTNI), rtol=1e-6, atol=1e-6)
-    loss = lambda m, x: jnp.sum(jnp.sin(m(x)))
+
+    def loss(m, x):
+        return jnp.sum(jnp.sin(m(x)))
+
     g_ours, g_ref = nnx.grad(loss)(ours, x_BTNI), nnx.grad(loss)(ref, x_BTNI)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), nnx.state(g_ours),
-                 nnx.state(g_ref))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), nnx.state(g_ours), nnx.state(g_ref)
+    )
 
 
 def test_patchify_inverts():

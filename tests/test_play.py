@@ -10,17 +10,26 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from conftest import MICRO_DYN, build_once, cli, write_synthetic
 from PIL import Image
 
-from conftest import MICRO_DYN, build_once, cli, write_synthetic
 from jasmine.config import DynamicsTrainConfig, OptimConfig
 from jasmine.models.dynamics import DynamicsConfig
 from jasmine.models.tokenizer import TokenizerConfig
 from jasmine.play.world import Bindings, PlayError, World, best_code, decode_upload
 
 pytest.importorskip("starlette")
-RUN = dict(steps=2, batch_size=2, seq_len=4, image_size=(16, 16, 3), log_every=1, val_every=2, val_batches=1,
-           ckpt_every=2, optim=OptimConfig(lr=3e-3, warmup_steps=1, decay_fraction=0.0))
+RUN = dict(
+    steps=2,
+    batch_size=2,
+    seq_len=4,
+    image_size=(16, 16, 3),
+    log_every=1,
+    val_every=2,
+    val_batches=1,
+    ckpt_every=2,
+    optim=OptimConfig(lr=3e-3, warmup_steps=1, decay_fraction=0.0),
+)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -32,9 +41,18 @@ def play_runs(runs, shared_root):
 
     def build(root):
         write_synthetic(root / "data", lengths=(40, 33, 25, 60), splits=("train", "test"), frame_shape=(16, 16, 3))
-        train(DynamicsTrainConfig(data=root / "data", out=root / "dyn", tokenizer=runs / "tok", lam=runs / "lam",
-                                  model=MICRO_DYN, **{**RUN, "seq_len": 5, "optim": replace(RUN["optim"], lr=1e-5)}),
-              COMPONENTS["dynamics"], progress=False)  # barely trained: its frames still vary with the action
+        train(
+            DynamicsTrainConfig(
+                data=root / "data",
+                out=root / "dyn",
+                tokenizer=runs / "tok",
+                lam=runs / "lam",
+                model=MICRO_DYN,
+                **{**RUN, "seq_len": 5, "optim": replace(RUN["optim"], lr=1e-5)},
+            ),
+            COMPONENTS["dynamics"],
+            progress=False,
+        )  # barely trained: its frames still vary with the action
 
     return build_once(shared_root / "play", "play", build)
 
@@ -54,10 +72,14 @@ def png(frame: np.ndarray, fmt="PNG") -> bytes:
 
 def test_bindings_from_a_hand_made_count_matrix():
     meanings = ["NOOP", "LEFT", "RIGHT", "UP"]
-    counts = np.array([[50, 10, 10, 10],   # code 0: mostly NOOP, but gets the most LEFT transitions too
-                       [0, 8, 0, 0],       # code 1: always LEFT, less often
-                       [5, 0, 30, 20],     # code 2: RIGHT and UP
-                       [0, 0, 0, 0]])      # code 3: unused
+    counts = np.array(
+        [
+            [50, 10, 10, 10],  # code 0: mostly NOOP, but gets the most LEFT transitions too
+            [0, 8, 0, 0],  # code 1: always LEFT, less often
+            [5, 0, 30, 20],  # code 2: RIGHT and UP
+            [0, 0, 0, 0],
+        ]
+    )  # code 3: unused
     # LEFT: P(L|k)P(k|L) = 10/80*10/18 = .069 for code 0, 8/8*8/18 = .44 for code 1 → 1
     assert best_code(counts, 1) == 1 and best_code(counts, 2) == 2 and best_code(counts, 3) == 2
     assert best_code(np.zeros((2, 2)), 0) is None
@@ -105,12 +127,14 @@ def test_other_families_with_ground_truth_actions_play_the_rollouts_frames(famil
     arch = dict(patch_size=8, model_dim=16, ffn_dim=32, num_blocks=1, num_heads=2, latent_dim=4)
     tok = MAEConfig(**arch) if family == "diffusion" else TokenizerConfig(**arch, num_latents=8)
     dyn = DynamicsConfig(model_dim=16, ffn_dim=32, num_blocks=1, num_heads=2)
-    genie = Genie(tok, dyn, (16, 16, 3), action_source="gt", num_actions=5, family=family, tokenizer_window=2,
-                  rngs=nnx.Rngs(0))
+    genie = Genie(
+        tok, dyn, (16, 16, 3), action_source="gt", num_actions=5, family=family, tokenizer_window=2, rngs=nnx.Rngs(0)
+    )
     roll = Rollout(genie, 4, SampleOptions(steps=3) if family == "diffusion" else SampleOptions())
     meanings = ["NOOP", "LEFT", "RIGHT", "UP", "FIRE"]
-    game = Game(roll, Bindings.for_codes(5, meanings=meanings, gt_actions=True), (16, 16, 3), tokenizer_window=2,
-                family=family)
+    game = Game(
+        roll, Bindings.for_codes(5, meanings=meanings, gt_actions=True), (16, 16, 3), tokenizer_window=2, family=family
+    )
     assert game.bindings.keys["ArrowRight"] == 2 and game.bindings.keys[" "] == 4
     ctx = np.random.default_rng(0).integers(0, 256, (1, 1, 16, 16, 3), dtype=np.uint8)
     codes = [2, 4, 1, 0, 3]  # past the window of 4
@@ -125,9 +149,13 @@ def test_uploads_are_checked(game):
     frame = np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8)
     assert decode_upload(png(frame), (16, 16, 3)).shape == (16, 16, 3)
     assert decode_upload(png(frame, "JPEG"), (16, 16, 3)).dtype == np.uint8
-    for bad, why in [(b"hello", "not a readable PNG or JPEG"), (png(frame)[:60], "not a readable PNG or JPEG"),
-                     (png(frame, "GIF"), "not a readable PNG or JPEG"), (png(frame, "BMP"), "not a readable PNG or JPEG"),
-                     (png(np.zeros((5000, 4000, 3), np.uint8)), "at most 16,777,216 pixels")]:
+    for bad, why in [
+        (b"hello", "not a readable PNG or JPEG"),
+        (png(frame)[:60], "not a readable PNG or JPEG"),
+        (png(frame, "GIF"), "not a readable PNG or JPEG"),
+        (png(frame, "BMP"), "not a readable PNG or JPEG"),
+        (png(np.zeros((5000, 4000, 3), np.uint8)), "at most 16,777,216 pixels"),
+    ]:
         with pytest.raises(PlayError, match=why):
             decode_upload(bad, (16, 16, 3))
     world = game.world_from_image(png(frame), 0)
@@ -138,19 +166,27 @@ def test_every_bad_message_gets_a_clear_error_and_the_session_goes_on(game):
     from jasmine.play.server import Session
 
     s = Session(game, seed=0)
-    cases = [("not json", "malformed message"), ("[1, 2]", 'JSON object with a string "type"'),
-             ('{"type": 3}', 'string "type"'), ('{"type": "jump"}', "unknown message type 'jump'"),
-             ('{"type": "action", "code": 1}', "no world yet"), ("[" * 5000, "message too long"),
-             ('{"type": "level", "index": -1}', '"index" must be a non-negative integer'),
-             ('{"type": "level", "index": true}', '"index" must be a non-negative integer')]
+    cases = [
+        ("not json", "malformed message"),
+        ("[1, 2]", 'JSON object with a string "type"'),
+        ('{"type": 3}', 'string "type"'),
+        ('{"type": "jump"}', "unknown message type 'jump'"),
+        ('{"type": "action", "code": 1}', "no world yet"),
+        ("[" * 5000, "message too long"),
+        ('{"type": "level", "index": -1}', '"index" must be a non-negative integer'),
+        ('{"type": "level", "index": true}', '"index" must be a non-negative integer'),
+    ]
     for text, why in cases:
         with pytest.raises(PlayError, match=why):
             s.handle(text, None, 1000)
     assert s.handle('{"type": "level"}', None, 1000)["type"] == "frame"
-    for text, why in [('{"type": "action"}', 'needs "code"'), ('{"type": "action", "code": 4}', "unknown action 4"),
-                      ('{"type": "action", "code": true}', "unknown action True"),
-                      ('{"type": "action", "code": "1"}', "unknown action '1'"),
-                      ('{"type": "action", "code": 1.0}', "unknown action 1.0")]:
+    for text, why in [
+        ('{"type": "action"}', 'needs "code"'),
+        ('{"type": "action", "code": 4}', "unknown action 4"),
+        ('{"type": "action", "code": true}', "unknown action True"),
+        ('{"type": "action", "code": "1"}', "unknown action '1'"),
+        ('{"type": "action", "code": 1.0}', "unknown action 1.0"),
+    ]:
         with pytest.raises(PlayError, match=why):
             s.handle(text, None, 1000)
     with pytest.raises(PlayError, match=r"the upload is 0.0 MiB; at most 0.0 MiB"):
@@ -207,14 +243,23 @@ def test_fuzz_on_loopback_then_play_still_works(game):
     from jasmine.play.server import Background, make_app
 
     rng = np.random.default_rng(0)
-    pick = lambda options: options[int(rng.integers(0, len(options)))]
-    junk = [lambda: rng.bytes(int(rng.integers(0, 64))).decode("latin-1"),
-            lambda: json.dumps({"type": pick(["action", "level", "reset", "gif", "x"]),
-                                "code": pick([-1, 99, 1.5, None, "a", [1], {"a": 1}, 2**70]),
-                                "index": pick([-3, "b", None, 1e9])}),
-            lambda: json.dumps(rng.integers(-5, 5, int(rng.integers(0, 5))).tolist()),
-            lambda: '{"type": ' * int(rng.integers(1, 800)),  # up to 7,200 bytes: within the protocol limit
-            lambda: rng.bytes(int(rng.integers(1, 3000)))]  # binary: a broken upload
+
+    def pick(options):
+        return options[int(rng.integers(0, len(options)))]
+
+    junk = [
+        lambda: rng.bytes(int(rng.integers(0, 64))).decode("latin-1"),
+        lambda: json.dumps(
+            {
+                "type": pick(["action", "level", "reset", "gif", "x"]),
+                "code": pick([-1, 99, 1.5, None, "a", [1], {"a": 1}, 2**70]),
+                "index": pick([-3, "b", None, 1e9]),
+            }
+        ),
+        lambda: json.dumps(rng.integers(-5, 5, int(rng.integers(0, 5))).tolist()),
+        lambda: '{"type": ' * int(rng.integers(1, 800)),  # up to 7,200 bytes: within the protocol limit
+        lambda: rng.bytes(int(rng.integers(1, 3000))),
+    ]  # binary: a broken upload
     max_upload = 4096
     with Background(make_app(game, max_upload=max_upload), max_upload=max_upload) as url:
         ws_url = url.replace("http", "ws") + "/ws"
@@ -266,7 +311,10 @@ def test_a_real_browser_plays(game, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page()
         page.goto(url)
-        frames = lambda: int(page.evaluate("document.body.dataset.frames || '0'"))
+
+        def frames():
+            return int(page.evaluate("document.body.dataset.frames || '0'"))
+
         page.wait_for_function("document.body.dataset.frames === '1'", timeout=60_000)  # the level's first frame
         assert page.locator("#actions button.action").count() == game.num_codes
         shown = {}

@@ -91,8 +91,11 @@ arrays_st = st.dictionaries(
     st.tuples(st.sampled_from(["uint8", "int32", "float16"]), st.lists(st.integers(0, 3), max_size=3)),
     max_size=3,
 )
-mutation_st = st.lists(st.tuples(st.sampled_from(["flip", "set", "cut", "insert", "delete"]), st.integers(0, 10**6),
-                                 st.integers(0, 255)), min_size=1, max_size=4)
+mutation_st = st.lists(
+    st.tuples(st.sampled_from(["flip", "set", "cut", "insert", "delete"]), st.integers(0, 10**6), st.integers(0, 255)),
+    min_size=1,
+    max_size=4,
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -103,8 +106,10 @@ def test_fuzzed_records_decode_exactly_or_raise_record_format_error(specs, mutat
     With ``fix_checksum`` the CRC is recomputed after mutating, so the header checks alone must hold.
     """
     rng = np.random.default_rng(0)
-    arrays = {n: (rng.integers(0, 100, shape) if dt != "float16" else rng.normal(size=shape)).astype(dt)
-              for n, (dt, shape) in specs.items()}
+    arrays = {
+        n: (rng.integers(0, 100, shape) if dt != "float16" else rng.normal(size=shape)).astype(dt)
+        for n, (dt, shape) in specs.items()
+    }
     buf = bytearray(encode_record(arrays, {"episode_id": 1}))
     for kind, pos, value in mutations:
         pos %= len(buf) + 1

@@ -1,14 +1,13 @@
 """Sampling (MaskGIT + frame-level KV cache), metrics, the eval/sample commands and the demo pipeline."""
 
 import json
-from dataclasses import replace
 
 import jax
 import numpy as np
 import pytest
+from conftest import MICRO_LAM, MICRO_TOK
 from flax import nnx
 
-from conftest import MICRO_LAM, MICRO_TOK, build_once
 from jasmine.eval.metrics import psnr_ssim, summarise_rollouts
 from jasmine.models.dynamics import DynamicsConfig
 from jasmine.models.genie import Genie
@@ -67,10 +66,12 @@ def test_psnr_ssim_against_hand_computed_values():
 
 def test_eval_summary_paired_differences_and_delta_psnr_with_bootstrap_intervals():
     """The summary ``jasmine eval`` writes, from per-clip scores chosen by hand (B = 4 episodes, T = 3)."""
-    psnr = {"model": np.array([[50, 20, 22], [50, 24, 26], [50, 18, 20], [50, 26, 28.0]]),
-            "random_actions": np.array([[50, 19, 20], [50, 22, 25], [50, 18, 19], [50, 23, 26.0]]),
-            "tokenizer": np.full((4, 3), 30.0), "copy_last": np.array([[50, 21, 20], [50, 22, 21], [50, 20, 19],
-                                                                        [50, 23, 22.0]])}
+    psnr = {
+        "model": np.array([[50, 20, 22], [50, 24, 26], [50, 18, 20], [50, 26, 28.0]]),
+        "random_actions": np.array([[50, 19, 20], [50, 22, 25], [50, 18, 19], [50, 23, 26.0]]),
+        "tokenizer": np.full((4, 3), 30.0),
+        "copy_last": np.array([[50, 21, 20], [50, 22, 21], [50, 20, 19], [50, 23, 22.0]]),
+    }
     ssim = {k: v / 100 for k, v in psnr.items()}
     res = summarise_rollouts(psnr, ssim, context=1, delta_t=2)
     assert res["mean_generated"]["model"]["psnr"]["mean"] == pytest.approx(23.0)
@@ -99,30 +100,29 @@ def test_bad_sampling_values_are_clear_errors(tmp_path):
         load_genie(tmp_path / "nope")
 
 
-@pytest.fixture(scope="session")
-def micro_demo(shared_root):
-    """The micro demo (CoinRun, tokenizer, LAM, MaskGIT dynamics, eval), run once for every test and worker."""
-    from jasmine.demo import DemoArgs, demo
-
-    pytest.importorskip("procgen")
-    root = build_once(shared_root / "demo", "demo", lambda r: demo(DemoArgs(out=r / "demo", preset="micro")))
-    return root / "demo", json.loads((root / "demo" / "eval" / "metrics.json").read_text())
-
-
 @pytest.mark.heavy
 def test_demo_pipeline_runs_end_to_end_and_reuses_stages(micro_demo, capsys):
     from jasmine.demo import DemoArgs, demo
 
     out, res = micro_demo
-    for path in ("data/metadata.json", "inspect/contact_sheet.png", "tokenizer/config.json", "lam/config.json",
-                 "dynamics/config.json", "eval/report.md", "eval/psnr_ssim.png", "eval/rollouts.gif"):
+    for path in (
+        "data/metadata.json",
+        "inspect/contact_sheet.png",
+        "tokenizer/config.json",
+        "lam/config.json",
+        "dynamics/config.json",
+        "eval/report.md",
+        "eval/psnr_ssim.png",
+        "eval/rollouts.gif",
+    ):
         assert (out / path).exists(), path
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert set(metrics["per_frame"]) == {"model", "random_actions", "tokenizer", "copy_last"}
     assert metrics["split"] == "test" and len(set(metrics["per_clip"]["episode"])) == metrics["clips"]
     per_clip = {k: np.asarray(v) for k, v in metrics["per_clip"]["psnr"].items()}  # eval's Δ4PSNR is per clip ...
-    np.testing.assert_allclose(metrics["delta_psnr_t4"]["mean"],
-                               (per_clip["model"][:, 4] - per_clip["random_actions"][:, 4]).mean())
+    np.testing.assert_allclose(
+        metrics["delta_psnr_t4"]["mean"], (per_clip["model"][:, 4] - per_clip["random_actions"][:, 4]).mean()
+    )
     assert metrics["delta_psnr_t4"]["lo"] <= metrics["delta_psnr_t4"]["mean"] <= metrics["delta_psnr_t4"]["hi"]
     copy = per_clip["copy_last"]  # ... and the copy-last baseline repeats the context frame
     assert (copy[:, 0] > 58).all() and metrics["tokenizer_codes"]["codes_used"] >= 1
@@ -145,8 +145,11 @@ def test_sample_command_writes_videos_and_metrics(micro_demo):
     from jasmine.sample.command import SampleArgs, sample
 
     out, _ = micro_demo
-    res = sample(SampleArgs(run=out / "dynamics", data=out / "data", context=1, frames=6, actions="random", steps=2,
-                            out=out / "samples"))
+    res = sample(
+        SampleArgs(
+            run=out / "dynamics", data=out / "data", context=1, frames=6, actions="random", steps=2, out=out / "samples"
+        )
+    )
     stem = "sample_test_c1_f6_random_seed0"
     assert (out / "samples" / f"{stem}.gif").stat().st_size > 0
     assert (out / "samples" / f"{stem}.mp4").stat().st_size > 0
@@ -208,16 +211,30 @@ def test_diffusion_demo_sample_eval_and_bench_share_the_tools(micro_demo, capsys
     log = capsys.readouterr().out
     assert "[demo] mae: training into" in log and "[demo] lam: reusing" in log
     assert res["dynamics"] == "diffusion" and res["steps"] == 16 and res["context_noise"] == 0.1
-    assert res["tokenizer_codes"] is None and set(res["per_frame"]) == {"model", "random_actions", "tokenizer",
-                                                                         "copy_last"}
+    assert res["tokenizer_codes"] is None and set(res["per_frame"]) == {
+        "model",
+        "random_actions",
+        "tokenizer",
+        "copy_last",
+    }
     report = (out / "eval-diffusion" / "report.md").read_text()
     assert "16 denoising steps" in report and "continuous latents (MAE)" in report
-    saved = sample(SampleArgs(run=out / "dynamics-diffusion", data=out / "data", frames=6, steps=2, context_noise=0.3,
-                              out=out / "s-diffusion"))
+    saved = sample(
+        SampleArgs(
+            run=out / "dynamics-diffusion",
+            data=out / "data",
+            frames=6,
+            steps=2,
+            context_noise=0.3,
+            out=out / "s-diffusion",
+        )
+    )
     assert saved["dynamics"] == "diffusion" and saved["steps"] == 2 and saved["context_noise"] == 0.3
-    for kw, why in [(dict(steps=0), "--steps must be >= 1 denoising step"),
-                    (dict(temperature=0.0), "--temperature: token sampling option"),
-                    (dict(context=6), "--context 6 must be shorter than the rollout")]:
+    for kw, why in [
+        (dict(steps=0), "--steps must be >= 1 denoising step"),
+        (dict(temperature=0.0), "--temperature: token sampling option"),
+        (dict(context=6), "--context 6 must be shorter than the rollout"),
+    ]:
         with pytest.raises(ValueError, match=why):
             evaluate(EvalArgs(run=out / "dynamics-diffusion", data=out / "data", clips=2, frames=6, **kw))
     with pytest.raises(ValueError, match="--context-noise is a diffusion option"):

@@ -1,7 +1,5 @@
 """The training loop: overfitting, determinism, resume (incl. SIGTERM), config, errors, multi-device."""
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,26 +12,46 @@ import jax
 import numpy as np
 import pytest
 import tyro
+from conftest import write_synthetic, xla_env
 from flax import nnx
 
-from conftest import write_synthetic, xla_env
 from jasmine import config as C
 from jasmine.config import OptimConfig, TokenizerTrainConfig
 from jasmine.models.tokenizer import TokenizerConfig
+from jasmine.presets import PRESETS, preset
 from jasmine.train.components import TokenizerComponent, load_run
 from jasmine.train.logging import read_metrics
 from jasmine.train.loop import train
 from jasmine.train.optim import lr_schedule
 
 TOK = TokenizerComponent()
-MODEL = TokenizerConfig(patch_size=4, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=8,
-                        num_latents=16, dead_code_reset_steps=3)
+MODEL = TokenizerConfig(
+    patch_size=4,
+    model_dim=32,
+    ffn_dim=64,
+    num_blocks=1,
+    num_heads=2,
+    latent_dim=8,
+    num_latents=16,
+    dead_code_reset_steps=3,
+)
 
 
 def tiny_cfg(data, out, **kw):
-    base = TokenizerTrainConfig(data=data, out=out, steps=6, batch_size=4, seq_len=4, image_size=(16, 16, 3),
-                                log_every=1, val_every=3, val_batches=1, ckpt_every=3, model=MODEL,
-                                optim=OptimConfig(lr=3e-3, warmup_steps=2, decay_fraction=0.0))
+    base = TokenizerTrainConfig(
+        data=data,
+        out=out,
+        steps=6,
+        batch_size=4,
+        seq_len=4,
+        image_size=(16, 16, 3),
+        log_every=1,
+        val_every=3,
+        val_batches=1,
+        ckpt_every=3,
+        model=MODEL,
+        optim=OptimConfig(lr=3e-3, warmup_steps=2, decay_fraction=0.0),
+    )
     return replace(base, **kw)
 
 
@@ -46,7 +64,9 @@ def data16(tmp_path_factory):
 
 def leaves_equal(a, b):
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
+    return len(la) == len(lb) and all(
+        np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb, strict=False)
+    )
 
 
 def final_state(run_dir):
@@ -59,9 +79,21 @@ def test_overfitting_one_batch_drives_mse_down_100x(quantizer):
     from jasmine.train.loop import setup
     from jasmine.train.mesh import global_batch, make_mesh
 
-    cfg = tiny_cfg(None, None, steps=200, optim=OptimConfig(lr=3e-3, warmup_steps=10, decay_fraction=0.0),
-                   model=replace(MODEL, codebook_dropout=0.0, num_latents=64, latent_dim=16, model_dim=64,
-                                 dead_code_reset_steps=5, quantizer=quantizer))
+    cfg = tiny_cfg(
+        None,
+        None,
+        steps=200,
+        optim=OptimConfig(lr=3e-3, warmup_steps=10, decay_fraction=0.0),
+        model=replace(
+            MODEL,
+            codebook_dropout=0.0,
+            num_latents=64,
+            latent_dim=16,
+            model_dim=64,
+            dead_code_reset_steps=5,
+            quantizer=quantizer,
+        ),
+    )
     mesh = make_mesh((1, 1))
     _, state, _, step_fn = setup(cfg, TOK, mesh)
     rng = np.random.default_rng(0)  # each 4x4 patch one of 8 colours: representable by the codebook
@@ -81,7 +113,7 @@ def test_same_seed_gives_bitwise_identical_runs(data16, tmp_path):
     la = [r["loss"] for r in read_metrics(tmp_path / "a")]
     assert la == [r["loss"] for r in read_metrics(tmp_path / "b")] and len(la) == 6
     assert leaves_equal(a["state"]["params"], b["state"]["params"])
-    c = train(tiny_cfg(data16, tmp_path / "c", seed=1), TOK, progress=False)
+    train(tiny_cfg(data16, tmp_path / "c", seed=1), TOK, progress=False)
     assert [r["loss"] for r in read_metrics(tmp_path / "c")] != la
     assert (tmp_path / "a" / "samples").is_dir() and list((tmp_path / "a" / "tensorboard").iterdir())
     assert [r["step"] for r in read_metrics(tmp_path / "a", "val")] == [3, 6]
@@ -106,12 +138,57 @@ def test_resume_after_sigterm_is_bitwise_exact(data16, tmp_path):
     steps = 40
     straight = train(tiny_cfg(data16, tmp_path / "s", steps=steps, ckpt_every=100, val_every=100), TOK, progress=False)
     run = tmp_path / "r"
-    cmd = [sys.executable, "-m", "jasmine.cli", "train", "tokenizer", "--data", str(data16), "--out", str(run),
-           "--steps", str(steps), "--batch-size", "4", "--seq-len", "4", "--image-size", "16", "16", "3",
-           "--log-every", "1", "--val-every", "100", "--ckpt-every", "100", "--model.patch-size", "4",
-           "--model.model-dim", "32", "--model.ffn-dim", "64", "--model.num-blocks", "1", "--model.num-heads", "2",
-           "--model.latent-dim", "8", "--model.num-latents", "16", "--model.dead-code-reset-steps", "3", "--model.quantizer", "vq",
-           "--optim.lr", "3e-3", "--optim.warmup-steps", "2", "--optim.decay-fraction", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jasmine.cli",
+        "train",
+        "tokenizer",
+        "--data",
+        str(data16),
+        "--out",
+        str(run),
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "4",
+        "--image-size",
+        "16",
+        "16",
+        "3",
+        "--log-every",
+        "1",
+        "--val-every",
+        "100",
+        "--ckpt-every",
+        "100",
+        "--model.patch-size",
+        "4",
+        "--model.model-dim",
+        "32",
+        "--model.ffn-dim",
+        "64",
+        "--model.num-blocks",
+        "1",
+        "--model.num-heads",
+        "2",
+        "--model.latent-dim",
+        "8",
+        "--model.num-latents",
+        "16",
+        "--model.dead-code-reset-steps",
+        "3",
+        "--model.quantizer",
+        "vq",
+        "--optim.lr",
+        "3e-3",
+        "--optim.warmup-steps",
+        "2",
+        "--optim.decay-fraction",
+        "0",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(read_metrics(run)) < 5:
@@ -137,11 +214,17 @@ def test_extending_a_wsd_run_from_its_stable_phase_equals_the_longer_run(data16,
     from jasmine.train.runs import checkpoint_steps
 
     assert 3 in checkpoint_steps(tmp_path / "short")  # the decay's first step is always kept
-    with pytest.raises(ValueError, match=r"--steps 10 changes the learning rate of steps already taken \(step 3: .*"
-                                         r"--init-from .*short --init-step 3"):
+    with pytest.raises(
+        ValueError,
+        match=r"--steps 10 changes the learning rate of steps already taken \(step 3: .*"
+        r"--init-from .*short --init-step 3",
+    ):
         train(tiny_cfg(data16, tmp_path / "short", steps=10, resume=True, **kw), TOK, progress=False)
-    extended = train(tiny_cfg(data16, tmp_path / "ext", steps=10, init_from=tmp_path / "short", init_step=3, **kw),
-                     TOK, progress=False)
+    extended = train(
+        tiny_cfg(data16, tmp_path / "ext", steps=10, init_from=tmp_path / "short", init_step=3, **kw),
+        TOK,
+        progress=False,
+    )
     for part in ("params", "opt", "rest", "rng"):
         assert leaves_equal(longer["state"][part], extended["state"][part]), part
     assert [r["loss"] for r in read_metrics(tmp_path / "ext")] == [r["loss"] for r in read_metrics(tmp_path / "long")]
@@ -153,21 +236,27 @@ def test_extending_a_wsd_run_from_its_stable_phase_equals_the_longer_run(data16,
 
 def test_weight_decay_skips_norms_biases_embeddings_codebooks_and_tokens():
     import jax.numpy as jnp
-    import optax
 
     from jasmine.models.dynamics import DynamicsConfig
     from jasmine.models.genie import Genie
     from jasmine.models.lam import LAMConfig
     from jasmine.train.optim import make_optimizer
 
-    genie = Genie(MODEL, DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2), (16, 16, 3),
-                  lam_cfg=LAMConfig(patch_size=8, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2), rngs=nnx.Rngs(0))
+    genie = Genie(
+        MODEL,
+        DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2),
+        (16, 16, 3),
+        lam_cfg=LAMConfig(patch_size=8, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2),
+        rngs=nnx.Rngs(0),
+    )
     params = nnx.state(genie, nnx.Param)
     opt = OptimConfig(lr=0.1, warmup_steps=0, schedule="constant", weight_decay=0.5)
     tx = make_optimizer(opt, lr_schedule(opt, 10))
     updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)  # zero gradients
-    changed = {jax.tree_util.keystr(p): bool((np.asarray(u) != 0).any())
-               for p, u in jax.tree_util.tree_flatten_with_path(updates)[0]}
+    changed = {
+        jax.tree_util.keystr(p): bool((np.asarray(u) != 0).any())
+        for p, u in jax.tree_util.tree_flatten_with_path(updates)[0]
+    }
     decayed = {p for p, c in changed.items() if c}
     assert decayed and all("'kernel'" in p for p in decayed)
     assert all(c for p, c in changed.items() if "'kernel'" in p)
@@ -186,17 +275,34 @@ def test_lr_schedules():
 
 
 def test_config_round_trip_and_cli_overrides(tmp_path):
-    for name, cfg in C.PRESETS["tokenizer"].items():
+    for name, cfg in PRESETS["tokenizer"].items():
         C.save_config(cfg, tmp_path / f"{name}.json")
         assert C.load_config(tmp_path / f"{name}.json") == cfg
-    coinrun = C.preset("tokenizer", "coinrun")
-    assert (coinrun.model.model_dim, coinrun.model.ffn_dim, coinrun.model.num_blocks, coinrun.model.num_heads) == (512, 2048, 4, 8)
-    assert (coinrun.model.num_latents, coinrun.model.latent_dim, coinrun.batch_size, coinrun.steps) == (1024, 32, 48, 300_000)
-    assert (coinrun.optim.lr, coinrun.optim.warmup_steps, coinrun.optim.b1, coinrun.optim.b2) == (3e-4, 10_000, 0.9, 0.9)
-    cfg = tyro.cli(TokenizerTrainConfig, default=coinrun, args=["--steps", "7", "--model.patch-size", "8", "--optim.lr", "1e-3"])
+    coinrun = preset("tokenizer", "coinrun")
+    assert (coinrun.model.model_dim, coinrun.model.ffn_dim, coinrun.model.num_blocks, coinrun.model.num_heads) == (
+        512,
+        2048,
+        4,
+        8,
+    )
+    assert (coinrun.model.num_latents, coinrun.model.latent_dim, coinrun.batch_size, coinrun.steps) == (
+        1024,
+        32,
+        48,
+        300_000,
+    )
+    assert (coinrun.optim.lr, coinrun.optim.warmup_steps, coinrun.optim.b1, coinrun.optim.b2) == (
+        3e-4,
+        10_000,
+        0.9,
+        0.9,
+    )
+    cfg = tyro.cli(
+        TokenizerTrainConfig, default=coinrun, args=["--steps", "7", "--model.patch-size", "8", "--optim.lr", "1e-3"]
+    )
     assert (cfg.steps, cfg.model.patch_size, cfg.optim.lr, cfg.model.model_dim) == (7, 8, 1e-3, 512)
     with pytest.raises(ValueError, match="--preset 'huge' does not exist"):
-        C.preset("tokenizer", "huge")
+        preset("tokenizer", "huge")
 
 
 @pytest.mark.parametrize(
@@ -217,12 +323,18 @@ def test_mismatched_checkpoint_and_existing_run_are_clear_errors(data16, tmp_pat
     with pytest.raises(ValueError, match="already holds checkpoints; pass --resume"):
         train(tiny_cfg(data16, tmp_path / "r", steps=3), TOK, progress=False)
     with pytest.raises(ValueError, match=r"(?s)does not match.*model.model_dim: 32 != 64"):
-        train(tiny_cfg(data16, tmp_path / "r", steps=6, resume=True, model=replace(MODEL, model_dim=64)), TOK,
-              progress=False)
+        train(
+            tiny_cfg(data16, tmp_path / "r", steps=6, resume=True, model=replace(MODEL, model_dim=64)),
+            TOK,
+            progress=False,
+        )
     (tmp_path / "r" / "config.json").unlink()  # no saved config: the restore itself must fail clearly
     with pytest.raises(ValueError, match="does not match this model"):
-        train(tiny_cfg(data16, tmp_path / "r", steps=6, resume=True, model=replace(MODEL, model_dim=64)), TOK,
-              progress=False)
+        train(
+            tiny_cfg(data16, tmp_path / "r", steps=6, resume=True, model=replace(MODEL, model_dim=64)),
+            TOK,
+            progress=False,
+        )
     with pytest.raises(FileNotFoundError, match="missing does not exist"):
         load_run(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="has no config.json"):

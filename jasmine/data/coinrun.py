@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from jasmine.data.actions import COINRUN_ACTION_MEANINGS
 from jasmine.data.dataset import DatasetWriter
 
 NUM_ACTIONS = 15
 # procgen's key combinations per action id (ProcgenGym3Env.get_combos); in CoinRun D/A/W/S/Q/E do nothing
-ACTION_MEANINGS = ["LEFT+DOWN", "LEFT", "LEFT+UP", "DOWN", "NOOP", "UP", "RIGHT+DOWN", "RIGHT", "RIGHT+UP",
-                   "D", "A", "W", "S", "Q", "E"]
+ACTION_MEANINGS = COINRUN_ACTION_MEANINGS
 FRAME_SHAPE = (64, 64, 3)
 
 
@@ -69,7 +69,9 @@ def _procgen_env():
         with contextlib.redirect_stderr(io.StringIO()):
             from procgen import ProcgenGym3Env
     except ImportError as e:
-        raise ImportError(f"CoinRun generation needs procgen: install the 'coinrun' extra (uv sync --extra coinrun): {e}") from e
+        raise ImportError(
+            f"CoinRun generation needs procgen: install the 'coinrun' extra (uv sync --extra coinrun): {e}"
+        ) from e
     return ProcgenGym3Env
 
 
@@ -109,8 +111,9 @@ def episodes(env, n: int, rng: np.random.Generator, *, max_len: int, min_len: in
     def finish(i):
         nonlocal short
         keep = pos_E[i] >= min_len
-        done[int(index_E[i])] = (frames_ELHWC[i, : pos_E[i]].copy(), actions_EL[i, : pos_E[i]].copy(),
-                                 int(seeds_E[i])) if keep else None
+        done[int(index_E[i])] = (
+            (frames_ELHWC[i, : pos_E[i]].copy(), actions_EL[i, : pos_E[i]].copy(), int(seeds_E[i])) if keep else None
+        )
         short += not keep
         index_E[i] = -1
 
@@ -142,10 +145,14 @@ def episodes(env, n: int, rng: np.random.Generator, *, max_len: int, min_len: in
 def generate(args: CoinRunArgs) -> dict:
     """Write the dataset to ``args.out``; returns its metadata."""
     if args.min_episode_len < 1 or args.max_episode_len < args.min_episode_len:
-        raise ValueError(f"need 1 <= --min-episode-len ({args.min_episode_len}) <= --max-episode-len ({args.max_episode_len})")
+        raise ValueError(
+            f"need 1 <= --min-episode-len ({args.min_episode_len}) <= --max-episode-len ({args.max_episode_len})"
+        )
     ranges = level_ranges(args)
     counts = {"train": args.train_episodes, "val": args.val_episodes, "test": args.test_episodes}
-    gen_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items() if k not in ("out", "overwrite")}
+    gen_args = {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items() if k not in ("out", "overwrite")
+    }
     writer = DatasetWriter(
         args.out,
         frame_shape=FRAME_SHAPE,
@@ -165,13 +172,16 @@ def generate(args: CoinRunArgs) -> dict:
                 episode_id = 0
                 env = make_env(split_index, *ranges[split], args)
                 rng = np.random.default_rng([args.seed, split_index])
-                for frames, actions, level_seed in episodes(env, n, rng, max_len=args.max_episode_len,
-                                                            min_len=args.min_episode_len):
+                for frames, actions, level_seed in episodes(
+                    env, n, rng, max_len=args.max_episode_len, min_len=args.min_episode_len
+                ):
                     meta = {"source": "procgen:coinrun:hard", "level_seed": level_seed, "episode_id": episode_id}
                     writer.add_episode(split, frames, actions, meta)
                     episode_id += 1
                     total_frames += len(frames)
-                    bar.set_postfix(split=split, frames=total_frames, fps=f"{total_frames / (time.perf_counter() - t0):.0f}")
+                    bar.set_postfix(
+                        split=split, frames=total_frames, fps=f"{total_frames / (time.perf_counter() - t0):.0f}"
+                    )
                     bar.update()
     except BaseException:
         writer.abort()

@@ -129,8 +129,10 @@ def assign_splits(sources: list[Path], val: float, test: float, seed: int) -> di
     order = [sources[i] for i in np.random.default_rng(seed).permutation(len(sources))]
     n_test, n_val = round(len(order) * test), round(len(order) * val)
     if len(order) - n_test - n_val < 1:
-        raise DataError(f"{len(order)} source(s) cannot fill train, val and test at these fractions; add sources "
-                        f"or lower --val-fraction / --test-fraction")
+        raise DataError(
+            f"{len(order)} source(s) cannot fill train, val and test at these fractions; add sources "
+            f"or lower --val-fraction / --test-fraction"
+        )
     return {"train": order[n_test + n_val :], "val": order[n_test : n_test + n_val], "test": order[:n_test]}
 
 
@@ -193,11 +195,21 @@ def convert(args: ConvertArgs, kind: Literal["video", "images"]) -> dict:
     sources = find_sources(args.inputs, kind)
     splits = assign_splits(sources, args.val_fraction, args.test_fraction, args.seed)
     fps = getattr(args, "fps", 0.0)
-    gen_args = {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "inputs" else v)
-                for k, v in asdict(args).items() if k not in ("out", "overwrite")}
-    writer = DatasetWriter(args.out, frame_shape=(*hw, 3), num_actions=0, source=kind,
-                           generator={"name": kind, **gen_args}, chunk_len=args.chunk_len,
-                           records_per_shard=args.records_per_shard, overwrite=args.overwrite)
+    gen_args = {
+        k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "inputs" else v)
+        for k, v in asdict(args).items()
+        if k not in ("out", "overwrite")
+    }
+    writer = DatasetWriter(
+        args.out,
+        frame_shape=(*hw, 3),
+        num_actions=0,
+        source=kind,
+        generator={"name": kind, **gen_args},
+        chunk_len=args.chunk_len,
+        records_per_shard=args.records_per_shard,
+        overwrite=args.overwrite,
+    )
     jobs = [(split, p) for split in ("train", "val", "test") for p in splits[split]]
     errors, short, kept = [], [], {s: [] for s in splits}
     t0 = time.perf_counter()
@@ -205,7 +217,7 @@ def convert(args: ConvertArgs, kind: Literal["video", "images"]) -> dict:
     try:
         results = (pool.imap if pool else map)(_decode, [(kind, p, hw, args.fit, fps) for _, p in jobs])
         with tqdm(total=len(jobs), unit="src", desc=kind, dynamic_ncols=True) as bar:
-            for (split, path), (frames, err) in zip(jobs, results):
+            for (split, path), (frames, err) in zip(jobs, results, strict=False):
                 bar.update()
                 if err is not None:
                     errors.append(err)
@@ -224,8 +236,10 @@ def convert(args: ConvertArgs, kind: Literal["video", "images"]) -> dict:
             pool.terminate()
     if not kept["train"]:
         writer.abort()
-        raise DataError(f"no readable source of at least --min-len {args.min_len} frames went to train "
-                        f"({len(errors)} unreadable, {len(short)} too short)")
+        raise DataError(
+            f"no readable source of at least --min-len {args.min_len} frames went to train "
+            f"({len(errors)} unreadable, {len(short)} too short)"
+        )
     meta = writer.finish(**{s: {"sources": kept[s]} for s in kept if kept[s]})
     meta["seconds"] = time.perf_counter() - t0
     meta["skipped"] = {"unreadable": errors, "too_short": short}

@@ -22,8 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from jasmine.data.records import (FORMAT_VERSION, SHARD_SUFFIX, DataError, RecordFormatError, ShardWriter,
-                                  decode_record, encode_record, write_json_atomic)
+from jasmine.data.actions import COINRUN_ACTION_MEANINGS
+from jasmine.data.records import (
+    FORMAT_VERSION,
+    SHARD_SUFFIX,
+    DataError,
+    RecordFormatError,
+    ShardWriter,
+    decode_record,
+    encode_record,
+    write_json_atomic,
+)
 
 METADATA = "metadata.json"
 GROUPED_VERSION = 3
@@ -38,7 +47,15 @@ DEFAULT_CHUNK = {FORMAT_VERSION: 160, GROUPED_VERSION: 8}
 SPLITS = ("train", "val", "test")
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
-__all__ = ["GROUPED_VERSION", "DataError", "RecordFormatError", "DatasetWriter", "read_metadata", "split_shards", "iter_records"]
+__all__ = [
+    "GROUPED_VERSION",
+    "DataError",
+    "RecordFormatError",
+    "DatasetWriter",
+    "read_metadata",
+    "split_shards",
+    "iter_records",
+]
 
 
 @dataclass
@@ -98,8 +115,9 @@ class DatasetWriter:
     def add_arrays(self, split: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         """Append one episode given as named arrays with a leading time axis (frames, or tokens, ...)."""
         if split not in self._writers:
-            self._writers[split] = ShardWriter(self.root / split, self.records_per_shard,
-                                               SHARD_OPTIONS[self.format_version])
+            self._writers[split] = ShardWriter(
+                self.root / split, self.records_per_shard, SHARD_OPTIONS[self.format_version]
+            )
             self.splits[split] = SplitInfo()
         info, writer = self.splits[split], self._writers[split]
         n = len(next(iter(arrays.values())))
@@ -153,7 +171,9 @@ def read_metadata(root: str | Path) -> dict[str, Any]:
     if not path.exists():
         shards = sorted(root.rglob(f"*{SHARD_SUFFIX}"))
         what = "is empty" if not any(root.iterdir()) else "has no metadata.json (incomplete or not a jasmine dataset)"
-        hint = f"; it holds {len(shards)} shard(s) without metadata, e.g. from an interrupted generation" if shards else ""
+        hint = (
+            f"; it holds {len(shards)} shard(s) without metadata, e.g. from an interrupted generation" if shards else ""
+        )
         raise DataError(f"dataset directory {root} {what}{hint}")
     try:
         meta = json.loads(path.read_text())
@@ -164,8 +184,9 @@ def read_metadata(root: str | Path) -> dict[str, Any]:
     if meta.get("format") != "jasmine-episodes":
         raise DataError(f"{path}: 'format' is {meta.get('format')!r}, expected 'jasmine-episodes'")
     if meta.get("format_version") not in READABLE_VERSIONS:
-        raise DataError(f"{path}: format_version {meta.get('format_version')!r}, this jasmine reads "
-                        f"{list(READABLE_VERSIONS)}")
+        raise DataError(
+            f"{path}: format_version {meta.get('format_version')!r}, this jasmine reads {list(READABLE_VERSIONS)}"
+        )
     for key in ("frame_shape", "num_actions", "splits"):
         if key not in meta:
             raise DataError(f"{path}: missing key {key!r}")
@@ -174,8 +195,9 @@ def read_metadata(root: str | Path) -> dict[str, Any]:
         raise DataError(f"{path}: frame_shape {shape!r:.80} is not [H, W, C] of positive integers")
     if type(actions) is not int or actions < 0:
         raise DataError(f"{path}: num_actions {actions!r:.80} is not an integer >= 0")
-    if not isinstance(meta["splits"], dict) or not all(isinstance(k, str) and _SPLIT_NAME.fullmatch(k)
-                                                        for k in meta["splits"]):
+    if not isinstance(meta["splits"], dict) or not all(
+        isinstance(k, str) and _SPLIT_NAME.fullmatch(k) for k in meta["splits"]
+    ):
         raise DataError(f"{path}: split names must be letters, digits, '_' or '-'")
     return meta
 
@@ -187,9 +209,7 @@ def action_meanings(meta: dict[str, Any]) -> list[str] | None:
     if gen.get("action_meanings"):
         return list(gen["action_meanings"])
     if gen.get("name") == "coinrun" and meta.get("num_actions") == 15:
-        from jasmine.data.coinrun import ACTION_MEANINGS
-
-        return list(ACTION_MEANINGS)
+        return list(COINRUN_ACTION_MEANINGS)
     return None
 
 
@@ -258,8 +278,14 @@ def iter_records(root: str | Path, meta: dict, split: str, limit: int = 0):
         reader.close()
 
 
-def relayout(src: str | Path, dst: str | Path, format_version: int, chunk_len: int | None = None,
-             overwrite: bool = False, splits: tuple[str, ...] | None = None) -> dict[str, Any]:
+def relayout(
+    src: str | Path,
+    dst: str | Path,
+    format_version: int,
+    chunk_len: int | None = None,
+    overwrite: bool = False,
+    splits: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
     """Copy dataset ``src`` to ``dst`` in another layout (format 2: chunked, 3: grouped), episode by episode.
 
     Records are re-cut to ``chunk_len`` frames (default: the layout's); arrays, episodes, splits
@@ -270,11 +296,22 @@ def relayout(src: str | Path, dst: str | Path, format_version: int, chunk_len: i
     meta = read_metadata(src)
     if Path(dst).resolve() == Path(src).resolve():
         raise DataError(f"--out {dst} is the source dataset; write the new layout elsewhere")
-    writer = DatasetWriter(dst, frame_shape=tuple(meta["frame_shape"]), num_actions=meta["num_actions"],
-                           source=meta.get("source", "relayout"), generator=meta.get("generator", {}),
-                           chunk_len=chunk_len, overwrite=overwrite, format_version=format_version)
-    extra = {k: v for k, v in meta.items() if k not in ("format", "format_version", "frame_shape", "num_actions",
-                                                        "source", "chunk_len", "generator", "splits")}
+    writer = DatasetWriter(
+        dst,
+        frame_shape=tuple(meta["frame_shape"]),
+        num_actions=meta["num_actions"],
+        source=meta.get("source", "relayout"),
+        generator=meta.get("generator", {}),
+        chunk_len=chunk_len,
+        overwrite=overwrite,
+        format_version=format_version,
+    )
+    extra = {
+        k: v
+        for k, v in meta.items()
+        if k
+        not in ("format", "format_version", "frame_shape", "num_actions", "source", "chunk_len", "generator", "splits")
+    }
     chosen = {s: i for s, i in meta["splits"].items() if splits is None or s in splits}
     for split in set(splits or ()) - set(chosen):
         raise DataError(f"{Path(src) / METADATA}: no split {split!r} (have {sorted(meta['splits'])})")
@@ -289,14 +326,21 @@ def relayout(src: str | Path, dst: str | Path, format_version: int, chunk_len: i
                 done = sum(len(next(iter(a.values()))) for a, _ in episode)
                 if not lengths or done >= lengths[0]:
                     if lengths and done != lengths.pop(0):
-                        raise DataError(f"{Path(src) / METADATA}: split {split!r}'s records do not add up to its "
-                                        f"episode_lengths")
-                    writer.add_arrays(split, {k: np.concatenate([a[k] for a, _ in episode]) for k in episode[0][0]},
-                                      {k: v for k, v in episode[0][1].items() if k != "chunk_index"})
+                        raise DataError(
+                            f"{Path(src) / METADATA}: split {split!r}'s records do not add up to its episode_lengths"
+                        )
+                    writer.add_arrays(
+                        split,
+                        {k: np.concatenate([a[k] for a, _ in episode]) for k in episode[0][0]},
+                        {k: v for k, v in episode[0][1].items() if k != "chunk_index"},
+                    )
                     episode.clear()
-    out = writer.finish(**{s: {k: v for k, v in i.items() if k not in ("episodes", "frames", "records",
-                                                                          "episode_lengths", "shards")}
-                           for s, i in chosen.items()})
+    out = writer.finish(
+        **{
+            s: {k: v for k, v in i.items() if k not in ("episodes", "frames", "records", "episode_lengths", "shards")}
+            for s, i in chosen.items()
+        }
+    )
     if extra:
         out.update(extra)
         write_json_atomic(Path(dst) / METADATA, out)

@@ -80,12 +80,15 @@ def find_duplicates(root: str | Path, examples: int = 10, progress: bool = True)
             for split in {loc[0] for loc in locs}:
                 if (extra := sum(loc[0] == split for loc in locs) - 1) > 0:
                     within[split] += extra
-        return {f"{what}": sum(len(v) for v in groups.values()), f"unique_{what}": len(groups),
-                "duplicates_within_split": dict(within), "shared_across_splits": dict(pairs),
-                "examples": [[list(loc) for loc in locs] for locs in (cross + repeated)[:examples]]}
+        return {
+            f"{what}": sum(len(v) for v in groups.values()),
+            f"unique_{what}": len(groups),
+            "duplicates_within_split": dict(within),
+            "shared_across_splits": dict(pairs),
+            "examples": [[list(loc) for loc in locs] for locs in (cross + repeated)[:examples]],
+        }
 
-    return {"dataset": str(Path(root)), "frames": summary(frames, "frames"),
-            "episodes": summary(episodes, "episodes")}
+    return {"dataset": str(Path(root)), "frames": summary(frames, "frames"), "episodes": summary(episodes, "episodes")}
 
 
 def dedup(args: DedupArgs) -> dict:
@@ -94,8 +97,10 @@ def dedup(args: DedupArgs) -> dict:
     write_json_atomic(out, report)
     for kind in ("episodes", "frames"):
         r = report[kind]
-        print(f"{kind:8}  {r[kind]} total, {r['unique_' + kind]} unique; repeated within a split: "
-              f"{r['duplicates_within_split'] or 0}; shared across splits: {r['shared_across_splits'] or 0}")
+        print(
+            f"{kind:8}  {r[kind]} total, {r['unique_' + kind]} unique; repeated within a split: "
+            f"{r['duplicates_within_split'] or 0}; shared across splits: {r['shared_across_splits'] or 0}"
+        )
     print(f"wrote {out}")
     report["cross_split"] = bool(report["frames"]["shared_across_splits"] or report["episodes"]["shared_across_splits"])
     return report

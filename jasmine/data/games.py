@@ -76,8 +76,9 @@ class Atari:
         except ImportError:
             raise DataError("jasmine data atari needs ale-py: uv sync --extra atari") from None
         if args.game not in roms.get_all_rom_ids():
-            raise DataError(f"--game {args.game!r} is not an Atari ROM of ale-py; choose from "
-                            f"{', '.join(roms.get_all_rom_ids())}")
+            raise DataError(
+                f"--game {args.game!r} is not an Atari ROM of ale-py; choose from {', '.join(roms.get_all_rom_ids())}"
+            )
         if not 0 <= args.sticky_actions <= 1 or args.frame_skip < 1:
             raise DataError("--sticky-actions must be in [0, 1] and --frame-skip >= 1")
         ALEInterface.setLoggerMode(LoggerMode.Error)
@@ -120,8 +121,7 @@ class MinAtar:
         if args.game not in games:
             raise DataError(f"--game {args.game!r} is not a MinAtar game; choose from {', '.join(games)}")
         self.args, self.Environment = args, Environment
-        env = Environment(args.game, sticky_action_prob=args.sticky_actions,
-                          difficulty_ramping=args.difficulty_ramping)
+        env = Environment(args.game, sticky_action_prob=args.sticky_actions, difficulty_ramping=args.difficulty_ramping)
         self.actions = list(env.minimal_action_set())
         self.meanings = [MINATAR_ACTIONS[a] for a in self.actions]
         # MinAtar's own rendering: black background, channel k in the k-th cubehelix colour
@@ -133,8 +133,9 @@ class MinAtar:
         return self.palette[idx]
 
     def play(self, seed: int, max_len: int, rng: np.random.Generator):
-        env = self.Environment(self.args.game, sticky_action_prob=self.args.sticky_actions,
-                               difficulty_ramping=self.args.difficulty_ramping)
+        env = self.Environment(
+            self.args.game, sticky_action_prob=self.args.sticky_actions, difficulty_ramping=self.args.difficulty_ramping
+        )
         env.seed(seed % 2**32)
         env.reset()
         frames, acts, done = [], [], False
@@ -153,14 +154,21 @@ def generate(args: GameArgs, kind: str) -> dict:
     if min(counts.values()) < 0 or counts["train"] < 1:
         raise DataError("--train-episodes must be >= 1 and --val/--test-episodes >= 0")
     if not 1 <= args.min_episode_len <= args.max_episode_len:
-        raise DataError(f"need 1 <= --min-episode-len {args.min_episode_len} <= --max-episode-len "
-                        f"{args.max_episode_len}")
+        raise DataError(
+            f"need 1 <= --min-episode-len {args.min_episode_len} <= --max-episode-len {args.max_episode_len}"
+        )
     game = Atari(args) if kind == "atari" else MinAtar(args)
     gen_args = {k: v for k, v in asdict(args).items() if k not in ("out", "overwrite")}
-    writer = DatasetWriter(args.out, frame_shape=(*hw, 3), num_actions=len(game.actions), source=kind,
-                           generator={"name": kind, **gen_args, "action_meanings": game.meanings},
-                           chunk_len=args.chunk_len, records_per_shard=args.records_per_shard,
-                           overwrite=args.overwrite)
+    writer = DatasetWriter(
+        args.out,
+        frame_shape=(*hw, 3),
+        num_actions=len(game.actions),
+        source=kind,
+        generator={"name": kind, **gen_args, "action_meanings": game.meanings},
+        chunk_len=args.chunk_len,
+        records_per_shard=args.records_per_shard,
+        overwrite=args.overwrite,
+    )
     t0, extra = time.perf_counter(), {}
     try:
         with tqdm(total=sum(counts.values()), unit="ep", desc=f"{kind} {args.game}", dynamic_ncols=True) as bar:
@@ -169,17 +177,22 @@ def generate(args: GameArgs, kind: str) -> dict:
                 seed, kept, dropped = base, 0, 0
                 while kept < n:
                     if seed >= base + SEEDS_PER_SPLIT:
-                        raise DataError(f"{split}: {SEEDS_PER_SPLIT} seeds gave fewer than {n} episodes of "
-                                        f">= {args.min_episode_len} frames; lower --min-episode-len")
+                        raise DataError(
+                            f"{split}: {SEEDS_PER_SPLIT} seeds gave fewer than {n} episodes of "
+                            f">= {args.min_episode_len} frames; lower --min-episode-len"
+                        )
                     frames, acts = game.play(seed, args.max_episode_len, np.random.default_rng(seed))
                     seed += 1
                     if len(frames) < args.min_episode_len:
                         dropped += 1
                         continue
-                    resized = np.stack([np.asarray(Image.fromarray(f).resize(hw[::-1], game.resample))
-                                        for f in frames])
-                    writer.add_episode(split, resized, np.asarray(acts, np.int32),
-                                       {"source": kind, "game": args.game, "env_seed": seed - 1, "episode_id": kept})
+                    resized = np.stack([np.asarray(Image.fromarray(f).resize(hw[::-1], game.resample)) for f in frames])
+                    writer.add_episode(
+                        split,
+                        resized,
+                        np.asarray(acts, np.int32),
+                        {"source": kind, "game": args.game, "env_seed": seed - 1, "episode_id": kept},
+                    )
                     kept += 1
                     bar.update()
                     bar.set_postfix(frames=sum(i.frames for i in writer.splits.values()), refresh=False)

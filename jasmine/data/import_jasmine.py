@@ -26,10 +26,14 @@ from jasmine.data.dataset import SPLITS, DataError, DatasetWriter, RecordFormatE
 
 # What the reference's records may name: NumPy's array reconstruction (every pickle protocol, NumPy 1 and 2).
 ALLOWED = {
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
     ("_codecs", "encode"),  # bytes in protocol 2 pickles
 }
 
@@ -43,8 +47,10 @@ class SafeUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) not in ALLOWED:
-            raise Refused(f"refused {module}.{name}: only built-in containers, bytes, numbers and "
-                                         f"NumPy arrays may appear in a record")
+            raise Refused(
+                f"refused {module}.{name}: only built-in containers, bytes, numbers and "
+                f"NumPy arrays may appear in a record"
+            )
         return super().find_class(module, name)
 
 
@@ -95,8 +101,10 @@ def read_record(buf: bytes, where: str, frame_shape: tuple[int, int, int]) -> tu
     except Exception as e:  # truncated or garbage bytes
         raise RecordFormatError(f"{where}: not a readable pickle ({type(e).__name__}: {e})") from None
     if not isinstance(rec, dict) or "raw_video" not in rec or "sequence_length" not in rec:
-        raise RecordFormatError(f"{where}: expected a dict with raw_video and sequence_length, got "
-                                f"{type(rec).__name__}{sorted(rec) if isinstance(rec, dict) else ''}")
+        raise RecordFormatError(
+            f"{where}: expected a dict with raw_video and sequence_length, got "
+            f"{type(rec).__name__}{sorted(rec) if isinstance(rec, dict) else ''}"
+        )
     t, raw = rec["sequence_length"], rec["raw_video"]
     if isinstance(raw, np.ndarray):
         raw = raw.astype(np.uint8, copy=False).tobytes()
@@ -104,14 +112,18 @@ def read_record(buf: bytes, where: str, frame_shape: tuple[int, int, int]) -> tu
         raise RecordFormatError(f"{where}: sequence_length must be an int and raw_video bytes")
     want = int(t) * int(np.prod(frame_shape))
     if t < 1 or len(raw) != want:
-        raise RecordFormatError(f"{where}: raw_video holds {len(raw)} bytes, not sequence_length {t} x "
-                                f"{'x'.join(map(str, frame_shape))} = {want} (set --frame-shape)")
+        raise RecordFormatError(
+            f"{where}: raw_video holds {len(raw)} bytes, not sequence_length {t} x "
+            f"{'x'.join(map(str, frame_shape))} = {want} (set --frame-shape)"
+        )
     frames = np.frombuffer(raw, np.uint8).reshape(int(t), *frame_shape)
     actions = rec.get("actions")
     if actions is not None:
         actions = np.asarray(actions)
         if actions.shape[:1] != (t,) or not np.issubdtype(actions.dtype, np.integer):
-            raise RecordFormatError(f"{where}: actions are {actions.dtype}{list(actions.shape)}, expected int[{t}, ...]")
+            raise RecordFormatError(
+                f"{where}: actions are {actions.dtype}{list(actions.shape)}, expected int[{t}, ...]"
+            )
     return frames, actions
 
 
@@ -134,14 +146,21 @@ def import_jasmine(args: ImportArgs) -> dict:
     """Stream every record through the safe reader into a new dataset; on any bad record nothing is kept."""
     root = Path(args.inputs)
     splits = _shards(root, args.val_fraction, args.test_fraction, args.seed)
-    writer = DatasetWriter(args.out, frame_shape=args.frame_shape, num_actions=args.num_actions,
-                           source="jasmine-reference", generator={"name": "import-jasmine", "in": str(root),
-                                                                  "seed": args.seed}, chunk_len=args.chunk_len,
-                           records_per_shard=args.records_per_shard, overwrite=args.overwrite)
+    writer = DatasetWriter(
+        args.out,
+        frame_shape=args.frame_shape,
+        num_actions=args.num_actions,
+        source="jasmine-reference",
+        generator={"name": "import-jasmine", "in": str(root), "seed": args.seed},
+        chunk_len=args.chunk_len,
+        records_per_shard=args.records_per_shard,
+        overwrite=args.overwrite,
+    )
     kind, top = None, -1  # the actions of the first record decide: scalar ids kept, vectors or none dropped
     try:
-        with tqdm(total=sum(len(f) for f in splits.values()), unit="shard", desc="import-jasmine",
-                  dynamic_ncols=True) as bar:
+        with tqdm(
+            total=sum(len(f) for f in splits.values()), unit="shard", desc="import-jasmine", dynamic_ncols=True
+        ) as bar:
             for split, files in splits.items():
                 for path in files:
                     for i, buf in _records(path):
@@ -153,11 +172,16 @@ def import_jasmine(args: ImportArgs) -> dict:
                         kind = this
                         if kind == "scalar":
                             if actions.min() < 0 or (args.num_actions and actions.max() >= args.num_actions):
-                                raise RecordFormatError(f"{where}: action ids outside [0, --num-actions "
-                                                        f"{args.num_actions or '?'})")
+                                raise RecordFormatError(
+                                    f"{where}: action ids outside [0, --num-actions {args.num_actions or '?'})"
+                                )
                             top = max(top, int(actions.max()))
-                        writer.add_episode(split, frames, actions.astype(np.int32) if kind == "scalar" else None,
-                                           {"source": str(path), "record": i})
+                        writer.add_episode(
+                            split,
+                            frames,
+                            actions.astype(np.int32) if kind == "scalar" else None,
+                            {"source": str(path), "record": i},
+                        )
                     bar.update()
     except BaseException:
         writer.abort()

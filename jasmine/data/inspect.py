@@ -34,7 +34,10 @@ class InspectArgs:
 
 def _bar_lines(labels: list[str], counts: np.ndarray, width: int = 40) -> list[str]:
     top = max(int(counts.max(initial=0)), 1)
-    return [f"  {lab:>11} | {'#' * round(width * c / top):<{width}} {int(c)}" for lab, c in zip(labels, counts)]
+    return [
+        f"  {lab:>11} | {'#' * round(width * c / top):<{width}} {int(c)}"
+        for lab, c in zip(labels, counts, strict=False)
+    ]
 
 
 def length_histogram(lengths: list[int], bins: int = 10) -> list[str]:
@@ -75,16 +78,23 @@ def inspect(args: InspectArgs) -> dict:
     order = sorted(meta["splits"], key=lambda s: (SPLITS.index(s) if s in SPLITS else len(SPLITS), s))
     for split, info in ((s, meta["splits"][s]) for s in order):
         lengths = info.get("episode_lengths", [])
-        print(f"\n[{split}] episodes {info['episodes']}  frames {info['frames']}  records {info['records']}  "
-              f"shards {len(info['shards'])}  level seeds {info.get('level_seeds', '-')}")
+        print(
+            f"\n[{split}] episodes {info['episodes']}  frames {info['frames']}  records {info['records']}  "
+            f"shards {len(info['shards'])}  level seeds {info.get('level_seeds', '-')}"
+        )
         if lengths:
             print(f"  episode length: min {min(lengths)}  mean {np.mean(lengths):.1f}  max {max(lengths)}")
             print("\n".join(length_histogram(lengths)))
         counts = np.zeros(num_actions, np.int64)
         if num_actions:
             total = info["records"] if not args.max_records else min(args.max_records, info["records"])
-            for arrays, _ in tqdm(iter_records(args.dir, meta, split, args.max_records), total=total,
-                                  desc=f"{split} actions", unit="rec", leave=False):
+            for arrays, _ in tqdm(
+                iter_records(args.dir, meta, split, args.max_records),
+                total=total,
+                desc=f"{split} actions",
+                unit="rec",
+                leave=False,
+            ):
                 counts += np.bincount(arrays["actions"], minlength=num_actions)[:num_actions]
             print("  action histogram:")
             print("\n".join(_bar_lines([str(a) for a in range(num_actions)], counts)))
@@ -96,8 +106,11 @@ def inspect(args: InspectArgs) -> dict:
         print("\nduplicates (exact content; details: jasmine data dedup)")
         for kind in ("episodes", "frames"):
             r = dup[kind]
-            print(f"  {kind:8}  {r[kind] - r['unique_' + kind]} repeats; within splits {r['duplicates_within_split'] or 0}; "
-                  f"shared across splits {r['shared_across_splits'] or 0}")
+            print(
+                f"  {kind:8}  {r[kind] - r['unique_' + kind]} repeats; "
+                f"within splits {r['duplicates_within_split'] or 0}; "
+                f"shared across splits {r['shared_across_splits'] or 0}"
+            )
         summary["duplicates"] = dup
     episodes = _episode_frames(args.dir, meta, args.split, args.episodes)
     Image.fromarray(contact_sheet(episodes).squeeze()).save(out / "contact_sheet.png")

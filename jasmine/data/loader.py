@@ -31,8 +31,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from jasmine.data.dataset import (GROUPED_VERSION, DataError, RecordFormatError, decode_at, read_metadata,
-                                  split_shards)
+from jasmine.data.dataset import GROUPED_VERSION, DataError, RecordFormatError, decode_at, read_metadata, split_shards
 
 
 def record_arrays(meta: dict[str, Any]) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
@@ -87,8 +86,9 @@ class EpisodeIndex:
         self.grouped = meta["format_version"] == GROUPED_VERSION
         if self.grouped:
             if not episode_lengths:
-                raise DataError(f"{self.root / 'metadata.json'}: split {split!r} of a format-3 dataset needs "
-                                f"episode_lengths")
+                raise DataError(
+                    f"{self.root / 'metadata.json'}: split {split!r} of a format-3 dataset needs episode_lengths"
+                )
             firsts = np.flatnonzero(offset == 0)
         else:
             firsts = np.arange(len(self.record_lengths))
@@ -107,13 +107,17 @@ class EpisodeIndex:
         e, done = 0, 0
         for r, n in enumerate(self.record_lengths):
             if e >= len(episode_lengths):
-                raise DataError(f"{self.root / 'metadata.json'}: split {self.split!r} has more record frames than "
-                                f"its episode_lengths add up to")
+                raise DataError(
+                    f"{self.root / 'metadata.json'}: split {self.split!r} has more record frames than "
+                    f"its episode_lengths add up to"
+                )
             episode[r], offset[r] = e, done
             done += int(n)
             if done > episode_lengths[e]:
-                raise DataError(f"{self.root / 'metadata.json'}: records of split {self.split!r} do not add up to "
-                                f"episode {e}'s length {episode_lengths[e]}")
+                raise DataError(
+                    f"{self.root / 'metadata.json'}: records of split {self.split!r} do not add up to "
+                    f"episode {e}'s length {episode_lengths[e]}"
+                )
             if done == episode_lengths[e]:
                 e, done = e + 1, 0
         return episode, offset
@@ -131,7 +135,10 @@ class EpisodeIndex:
         stop = int(self.lengths[segment]) if length is None else start + length
         if hi - lo > 1:  # grouped layout: only the records overlapping the window
             starts = self._rec_start[lo:hi]
-            lo, hi = lo + int(np.searchsorted(starts, start, "right")) - 1, lo + int(np.searchsorted(starts, stop, "left"))
+            lo, hi = (
+                lo + int(np.searchsorted(starts, start, "right")) - 1,
+                lo + int(np.searchsorted(starts, stop, "left")),
+            )
         parts = []
         for r in range(lo, hi):  # each record's frames inside [start, stop)
             base, n = int(self._rec_start[r]), int(self.record_lengths[r])
@@ -155,8 +162,9 @@ class EpisodeIndex:
             want = (n, *shape)
             if arr is None or arr.dtype != dtype or arr.shape != want:
                 got = "missing" if arr is None else f"{arr.dtype}{list(arr.shape)}"
-                raise RecordFormatError(f"shard {path}, record {idx}: {name} are {got}, expected "
-                                        f"{np.dtype(dtype).name}{list(want)}")
+                raise RecordFormatError(
+                    f"shard {path}, record {idx}: {name} are {got}, expected {np.dtype(dtype).name}{list(want)}"
+                )
             out[name] = arr
         return out
 
@@ -182,12 +190,16 @@ class WindowSlots(grain.sources.RandomAccessDataSource):
             raise DataError(
                 f"{index.root / index.split}: no record has a window of seq_len={seq_len} frames starting at a "
                 f"multiple of {align} (longest: {int(index.lengths.max(initial=0))} frames); lower seq_len "
-                f"or regenerate with longer episodes")
+                f"or regenerate with longer episodes"
+            )
         short = int((slots == 0).sum())
         if short:
-            warnings.warn(f"{index.root / index.split}: skipping {short} of {len(slots)} "
-                          f"{'episodes' if index.grouped else 'records'} shorter than "
-                          f"seq_len={seq_len}")
+            warnings.warn(
+                f"{index.root / index.split}: skipping {short} of {len(slots)} "
+                f"{'episodes' if index.grouped else 'records'} shorter than "
+                f"seq_len={seq_len}",
+                stacklevel=2,
+            )
         self.slots_of = slots
         self.segment_of_slot = np.repeat(np.arange(len(slots)), slots)
         self.slot_in_segment = np.arange(len(self.segment_of_slot)) - np.repeat(np.cumsum(slots) - slots, slots)
@@ -205,7 +217,8 @@ class WindowSlots(grain.sources.RandomAccessDataSource):
         return first + self.align * int(rng.integers(0, free // self.align + 1)) + slot * self.stride
 
     def __repr__(self) -> str:
-        return f"WindowSlots({self.index.root}/{self.index.split}, seq_len={self.seq_len}, align={self.align}, slots={len(self)})"
+        where = f"{self.index.root}/{self.index.split}"
+        return f"WindowSlots({where}, seq_len={self.seq_len}, align={self.align}, slots={len(self)})"
 
 
 class CropWindow(grain.transforms.MapWithIndex):
@@ -276,8 +289,9 @@ def make_loader(
         raise ValueError(f"--batch-size {batch_size} is not divisible by the {process_count} JAX processes")
     slots = WindowSlots(EpisodeIndex(root, split, image_shape), seq_len, align)
     if len(slots) < batch_size:
-        raise DataError(f"{Path(root) / split}: only {len(slots)} windows of {seq_len} frames, fewer than one batch "
-                        f"of {batch_size}")
+        raise DataError(
+            f"{Path(root) / split}: only {len(slots)} windows of {seq_len} frames, fewer than one batch of {batch_size}"
+        )
     ds = grain.MapDataset.source(slots).shuffle(seed=seed).repeat(num_epochs).map_with_index(CropWindow(slots, seed))
     per_process = batch_size // process_count
     rows = ProcessBlock(ds, process_index, process_count, per_process)[start_batch * per_process :]
@@ -292,8 +306,16 @@ def make_loader(
     return it
 
 
-def episode_clips(root: str | Path, split: str, n: int, length: int, seed: int, *, align: int = 1,
-                  image_shape: tuple[int, int, int] | None = None) -> dict[str, np.ndarray]:
+def episode_clips(
+    root: str | Path,
+    split: str,
+    n: int,
+    length: int,
+    seed: int,
+    *,
+    align: int = 1,
+    image_shape: tuple[int, int, int] | None = None,
+) -> dict[str, np.ndarray]:
     """``n`` clips of ``length`` frames from ``n`` distinct episodes, deterministic in ``seed``.
 
     Episodes are drawn uniformly among those with an aligned window inside one record, and
@@ -305,15 +327,18 @@ def episode_clips(root: str | Path, split: str, n: int, length: int, seed: int, 
     counts = np.maximum((index.lengths - first - length) // align + 1, 0)  # aligned windows per record
     episodes = np.unique(index.episode[counts > 0])
     if len(episodes) < n:
-        raise DataError(f"{Path(root) / split}: only {len(episodes)} episodes hold a clip of {length} frames, fewer "
-                        f"than the {n} clips asked for (clips come from distinct episodes); ask for fewer clips or "
-                        f"generate more episodes")
+        raise DataError(
+            f"{Path(root) / split}: only {len(episodes)} episodes hold a clip of {length} frames, fewer "
+            f"than the {n} clips asked for (clips come from distinct episodes); ask for fewer clips or "
+            f"generate more episodes"
+        )
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(episodes, n, replace=False))
     clips: dict[str, list] = {"episode": [], "start": []}
     for e in chosen:
-        windows = [(int(r), int(first[r]) + align * m) for r in np.flatnonzero(index.episode == e)
-                   for m in range(counts[r])]
+        windows = [
+            (int(r), int(first[r]) + align * m) for r in np.flatnonzero(index.episode == e) for m in range(counts[r])
+        ]
         r, s = windows[int(rng.integers(0, len(windows)))]
         for name, arr in index.read(r, s, length).items():
             clips.setdefault(name, []).append(np.array(arr))

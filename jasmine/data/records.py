@@ -86,7 +86,9 @@ def _is_int(x: Any) -> bool:
 def _check_spec(name: Any, spec: Any, payload: int) -> tuple[np.dtype, list[int], int]:
     """Validate one array's header entry; returns (dtype, shape, offset into the payload)."""
     if not isinstance(name, str) or not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "offset", "nbytes"}:
-        raise RecordFormatError(f"array {name!r}: header entry must be {{dtype, shape, offset, nbytes}}, got {spec!r:.200}")
+        raise RecordFormatError(
+            f"array {name!r}: header entry must be {{dtype, shape, offset, nbytes}}, got {spec!r:.200}"
+        )
     if spec["dtype"] not in ALLOWED_DTYPES:
         raise RecordFormatError(f"array {name!r} has disallowed dtype {spec['dtype']!r:.50}")
     shape, offset, nbytes = spec["shape"], spec["offset"], spec["nbytes"]
@@ -98,7 +100,9 @@ def _check_spec(name: Any, spec: Any, payload: int) -> tuple[np.dtype, list[int]
     if not _is_int(nbytes) or nbytes != math.prod(shape) * dtype.itemsize:
         raise RecordFormatError(f"array {name!r}: nbytes {nbytes!r:.50} does not match shape {shape} of {dtype.name}")
     if offset + nbytes > payload:
-        raise RecordFormatError(f"array {name!r}: bytes [{offset}, {offset + nbytes}) lie outside the {payload}-byte payload")
+        raise RecordFormatError(
+            f"array {name!r}: bytes [{offset}, {offset + nbytes}) lie outside the {payload}-byte payload"
+        )
     return dtype, shape, offset
 
 
@@ -115,8 +119,10 @@ def decode_record(buf: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     if magic != MAGIC:
         raise RecordFormatError(f"bad magic {magic!r} (expected {MAGIC!r}): not a jasmine record")
     if version != FORMAT_VERSION:
-        raise RecordFormatError(f"record format version {version}, this jasmine reads {FORMAT_VERSION} "
-                                f"(regenerate the dataset with this version)")
+        raise RecordFormatError(
+            f"record format version {version}, this jasmine reads {FORMAT_VERSION} "
+            f"(regenerate the dataset with this version)"
+        )
     start = _PREFIX.size + header_len
     if start > len(buf):
         raise RecordFormatError(f"header length {header_len} runs past the end of the {len(buf)}-byte record")
@@ -126,9 +132,13 @@ def decode_record(buf: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         header = json.loads(bytes(buf[_PREFIX.size : start]).decode("utf-8"))
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise RecordFormatError(f"corrupt record header: {e!r:.200}") from None
-    if not isinstance(header, dict) or set(header) != {"meta", "arrays"} or not isinstance(header["meta"], dict) \
-            or not isinstance(header["arrays"], dict):
-        raise RecordFormatError("corrupt record header: expected {\"meta\": {...}, \"arrays\": {...}}")
+    if (
+        not isinstance(header, dict)
+        or set(header) != {"meta", "arrays"}
+        or not isinstance(header["meta"], dict)
+        or not isinstance(header["arrays"], dict)
+    ):
+        raise RecordFormatError('corrupt record header: expected {"meta": {...}, "arrays": {...}}')
     arrays = {}
     for name, spec in header["arrays"].items():
         dtype, shape, offset = _check_spec(name, spec, len(buf) - start)
@@ -185,7 +195,7 @@ class ShardWriter:
             Path(str(self._path()) + TMP_SUFFIX).unlink(missing_ok=True)
             self._writer, self._lengths = None, []
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, *_) -> None:

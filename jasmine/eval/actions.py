@@ -53,8 +53,7 @@ def count_matrix(codes: np.ndarray, actions: np.ndarray, num_codes: int, num_act
     return counts
 
 
-def transition_counts(codes_BT1: np.ndarray, actions_BT: np.ndarray, num_codes: int,
-                      num_actions: int) -> np.ndarray:
+def transition_counts(codes_BT1: np.ndarray, actions_BT: np.ndarray, num_codes: int, num_actions: int) -> np.ndarray:
     """Counts of clips' codes (entry t-1: the transition into frame t) against the real action taken after
     frame t-1 (``actions_BT[:, t-1]``); the one place codes and actions are paired."""
     return count_matrix(codes_BT1, actions_BT[:, :-1], num_codes, num_actions)
@@ -66,7 +65,10 @@ def nmi(counts: np.ndarray) -> float:
     pk, pa = p.sum(1), p.sum(0)
     nz = p > 0
     mi = float((p[nz] * np.log(p[nz] / np.outer(pk, pa)[nz])).sum())
-    h = lambda q: float(-(q[q > 0] * np.log(q[q > 0])).sum())
+
+    def h(q):
+        return float(-(q[q > 0] * np.log(q[q > 0])).sum())
+
     denom = (h(pk) + h(pa)) / 2
     return mi / denom if denom > 0 else 0.0
 
@@ -101,8 +103,9 @@ def latent_actions(lam, window: int, frames_BTHWC: np.ndarray, batch: int = 16) 
         ids = nnx.merge(graphdef, state).infer_actions(lam_windows(x, window))
         return from_lam_windows(ids, x.shape[0], x.shape[1])
 
-    return np.concatenate([np.asarray(infer(state, frames_BTHWC[i : i + batch]))
-                           for i in range(0, len(frames_BTHWC), batch)])
+    return np.concatenate(
+        [np.asarray(infer(state, frames_BTHWC[i : i + batch])) for i in range(0, len(frames_BTHWC), batch)]
+    )
 
 
 def action_mapping(counts: np.ndarray, top: int = 3, meanings: list[str] | None = None) -> list[dict]:
@@ -112,9 +115,18 @@ def action_mapping(counts: np.ndarray, top: int = 3, meanings: list[str] | None 
     for k, row in enumerate(counts):
         n = int(row.sum())
         order = np.argsort(-row, kind="stable")[:top]
-        rows.append({"code": k, "transitions": n, "share": n / max(counts.sum(), 1),
-                     "actions": [{"action": int(a), "name": names[a], "p": float(row[a] / n) if n else 0.0}
-                                 for a in order if row[a] > 0]})
+        rows.append(
+            {
+                "code": k,
+                "transitions": n,
+                "share": n / max(counts.sum(), 1),
+                "actions": [
+                    {"action": int(a), "name": names[a], "p": float(row[a] / n) if n else 0.0}
+                    for a in order
+                    if row[a] > 0
+                ],
+            }
+        )
     return rows
 
 
@@ -150,15 +162,25 @@ def actions_report(args: ActionsArgs) -> dict:
     codes = latent_actions(lam, window, clips["frames"])
     counts = transition_counts(codes, clips["actions"], lam.cfg.vocab_size, num_actions)
     meanings = action_meanings(meta)
-    result = {"run": str(args.run), "data": str(args.data), "split": args.split, "clips": args.clips,
-              "transitions": int(counts.sum()), "nmi": nmi(counts), "counts": counts.tolist(),
-              "action_meanings": meanings, "codes": action_mapping(counts, args.top, meanings)}
+    result = {
+        "run": str(args.run),
+        "data": str(args.data),
+        "split": args.split,
+        "clips": args.clips,
+        "transitions": int(counts.sum()),
+        "nmi": nmi(counts),
+        "counts": counts.tolist(),
+        "action_meanings": meanings,
+        "codes": action_mapping(counts, args.top, meanings),
+    }
     out = args.out or Path(args.run) / "actions"
     out.mkdir(parents=True, exist_ok=True)
     (out / "actions.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_heatmap(out / "actions.png", counts, meanings, result["nmi"])
-    print(f"NMI(LAM code; real action) = {result['nmi']:.3f} over {result['transitions']} transitions of "
-          f"{args.clips} {args.split} clips")
+    print(
+        f"NMI(LAM code; real action) = {result['nmi']:.3f} over {result['transitions']} transitions of "
+        f"{args.clips} {args.split} clips"
+    )
     for row in result["codes"]:
         acts = ", ".join(f"{a['name']} {a['p']:.0%}" for a in row["actions"]) or "-"
         print(f"  code {row['code']:2d}  {row['share']:6.1%} of transitions  {acts}")

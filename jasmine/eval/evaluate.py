@@ -24,15 +24,16 @@ from tqdm import tqdm
 
 from jasmine.eval.metrics import code_usage, psnr_ssim, summarise_rollouts
 from jasmine.eval.report import plot_curves, summary_lines, write_report
+from jasmine.models.digits import SamplingOptions
 from jasmine.sample.clips import check_lengths, choose_actions, load_genie, num_action_codes, read_clips
-from jasmine.sample.rollout import Rollout, SampleOptions
+from jasmine.sample.rollout import Rollout, sample_options
 from jasmine.viz import side_by_side, stack_rows, write_gif
 
 SOURCES = ("model", "random_actions", "tokenizer", "copy_last")
 
 
-@dataclass(frozen=True)
-class EvalArgs:
+@dataclass(frozen=True, kw_only=True)
+class EvalArgs(SamplingOptions):
     """Evaluate a dynamics run: per-frame PSNR/SSIM, baselines, ΔtPSNR, bootstrap CIs over episodes, report."""
 
     run: Path
@@ -49,18 +50,6 @@ class EvalArgs:
     delta_t: int = 4
     """Clip frame index t of the controllability metric ΔtPSNR."""
     batch_size: int = 8
-    steps: int | None = None
-    """MaskGIT: steps per frame (default 25; steps that fix no token are skipped); diffusion: denoising steps K
-    (default 16)."""
-    temperature: float = 1.0
-    choice_temperature: float | None = None
-    """MaskGIT only: choice temperature (Gumbel noise on confidences, annealed to 0; default 4.5)."""
-    top_k: int = 0
-    """Sample each token digit from its k most likely values only (0 = all)."""
-    ordinal: bool = False
-    """With --temperature 0 (or --argmax) and FSQ tokens: each digit's expected level, rounded (least squared error)."""
-    context_noise: float | None = None
-    """Diffusion only: past frames enter at signal level 1 - context_noise (default 0.1); --steps is K."""
     seed: int = 0
     gifs: int = 4
     """Clips drawn in the report GIF."""
@@ -75,9 +64,7 @@ def evaluate(args: EvalArgs) -> dict:
         raise ValueError(f"--delta-t {args.delta_t} must index a generated frame: {args.context} <= t < {args.frames}")
     source = "gt" if genie.lam is None else "lam"
     clips = read_clips(genie, args.data, args.split, args.clips, args.frames, args.seed, cfg.image_size)
-    opts = SampleOptions(steps=args.steps, temperature=args.temperature, choice_temperature=args.choice_temperature,
-                         ordinal=args.ordinal, top_k=args.top_k, context_noise=args.context_noise)
-    roll = Rollout(genie, cfg.seq_len, opts)
+    roll = Rollout(genie, cfg.seq_len, sample_options(args))
     rng = np.random.default_rng(args.seed)
     scores = {k: [] for k in SOURCES}
     previews, token_ids, model_actions = [], [], []
@@ -89,7 +76,10 @@ def evaluate(args: EvalArgs) -> dict:
         token_ids.append(np.asarray(ids_gt))
         ctx = ids_gt[:, : args.context]
         key = jax.random.key(args.seed + lo)  # the same random numbers for both action sources
-        rollout = lambda actions: roll.decode(roll.run(ctx, actions, key, num_frames=args.frames - args.context))
+
+        def rollout(actions, ctx=ctx, key=key):
+            return roll.decode(roll.run(ctx, actions, key, num_frames=args.frames - args.context))
+
         videos = {
             "model": rollout(actions := choose_actions(source, genie, batch, rng)),
             "random_actions": rollout(choose_actions("random", genie, batch, rng)),
@@ -101,29 +91,48 @@ def evaluate(args: EvalArgs) -> dict:
         for name, video in videos.items():
             scores[name].append(psnr_ssim(gt, video))
         for b in range(min(args.gifs - len(previews), len(gt))):
-            previews.append(side_by_side(gt[b], videos["tokenizer"][b], videos["model"][b], videos["random_actions"][b]))
+            previews.append(
+                side_by_side(gt[b], videos["tokenizer"][b], videos["model"][b], videos["random_actions"][b])
+            )
     nmi = None
     if source == "lam" and "actions" in clips:  # how much the latent actions the model used say about the real ones
-        from jasmine.eval.actions import nmi as normalised_mi, transition_counts
+        from jasmine.eval.actions import nmi as normalised_mi
+        from jasmine.eval.actions import transition_counts
 
         real = clips["actions"]
-        nmi = normalised_mi(transition_counts(np.concatenate(model_actions), real, num_action_codes(genie),
-                                              int(real.max()) + 1))
+        nmi = normalised_mi(
+            transition_counts(np.concatenate(model_actions), real, num_action_codes(genie), int(real.max()) + 1)
+        )
     psnr = {k: np.concatenate([p for p, _ in v]) for k, v in scores.items()}
     ssim = {k: np.concatenate([s for _, s in v]) for k, v in scores.items()}
     results = {
-        "run": str(args.run), "data": str(args.data), "split": args.split, "clips": args.clips,
-        "context": args.context, "frames": args.frames, "dynamics": genie.dynamics.family,
-        **{k: getattr(roll.opts, k) for k in ("steps", "temperature", "choice_temperature", "ordinal", "top_k",
-                                              "context_noise")},
-        "actions": source, "delta_t": args.delta_t,
+        "run": str(args.run),
+        "data": str(args.data),
+        "split": args.split,
+        "clips": args.clips,
+        "context": args.context,
+        "frames": args.frames,
+        "dynamics": genie.dynamics.family,
+        **{
+            k: getattr(roll.opts, k)
+            for k in ("steps", "temperature", "choice_temperature", "ordinal", "top_k", "context_noise")
+        },
+        "actions": source,
+        "delta_t": args.delta_t,
         "seconds": time.perf_counter() - t0,
         "lam_action_nmi": nmi,
-        "tokenizer_codes": (code_usage(np.concatenate(token_ids), genie.tokenizer.cfg.vocab_size)
-                            if np.issubdtype(token_ids[0].dtype, np.integer) else None),  # MAE latents have no codes
+        "tokenizer_codes": (
+            code_usage(np.concatenate(token_ids), genie.tokenizer.cfg.vocab_size)
+            if np.issubdtype(token_ids[0].dtype, np.integer)
+            else None
+        ),  # MAE latents have no codes
         **summarise_rollouts(psnr, ssim, context=args.context, delta_t=args.delta_t, seed=args.seed),
-        "per_clip": {"episode": clips["episode"].tolist(), "start": clips["start"].tolist(),
-                     "psnr": {k: v.tolist() for k, v in psnr.items()}, "ssim": {k: v.tolist() for k, v in ssim.items()}},
+        "per_clip": {
+            "episode": clips["episode"].tolist(),
+            "start": clips["start"].tolist(),
+            "psnr": {k: v.tolist() for k, v in psnr.items()},
+            "ssim": {k: v.tolist() for k, v in ssim.items()},
+        },
     }
     out = args.out or Path(args.run) / "eval"
     out.mkdir(parents=True, exist_ok=True)

@@ -10,30 +10,11 @@ difference (model − copy-last-frame, ΔtPSNR) comes from the same resamples as
 
 from __future__ import annotations
 
-import dm_pix as pix
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-MIN_MSE = (1 / 255) ** 2 / 12  # uint8 quantisation noise: caps PSNR at 58.9 dB instead of inf
+from jasmine.models.fidelity import frame_psnr_ssim, psnr_ssim
 
-
-def frame_psnr_ssim(x_BTHWC, y_BTHWC):
-    """Traceable per-frame PSNR (capped) and SSIM (dm-pix) of y against x: two [B, T] arrays."""
-    B, T = x_BTHWC.shape[:2]
-    x = x_BTHWC.reshape(B * T, *x_BTHWC.shape[2:])
-    y = jnp.clip(y_BTHWC.reshape(B * T, *y_BTHWC.shape[2:]), 0.0, 1.0)
-    mse = jnp.maximum(jnp.mean((x - y) ** 2, axis=(1, 2, 3)), MIN_MSE)
-    return (-10.0 * jnp.log10(mse)).reshape(B, T), pix.ssim(x, y).reshape(B, T)
-
-
-_psnr_ssim = jax.jit(frame_psnr_ssim)
-
-
-def psnr_ssim(x_BTHWC, y_BTHWC) -> tuple[np.ndarray, np.ndarray]:
-    """PSNR (dB, capped at 58.9 for identical frames) and SSIM (dm-pix) of every frame of y against x: [B, T]."""
-    p, s = _psnr_ssim(jnp.asarray(x_BTHWC, jnp.float32), jnp.asarray(y_BTHWC, jnp.float32))
-    return np.asarray(p, np.float64), np.asarray(s, np.float64)
+__all__ = ["frame_psnr_ssim", "psnr_ssim", "resamples", "bootstrap", "summarise_rollouts", "code_usage"]
 
 
 def resamples(n: int, *, rounds: int = 2000, seed: int = 0) -> np.ndarray:
@@ -50,8 +31,9 @@ def bootstrap(values_B, idx_RB: np.ndarray, level: float = 0.95) -> dict[str, np
     return {k: (float(v) if np.ndim(v) == 0 else v.tolist()) for k, v in out.items()}
 
 
-def summarise_rollouts(psnr: dict[str, np.ndarray], ssim: dict[str, np.ndarray], *, context: int, delta_t: int,
-                       seed: int = 0) -> dict:
+def summarise_rollouts(
+    psnr: dict[str, np.ndarray], ssim: dict[str, np.ndarray], *, context: int, delta_t: int, seed: int = 0
+) -> dict:
     """The numbers ``jasmine eval`` reports, from per-clip, per-frame scores ([B, T] per video source).
 
     Sources: ``model`` (inferred actions), ``random_actions``, ``tokenizer`` and ``copy_last``.
@@ -65,7 +47,10 @@ def summarise_rollouts(psnr: dict[str, np.ndarray], ssim: dict[str, np.ndarray],
         scores = {"psnr": psnr[name], "ssim": ssim[name]}
         res["per_frame"][name] = {m: bootstrap(v, idx) for m, v in scores.items()}
         res["mean_generated"][name] = {m: bootstrap(v[:, context:].mean(axis=1), idx) for m, v in scores.items()}
-    gen = lambda name, m: (psnr if m == "psnr" else ssim)[name][:, context:].mean(axis=1)
+
+    def gen(name, m):
+        return (psnr if m == "psnr" else ssim)[name][:, context:].mean(axis=1)
+
     res["model_minus_copy_last"] = {m: bootstrap(gen("model", m) - gen("copy_last", m), idx) for m in ("psnr", "ssim")}
     res[f"delta_psnr_t{delta_t}"] = bootstrap(psnr["model"][:, delta_t] - psnr["random_actions"][:, delta_t], idx)
     return res
@@ -75,5 +60,9 @@ def code_usage(ids, vocab: int) -> dict[str, float]:
     """How many of the ``vocab`` codes the token ids use, and their perplexity (effective number of codes)."""
     counts = np.bincount(np.asarray(ids).reshape(-1), minlength=vocab)
     p = counts[counts > 0] / counts.sum()
-    return {"codes_used": int((counts > 0).sum()), "vocab": int(vocab), "usage": float((counts > 0).mean()),
-            "perplexity": float(np.exp(-(p * np.log(p)).sum()))}
+    return {
+        "codes_used": int((counts > 0).sum()),
+        "vocab": int(vocab),
+        "usage": float((counts > 0).mean()),
+        "perplexity": float(np.exp(-(p * np.log(p)).sum())),
+    }

@@ -6,8 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-LABELS = {"model": "model (inferred actions)", "random_actions": "model (random actions)",
-          "tokenizer": "tokenizer reconstruction (ceiling)", "copy_last": "copy last context frame"}
+LABELS = {
+    "model": "model (inferred actions)",
+    "random_actions": "model (random actions)",
+    "tokenizer": "tokenizer reconstruction (ceiling)",
+    "copy_last": "copy last context frame",
+}
 
 
 def _ci(m: dict, fmt: str) -> str:
@@ -22,7 +26,7 @@ def plot_curves(path: Path, res: dict) -> None:
 
     context = res["context"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric in zip(axes, ("psnr", "ssim")):
+    for ax, metric in zip(axes, ("psnr", "ssim"), strict=False):
         for name, entry in res["per_frame"].items():
             e = entry[metric]
             y, lo, hi = (np.asarray(e[k]) for k in ("mean", "lo", "hi"))
@@ -33,8 +37,10 @@ def plot_curves(path: Path, res: dict) -> None:
         ax.set_ylabel("PSNR (dB)" if metric == "psnr" else "SSIM")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{res['clips']} clips from distinct {res['split']} episodes, {context} context frame(s); "
-                 f"bands: 95% bootstrap CI over episodes")
+    fig.suptitle(
+        f"{res['clips']} clips from distinct {res['split']} episodes, {context} context frame(s); "
+        f"bands: 95% bootstrap CI over episodes"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -51,39 +57,70 @@ def metrics_table(res: dict) -> str:
 
 def summary_lines(res: dict) -> list[str]:
     t, codes = res["delta_t"], res["tokenizer_codes"]
-    return [f"{res['clips']} clips from distinct {res['split']} episodes, {res['context']} context + "
+    return (
+        [
+            f"{res['clips']} clips from distinct {res['split']} episodes, {res['context']} context + "
             f"{res['frames'] - res['context']} generated frames, actions: {res['actions']} ({res['seconds']:.0f}s); "
-            f"means over generated frames [95% bootstrap CI over episodes]:", "", metrics_table(res), "",
-            f"Δ{t}PSNR = {_ci(res[f'delta_psnr_t{t}'], '.3f')} dB"] + ([
-            f"tokenizer codes on these clips: {codes['codes_used']} of {codes['vocab']} used, perplexity "
-            f"{codes['perplexity']:.1f}"] if codes else []) + ([f"NMI(LAM code; real action) = {res['lam_action_nmi']:.3f} (details: "
-                                             f"jasmine actions)"] if res.get("lam_action_nmi") is not None else [])
+            f"means over generated frames [95% bootstrap CI over episodes]:",
+            "",
+            metrics_table(res),
+            "",
+            f"Δ{t}PSNR = {_ci(res[f'delta_psnr_t{t}'], '.3f')} dB",
+        ]
+        + (
+            [
+                f"tokenizer codes on these clips: {codes['codes_used']} of {codes['vocab']} used, perplexity "
+                f"{codes['perplexity']:.1f}"
+            ]
+            if codes
+            else []
+        )
+        + (
+            [f"NMI(LAM code; real action) = {res['lam_action_nmi']:.3f} (details: jasmine actions)"]
+            if res.get("lam_action_nmi") is not None
+            else []
+        )
+    )
 
 
 def sampling_text(res: dict) -> str:
     """How the frames were sampled, in words."""
     if res.get("context_noise") is not None:
-        return (f"{res['steps']} denoising steps per frame along the training noise path (context frames at noise "
-                f"{res['context_noise']})")
-    how = (f"{res['steps']} MaskGIT steps per frame (temperature {res['temperature']}, choice temperature "
-           f"{res['choice_temperature']}" if res.get("steps") else f"one token at a time (temperature {res['temperature']}")
-    return how + (f", top-{res['top_k']}" if res.get("top_k") else "") + (", ordinal decoding" if res.get("ordinal") else "") + ")"
+        return (
+            f"{res['steps']} denoising steps per frame along the training noise path (context frames at noise "
+            f"{res['context_noise']})"
+        )
+    how = (
+        f"{res['steps']} MaskGIT steps per frame (temperature {res['temperature']}, choice temperature "
+        f"{res['choice_temperature']}"
+        if res.get("steps")
+        else f"one token at a time (temperature {res['temperature']}"
+    )
+    return (
+        how
+        + (f", top-{res['top_k']}" if res.get("top_k") else "")
+        + (", ordinal decoding" if res.get("ordinal") else "")
+        + ")"
+    )
 
 
 def _codes_text(codes: dict | None) -> str:
     if not codes:
         return "The tokenizer gives continuous latents (MAE): no codes to count; its reconstruction is the ceiling."
-    return (f"Tokenizer codes on these clips: {codes['codes_used']} of {codes['vocab']} used, perplexity "
-            f"{codes['perplexity']:.1f}.")
+    return (
+        f"Tokenizer codes on these clips: {codes['codes_used']} of {codes['vocab']} used, perplexity "
+        f"{codes['perplexity']:.1f}."
+    )
 
 
 def write_report(path: Path, res: dict) -> None:
     t = res["delta_t"]
-    text = f"""# Evaluation of `{res['run']}`
+    text = f"""# Evaluation of `{res["run"]}`
 
-{res['clips']} clips from distinct episodes of `{res['data']}` ({res['split']} split): {res['context']} ground-truth
-context frame(s), then {res['frames'] - res['context']} generated frames by the {res.get('dynamics', 'maskgit')} dynamics,
-{sampling_text(res)}; actions: {res['actions']}
+{res["clips"]} clips from distinct episodes of `{res["data"]}` ({res["split"]} split): {res["context"]} ground-truth
+context frame(s), then {res["frames"] - res["context"]} generated frames
+by the {res.get("dynamics", "maskgit")} dynamics,
+{sampling_text(res)}; actions: {res["actions"]}
 (inferred from the ground-truth clip). Intervals: 95% percentile bootstrap over episodes.
 
 ## Mean over generated frames
@@ -91,9 +128,9 @@ context frame(s), then {res['frames'] - res['context']} generated frames by the 
 {metrics_table(res)}
 
 **Controllability** Δ{t}PSNR = PSNR(x, x̂) − PSNR(x, x̂′) at frame {t}, x̂′ from random actions:
-**{_ci(res[f'delta_psnr_t{t}'], '.3f')} dB** (positive: the inferred actions matter).
+**{_ci(res[f"delta_psnr_t{t}"], ".3f")} dB** (positive: the inferred actions matter).
 
-{_codes_text(res['tokenizer_codes'])}
+{_codes_text(res["tokenizer_codes"])}
 
 ## Per frame
 

@@ -30,15 +30,24 @@ from flax import nnx
 
 from jasmine.models.digits import Digits, SamplingOptions, TokenFamily
 from jasmine.models.dynamics import MASKGIT_ONLY, DynamicsConfig, masked_token_metrics, refuse_options
-from jasmine.models.nn import (Attention, LayerNorm32, MultiHeadAttention, Precision, Remat, cached_attention,
-                               dot_product_attention, linear_layers, positions, run_blocks)
+from jasmine.models.nn import (
+    Attention,
+    LayerNorm32,
+    MultiHeadAttention,
+    Precision,
+    Remat,
+    cached_attention,
+    dot_product_attention,
+    linear_layers,
+    positions,
+    run_blocks,
+)
 
 
 class CausalBlock(nnx.Module):
     """Pre-LN block: causal self-attention over the flattened slots, then an FFN."""
 
-    def __init__(self, dim: int, ffn_dim: int, heads: int, *, prec: Precision, attention: Attention,
-                 rngs: nnx.Rngs):
+    def __init__(self, dim: int, ffn_dim: int, heads: int, *, prec: Precision, attention: Attention, rngs: nnx.Rngs):
         self.norm_a, self.norm_f = LayerNorm32(dim, prec=prec, rngs=rngs), LayerNorm32(dim, prec=prec, rngs=rngs)
         self.attn = MultiHeadAttention(dim, heads, prec=prec, attention=attention, rngs=rngs)
         lin = linear_layers(prec, rngs)
@@ -66,18 +75,32 @@ class CausalDynamics(TokenFamily, nnx.Module):
 
     @staticmethod
     def check_config(cfg: DynamicsConfig) -> None:
-        refuse_options(cfg, MASKGIT_ONLY, "the causal dynamics masks nothing and gives each frame's action its own "
-                                          "slot")
+        refuse_options(
+            cfg, MASKGIT_ONLY, "the causal dynamics masks nothing and gives each frame's action its own slot"
+        )
 
-    def __init__(self, cfg: DynamicsConfig, digits: Digits, action_dim: int, *, prec: Precision = Precision(),
-                 attention: Attention = "auto", remat: Remat = "none", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cfg: DynamicsConfig,
+        digits: Digits,
+        action_dim: int,
+        *,
+        prec: Precision = Precision(),
+        attention: Attention = "auto",
+        remat: Remat = "none",
+        rngs: nnx.Rngs,
+    ):
         self.cfg, self.digits, self.dtype, self.remat = cfg, digits, prec.dtype, remat
         D = cfg.model_dim
         self.token_embed = nnx.Embed(digits.width, D, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
         lin = linear_layers(prec, rngs)
         self.action_proj = lin(action_dim, D)
-        self.blocks = nnx.List([CausalBlock(D, cfg.ffn_dim, cfg.num_heads, prec=prec, attention=attention, rngs=rngs)
-                                for _ in range(cfg.num_blocks)])
+        self.blocks = nnx.List(
+            [
+                CausalBlock(D, cfg.ffn_dim, cfg.num_heads, prec=prec, attention=attention, rngs=rngs)
+                for _ in range(cfg.num_blocks)
+            ]
+        )
         self.norm_out = LayerNorm32(D, prec=prec, rngs=rngs)
         self.proj_out = lin(D, digits.width)
 
@@ -90,8 +113,9 @@ class CausalDynamics(TokenFamily, nnx.Module):
     def slots(self, ids_BTN, a_BTA):
         """Slot inputs [B, T * L, D]: per frame its action, then its tokens, plus time and slot codes."""
         B, T, N = ids_BTN.shape
-        x_BTLD = jnp.concatenate([self.action_proj(a_BTA.astype(self.dtype))[:, :, None],
-                                  self._embed_tokens(ids_BTN)], axis=2)
+        x_BTLD = jnp.concatenate(
+            [self.action_proj(a_BTA.astype(self.dtype))[:, :, None], self._embed_tokens(ids_BTN)], axis=2
+        )
         x_BTLD = x_BTLD + positions(jnp.arange(T), N + 1, self.cfg.model_dim).astype(self.dtype)
         return x_BTLD.reshape(B, T * (N + 1), -1)
 
@@ -111,8 +135,9 @@ class CausalDynamics(TokenFamily, nnx.Module):
     def loss(self, ids_BTN, a_BTA, rng, *, training: bool):
         """Cross-entropy on every token (teacher forcing); ``rng`` is unused (nothing is masked)."""
         del rng, training
-        return masked_token_metrics(self(ids_BTN, a_BTA), ids_BTN, jnp.ones(ids_BTN.shape, bool), self.digits,
-                                    self.cfg.z_loss_weight)
+        return masked_token_metrics(
+            self(ids_BTN, a_BTA), ids_BTN, jnp.ones(ids_BTN.shape, bool), self.digits, self.cfg.z_loss_weight
+        )
 
     # ------------------------------------------------------------------ generation
 
@@ -128,7 +153,7 @@ class CausalDynamics(TokenFamily, nnx.Module):
 
     def _step(self, x_B1D, caches, slot):
         new = []
-        for block, (k_c, v_c) in zip(self.blocks, caches):
+        for block, (k_c, v_c) in zip(self.blocks, caches, strict=False):
             x_B1D, kv = block.step(x_B1D, k_c, v_c, slot)
             new.append(kv)
         return self._head(x_B1D)[:, 0], new
@@ -142,8 +167,9 @@ class CausalDynamics(TokenFamily, nnx.Module):
         def body(k, carry):
             ids_BN, caches, x_B1D = carry
             logits_BW, caches = self._step(x_B1D, caches, pos * L + k)
-            tok_B = self.digits.sample(jax.random.fold_in(rng, k), logits_BW, opts.temperature, opts.ordinal,
-                                       opts.top_k).astype(ids_BN.dtype)
+            tok_B = self.digits.sample(
+                jax.random.fold_in(rng, k), logits_BW, opts.temperature, opts.ordinal, opts.top_k
+            ).astype(ids_BN.dtype)
             ids_BN = jax.lax.dynamic_update_index_in_dim(ids_BN, tok_B, k, 1)
             x_B1D = self._embed_tokens(tok_B)[:, None] + jax.lax.dynamic_index_in_dim(pe_LD, k + 1, 0)
             return ids_BN, caches, x_B1D
@@ -159,8 +185,9 @@ class CausalDynamics(TokenFamily, nnx.Module):
 
         def body(k, ids_BWN):
             logits_BW = jnp.take(jnp.take(self(ids_BWN, a_BWA), pos, axis=1), k, axis=1)
-            tok_B = self.digits.sample(jax.random.fold_in(rng, k), logits_BW, opts.temperature, opts.ordinal,
-                                       opts.top_k).astype(ids_BWN.dtype)
+            tok_B = self.digits.sample(
+                jax.random.fold_in(rng, k), logits_BW, opts.temperature, opts.ordinal, opts.top_k
+            ).astype(ids_BWN.dtype)
             return ids_BWN.at[:, pos, k].set(tok_B)
 
         return jnp.take(jax.lax.fori_loop(0, n, body, ids_BWN), pos, axis=1)

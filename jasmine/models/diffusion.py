@@ -88,12 +88,21 @@ class DiffusionDynamics(nnx.Module):
 
     @classmethod
     def check_sampling(cls, opts: SamplingOptions, tok_cfg=None) -> None:
-        token_only = [flag for flag, bad in (("--temperature", opts.temperature != 1.0), ("--top-k", opts.top_k != 0),
-                                             ("--ordinal", opts.ordinal),
-                                             ("--choice-temperature", opts.choice_temperature is not None)) if bad]
+        token_only = [
+            flag
+            for flag, bad in (
+                ("--temperature", opts.temperature != 1.0),
+                ("--top-k", opts.top_k != 0),
+                ("--ordinal", opts.ordinal),
+                ("--choice-temperature", opts.choice_temperature is not None),
+            )
+            if bad
+        ]
         if token_only:
-            raise ValueError(f"{', '.join(token_only)}: token sampling option(s); the diffusion dynamics denoises "
-                             f"latents (use --steps and --context-noise)")
+            raise ValueError(
+                f"{', '.join(token_only)}: token sampling option(s); the diffusion dynamics denoises "
+                f"latents (use --steps and --context-noise)"
+            )
         if opts.steps is not None and opts.steps < 1:
             raise ValueError(f"--steps must be >= 1 denoising step, got {opts.steps}")
         if opts.context_noise is not None and not 0.0 <= opts.context_noise < 1.0:
@@ -101,19 +110,43 @@ class DiffusionDynamics(nnx.Module):
 
     @classmethod
     def resolve_sampling(cls, opts: SamplingOptions) -> SamplingOptions:
-        return replace(opts, steps=opts.steps or DEFAULT_STEPS,
-                       context_noise=DEFAULT_CONTEXT_NOISE if opts.context_noise is None else opts.context_noise)
+        return replace(
+            opts,
+            steps=opts.steps or DEFAULT_STEPS,
+            context_noise=DEFAULT_CONTEXT_NOISE if opts.context_noise is None else opts.context_noise,
+        )
 
-    def __init__(self, cfg: DynamicsConfig, latent_dim: int, action_dim: int, *, prec: Precision = Precision(),
-                 attention: Attention = "auto", remat: Remat = "none", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cfg: DynamicsConfig,
+        latent_dim: int,
+        action_dim: int,
+        *,
+        prec: Precision = Precision(),
+        attention: Attention = "auto",
+        remat: Remat = "none",
+        rngs: nnx.Rngs,
+    ):
         self.check_config(cfg)
         self.cfg, self.latent_dim, self.dtype = cfg, latent_dim, prec.dtype
         lin = linear_layers(prec, rngs)
-        self.latent_in, self.action_proj, self.level_proj = (lin(latent_dim, cfg.model_dim),
-                                                             lin(action_dim, cfg.model_dim),
-                                                             lin(cfg.model_dim, cfg.model_dim))
-        self.transformer = AxialTransformer(cfg.model_dim, cfg.model_dim, cfg.ffn_dim, latent_dim, cfg.num_blocks,
-                                            cfg.num_heads, prec=prec, attention=attention, remat=remat, rngs=rngs)
+        self.latent_in, self.action_proj, self.level_proj = (
+            lin(latent_dim, cfg.model_dim),
+            lin(action_dim, cfg.model_dim),
+            lin(cfg.model_dim, cfg.model_dim),
+        )
+        self.transformer = AxialTransformer(
+            cfg.model_dim,
+            cfg.model_dim,
+            cfg.ffn_dim,
+            latent_dim,
+            cfg.num_blocks,
+            cfg.num_heads,
+            prec=prec,
+            attention=attention,
+            remat=remat,
+            rngs=rngs,
+        )
 
     def embed(self, z_BTNL, tau_BT, a_BTA):
         """Tokens [B, T, 2 + N, D]: the action, the noise level (sinusoids of 1000·τ), the latents."""
@@ -137,9 +170,12 @@ class DiffusionDynamics(nnx.Module):
         w_BT = 0.9 * tau_BT + 0.1 if self.cfg.ramp_weight else jnp.ones_like(tau_BT)
         loss = jnp.sum(w_BT * mse_BT) / jnp.sum(w_BT)
         clean = tau_BT == 1.0
-        return loss, {"mse": mse_BT.mean(), "weighted_mse": loss,
-                      "mse_clean_level": jnp.sum(mse_BT * clean) / jnp.maximum(clean.sum(), 1),
-                      "mse_noise_level": jnp.sum(mse_BT * (tau_BT == 0)) / jnp.maximum((tau_BT == 0).sum(), 1)}
+        return loss, {
+            "mse": mse_BT.mean(),
+            "weighted_mse": loss,
+            "mse_clean_level": jnp.sum(mse_BT * clean) / jnp.maximum(clean.sum(), 1),
+            "mse_noise_level": jnp.sum(mse_BT * (tau_BT == 0)) / jnp.maximum((tau_BT == 0).sum(), 1),
+        }
 
     # ------------------------------------------------------------------ generation
 

@@ -49,27 +49,34 @@ class Digits:
 
     def log_softmax(self, logits_W) -> list:
         """Per digit, its log-probabilities [..., radix]."""
-        return [jax.nn.log_softmax(logits_W[..., o : o + v], axis=-1) for o, v in zip(self.offsets, self.levels)]
+        return [
+            jax.nn.log_softmax(logits_W[..., o : o + v], axis=-1)
+            for o, v in zip(self.offsets, self.levels, strict=False)
+        ]
 
     def log_prob(self, logits_W, ids):
         """log p(ids) = sum over digits of log p(digit)."""
         d = self.digits(ids)
-        return sum(jnp.take_along_axis(lp, d[..., k : k + 1], axis=-1)[..., 0]
-                   for k, lp in enumerate(self.log_softmax(logits_W)))
+        return sum(
+            jnp.take_along_axis(lp, d[..., k : k + 1], axis=-1)[..., 0]
+            for k, lp in enumerate(self.log_softmax(logits_W))
+        )
 
     def sample(self, rng, logits_W, temperature: float, ordinal: bool = False, top_k: int = 0):
         """Ids drawn digit by digit; ``temperature`` 0: each digit's most likely value or, with ``ordinal``
         (digits that are ordered levels, as FSQ's), its expected value rounded: the least squared error.
         ``top_k`` > 0 samples each digit from its k most likely values only."""
-        parts = [logits_W[..., o : o + v] for o, v in zip(self.offsets, self.levels)]
+        parts = [logits_W[..., o : o + v] for o, v in zip(self.offsets, self.levels, strict=False)]
         if top_k > 0:
             parts = [jnp.where(p < jax.lax.top_k(p, min(top_k, p.shape[-1]))[0][..., -1:], -jnp.inf, p) for p in parts]
         if temperature > 0:
             keys = jax.random.split(rng, len(parts))
-            d = [jax.random.categorical(k, p / temperature, axis=-1) for k, p in zip(keys, parts)]
+            d = [jax.random.categorical(k, p / temperature, axis=-1) for k, p in zip(keys, parts, strict=False)]
         elif ordinal:
-            d = [jnp.round(jax.nn.softmax(p, axis=-1) @ jnp.arange(p.shape[-1], dtype=p.dtype)).astype(jnp.int32)
-                 for p in parts]
+            d = [
+                jnp.round(jax.nn.softmax(p, axis=-1) @ jnp.arange(p.shape[-1], dtype=p.dtype)).astype(jnp.int32)
+                for p in parts
+            ]
         else:
             d = [jnp.argmax(p, axis=-1) for p in parts]
         return self.ids(jnp.stack(d, axis=-1))
@@ -92,21 +99,23 @@ class TokenFamily:
     family = ""
 
     @classmethod
-    def check_sampling(cls, opts: "SamplingOptions", tok_cfg) -> None:
+    def check_sampling(cls, opts: SamplingOptions, tok_cfg) -> None:
         opts.check(token_digits(tok_cfg), cls.family, cls.maskgit_options)
 
     @classmethod
-    def resolve_sampling(cls, opts: "SamplingOptions") -> "SamplingOptions":
+    def resolve_sampling(cls, opts: SamplingOptions) -> SamplingOptions:
         return opts.resolved(cls.maskgit_options)
 
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """How a dynamics model draws tokens. ``steps`` and ``choice_temperature`` are MaskGIT's only
-    (None: its defaults, 25 and 4.5); other families refuse them."""
+    """How a dynamics model draws frames: the sampling flags of ``sample``, ``eval`` and ``play``, defined once.
+    ``steps`` and ``choice_temperature`` are MaskGIT's (None: its defaults, 25 and 4.5) and diffusion's ``steps``;
+    families refuse what they cannot use."""
 
     steps: int | None = None
-    """MaskGIT steps per frame (default 25; steps that fix no token are skipped)."""
+    """MaskGIT: steps per frame (default 25; steps that fix no token are skipped); diffusion: denoising steps K
+    (default 16)."""
     temperature: float = 1.0
     """Sampling temperature (0 = argmax; for MaskGIT also no choice noise)."""
     choice_temperature: float | None = None
@@ -116,29 +125,40 @@ class SamplingOptions:
     top_k: int = 0
     """Sample each digit from its k most likely values only (0 = all)."""
     context_noise: float | None = None
-    """Diffusion only: past frames enter at signal level 1 - context_noise (default 0.1)."""
+    """Diffusion only: past frames enter at signal level 1 - context_noise (default 0.1); --steps is K."""
 
     def resolved(self, maskgit_options: bool) -> SamplingOptions:
         """With MaskGIT's defaults filled in where it uses them (as recorded in eval results)."""
         if not maskgit_options:
             return self
-        return replace(self, steps=self.steps or MASKGIT_STEPS, choice_temperature=MASKGIT_CHOICE_TEMPERATURE
-                       if self.choice_temperature is None else self.choice_temperature)
+        return replace(
+            self,
+            steps=self.steps or MASKGIT_STEPS,
+            choice_temperature=MASKGIT_CHOICE_TEMPERATURE
+            if self.choice_temperature is None
+            else self.choice_temperature,
+        )
 
     def check(self, digits: Digits, family: str, maskgit_only: bool) -> None:
         """Refuse options this family or these tokens cannot use."""
         if self.ordinal and (self.temperature > 0 or len(digits.levels) < 2):
-            raise ValueError("--ordinal needs --temperature 0 and an FSQ tokenizer (ordered levels); got temperature "
-                             f"{self.temperature} and token digits {digits.levels}")
+            raise ValueError(
+                "--ordinal needs --temperature 0 and an FSQ tokenizer (ordered levels); got temperature "
+                f"{self.temperature} and token digits {digits.levels}"
+            )
         if self.top_k < 0:
             raise ValueError(f"--top-k must be >= 0, got {self.top_k}")
-        given = [f for f, v in (("--steps", self.steps), ("--choice-temperature", self.choice_temperature))
-                 if v is not None]
+        given = [
+            f for f, v in (("--steps", self.steps), ("--choice-temperature", self.choice_temperature)) if v is not None
+        ]
         if given and not maskgit_only:
-            raise ValueError(f"{' and '.join(given)} {'is a' if len(given) == 1 else 'are'} MaskGIT option(s); a "
-                             f"{family} dynamics model samples one token at a time and has no unmasking steps")
+            raise ValueError(
+                f"{' and '.join(given)} {'is a' if len(given) == 1 else 'are'} MaskGIT option(s); a "
+                f"{family} dynamics model samples one token at a time and has no unmasking steps"
+            )
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
         if self.context_noise is not None:
-            raise ValueError(f"--context-noise is a diffusion option; a {family} dynamics model conditions on "
-                             f"clean tokens")
+            raise ValueError(
+                f"--context-noise is a diffusion option; a {family} dynamics model conditions on clean tokens"
+            )

@@ -53,12 +53,16 @@ class DynamicsConfig:
     """Diffusion only: weight each frame's loss by 0.9 * level + 0.1."""
 
 
-MASKGIT_ONLY = (("--model.mask-limit", "mask_limit"), ("--model.clean-frames", "clean_frames"),
-                ("--model.context-noise", "context_noise"), ("--model.action-mode", "action_mode"))
+MASKGIT_ONLY = (
+    ("--model.mask-limit", "mask_limit"),
+    ("--model.clean-frames", "clean_frames"),
+    ("--model.context-noise", "context_noise"),
+    ("--model.action-mode", "action_mode"),
+)
 """DynamicsConfig fields only MaskGIT uses (flag, field): other families refuse non-default values."""
 
 
-def refuse_options(cfg: "DynamicsConfig", options, why: str) -> None:
+def refuse_options(cfg: DynamicsConfig, options, why: str) -> None:
     """Raise naming every (flag, field) of ``options`` that ``cfg`` sets away from its default."""
     given = [flag for flag, f in options if getattr(cfg, f) != getattr(DynamicsConfig(), f)]
     if given:
@@ -98,15 +102,35 @@ class MaskGITDynamics(TokenFamily, nnx.Module):
         if not 0 <= cfg.mask_limit < 1:
             raise ValueError(f"--model.mask-limit must be in [0, 1), got {cfg.mask_limit}")
 
-    def __init__(self, cfg: DynamicsConfig, digits: Digits, action_dim: int, *, prec: Precision = Precision(),
-                 attention: Attention = "auto", remat: Remat = "none", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cfg: DynamicsConfig,
+        digits: Digits,
+        action_dim: int,
+        *,
+        prec: Precision = Precision(),
+        attention: Attention = "auto",
+        remat: Remat = "none",
+        rngs: nnx.Rngs,
+    ):
         self.cfg, self.digits, self.dtype = cfg, digits, prec.dtype
-        self.token_embed = nnx.Embed(digits.width, cfg.model_dim, dtype=prec.dtype, param_dtype=prec.param_dtype,
-                                     rngs=rngs)
+        self.token_embed = nnx.Embed(
+            digits.width, cfg.model_dim, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs
+        )
         self.mask_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (cfg.model_dim,), prec.param_dtype))
         self.action_proj = linear_layers(prec, rngs)(action_dim, cfg.model_dim)
-        self.transformer = AxialTransformer(cfg.model_dim, cfg.model_dim, cfg.ffn_dim, digits.width, cfg.num_blocks,
-                                            cfg.num_heads, prec=prec, attention=attention, remat=remat, rngs=rngs)
+        self.transformer = AxialTransformer(
+            cfg.model_dim,
+            cfg.model_dim,
+            cfg.ffn_dim,
+            digits.width,
+            cfg.num_blocks,
+            cfg.num_heads,
+            prec=prec,
+            attention=attention,
+            remat=remat,
+            rngs=rngs,
+        )
 
     def embed(self, ids_BTN, mask_BTN, actions_BTA):
         """Token embeddings (mask token where masked) with the action of each frame; [B, T, N(+1), D]."""
@@ -120,16 +144,20 @@ class MaskGITDynamics(TokenFamily, nnx.Module):
 
     def __call__(self, ids_BTN, mask_BTN, actions_BTA):
         """Logits float32 [B, T, N, W] (every digit's) for every token position."""
-        return _drop_action_slot(self.cfg, self.transformer(self.embed(ids_BTN, mask_BTN, actions_BTA)).astype(jnp.float32))
+        return _drop_action_slot(
+            self.cfg, self.transformer(self.embed(ids_BTN, mask_BTN, actions_BTA)).astype(jnp.float32)
+        )
 
     def loss(self, ids_BTN, a_BTA, rng, *, training: bool):
         """Masked-token cross-entropy; ``rng`` holds two keys: the mask's and the context noise's."""
         k_mask, k_noise = rng
         mask_BTN = sample_mask(k_mask, ids_BTN.shape, self.cfg.mask_limit, self.cfg.clean_frames)
-        inputs_BTN = corrupt_context(k_noise, ids_BTN, mask_BTN, self.cfg.context_noise if training else 0.0,
-                                     self.digits.vocab)
-        return masked_token_metrics(self(inputs_BTN, mask_BTN, a_BTA), ids_BTN, mask_BTN, self.digits,
-                                    self.cfg.z_loss_weight)
+        inputs_BTN = corrupt_context(
+            k_noise, ids_BTN, mask_BTN, self.cfg.context_noise if training else 0.0, self.digits.vocab
+        )
+        return masked_token_metrics(
+            self(inputs_BTN, mask_BTN, a_BTA), ids_BTN, mask_BTN, self.digits, self.cfg.z_loss_weight
+        )
 
     def prefill(self, ids_BTN, actions_BTA, window: int, opts: SamplingOptions | None = None):
         """Temporal K/V caches (one window) of fully known frames; see ``AxialTransformer.prefill``."""
@@ -138,14 +166,20 @@ class MaskGITDynamics(TokenFamily, nnx.Module):
 
     def next_frame(self, caches, pos, action_BA, rng, opts: SamplingOptions, n: int):
         """Generate the frame at window position ``pos`` from the caches; returns (ids_BN, updated caches)."""
-        frame_fn = lambda ids_BN, mask_BN: step_logits(self, ids_BN, mask_BN, action_BA, caches, pos)[0]
+
+        def frame_fn(ids_BN, mask_BN):
+            return step_logits(self, ids_BN, mask_BN, action_BA, caches, pos)[0]
+
         ids_BN = unmask_frame(frame_fn, jnp.zeros((action_BA.shape[0], n), jnp.int32), rng, opts, self.digits)
         _, kvs = step_logits(self, ids_BN, jnp.zeros_like(ids_BN, bool), action_BA, caches, pos)
         return ids_BN, AxialTransformer.write_cache(caches, kvs, pos)
 
     def frame(self, ids_BWN, a_BWA, pos, rng, opts: SamplingOptions):
         """Uncached: frame ``pos`` of the window, a full forward per MaskGIT step (same draws as ``next_frame``)."""
-        logits_fn = lambda ids, mask: self(ids, mask, a_BWA)
+
+        def logits_fn(ids, mask):
+            return self(ids, mask, a_BWA)
+
         return jnp.take(generate_frame(logits_fn, ids_BWN, pos, rng, opts, self.digits), pos, axis=1)
 
 
@@ -158,10 +192,13 @@ def masked_token_metrics(logits_BTNW, ids_BTN, mask_BTN, digits: Digits, z_loss_
     """Cross-entropy (+ z-loss) over masked tokens and accuracy on them: top-1 (every digit right), per
     digit, and top-2/5/16 for single-digit (VQ) tokens."""
     m = mask_BTN.astype(jnp.float32)
-    mean = lambda x_BTN: (x_BTN * m).sum() / jnp.maximum(m.sum(), 1.0)
+
+    def mean(x_BTN):
+        return (x_BTN * m).sum() / jnp.maximum(m.sum(), 1.0)
+
     d_BTNK = digits.digits(ids_BTN)
     ce, z_loss, rank = 0.0, 0.0, 0
-    for k, (o, v) in enumerate(zip(digits.offsets, digits.levels)):
+    for k, (o, v) in enumerate(zip(digits.offsets, digits.levels, strict=False)):
         part = logits_BTNW[..., o : o + v]
         logz = jax.nn.logsumexp(part, axis=-1)
         target = jnp.take_along_axis(part, d_BTNK[..., k : k + 1], axis=-1)[..., 0]

@@ -91,13 +91,27 @@ def from_lam_windows(y_KL1, B: int, T: int):
 
 
 class Genie(nnx.Module):
-    def __init__(self, tok_cfg: TokenizerConfig, dyn_cfg: DynamicsConfig, image_shape: tuple[int, int, int], *,
-                 action_source: ActionSource = "lam", lam_cfg: LAMConfig = LAMConfig(), num_actions: int = 0,
-                 tokenizer_window: int = 1, lam_window: int = 2, family: str = "maskgit", prec: Precision = Precision(),
-                 attention: Attention = "auto", remat: Remat = "none", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        tok_cfg: TokenizerConfig,
+        dyn_cfg: DynamicsConfig,
+        image_shape: tuple[int, int, int],
+        *,
+        action_source: ActionSource = "lam",
+        lam_cfg: LAMConfig = LAMConfig(),
+        num_actions: int = 0,
+        tokenizer_window: int = 1,
+        lam_window: int = 2,
+        family: str = "maskgit",
+        prec: Precision = Precision(),
+        attention: Attention = "auto",
+        remat: Remat = "none",
+        rngs: nnx.Rngs,
+    ):
         if tokenizer_window < 1 or lam_window < 2:
-            raise ValueError(f"encoder windows must be >= 1 (tokenizer) and >= 2 (LAM), got {tokenizer_window}, "
-                             f"{lam_window}")
+            raise ValueError(
+                f"encoder windows must be >= 1 (tokenizer) and >= 2 (LAM), got {tokenizer_window}, {lam_window}"
+            )
         kw = dict(prec=prec, attention=attention, remat=remat, rngs=rngs)
         self.action_source = action_source
         self.tokenizer_window, self.lam_window = tokenizer_window, lam_window
@@ -172,8 +186,12 @@ class Genie(nnx.Module):
             B, T = frames.shape[:2]
             pred, ids, z, aux = self.lam(lam_windows(frames, self.lam_window), rng=lam_rng)
             z_BT1A = from_lam_windows(z, B, T)
-            out = {"pred": from_lam_windows(pred, B, T), "target": frames[:, 1:], "ids": from_lam_windows(ids, B, T),
-                   **aux}
+            out = {
+                "pred": from_lam_windows(pred, B, T),
+                "target": frames[:, 1:],
+                "ids": from_lam_windows(ids, B, T),
+                **aux,
+            }
             return frame_actions(jax.lax.stop_gradient(z_BT1A) if detach else z_BT1A), out
         z_BT1A = self.action_vectors(self.action_ids(batch))
         return frame_actions(jax.lax.stop_gradient(z_BT1A) if self.lam is not None else z_BT1A), None
@@ -201,8 +219,9 @@ class Genie(nnx.Module):
 
         def body(t, carry):
             ids_BTN, caches = carry
-            ids_BN, caches = self.next_frame(caches, t, jax.lax.dynamic_index_in_dim(a_BTA, t, 1, keepdims=False),
-                                             jax.random.fold_in(rng, t), opts)
+            ids_BN, caches = self.next_frame(
+                caches, t, jax.lax.dynamic_index_in_dim(a_BTA, t, 1, keepdims=False), jax.random.fold_in(rng, t), opts
+            )
             return jax.lax.dynamic_update_index_in_dim(ids_BTN, ids_BN, t, 1), caches
 
         return jax.lax.fori_loop(C, T, body, (ids_BTN, caches))[0]

@@ -34,25 +34,35 @@ class LAMConfig(TokenizerConfig):
 
 
 class LatentActionModel(nnx.Module):
-    def __init__(self, cfg: LAMConfig, image_shape: tuple[int, int, int], *, prec: Precision = Precision(),
-                 attention: Attention = "auto", remat: Remat = "none", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cfg: LAMConfig,
+        image_shape: tuple[int, int, int],
+        *,
+        prec: Precision = Precision(),
+        attention: Attention = "auto",
+        remat: Remat = "none",
+        rngs: nnx.Rngs,
+    ):
         check_patch_size(image_shape, cfg.patch_size, "--lam-model.patch-size")
         self.cfg, self.image_shape = cfg, tuple(image_shape)
         patch_dim = cfg.patch_size**2 * image_shape[2]
         kw = dict(prec=prec, attention=attention, remat=remat, rngs=rngs)
         self.action_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (patch_dim,), prec.param_dtype))
-        self.encoder = AxialTransformer(patch_dim, cfg.model_dim, cfg.ffn_dim, cfg.code_dim, cfg.num_blocks,
-                                        cfg.num_heads, **kw)
+        self.encoder = AxialTransformer(
+            patch_dim, cfg.model_dim, cfg.ffn_dim, cfg.code_dim, cfg.num_blocks, cfg.num_heads, **kw
+        )
         self.vq = make_quantizer(cfg, param_dtype=prec.param_dtype, rngs=rngs)
         self.action_up = linear_layers(prec, rngs)(cfg.code_dim, patch_dim)
-        self.decoder = AxialTransformer(patch_dim, cfg.model_dim, cfg.ffn_dim, patch_dim, cfg.num_blocks,
-                                        cfg.num_heads, **kw)
+        self.decoder = AxialTransformer(
+            patch_dim, cfg.model_dim, cfg.ffn_dim, patch_dim, cfg.num_blocks, cfg.num_heads, **kw
+        )
 
     def encode(self, videos_BTHWC, *, rng=None):
         """Latent actions for t = 1..T-1: (z_q_BT'L straight-through, ids_BT', VQ aux) with T' = T-1."""
         x_BTNI = patchify(videos_BTHWC, self.cfg.patch_size)
-        B, T, _, I = x_BTNI.shape
-        tok_BT1I = jnp.broadcast_to(self.action_token[...].astype(x_BTNI.dtype), (B, T, 1, I))
+        B, T, _, patch_dim = x_BTNI.shape
+        tok_BT1I = jnp.broadcast_to(self.action_token[...].astype(x_BTNI.dtype), (B, T, 1, patch_dim))
         h_BTL = self.encoder(jnp.concatenate([tok_BT1I, x_BTNI], axis=2))[:, :, 0]
         return self.vq(h_BTL[:, 1:], rng=rng)
 

@@ -22,20 +22,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat
-from jasmine.models.tokenizer import check_patch_size, patchify, unpatchify
+from jasmine.models.tokenizer import VideoAutoencoderConfig, check_patch_size, patchify, unpatchify
 
 
 @dataclass(frozen=True)
-class MAEConfig:
+class MAEConfig(VideoAutoencoderConfig):
     """Architecture of the MAE tokenizer."""
 
-    patch_size: int = 16
-    model_dim: int = 512
-    ffn_dim: int = 2048
-    num_blocks: int = 4
-    num_heads: int = 8
-    latent_dim: int = 32
-    """L: width of each patch's latent (tanh-bounded)."""
     max_mask: float = 0.9
     """Each frame masks its patches with a ratio drawn from U[0, max_mask]."""
 
@@ -50,19 +43,29 @@ def mae_mask(rng, shape_BTN, max_mask: float):
 class MAETokenizer(nnx.Module):
     """frames in [0,1] → patches (some replaced by the mask patch) → encoder → tanh → decoder → frames."""
 
-    def __init__(self, cfg: MAEConfig, image_shape: tuple[int, int, int], *, prec: Precision = Precision(),
-                 attention: Attention = "auto", remat: Remat = "none", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cfg: MAEConfig,
+        image_shape: tuple[int, int, int],
+        *,
+        prec: Precision = Precision(),
+        attention: Attention = "auto",
+        remat: Remat = "none",
+        rngs: nnx.Rngs,
+    ):
         check_patch_size(image_shape, cfg.patch_size)
         if not 0.0 <= cfg.max_mask < 1.0:
             raise ValueError(f"--model.max-mask must be in [0, 1), got {cfg.max_mask}")
         self.cfg, self.image_shape = cfg, tuple(image_shape)
         patch_dim = cfg.patch_size**2 * image_shape[2]
         kw = dict(prec=prec, attention=attention, remat=remat, rngs=rngs)
-        self.encoder = AxialTransformer(patch_dim, cfg.model_dim, cfg.ffn_dim, cfg.latent_dim, cfg.num_blocks,
-                                        cfg.num_heads, **kw)
+        self.encoder = AxialTransformer(
+            patch_dim, cfg.model_dim, cfg.ffn_dim, cfg.latent_dim, cfg.num_blocks, cfg.num_heads, **kw
+        )
         self.mask_patch = nnx.Param(0.02 * jax.random.normal(rngs.params(), (patch_dim,), prec.param_dtype))
-        self.decoder = AxialTransformer(cfg.latent_dim, cfg.model_dim, cfg.ffn_dim, patch_dim, cfg.num_blocks,
-                                        cfg.num_heads, **kw)
+        self.decoder = AxialTransformer(
+            cfg.latent_dim, cfg.model_dim, cfg.ffn_dim, patch_dim, cfg.num_blocks, cfg.num_heads, **kw
+        )
 
     def __call__(self, videos_BTHWC, *, rng=None):
         """Reconstruct; with ``rng``, mask first. Returns (recon_BTHWC in [0,1], latents_BTNL, mask_BTN)."""

@@ -44,8 +44,19 @@ def working_steps(steps: int, n: int) -> np.ndarray:
     return np.flatnonzero(counts < np.concatenate([[n], counts[:-1]])).astype(np.int32)
 
 
-def unmask_step(logits_BNW, ids_BN, mask_BN, n_keep_masked, rng, *, temperature: float, choice_noise=0.0,
-                digits: Digits | None = None, ordinal: bool = False, top_k: int = 0):
+def unmask_step(
+    logits_BNW,
+    ids_BN,
+    mask_BN,
+    n_keep_masked,
+    rng,
+    *,
+    temperature: float,
+    choice_noise=0.0,
+    digits: Digits | None = None,
+    ordinal: bool = False,
+    top_k: int = 0,
+):
     """One MaskGIT step on a single frame: fill masked tokens, re-mask the least confident.
 
     ``choice_noise`` scales Gumbel noise added to the confidences (0 = none). ``digits``
@@ -73,9 +84,18 @@ def unmask_frame(frame_logits_fn, ids_BN, rng, opts: SamplingOptions, digits: Di
         ids_BN, mask_BN = carry
         s = kept[i]
         logits_BNV = frame_logits_fn(ids_BN, mask_BN)
-        return unmask_step(logits_BNV, ids_BN, mask_BN, counts[s], jax.random.fold_in(rng, s),
-                           temperature=opts.temperature, choice_noise=choice * (1.0 - (s + 1) / steps), digits=digits,
-                           ordinal=opts.ordinal, top_k=opts.top_k)
+        return unmask_step(
+            logits_BNV,
+            ids_BN,
+            mask_BN,
+            counts[s],
+            jax.random.fold_in(rng, s),
+            temperature=opts.temperature,
+            choice_noise=choice * (1.0 - (s + 1) / steps),
+            digits=digits,
+            ordinal=opts.ordinal,
+            top_k=opts.top_k,
+        )
 
     ids_BN, _ = jax.lax.fori_loop(0, len(kept), body, (ids_BN, jnp.ones(ids_BN.shape, bool)))
     return ids_BN

@@ -82,8 +82,9 @@ class MultiHeadAttention(nnx.Module):
 
     def __call__(self, x_SLD, *, causal: bool, mask_SHLM=None):
         q_SLHK, k_SLHK, v_SLHK = self.qkv_heads(x_SLD)
-        y_SLHK = dot_product_attention(q_SLHK, k_SLHK, v_SLHK, causal=causal, mask_SHLM=mask_SHLM,
-                                       implementation=self.attention)
+        y_SLHK = dot_product_attention(
+            q_SLHK, k_SLHK, v_SLHK, causal=causal, mask_SHLM=mask_SHLM, implementation=self.attention
+        )
         return self.out(einops.rearrange(y_SLHK, "s l h k -> s l (h k)"))
 
 
@@ -101,8 +102,17 @@ class LayerNorm32(nnx.Module):
 class AxialBlock(nnx.Module):
     """Pre-LN block: spatial attention over N, temporal attention over T (causal), FFN."""
 
-    def __init__(self, dim: int, ffn_dim: int, heads: int, *, spatial_causal: bool, prec: Precision,
-                 attention: Attention, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim: int,
+        ffn_dim: int,
+        heads: int,
+        *,
+        spatial_causal: bool,
+        prec: Precision,
+        attention: Attention,
+        rngs: nnx.Rngs,
+    ):
         self.spatial_causal = spatial_causal
         self.norm_s, self.norm_t, self.norm_f = (LayerNorm32(dim, prec=prec, rngs=rngs) for _ in range(3))
         self.spatial = MultiHeadAttention(dim, heads, prec=prec, attention=attention, rngs=rngs)
@@ -150,8 +160,9 @@ def cached_attention(q_S1HK, k_S1HK, v_S1HK, k_cache_SWHK, v_cache_SWHK, pos, im
     k_SWHK = jax.lax.dynamic_update_slice_in_dim(k_cache_SWHK, k_S1HK, pos, axis=1)
     v_SWHK = jax.lax.dynamic_update_slice_in_dim(v_cache_SWHK, v_S1HK, pos, axis=1)
     mask_111W = (jnp.arange(k_SWHK.shape[1]) <= pos)[None, None, None, :]
-    y_S1HK = dot_product_attention(q_S1HK, k_SWHK, v_SWHK, causal=False, mask_SHLM=mask_111W,
-                                   implementation=implementation)
+    y_S1HK = dot_product_attention(
+        q_S1HK, k_SWHK, v_SWHK, causal=False, mask_SHLM=mask_111W, implementation=implementation
+    )
     return y_S1HK, (k_SWHK, v_SWHK)
 
 
@@ -169,8 +180,13 @@ def positions(t_T, n: int, dim: int) -> jax.Array:
     """
     time_TD = sinusoidal_rows(t_T, dim // 2)
     space_ND = sinusoidal_rows(jnp.arange(n), dim - dim // 2)
-    return jnp.concatenate([jnp.broadcast_to(time_TD[:, None], (len(t_T), n, dim // 2)),
-                            jnp.broadcast_to(space_ND[None], (len(t_T), n, dim - dim // 2))], axis=-1)
+    return jnp.concatenate(
+        [
+            jnp.broadcast_to(time_TD[:, None], (len(t_T), n, dim // 2)),
+            jnp.broadcast_to(space_ND[None], (len(t_T), n, dim - dim // 2)),
+        ],
+        axis=-1,
+    )
 
 
 REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
@@ -179,17 +195,38 @@ REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_bat
 class AxialTransformer(nnx.Module):
     """x_BTNI → Linear → + time and space sinusoids → blocks → LayerNorm → Linear → y_BTNO."""
 
-    def __init__(self, in_dim: int, model_dim: int, ffn_dim: int, out_dim: int, num_blocks: int, num_heads: int, *,
-                 spatial_causal: bool = False, prec: Precision = Precision(), attention: Attention = "auto",
-                 remat: Remat = "none", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_dim: int,
+        model_dim: int,
+        ffn_dim: int,
+        out_dim: int,
+        num_blocks: int,
+        num_heads: int,
+        *,
+        spatial_causal: bool = False,
+        prec: Precision = Precision(),
+        attention: Attention = "auto",
+        remat: Remat = "none",
+        rngs: nnx.Rngs,
+    ):
         lin = linear_layers(prec, rngs)
         self.dtype, self.remat, self.model_dim = prec.dtype, remat, model_dim
         self.proj_in = lin(in_dim, model_dim)
-        self.blocks = nnx.List([
-            AxialBlock(model_dim, ffn_dim, num_heads, spatial_causal=spatial_causal, prec=prec, attention=attention,
-                       rngs=rngs)
-            for _ in range(num_blocks)
-        ])
+        self.blocks = nnx.List(
+            [
+                AxialBlock(
+                    model_dim,
+                    ffn_dim,
+                    num_heads,
+                    spatial_causal=spatial_causal,
+                    prec=prec,
+                    attention=attention,
+                    rngs=rngs,
+                )
+                for _ in range(num_blocks)
+            ]
+        )
         self.norm_out = LayerNorm32(model_dim, prec=prec, rngs=rngs)
         self.proj_out = lin(model_dim, out_dim)
 
@@ -220,7 +257,7 @@ class AxialTransformer(nnx.Module):
         """
         x_B1ND = self.embed(x_B1NI, pos)
         kvs = []
-        for block, (k_c, v_c) in zip(self.blocks, caches):
+        for block, (k_c, v_c) in zip(self.blocks, caches, strict=False):
             x_B1ND, kv = block.step(x_B1ND, k_c, v_c, pos)
             kvs.append(kv)
         return self.proj_out(self.norm_out(x_B1ND)), kvs
@@ -228,8 +265,13 @@ class AxialTransformer(nnx.Module):
     @staticmethod
     def write_cache(caches, kvs, pos):
         """Caches with one frame's (k, v) written at window position ``pos``."""
-        return [(jax.lax.dynamic_update_slice_in_dim(k_c, k, pos, axis=1),
-                 jax.lax.dynamic_update_slice_in_dim(v_c, v, pos, axis=1)) for (k_c, v_c), (k, v) in zip(caches, kvs)]
+        return [
+            (
+                jax.lax.dynamic_update_slice_in_dim(k_c, k, pos, axis=1),
+                jax.lax.dynamic_update_slice_in_dim(v_c, v, pos, axis=1),
+            )
+            for (k_c, v_c), (k, v) in zip(caches, kvs, strict=False)
+        ]
 
     def __call__(self, x_BTNI):
         return self.proj_out(self.norm_out(run_blocks(self.blocks, self.embed(x_BTNI), self.remat)))
@@ -242,5 +284,5 @@ def run_blocks(blocks, x, remat: Remat):
             x = block(x)
         else:  # a pure function of the block's state, so it works under any outer transform
             graphdef, state = nnx.split(block)
-            x = jax.checkpoint(lambda s, x: nnx.merge(graphdef, s)(x), policy=REMAT_POLICIES[remat])(state, x)
+            x = jax.checkpoint(lambda s, x, g=graphdef: nnx.merge(g, s)(x), policy=REMAT_POLICIES[remat])(state, x)
     return x

@@ -113,10 +113,16 @@ class FiniteScalarQuantizer(nnx.Module):
         z_XL = self._bound(x_XL.astype(jnp.float32))
         q_XL = z_XL + jax.lax.stop_gradient(jnp.round(z_XL) - z_XL)
         half = jnp.asarray([v // 2 for v in self.levels], jnp.float32)
-        ids_X = jnp.sum((jax.lax.stop_gradient(jnp.round(z_XL)) + half).astype(jnp.int32) * jnp.asarray(self.basis, jnp.int32), axis=-1)
+        ids_X = jnp.sum(
+            (jax.lax.stop_gradient(jnp.round(z_XL)) + half).astype(jnp.int32) * jnp.asarray(self.basis, jnp.int32),
+            axis=-1,
+        )
         zero = jnp.zeros((), jnp.float32)
-        aux = {"codebook_loss": zero, "commitment_loss": zero,
-               "code_counts": jnp.zeros(self.num_codes, jnp.int32).at[ids_X.reshape(-1)].add(1)}
+        aux = {
+            "codebook_loss": zero,
+            "commitment_loss": zero,
+            "code_counts": jnp.zeros(self.num_codes, jnp.int32).at[ids_X.reshape(-1)].add(1),
+        }
         return q_XL / half, ids_X.astype(jnp.int32), aux
 
     def lookup(self, ids_X):
@@ -129,5 +135,6 @@ def make_quantizer(cfg, *, param_dtype=jnp.float32, rngs: nnx.Rngs):
     """The quantizer a tokenizer/LAM config asks for (``cfg.quantizer``: vq or fsq)."""
     if cfg.quantizer == "fsq":
         return FiniteScalarQuantizer(cfg.fsq_levels)
-    return VectorQuantizer(cfg.num_latents, cfg.latent_dim, dropout=cfg.codebook_dropout, param_dtype=param_dtype,
-                           rngs=rngs)
+    return VectorQuantizer(
+        cfg.num_latents, cfg.latent_dim, dropout=cfg.codebook_dropout, param_dtype=param_dtype, rngs=rngs
+    )

@@ -21,8 +21,8 @@ from jasmine.models.quantize import make_quantizer
 
 
 @dataclass(frozen=True)
-class TokenizerConfig:
-    """Architecture of the VQ-VAE video tokenizer (and, with other defaults, of the LAM)."""
+class VideoAutoencoderConfig:
+    """The architecture fields every video autoencoder shares (VQ/FSQ tokenizer, LAM, MAE), defined once."""
 
     patch_size: int = 16
     model_dim: int = 512
@@ -30,7 +30,13 @@ class TokenizerConfig:
     num_blocks: int = 4
     num_heads: int = 8
     latent_dim: int = 32
-    """VQ code width (FSQ: the latent width is len(fsq_levels))."""
+    """Latent width L: the VQ code width (FSQ: len(fsq_levels) instead), or the MAE's tanh-bounded latent per patch."""
+
+
+@dataclass(frozen=True)
+class TokenizerConfig(VideoAutoencoderConfig):
+    """Architecture of the VQ-VAE video tokenizer (and, with other defaults, of the LAM)."""
+
     num_latents: int = 1024
     """VQ codebook size (FSQ: the vocabulary is prod(fsq_levels))."""
     quantizer: Literal["vq", "fsq"] = "vq"
@@ -71,17 +77,27 @@ def check_patch_size(image_shape: tuple[int, int, int], p: int, flag: str = "--m
 class Tokenizer(nnx.Module):
     """frames in [0,1] → patches → encoder (causal in time) → VQ → decoder → sigmoid → frames."""
 
-    def __init__(self, cfg: TokenizerConfig, image_shape: tuple[int, int, int], *, prec: Precision = Precision(),
-                 attention: Attention = "auto", remat: Remat = "none", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cfg: TokenizerConfig,
+        image_shape: tuple[int, int, int],
+        *,
+        prec: Precision = Precision(),
+        attention: Attention = "auto",
+        remat: Remat = "none",
+        rngs: nnx.Rngs,
+    ):
         check_patch_size(image_shape, cfg.patch_size)
         self.cfg, self.image_shape = cfg, tuple(image_shape)
         patch_dim = cfg.patch_size**2 * image_shape[2]
         kw = dict(prec=prec, attention=attention, remat=remat, rngs=rngs)
-        self.encoder = AxialTransformer(patch_dim, cfg.model_dim, cfg.ffn_dim, cfg.code_dim, cfg.num_blocks,
-                                        cfg.num_heads, **kw)
+        self.encoder = AxialTransformer(
+            patch_dim, cfg.model_dim, cfg.ffn_dim, cfg.code_dim, cfg.num_blocks, cfg.num_heads, **kw
+        )
         self.vq = make_quantizer(cfg, param_dtype=prec.param_dtype, rngs=rngs)
-        self.decoder = AxialTransformer(cfg.code_dim, cfg.model_dim, cfg.ffn_dim, patch_dim, cfg.num_blocks,
-                                        cfg.num_heads, **kw)
+        self.decoder = AxialTransformer(
+            cfg.code_dim, cfg.model_dim, cfg.ffn_dim, patch_dim, cfg.num_blocks, cfg.num_heads, **kw
+        )
 
     def __call__(self, videos_BTHWC, *, rng=None):
         """Reconstruct; returns (recon_BTHWC float32 in [0,1], ids_BTN, VQ aux)."""

@@ -76,8 +76,9 @@ class Session:
         """The reply to one message (runs in a worker thread: it may run the model)."""
         if data is not None:
             if len(data) > max_upload:
-                raise PlayError(f"the upload is {len(data) / 2**20:.1f} MiB; at most {max_upload / 2**20:.1f} MiB "
-                                f"is accepted")
+                raise PlayError(
+                    f"the upload is {len(data) / 2**20:.1f} MiB; at most {max_upload / 2**20:.1f} MiB is accepted"
+                )
             self.world = self.game.world_from_image(data, self.seed)
             return self.world.message()
         msg = parse(text or "")
@@ -97,7 +98,11 @@ class Session:
         elif kind == "reset":
             self.world.reset()
         else:  # gif
-            return {"type": "gif", "data": base64.b64encode(self.world.gif()).decode(), "frames": len(self.world.frames)}
+            return {
+                "type": "gif",
+                "data": base64.b64encode(self.world.gif()).decode(),
+                "frames": len(self.world.frames),
+            }
         return self.world.message()
 
 
@@ -119,8 +124,7 @@ def parse(text: str) -> dict:
     return msg
 
 
-def make_app(game: Game, *, seed: int = 0, max_sessions: int = 16, idle_s: float = 600.0,
-             max_upload: int = 4 * 2**20):
+def make_app(game: Game, *, seed: int = 0, max_sessions: int = 16, idle_s: float = 600.0, max_upload: int = 4 * 2**20):
     """The Starlette app: the page at ``/``, its files at ``/static``, worlds on ``/ws``."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
@@ -177,9 +181,14 @@ def make_app(game: Game, *, seed: int = 0, max_sessions: int = 16, idle_s: float
         yield
         task.cancel()
 
-    app = Starlette(routes=[Route("/", lambda request: FileResponse(STATIC / "index.html")),
-                            Mount("/static", StaticFiles(directory=STATIC)), WebSocketRoute("/ws", endpoint)],
-                    lifespan=lifespan)
+    app = Starlette(
+        routes=[
+            Route("/", lambda request: FileResponse(STATIC / "index.html")),
+            Mount("/static", StaticFiles(directory=STATIC)),
+            WebSocketRoute("/ws", endpoint),
+        ],
+        lifespan=lifespan,
+    )
     app.state.sessions = sessions
     return app
 
@@ -190,8 +199,9 @@ class Background:
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, max_upload: int = 4 * 2**20):
         import uvicorn
 
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                                    ws_max_size=2 * max_upload))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host=host, port=port, log_level="warning", ws_max_size=2 * max_upload)
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:
@@ -218,10 +228,14 @@ def play(args: PlayArgs) -> None:
         raise ValueError("--max-sessions, --idle-minutes and --max-upload-mb must be positive")
     game = load_game(args.run, args.data, args.split, args.context, temperature=args.temperature, steps=args.steps)
     max_upload = int(args.max_upload_mb * 2**20)
-    app = make_app(game, seed=args.seed, max_sessions=args.max_sessions, idle_s=args.idle_minutes * 60,
-                   max_upload=max_upload)
-    levels = (f"{len(game.levels)} levels from {game.levels.index.root}'s {args.split} split" if game.levels else
-              "no dataset (--data): start from uploaded images")
+    app = make_app(
+        game, seed=args.seed, max_sessions=args.max_sessions, idle_s=args.idle_minutes * 60, max_upload=max_upload
+    )
+    levels = (
+        f"{len(game.levels)} levels from {game.levels.index.root}'s {args.split} split"
+        if game.levels
+        else "no dataset (--data): start from uploaded images"
+    )
     print(f"{game.family} world model from {args.run}: {game.num_codes} actions, frames {game.frame_shape}, {levels}")
     print(f"compiled the sampler in {game.warm_up():.1f}s")
     for row in game.bindings.describe():

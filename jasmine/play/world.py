@@ -31,7 +31,10 @@ from jasmine.sample.rollout import Rollout, SampleOptions
 from jasmine.viz import write_gif
 
 KEY_TARGETS: dict[str, tuple[str, ...]] = {
-    "ArrowLeft": ("LEFT",), "ArrowRight": ("RIGHT",), "ArrowUp": ("UP",), "ArrowDown": ("DOWN",),
+    "ArrowLeft": ("LEFT",),
+    "ArrowRight": ("RIGHT",),
+    "ArrowUp": ("UP",),
+    "ArrowDown": ("DOWN",),
     " ": ("FIRE", "UP"),  # jump: FIRE where the game has it, else UP (CoinRun jumps with UP)
 }
 """Keys bound through the action mapping, each to the first of its real actions the data has."""
@@ -64,8 +67,14 @@ class Bindings:
     keys: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def for_codes(cls, num_codes: int, *, meanings: list[str] | None = None, counts_KA: np.ndarray | None = None,
-                  gt_actions: bool = False) -> "Bindings":
+    def for_codes(
+        cls,
+        num_codes: int,
+        *,
+        meanings: list[str] | None = None,
+        counts_KA: np.ndarray | None = None,
+        gt_actions: bool = False,
+    ) -> Bindings:
         """Number keys 1..9 pick codes 0..8 directly; arrows and space bind to matching real actions.
 
         With ``gt_actions`` the codes are the dataset's actions (named by ``meanings``); with a LAM
@@ -77,8 +86,10 @@ class Bindings:
             labels = [names[k] if k < len(names) else f"action {k}" for k in range(num_codes)]
         elif counts_KA is not None:
             rows = action_mapping(counts_KA, top=2, meanings=meanings)
-            labels = [f"code {r['code']}: " + (", ".join(f"{a['name']} {a['p']:.0%}" for a in r["actions"]) or "unused")
-                      for r in rows]
+            labels = [
+                f"code {r['code']}: " + (", ".join(f"{a['name']} {a['p']:.0%}" for a in r["actions"]) or "unused")
+                for r in rows
+            ]
         else:
             labels = [f"code {k}" for k in range(num_codes)]
         keys = {str(k + 1): k for k in range(min(num_codes, 9))}
@@ -122,9 +133,18 @@ class Levels:
 class Game:
     """One loaded world model, shared by every tab; ``world_*`` make a tab's own state."""
 
-    def __init__(self, roll: Rollout, bindings: Bindings, frame_shape: tuple[int, int, int], *,
-                 levels: Levels | None = None, tokenizer_window: int = 1, infer_actions=None, family: str = "maskgit",
-                 name: str = ""):
+    def __init__(
+        self,
+        roll: Rollout,
+        bindings: Bindings,
+        frame_shape: tuple[int, int, int],
+        *,
+        levels: Levels | None = None,
+        tokenizer_window: int = 1,
+        infer_actions=None,
+        family: str = "maskgit",
+        name: str = "",
+    ):
         self.roll, self.bindings, self.levels, self.frame_shape = roll, bindings, levels, tuple(frame_shape)
         self.window, self.family, self.name = tokenizer_window, family, name
         self.infer_actions = infer_actions  # frames [1, C, ...] -> LAM ids [1, C-1]; None for gt-actions runs
@@ -132,9 +152,15 @@ class Game:
 
     def info(self) -> dict:
         h, w, c = self.frame_shape
-        return {"type": "hello", "run": self.name, "family": self.family, "frame_shape": [h, w, c],
-                "codes": self.bindings.describe(), "keys": self.bindings.keys,
-                "levels": len(self.levels) if self.levels else 0}
+        return {
+            "type": "hello",
+            "run": self.name,
+            "family": self.family,
+            "frame_shape": [h, w, c],
+            "codes": self.bindings.describe(),
+            "keys": self.bindings.keys,
+            "levels": len(self.levels) if self.levels else 0,
+        }
 
     def warm_up(self) -> float:
         """Compile everything a session runs (encode, first frames, the sliding window, decode); seconds taken."""
@@ -144,7 +170,7 @@ class Game:
             world.step(t % self.num_codes)
         return time.perf_counter() - t0
 
-    def world_from_level(self, i: int, seed: int) -> "World":
+    def world_from_level(self, i: int, seed: int) -> World:
         if self.levels is None:
             raise PlayError("no dataset was given (--data), so there are no levels: upload an image instead")
         episode, frames, actions = self.levels.get(i)
@@ -155,13 +181,22 @@ class Game:
             ids = np.zeros((1, 0), np.int32)
         return World(self, ctx, ids, seed, f"level {i % len(self.levels)} (episode {episode})")
 
-    def world_from_image(self, data: bytes, seed: int) -> "World":
-        return World(self, decode_upload(data, self.frame_shape)[None, None], np.zeros((1, 0), np.int32), seed,
-                     "uploaded image")
+    def world_from_image(self, data: bytes, seed: int) -> World:
+        return World(
+            self, decode_upload(data, self.frame_shape)[None, None], np.zeros((1, 0), np.int32), seed, "uploaded image"
+        )
 
 
-def load_game(run: Path, data: Path | None = None, split: str = "test", context: int = 1, *,
-              temperature: float | None = None, steps: int | None = None, mapping_clips: int = 32) -> Game:
+def load_game(
+    run: Path,
+    data: Path | None = None,
+    split: str = "test",
+    context: int = 1,
+    *,
+    temperature: float | None = None,
+    steps: int | None = None,
+    mapping_clips: int = 32,
+) -> Game:
     """The ``Game`` of a dynamics run: its sampler, levels from ``data``'s ``split`` and its key bindings.
 
     ``data`` defaults to the dataset the run was trained on, when it still exists. Sampling
@@ -181,17 +216,26 @@ def load_game(run: Path, data: Path | None = None, split: str = "test", context:
     levels = Levels(data, split, context, cfg.image_size) if data is not None else None
     if not gt and meta.get("num_actions", 0) > 0:
         try:
-            clips = episode_clips(data, split, min(mapping_clips, len(levels)), min(16, cfg.seq_len), 0,
-                                  align=genie.lam_window - 1)
+            clips = episode_clips(
+                data, split, min(mapping_clips, len(levels)), min(16, cfg.seq_len), 0, align=genie.lam_window - 1
+            )
         except DataError as e:
-            warnings.warn(f"no action mapping (number keys only): {e}")
+            warnings.warn(f"no action mapping (number keys only): {e}", stacklevel=2)
         else:
             codes = latent_actions(genie.lam, genie.lam_window, clips["frames"])
             counts = transition_counts(codes, clips["actions"], genie.lam.cfg.vocab_size, meta["num_actions"])
     bindings = Bindings.for_codes(num_action_codes(genie), meanings=meanings, counts_KA=counts, gt_actions=gt)
     infer = None if gt else (lambda frames: infer_actions(genie, frames))
-    return Game(roll, bindings, genie.tokenizer.image_shape, levels=levels, tokenizer_window=genie.tokenizer_window,
-                infer_actions=infer, family=genie.dynamics.family, name=str(run))
+    return Game(
+        roll,
+        bindings,
+        genie.tokenizer.image_shape,
+        levels=levels,
+        tokenizer_window=genie.tokenizer_window,
+        infer_actions=infer,
+        family=genie.dynamics.family,
+        name=str(run),
+    )
 
 
 def decode_upload(data: bytes, frame_shape) -> np.ndarray:
@@ -251,9 +295,14 @@ class World:
 
     def message(self) -> dict:
         code = self.codes[-1]
-        return {"type": "frame", "image": png_data_url(self.frames[-1]), "t": len(self.frames) - 1, "code": code,
-                "label": "start: " + self.origin if code is None else self.game.bindings.labels[code],
-                "latency_ms": round(self.latency_ms, 2)}
+        return {
+            "type": "frame",
+            "image": png_data_url(self.frames[-1]),
+            "t": len(self.frames) - 1,
+            "code": code,
+            "label": "start: " + self.origin if code is None else self.game.bindings.labels[code],
+            "latency_ms": round(self.latency_ms, 2),
+        }
 
     def gif(self, fps: int = 8) -> bytes:
         buf = io.BytesIO()

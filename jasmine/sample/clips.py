@@ -34,7 +34,9 @@ def load_genie(run_dir: str | Path) -> tuple[DynamicsTrainConfig, Genie]:
     return cfg, genie
 
 
-def read_clips(genie: Genie, data: Path, split: str, n: int, length: int, seed: int, image_shape=None) -> dict[str, np.ndarray]:
+def read_clips(
+    genie: Genie, data: Path, split: str, n: int, length: int, seed: int, image_shape=None
+) -> dict[str, np.ndarray]:
     """``n`` clips of ``length`` frames (and actions) from ``n`` distinct episodes of ``split``.
 
     Clips start where the model's encoding rule lets them (``genie.align``); deterministic in ``seed``.
@@ -70,7 +72,9 @@ def choose_actions(spec: str, genie: Genie, clips: dict[str, np.ndarray], rng: n
         if "actions" not in clips:
             raise ValueError("--actions gt: the dataset has no actions")
         if genie.lam is not None:
-            raise ValueError("--actions gt: this model uses latent actions; use --actions lam, random, fixed:K or list:...")
+            raise ValueError(
+                "--actions gt: this model uses latent actions; use --actions lam, random, fixed:K or list:..."
+            )
         ids = clips["actions"][:, :-1]
     elif kind == "random":
         ids = rng.integers(0, codes, (B, T - 1))
@@ -79,15 +83,19 @@ def choose_actions(spec: str, genie: Genie, clips: dict[str, np.ndarray], rng: n
     elif kind == "list":
         seq = [_int(a, spec) for a in arg.split(",") if a.strip()]
         if len(seq) != T - 1:
-            raise ValueError(f"--actions {spec}: expected {T - 1} action ids (one per frame after the first), got {len(seq)}")
+            raise ValueError(
+                f"--actions {spec}: expected {T - 1} action ids (one per frame after the first), got {len(seq)}"
+            )
         ids = np.tile(np.asarray(seq), (B, 1))
     else:
         raise ValueError(f"--actions {spec!r}: use one of {', '.join(ACTION_SOURCES)}")
     ids = np.asarray(ids, np.int32)
     bad = ids[(ids < 0) | (ids >= codes)]
     if bad.size:
-        raise ValueError(f"--actions {spec}: action id {int(bad[0])} is outside the codebook of {codes} actions "
-                         f"(valid ids 0..{codes - 1})")
+        raise ValueError(
+            f"--actions {spec}: action id {int(bad[0])} is outside the codebook of {codes} actions "
+            f"(valid ids 0..{codes - 1})"
+        )
     return ids
 
 

@@ -10,14 +10,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jasmine.eval.metrics import psnr_ssim
+from jasmine.models.fidelity import psnr_ssim
 from jasmine.sample.clips import check_lengths, choose_actions, load_genie, read_clips
-from jasmine.sample.rollout import Rollout, SampleOptions
+from jasmine.sample.rollout import Rollout, SampleOptions, sample_options
 from jasmine.viz import side_by_side, stack_rows, write_gif, write_mp4
 
 
-@dataclass(frozen=True)
-class SampleArgs:
+@dataclass(frozen=True, kw_only=True)
+class SampleArgs(SampleOptions):
     """Generate frames after C ground-truth context frames; write GT | generated as GIF and MP4."""
 
     run: Path
@@ -34,22 +34,8 @@ class SampleArgs:
     """Split to take clips from (one per episode)."""
     clips: int = 1
     """Number of clips (rows in the video)."""
-    steps: int | None = None
-    """MaskGIT: steps per frame (default 25; steps that fix no token are skipped); diffusion: denoising steps K
-    (default 16)."""
-    temperature: float = 1.0
-    choice_temperature: float | None = None
-    """MaskGIT only: choice temperature (Gumbel noise on confidences, annealed to 0; default 4.5)."""
-    top_k: int = 0
-    """Sample each token digit from its k most likely values only (0 = all)."""
-    ordinal: bool = False
-    """With --temperature 0 (or --argmax) and FSQ tokens: each digit's expected level, rounded (least squared error)."""
-    context_noise: float | None = None
-    """Diffusion only: past frames enter at signal level 1 - context_noise (default 0.1); --steps is K."""
     argmax: bool = False
     """Take the most likely token instead of sampling (and unmask the most confident first, without noise)."""
-    cache: bool = True
-    """Use the frame-level KV cache (--no-cache for the full-window path)."""
     seed: int = 0
     out: Path | None = None
     """Output directory (default RUN/samples/)."""
@@ -60,13 +46,13 @@ def sample(args: SampleArgs) -> dict:
     check_lengths(args.context, args.frames, cfg.seq_len)
     clips = read_clips(genie, args.data, args.split, args.clips, args.frames, args.seed, cfg.image_size)
     actions = choose_actions(args.actions, genie, clips, np.random.default_rng(args.seed))
-    opts = SampleOptions(steps=args.steps, temperature=0.0 if args.argmax else args.temperature,
-                         choice_temperature=args.choice_temperature, ordinal=args.ordinal, top_k=args.top_k,
-                         context_noise=args.context_noise, cache=args.cache)
+    opts = sample_options(args, **({"temperature": 0.0} if args.argmax else {}))
     roll = Rollout(genie, cfg.seq_len, opts)
     ctx = roll.encode(clips["frames"][:, : args.context])
     t0 = time.perf_counter()
-    ids = jax.block_until_ready(roll.run(ctx, actions, jax.random.key(args.seed), num_frames=args.frames - args.context))
+    ids = jax.block_until_ready(
+        roll.run(ctx, actions, jax.random.key(args.seed), num_frames=args.frames - args.context)
+    )
     seconds = time.perf_counter() - t0
     gen = roll.decode(ids)
     gt = clips["frames"].astype(np.float32) / 255.0
@@ -78,20 +64,33 @@ def sample(args: SampleArgs) -> dict:
     write_gif(out / f"{stem}.gif", video)
     has_mp4 = write_mp4(out / f"{stem}.mp4", video)
     metrics = {
-        "run": str(args.run), "context": args.context, "frames": args.frames, "actions_source": args.actions,
-        "episodes": clips["episode"].tolist(), "starts": clips["start"].tolist(),
-        "actions": actions.tolist(), "dynamics": genie.dynamics.family,
-        **{k: getattr(roll.opts, k) for k in ("steps", "temperature", "choice_temperature", "ordinal", "top_k",
-                                              "context_noise")},
+        "run": str(args.run),
+        "context": args.context,
+        "frames": args.frames,
+        "actions_source": args.actions,
+        "episodes": clips["episode"].tolist(),
+        "starts": clips["start"].tolist(),
+        "actions": actions.tolist(),
+        "dynamics": genie.dynamics.family,
+        **{
+            k: getattr(roll.opts, k)
+            for k in ("steps", "temperature", "choice_temperature", "ordinal", "top_k", "context_noise")
+        },
         "cache": args.cache,
-        "seconds": seconds, "frames_per_s": args.clips * (args.frames - args.context) / seconds,
+        "seconds": seconds,
+        "frames_per_s": args.clips * (args.frames - args.context) / seconds,
         "per_frame": {"psnr": psnr.mean(0).tolist(), "ssim": ssim.mean(0).tolist()},
-        "mean_generated": {"psnr": float(psnr[:, args.context :].mean()), "ssim": float(ssim[:, args.context :].mean())},
+        "mean_generated": {
+            "psnr": float(psnr[:, args.context :].mean()),
+            "ssim": float(ssim[:, args.context :].mean()),
+        },
     }
     (out / f"{stem}.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"generated {args.frames - args.context} frames x {args.clips} clip(s) in {seconds:.1f}s "
-          f"({metrics['frames_per_s']:.1f} frames/s); generated frames: PSNR {metrics['mean_generated']['psnr']:.2f} dB, "
-          f"SSIM {metrics['mean_generated']['ssim']:.3f}")
+    print(
+        f"generated {args.frames - args.context} frames x {args.clips} clip(s) in {seconds:.1f}s "
+        f"({metrics['frames_per_s']:.1f} frames/s); generated frames: PSNR {metrics['mean_generated']['psnr']:.2f} dB, "
+        f"SSIM {metrics['mean_generated']['ssim']:.3f}"
+    )
     for ext in ("gif", "mp4", "json"):
         if ext != "mp4" or has_mp4:
             print(f"wrote {out / f'{stem}.{ext}'}")

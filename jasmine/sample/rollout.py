@@ -15,21 +15,27 @@ frames, re-prefills their cache, and the frame at window position 0 gets no acti
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jasmine.models.genie import Genie
 from jasmine.models.digits import SamplingOptions
+from jasmine.models.genie import Genie
 
 
 @dataclass(frozen=True)
 class SampleOptions(SamplingOptions):
     cache: bool = True
-    """Use the frame-level KV cache."""
+    """Use the frame-level KV cache (--no-cache for the full-window path)."""
+
+
+def sample_options(flags: SamplingOptions, **override) -> SampleOptions:
+    """The sampling options held by a command's flags (which subclass ``SamplingOptions``), with ``override``."""
+    names = [f.name for f in fields(SampleOptions) if hasattr(flags, f.name)]
+    return SampleOptions(**({n: getattr(flags, n) for n in names} | override))
 
 
 class Rollout:
@@ -43,10 +49,13 @@ class Rollout:
         gd = self.graphdef
 
         self._prefill = jax.jit(lambda state, ids, a: nnx.merge(gd, state).prefill(ids, a, window, self.opts))
-        self._cached_frame = jax.jit(lambda state, caches, pos, a_BA, rng: nnx.merge(gd, state).next_frame(
-            caches, pos, a_BA, rng, opts), donate_argnums=1)
-        self._full_frame = jax.jit(lambda state, ids_BWN, a_BWA, pos, rng: nnx.merge(gd, state).dynamics.frame(
-            ids_BWN, a_BWA, pos, rng, opts))
+        self._cached_frame = jax.jit(
+            lambda state, caches, pos, a_BA, rng: nnx.merge(gd, state).next_frame(caches, pos, a_BA, rng, opts),
+            donate_argnums=1,
+        )
+        self._full_frame = jax.jit(
+            lambda state, ids_BWN, a_BWA, pos, rng: nnx.merge(gd, state).dynamics.frame(ids_BWN, a_BWA, pos, rng, opts)
+        )
         self._vectors = jax.jit(lambda state, ids: nnx.merge(gd, state).action_vectors(ids))
         self._decode = jax.jit(lambda state, ids: nnx.merge(gd, state).decode(ids))
         self._encode = jax.jit(lambda state, x: nnx.merge(gd, state).encode(x))
@@ -67,14 +76,15 @@ class Rollout:
         B, C = ctx_ids_BCN.shape[:2]
         T = C + num_frames
         if action_ids_BT1.shape != (B, T - 1):
-            raise ValueError(f"need {T - 1} actions per sample for {C} context + {num_frames} frames, "
-                             f"got {action_ids_BT1.shape[1]}")
+            raise ValueError(
+                f"need {T - 1} actions per sample for {C} context + {num_frames} frames, got {action_ids_BT1.shape[1]}"
+            )
         stream = self.start(ctx_ids_BCN, action_ids_BT1[:, : C - 1], rng)
         for t in range(C, T):
             stream.step(action_ids_BT1[:, t - 1])
         return jnp.stack(stream.frames, 1)
 
-    def start(self, ctx_ids_BCN, ctx_action_ids_BC1, rng) -> "Stream":
+    def start(self, ctx_ids_BCN, ctx_action_ids_BC1, rng) -> Stream:
         """A rollout to advance one frame at a time (``run`` loops over it; ``jasmine play`` holds one per tab)."""
         return Stream(self, ctx_ids_BCN, ctx_action_ids_BC1, rng)
 
@@ -112,8 +122,9 @@ class Stream:
         if t - self.start == W:  # slide: keep the last W-1 frames
             self.start += 1
             if roll.opts.cache:
-                self.caches = roll._prefill(roll.state, jnp.stack(self.frames[self.start : t], 1),
-                                            self._window_actions(self.start, t))
+                self.caches = roll._prefill(
+                    roll.state, jnp.stack(self.frames[self.start : t], 1), self._window_actions(self.start, t)
+                )
         pos = t - self.start
         if roll.opts.cache:
             ids_BN, self.caches = roll._cached_frame(roll.state, self.caches, pos, self.actions[t], key)

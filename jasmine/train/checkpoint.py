@@ -11,10 +11,9 @@ Orbax writes each step to a temporary directory and renames it when complete.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
-
-import logging
 
 import jax
 import orbax.checkpoint as ocp
@@ -32,12 +31,23 @@ logging.getLogger("absl").addFilter(_QuietReadOnly())
 
 
 class Checkpointer:
-    def __init__(self, directory: str | Path, *, keep_last: int = 3, keep_every: int = 0, keep_steps=(),
-                 use_async: bool = True, read_only: bool = False):
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        keep_last: int = 3,
+        keep_every: int = 0,
+        keep_steps=(),
+        use_async: bool = True,
+        read_only: bool = False,
+    ):
         self.directory = Path(directory).absolute()
         cm = ocp.checkpoint_managers
-        keep = [cm.LatestN(keep_last)] + ([cm.EveryNSteps(keep_every)] if keep_every else []) + \
-            ([cm.CustomSteps(list(keep_steps))] if keep_steps else [])
+        keep = (
+            [cm.LatestN(keep_last)]
+            + ([cm.EveryNSteps(keep_every)] if keep_every else [])
+            + ([cm.CustomSteps(list(keep_steps))] if keep_steps else [])
+        )
         options = ocp.CheckpointManagerOptions(
             preservation_policy=cm.AnyPreservationPolicy(keep),
             enable_async_checkpointing=use_async,
@@ -58,7 +68,9 @@ class Checkpointer:
 
     def restore(self, step: int, abstract_state: Any) -> Any:
         """Restore ``state`` into the shapes, dtypes and shardings of ``abstract_state``."""
-        return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
+        return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))[
+            "state"
+        ]
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -71,5 +83,7 @@ class Checkpointer:
 def abstract(tree, shardings=None):
     """ShapeDtypeStructs (with target shardings) describing ``tree``."""
     if shardings is None:
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree
+        )
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

@@ -34,12 +34,17 @@ def _resolve(cfg: DistributedConfig) -> dict:
             except ValueError:
                 raise ValueError(f"environment variable {env}={raw!r} is not an integer") from None
         got[name] = value
-    flag = lambda n: f"--distributed.{n.replace('_', '-')} (env {ENV[n]})"
+
+    def flag(n):
+        return f"--distributed.{n.replace('_', '-')} (env {ENV[n]})"
+
     given = [n for n, v in got.items() if v is not None]
     if given and len(given) < 3:
         missing = [flag(n) for n in ENV if got[n] is None]
-        raise ValueError(f"a multi-process run needs all of coordinator, num-processes and process-id; "
-                         f"{', '.join(given)} given but not {', '.join(missing)}")
+        raise ValueError(
+            f"a multi-process run needs all of coordinator, num-processes and process-id; "
+            f"{', '.join(given)} given but not {', '.join(missing)}"
+        )
     if given:
         n, i = got["num_processes"], got["process_id"]
         if n < 1:
@@ -85,8 +90,12 @@ def initialize(cfg: DistributedConfig = DistributedConfig()) -> bool:
     # CPU processes reduce over gloo (a no-op setting on GPU/TPU, whose collectives are NCCL/ICI).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if explicit:
-        jax.distributed.initialize(got["coordinator"], got["num_processes"], got["process_id"],
-                                   initialization_timeout=cfg.initialization_timeout)
+        jax.distributed.initialize(
+            got["coordinator"],
+            got["num_processes"],
+            got["process_id"],
+            initialization_timeout=cfg.initialization_timeout,
+        )
     else:
         jax.distributed.initialize(initialization_timeout=cfg.initialization_timeout)  # JAX reads the scheduler's env
     return True

@@ -11,8 +11,15 @@ from typing import Any
 class MetricsLogger:
     """``log(step, metrics, split)`` appends to ``metrics.jsonl`` and writes TensorBoard scalars."""
 
-    def __init__(self, run_dir: Path, *, config: dict[str, Any], wandb: bool = False, enabled: bool = True,
-                 run_name: str | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        config: dict[str, Any],
+        wandb: bool = False,
+        enabled: bool = True,
+        run_name: str | None = None,
+    ):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = self._wandb = None
@@ -26,15 +33,26 @@ class MetricsLogger:
                 import wandb as wb
             except ImportError as e:
                 raise ImportError("--wandb needs the wandb extra: uv sync --extra wandb") from e
-            self._wandb = wb.init(project="jasmine", name=run_name or Path(run_dir).name, config=config,
-                                  dir=str(run_dir), resume="allow", id=Path(run_dir).absolute().name)
+            self._wandb = wb.init(
+                project="jasmine",
+                name=run_name or Path(run_dir).name,
+                config=config,
+                dir=str(run_dir),
+                resume="allow",
+                id=Path(run_dir).absolute().name,
+            )
 
     def log(self, step: int, metrics: dict[str, float], split: str = "train") -> None:
         if not self.enabled:
             return
         clean = {k: float(v) for k, v in metrics.items()}
         with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, "split": split, **{k: (v if math.isfinite(v) else str(v)) for k, v in clean.items()}}) + "\n")
+            f.write(
+                json.dumps(
+                    {"step": step, "split": split, **{k: (v if math.isfinite(v) else str(v)) for k, v in clean.items()}}
+                )
+                + "\n"
+            )
         for k, v in clean.items():
             self._tb.add_scalar(f"{split}/{k}", v, step)
         if self._wandb is not None:

@@ -13,7 +13,6 @@ from its stable phase equals the run started with the larger budget.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import signal
 import time
@@ -23,87 +22,46 @@ from typing import Any
 
 import jax
 import numpy as np
-import optax
-from flax import nnx
 from tqdm import tqdm
 
 from jasmine import config as C
 from jasmine.data.dataset import DataError
 from jasmine.data.loader import make_loader
 from jasmine.train.checkpoint import Checkpointer
-from jasmine.train.components import Component, build_model
-from jasmine.train.logging import MetricsLogger, read_metrics
+from jasmine.train.components import Component
 from jasmine.train.distributed import initialize
-from jasmine.train.mesh import batch_sharding, global_batch, mesh_for, replicated, state_shardings
-from jasmine.train.optim import (decay_start, first_changed_step, learning_rate, lr_schedule, make_optimizer,
-                                 schedule_values)
-from jasmine.train.runs import checkpoint_steps, init_state, resolve_step, restore_state
+from jasmine.train.logging import MetricsLogger, read_metrics
+from jasmine.train.mesh import global_batch, mesh_for, replicated
+from jasmine.train.optim import (
+    decay_start,
+    first_changed_step,
+    lr_schedule,
+)
+from jasmine.train.runs import checkpoint_steps, resolve_step, restore_state
+from jasmine.train.step import _bind, _eval_step, _preview, count_params, setup
 from jasmine.viz import frame_grid
 
 # Fields that may differ between a run's saved config and the one it continues with.
-RESUMABLE_CHANGES = {"steps", "resume", "init_from", "init_step", "log_every", "val_every", "val_batches", "ckpt_every",
-                     "keep_last", "keep_every", "num_workers", "read_threads", "wandb", "data", "out", "sharding", "mesh",
-                     "distributed"}
-
-
-# Fields that do not enter a step's program (paths, budgets, logging, the schedule's numbers, which the step takes as
-# data): :func:`program_config` clears them, so every run of one recipe in a process shares one compiled step.
-_OUTSIDE_PROGRAM = {"data": None, "out": None, "steps": 0, "seed": 0, "resume": False, "init_from": None,
-                    "init_step": None, "log_every": 1, "val_every": 1, "val_batches": 1, "ckpt_every": 1, "keep_last": 1,
-                    "keep_every": 0, "num_workers": 0, "read_threads": 0, "wandb": False,
-                    "distributed": C.DistributedConfig(), "tokenizer_step": None, "tokenizer_hash": "", "lam_step": None,
-                    "lam_hash": ""}
-
-
-def program_config(cfg: C.TrainConfig) -> C.TrainConfig:
-    """``cfg`` with the fields that do not change the compiled train, eval and preview steps set to fixed values."""
-    names = {f.name for f in dataclasses.fields(cfg)}
-    fixed = {k: v for k, v in _OUTSIDE_PROGRAM.items() if k in names}
-    for path in ("tokenizer", "lam"):  # only whether they are given matters inside a step
-        if getattr(cfg, path, None) is not None:
-            fixed[path] = Path(".")
-    optim = dataclasses.replace(cfg.optim, lr=0.0, end_lr=0.0, warmup_steps=0, decay_fraction=0.0)
-    return dataclasses.replace(cfg, **fixed, optim=optim)
-
-
-def _train_step(component: Component, cfg: C.TrainConfig, graphdef, state, batch, schedule_values):
-    """One optimizer step; ``schedule_values`` (:func:`schedule_values`) is data, so the compiled step depends on
-    neither ``--steps`` nor the learning rate."""
-    tx = make_optimizer(cfg.optim, lambda step: learning_rate(cfg.optim.schedule, step, schedule_values))
-    step_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-    k_loss, k_post = jax.random.split(step_key)
-
-    def loss_fn(params):
-        module = nnx.merge(graphdef, params, state["frozen"], state["rest"])
-        loss, metrics, aux = component.loss(module, batch, k_loss, cfg, training=True)
-        return loss, (metrics, aux, nnx.state(module, nnx.Not(nnx.Param)))
-
-    (_, (metrics, aux, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    module = nnx.merge(graphdef, params, state["frozen"], rest)
-    metrics = {**metrics, **component.after_update(module, aux, k_post, cfg)}
-    _, params, frozen, rest = nnx.split(module, component.trainable(cfg), nnx.Param, ...)
-    metrics |= {"grad_norm": optax.global_norm(grads),
-                "lr": learning_rate(cfg.optim.schedule, state["step"], schedule_values)}
-    new_state = {**state, "step": state["step"] + 1, "params": params, "frozen": frozen, "rest": rest, "opt": opt}
-    return new_state, metrics
-
-
-def _eval_step(component: Component, cfg: C.TrainConfig, graphdef, state, batch):
-    module = nnx.merge(graphdef, state["params"], state["frozen"], state["rest"])
-    key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), 2**31 - 1)
-    return component.evaluate(module, batch, key, cfg)
-
-
-def _preview(component: Component, cfg: C.TrainConfig, graphdef, state, batch):
-    return component.preview(nnx.merge(graphdef, state["params"], state["frozen"], state["rest"]), batch, cfg)
-
-
-def _bind(jitted, component: Component, cfg: C.TrainConfig, model: Model):
-    """``jitted`` (static component, config and graph) as a function of the arrays only."""
-    static = (component, program_config(cfg), model.graphdef)
-    return lambda *arrays: jitted(*static, *arrays)
+RESUMABLE_CHANGES = {
+    "steps",
+    "resume",
+    "init_from",
+    "init_step",
+    "log_every",
+    "val_every",
+    "val_batches",
+    "ckpt_every",
+    "keep_last",
+    "keep_every",
+    "num_workers",
+    "read_threads",
+    "wandb",
+    "data",
+    "out",
+    "sharding",
+    "mesh",
+    "distributed",
+}
 
 
 class _StopRequest:
@@ -156,8 +114,10 @@ def _check_run_dir(cfg: C.TrainConfig, out: Path) -> C.TrainConfig | None:
             raise ValueError(f"{source / 'config.json'} is a {type(saved).__name__} run, not {type(cfg).__name__}")
         diffs = [d for d in C.diff(saved, cfg) if d.split(":")[0].split(".")[0] not in RESUMABLE_CHANGES]
         if diffs:
-            raise ValueError(f"continuing {source}: the config does not match the checkpoint's {source / 'config.json'}"
-                             f":\n  " + "\n  ".join(diffs))
+            raise ValueError(
+                f"continuing {source}: the config does not match the checkpoint's {source / 'config.json'}"
+                f":\n  " + "\n  ".join(diffs)
+            )
         return saved
     return None
 
@@ -168,44 +128,21 @@ def _check_schedule(cfg: C.TrainConfig, saved: C.TrainConfig, source: Path, star
     if changed is None:
         return
     old, new = lr_schedule(saved.optim, saved.steps)(changed), lr_schedule(cfg.optim, cfg.steps)(changed)
-    stable = [s for s in checkpoint_steps(source)
-              if first_changed_step(saved.optim, saved.steps, cfg.optim, cfg.steps, s) is None]
-    hint = (f"; continue from checkpoint {stable[-1]} of the stable phase in a new run: --init-from {source} "
-            f"--init-step {stable[-1]} --out NEW" if stable else "")
-    raise ValueError(f"--steps {cfg.steps} changes the learning rate of steps already taken (step {changed}: "
-                     f"{float(old):.3g} with --steps {saved.steps}, {float(new):.3g} with --steps {cfg.steps}){hint}")
-
-
-def count_params(tree) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-
-
-class TrainStep:
-    """The jitted train step of a run: ``step(state, batch) -> (state, metrics)``, its schedule passed as data."""
-
-    def __init__(self, jitted, static: tuple, schedule: np.ndarray):
-        self.jitted, self.static, self.schedule = jitted, static, schedule
-
-    def __call__(self, state, batch):
-        return self.jitted(*self.static, state, batch, self.schedule)
-
-    def lower(self, state, batch):
-        """The lowered step; call its ``compile()`` result with ``(state, batch, self.schedule)``."""
-        return self.jitted.lower(*self.static, state, batch, self.schedule)
-
-
-def setup(cfg: C.TrainConfig, component: Component, mesh, *, pretrained: bool = True):
-    """Model, optimizer, initial state on the mesh, its shardings, and the jitted train step."""
-    model = build_model(component, cfg, pretrained=pretrained and cfg.init_from is None and not cfg.resume)
-    tx = make_optimizer(cfg.optim, lr_schedule(cfg.optim, cfg.steps))
-    state = init_state(model, tx, cfg.seed)
-    shardings = state_shardings(state, mesh)
-    state = jax.device_put(state, shardings)
-    jitted = jax.jit(_train_step, static_argnums=(0, 1, 2),
-                     in_shardings=(shardings, batch_sharding(mesh), replicated(mesh)),
-                     out_shardings=(shardings, replicated(mesh)), donate_argnums=3)
-    static = (component, program_config(cfg), model.graphdef)
-    return model, state, shardings, TrainStep(jitted, static, schedule_values(cfg.optim, cfg.steps))
+    stable = [
+        s
+        for s in checkpoint_steps(source)
+        if first_changed_step(saved.optim, saved.steps, cfg.optim, cfg.steps, s) is None
+    ]
+    hint = (
+        f"; continue from checkpoint {stable[-1]} of the stable phase in a new run: --init-from {source} "
+        f"--init-step {stable[-1]} --out NEW"
+        if stable
+        else ""
+    )
+    raise ValueError(
+        f"--steps {cfg.steps} changes the learning rate of steps already taken (step {changed}: "
+        f"{float(old):.3g} with --steps {saved.steps}, {float(new):.3g} with --steps {cfg.steps}){hint}"
+    )
 
 
 def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) -> dict[str, Any]:
@@ -227,13 +164,28 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
     align = component.align(cfg)
     source = Path(cfg.init_from) if cfg.init_from is not None else out if cfg.resume and checkpoint_steps(out) else None
     step = resolve_step(source, cfg.init_step if cfg.init_from is not None else None) if source is not None else 0
-    loader = make_loader(cfg.data, "train", seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed,
-                         image_shape=cfg.image_size, align=align, num_workers=cfg.num_workers, process_index=pidx,
-                         process_count=pcount, start_batch=step, read_threads=cfg.read_threads)  # batch s is a function of s
+    loader = make_loader(
+        cfg.data,
+        "train",
+        seq_len=cfg.seq_len,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        image_shape=cfg.image_size,
+        align=align,
+        num_workers=cfg.num_workers,
+        process_index=pidx,
+        process_count=pcount,
+        start_batch=step,
+        read_threads=cfg.read_threads,
+    )  # batch s is a function of s
     data_iter = iter(loader)
     stable_end = decay_start(cfg.optim, cfg.steps)
-    ckpt = Checkpointer(out / "checkpoints", keep_last=cfg.keep_last, keep_every=cfg.keep_every,
-                        keep_steps=(stable_end,) if stable_end < cfg.steps else ())
+    ckpt = Checkpointer(
+        out / "checkpoints",
+        keep_last=cfg.keep_last,
+        keep_every=cfg.keep_every,
+        keep_steps=(stable_end,) if stable_end < cfg.steps else (),
+    )
     start = 0
     if source is not None:
         try:
@@ -246,26 +198,37 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
             rows = [r for r in read_metrics(source, None) if r["step"] <= start]
             (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    eval_fn = _bind(jax.jit(_eval_step, static_argnums=(0, 1, 2), out_shardings=replicated(mesh)), component, cfg, model)
-    preview_fn = _bind(jax.jit(_preview, static_argnums=(0, 1, 2), out_shardings=replicated(mesh)), component, cfg,
-                       model)  # process 0 draws the rows it gathers
+    eval_fn = _bind(
+        jax.jit(_eval_step, static_argnums=(0, 1, 2), out_shardings=replicated(mesh)), component, cfg, model
+    )
+    preview_fn = _bind(
+        jax.jit(_preview, static_argnums=(0, 1, 2), out_shardings=replicated(mesh)), component, cfg, model
+    )  # process 0 draws the rows it gathers
     logger = MetricsLogger(out, config=C.to_dict(cfg), wandb=cfg.wandb, enabled=pidx == 0)
     n_params = count_params(state["params"])
     n_frozen = count_params(state["frozen"])
     if pidx == 0 and progress:
-        print(f"[{component.name}] {n_params / 1e6:.2f}M trainable params"
-              + (f", {n_frozen / 1e6:.2f}M frozen" if n_frozen else "")
-              + f" | {pcount} process(es), {mesh.size} device(s), mesh dp {mesh.shape['dp']} x fsdp "
-                f"{mesh.shape['fsdp']} | run dir {out}"
-              + (f" | from {source} step {start}" if source is not None else "")
-              + (f" | windows start at multiples of {align} frames" if align > 1 else ""))
+        print(
+            f"[{component.name}] {n_params / 1e6:.2f}M trainable params"
+            + (f", {n_frozen / 1e6:.2f}M frozen" if n_frozen else "")
+            + f" | {pcount} process(es), {mesh.size} device(s), mesh dp {mesh.shape['dp']} x fsdp "
+            f"{mesh.shape['fsdp']} | run dir {out}"
+            + (f" | from {source} step {start}" if source is not None else "")
+            + (f" | windows start at multiples of {align} frames" if align > 1 else "")
+        )
 
     last_train: dict[str, float] = {}
     last_val: dict[str, float] = {}
     stopped = None
     t_log, steps_since = time.perf_counter(), 0
-    bar = tqdm(total=cfg.steps, initial=start, desc=component.name, unit="step", dynamic_ncols=True,
-               disable=not progress or pidx != 0)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=start,
+        desc=component.name,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not progress or pidx != 0,
+    )
     with _StopRequest(pcount) as stop:
         for step in range(start, cfg.steps):
             batch = global_batch({k: v for k, v in next(data_iter).items() if k in component.batch_keys(cfg)}, mesh)
@@ -281,7 +244,9 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
                 last_train = metrics
                 bar.set_postfix(loss=f"{metrics['loss']:.4g}", refresh=False)
                 if not np.isfinite(metrics["loss"]):
-                    raise FloatingPointError(f"loss became {metrics['loss']} at step {done}; see {out / 'metrics.jsonl'}")
+                    raise FloatingPointError(
+                        f"loss became {metrics['loss']} at step {done}; see {out / 'metrics.jsonl'}"
+                    )
             bar.update()
             if done % cfg.val_every == 0 or done == cfg.steps:
                 last_val = _validate(cfg, eval_fn, preview_fn, state, mesh, logger, out, done, align)
@@ -299,17 +264,32 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
     final_step = int(state["step"])
     if stopped and pidx == 0:
         print(f"[{component.name}] {stopped}: saved checkpoint at step {final_step}; continue with --resume")
-    return {"train": last_train, "val": last_val, "step": final_step, "run_dir": out, "stopped": stopped,
-            "params": n_params, "state": state}
+    return {
+        "train": last_train,
+        "val": last_val,
+        "step": final_step,
+        "run_dir": out,
+        "stopped": stopped,
+        "params": n_params,
+        "state": state,
+    }
 
 
 def _validate(cfg, eval_fn, preview_fn, state, mesh, logger, out: Path, step: int, align: int) -> dict[str, float]:
     try:
-        val = make_loader(cfg.data, "val", seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed,
-                          image_shape=cfg.image_size, align=align, process_index=jax.process_index(),
-                          process_count=jax.process_count())
+        val = make_loader(
+            cfg.data,
+            "val",
+            seq_len=cfg.seq_len,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            image_shape=cfg.image_size,
+            align=align,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
     except DataError as e:
-        warnings.warn(f"validation skipped: {e}")
+        warnings.warn(f"validation skipped: {e}", stacklevel=2)
         return {}
     it, sums, first = iter(val), {}, None
     for _ in range(cfg.val_batches):

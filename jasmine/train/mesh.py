@@ -16,7 +16,8 @@ import re
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DP, FSDP = "dp", "fsdp"
 BATCH = P((DP, FSDP))
@@ -31,7 +32,9 @@ def _devices() -> list:
 def mesh_shape(sharding: str, mesh: str, num_devices: int, local_devices: int) -> tuple[int, int]:
     """(dp, fsdp) for ``--sharding`` and ``--mesh`` on ``num_devices`` devices, ``local_devices`` per process."""
     if mesh and sharding != "hybrid":
-        raise ValueError(f"--mesh {mesh} needs --sharding hybrid (dp is the mesh {num_devices}x1, fsdp 1x{num_devices})")
+        raise ValueError(
+            f"--mesh {mesh} needs --sharding hybrid (dp is the mesh {num_devices}x1, fsdp 1x{num_devices})"
+        )
     if sharding == "dp":
         return num_devices, 1
     if sharding == "fsdp":
@@ -40,15 +43,20 @@ def mesh_shape(sharding: str, mesh: str, num_devices: int, local_devices: int) -
         return num_devices // local_devices, local_devices
     m = re.fullmatch(r"(\d+)x(\d+)", mesh)
     if not m:
-        raise ValueError(f"--mesh {mesh!r} is not DPxFSDP, e.g. --mesh 2x4 (2-way data parallel over groups of 4 "
-                         f"FSDP devices)")
+        raise ValueError(
+            f"--mesh {mesh!r} is not DPxFSDP, e.g. --mesh 2x4 (2-way data parallel over groups of 4 FSDP devices)"
+        )
     dp, fsdp = int(m[1]), int(m[2])
     if dp < 1 or fsdp < 1 or dp * fsdp != num_devices:
-        raise ValueError(f"--mesh {mesh} has {dp * fsdp} devices but there are {num_devices} "
-                         f"({num_devices // local_devices} process(es) x {local_devices}); DP x FSDP must equal that")
+        raise ValueError(
+            f"--mesh {mesh} has {dp * fsdp} devices but there are {num_devices} "
+            f"({num_devices // local_devices} process(es) x {local_devices}); DP x FSDP must equal that"
+        )
     if local_devices % fsdp and fsdp % local_devices:
-        raise ValueError(f"--mesh {mesh}: FSDP groups of {fsdp} devices would split a process's {local_devices} "
-                         f"devices unevenly; make FSDP a divisor or a multiple of {local_devices}")
+        raise ValueError(
+            f"--mesh {mesh}: FSDP groups of {fsdp} devices would split a process's {local_devices} "
+            f"devices unevenly; make FSDP a divisor or a multiple of {local_devices}"
+        )
     return dp, fsdp
 
 

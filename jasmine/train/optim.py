@@ -39,8 +39,9 @@ def schedule_values(cfg: OptimConfig, total_steps: int) -> np.ndarray:
     budget and learning rate: a run extended to a larger ``--steps`` runs the very program it
     started with, and runs that differ only in their schedule share one compilation.
     """
-    return np.array([cfg.lr, cfg.end_lr, max(cfg.warmup_steps, 0), decay_start(cfg, total_steps), total_steps],
-                    np.float32)
+    return np.array(
+        [cfg.lr, cfg.end_lr, max(cfg.warmup_steps, 0), decay_start(cfg, total_steps), total_steps], np.float32
+    )
 
 
 def learning_rate(kind: str, step, values):
@@ -79,6 +80,7 @@ def first_changed_step(old: OptimConfig, old_steps: int, new: OptimConfig, new_s
 
 def decay_mask(params):
     """True for the leaves weight decay applies to: matrix weights named ``kernel``."""
+
     def is_kernel(path, _):
         names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
         return bool(names) and names[-1] == "kernel"

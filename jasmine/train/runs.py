@@ -34,12 +34,16 @@ class Model:
     rest: nnx.State
 
     @classmethod
-    def split(cls, module: nnx.Module, trainable) -> "Model":
+    def split(cls, module: nnx.Module, trainable) -> Model:
         return cls(*nnx.split(module, trainable, nnx.Param, ...))
 
     def merge(self, params=None, frozen=None, rest=None) -> nnx.Module:
-        return nnx.merge(self.graphdef, self.params if params is None else params,
-                         self.frozen if frozen is None else frozen, self.rest if rest is None else rest)
+        return nnx.merge(
+            self.graphdef,
+            self.params if params is None else params,
+            self.frozen if frozen is None else frozen,
+            self.rest if rest is None else rest,
+        )
 
 
 def init_state(model: Model, tx: optax.GradientTransformation, seed: int) -> dict[str, Any]:

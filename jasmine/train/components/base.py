@@ -18,14 +18,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jasmine.config import TrainConfig
-from jasmine.eval.metrics import frame_psnr_ssim
+from jasmine.models.fidelity import frame_psnr_ssim
 from jasmine.models.nn import Precision
 from jasmine.train.runs import Model, resolve_step, restore_state, run_config
 
-COMPONENTS: dict[str, "Component"] = {}
+COMPONENTS: dict[str, Component] = {}
 
 
-def register(component: "Component") -> "Component":
+def register(component: Component) -> Component:
     COMPONENTS[component.name] = component
     return component
 
@@ -45,14 +45,21 @@ def to_unit(frames_BTHWC) -> jax.Array:
 def image_metrics(x_BTHWC, y_BTHWC) -> dict[str, jax.Array]:
     """Mean per-frame MSE, PSNR and SSIM of y against x, both in [0, 1] (as ``jasmine eval`` computes them)."""
     psnr_BT, ssim_BT = frame_psnr_ssim(x_BTHWC, y_BTHWC)
-    return {"mse": jnp.mean((x_BTHWC - jnp.clip(y_BTHWC, 0.0, 1.0)) ** 2), "psnr": psnr_BT.mean(), "ssim": ssim_BT.mean()}
+    return {
+        "mse": jnp.mean((x_BTHWC - jnp.clip(y_BTHWC, 0.0, 1.0)) ** 2),
+        "psnr": psnr_BT.mean(),
+        "ssim": ssim_BT.mean(),
+    }
 
 
 def reset_codes(vq, aux, rng, after_steps: int, prefix: str = "") -> dict[str, jax.Array]:
     if after_steps <= 0 or "code_counts" not in aux or not hasattr(vq, "reset_dead_codes"):
         return {}
-    return {f"{prefix}codes_reset": vq.reset_dead_codes(aux["code_counts"], rng, after_steps=after_steps,
-                                                         inputs_XL=aux.get("inputs"), sims_X=aux.get("best_sim"))}
+    return {
+        f"{prefix}codes_reset": vq.reset_dead_codes(
+            aux["code_counts"], rng, after_steps=after_steps, inputs_XL=aux.get("inputs"), sims_X=aux.get("best_sim")
+        )
+    }
 
 
 def codebook_metrics(counts_C, prefix: str = "") -> dict[str, jax.Array]:
@@ -130,7 +137,8 @@ def load_run(run_dir: str | Path, step: int | None = None) -> tuple[TrainConfig,
     cfg = run_config(run_dir)
     step = resolve_step(run_dir, step)
     component = component_of(cfg)  # shapes only: the checkpoint supplies every value
-    model = Model.split(nnx.eval_shape(lambda: component.build(cfg, nnx.Rngs(cfg.seed), pretrained=False)),
-                        component.trainable(cfg))
+    model = Model.split(
+        nnx.eval_shape(lambda: component.build(cfg, nnx.Rngs(cfg.seed), pretrained=False)), component.trainable(cfg)
+    )
     state = restore_state(run_dir, cfg, model, step)
     return cfg, model.merge(state["params"], state["frozen"], state["rest"]), step

@@ -18,7 +18,7 @@ from flax import nnx
 from jasmine.config import DynamicsTrainConfig, LAMTrainConfig, MAETrainConfig, TokenizerTrainConfig
 from jasmine.data.dataset import DataError, read_metadata
 from jasmine.data.loader import record_arrays
-from jasmine.eval.metrics import frame_psnr_ssim
+from jasmine.models.fidelity import frame_psnr_ssim
 from jasmine.models.genie import DYNAMICS, Genie, check_tokenizer, frame_alignment
 from jasmine.train.components.base import Component, image_metrics, load_run, precision, register, reset_codes, to_unit
 from jasmine.train.components.lam import lam_terms
@@ -33,16 +33,20 @@ def _frozen_run(flag: str, run, step: int | None, expected_hash: str, kind: type
     _, module, step = load_run(run, step)
     prov = provenance(run, step, module)
     if expected_hash and expected_hash != prov["hash"]:
-        raise ValueError(f"{flag} {run} step {step} has params hash {prov['hash']}, but {expected_hash} was asked for "
-                         f"({flag}-hash); pass the run and step that made it")
+        raise ValueError(
+            f"{flag} {run} step {step} has params hash {prov['hash']}, but {expected_hash} was asked for "
+            f"({flag}-hash); pass the run and step that made it"
+        )
     return cfg, module, prov
 
 
 def _check_data_provenance(data, meta: dict, key: str, prov: dict, flag: str) -> None:
     made_by = meta.get(key)
     if not made_by or made_by.get("hash") != prov["hash"]:
-        raise DataError(f"--data {data} was made with {key} {describe(made_by)}, but {flag} is {describe(prov)}; "
-                        f"re-run `jasmine data tokenize` with this {key} or pass the one that made the data")
+        raise DataError(
+            f"--data {data} was made with {key} {describe(made_by)}, but {flag} is {describe(prov)}; "
+            f"re-run `jasmine data tokenize` with this {key} or pass the one that made the data"
+        )
 
 
 def _tokenizer_kind(cfg: DynamicsTrainConfig) -> type:
@@ -70,18 +74,28 @@ class DynamicsComponent(Component):
                 raise ValueError(f"--tokenizer {cfg.tokenizer}: {e}") from None
         tok, _, tok_prov = _frozen_run("--tokenizer", cfg.tokenizer, cfg.tokenizer_step, cfg.tokenizer_hash, tok_kind)
         if tuple(tok.image_size) != data_shape:
-            raise DataError(f"--tokenizer {cfg.tokenizer} was trained on {list(tok.image_size)} frames but --data "
-                            f"{cfg.data} holds {list(data_shape)} frames")
+            raise DataError(
+                f"--tokenizer {cfg.tokenizer} was trained on {list(tok.image_size)} frames but --data "
+                f"{cfg.data} holds {list(data_shape)} frames"
+            )
         if "tokens" in arrays:
             if family.continuous:
-                raise DataError(f"--data {cfg.data} holds token ids; the {family.family} dynamics trains on frames "
-                                f"(its MAE latents are computed on the fly)")
+                raise DataError(
+                    f"--data {cfg.data} holds token ids; the {family.family} dynamics trains on frames "
+                    f"(its MAE latents are computed on the fly)"
+                )
             _check_data_provenance(cfg.data, meta, "tokenizer", tok_prov, "--tokenizer")
         family.check_sampling(cfg.val_sampling, tok.model)
         models = {"mae_model": tok.model} if family.continuous else {"tokenizer_model": tok.model}
-        cfg = dataclasses.replace(cfg, **models, tokenizer_window=tok.seq_len, image_size=data_shape,
-                                  tokenizer_step=tok_prov["step"], tokenizer_hash=tok_prov["hash"],
-                                  num_actions=int(meta["num_actions"]))
+        cfg = dataclasses.replace(
+            cfg,
+            **models,
+            tokenizer_window=tok.seq_len,
+            image_size=data_shape,
+            tokenizer_step=tok_prov["step"],
+            tokenizer_hash=tok_prov["hash"],
+            num_actions=int(meta["num_actions"]),
+        )
         if mode == "gt" and "actions" not in arrays:
             raise DataError(f"--gt-actions: dataset {cfg.data} has no actions (num_actions is 0 in its metadata.json)")
         if mode == "co-train" and "frames" not in arrays:
@@ -89,20 +103,27 @@ class DynamicsComponent(Component):
         if cfg.lam is not None:
             lam, _, lam_prov = _frozen_run("--lam", cfg.lam, cfg.lam_step, cfg.lam_hash, LAMTrainConfig)
             if tuple(lam.image_size) != data_shape:
-                raise DataError(f"--lam {cfg.lam} was trained on {list(lam.image_size)} frames, the data holds {list(data_shape)}")
+                raise DataError(
+                    f"--lam {cfg.lam} was trained on {list(lam.image_size)} frames, the data holds {list(data_shape)}"
+                )
             if mode == "frozen" and "frames" not in arrays:
                 if "latent_actions" not in arrays:
-                    raise DataError(f"--data {cfg.data} holds tokens without latent actions; re-run `jasmine data "
-                                    f"tokenize` with --lam")
+                    raise DataError(
+                        f"--data {cfg.data} holds tokens without latent actions; re-run `jasmine data "
+                        f"tokenize` with --lam"
+                    )
                 _check_data_provenance(cfg.data, meta, "lam", lam_prov, "--lam")
-            cfg = dataclasses.replace(cfg, lam_model=lam.model, lam_window=lam.seq_len, lam_step=lam_prov["step"],
-                                      lam_hash=lam_prov["hash"])
+            cfg = dataclasses.replace(
+                cfg, lam_model=lam.model, lam_window=lam.seq_len, lam_step=lam_prov["step"], lam_hash=lam_prov["hash"]
+            )
         elif mode == "co-train":
             cfg = dataclasses.replace(cfg, lam_window=cfg.lam_window or cfg.seq_len)
         if mode == "co-train" and (cfg.lam_window < 2 or (cfg.seq_len - 1) % (cfg.lam_window - 1)):
-            raise ValueError(f"--co-train-lam: the LAM's windows of {cfg.lam_window} frames (its seq_len) must tile the "
-                             f"{cfg.seq_len - 1} transitions of --seq-len {cfg.seq_len}: seq_len - 1 must be a multiple "
-                             f"of {cfg.lam_window - 1}")
+            raise ValueError(
+                f"--co-train-lam: the LAM's windows of {cfg.lam_window} frames (its seq_len) must tile the "
+                f"{cfg.seq_len - 1} transitions of --seq-len {cfg.seq_len}: seq_len - 1 must be a multiple "
+                f"of {cfg.lam_window - 1}"
+            )
         return cfg
 
     def batch_keys(self, cfg: DynamicsTrainConfig) -> tuple[str, ...]:
@@ -117,27 +138,48 @@ class DynamicsComponent(Component):
         return cfg.lam_window or cfg.seq_len
 
     def build(self, cfg: DynamicsTrainConfig, rngs: nnx.Rngs, *, pretrained: bool = True) -> Genie:
-        genie = Genie(cfg.frame_tokenizer, cfg.model, cfg.image_size, action_source="gt" if cfg.gt_actions else "lam",
-                      lam_cfg=cfg.lam_model, num_actions=cfg.num_actions, tokenizer_window=cfg.tokenizer_window or 1,
-                      lam_window=self._lam_window(cfg), family=cfg.dynamics, prec=precision(cfg), attention=cfg.attention,
-                      remat=cfg.remat, rngs=rngs)
+        genie = Genie(
+            cfg.frame_tokenizer,
+            cfg.model,
+            cfg.image_size,
+            action_source="gt" if cfg.gt_actions else "lam",
+            lam_cfg=cfg.lam_model,
+            num_actions=cfg.num_actions,
+            tokenizer_window=cfg.tokenizer_window or 1,
+            lam_window=self._lam_window(cfg),
+            family=cfg.dynamics,
+            prec=precision(cfg),
+            attention=cfg.attention,
+            remat=cfg.remat,
+            rngs=rngs,
+        )
         if pretrained:
-            nnx.update(genie.tokenizer, nnx.state(_frozen_run("--tokenizer", cfg.tokenizer, cfg.tokenizer_step,
-                                                              cfg.tokenizer_hash, _tokenizer_kind(cfg))[1]))
+            nnx.update(
+                genie.tokenizer,
+                nnx.state(
+                    _frozen_run(
+                        "--tokenizer", cfg.tokenizer, cfg.tokenizer_step, cfg.tokenizer_hash, _tokenizer_kind(cfg)
+                    )[1]
+                ),
+            )
             if cfg.lam is not None:
-                nnx.update(genie.lam, nnx.state(_frozen_run("--lam", cfg.lam, cfg.lam_step, cfg.lam_hash,
-                                                            LAMTrainConfig)[1]))
+                nnx.update(
+                    genie.lam, nnx.state(_frozen_run("--lam", cfg.lam, cfg.lam_step, cfg.lam_hash, LAMTrainConfig)[1])
+                )
         return genie
 
     def trainable(self, cfg: DynamicsTrainConfig):
-        roots = {"dynamics"} | ({"lam"} if cfg.co_train_lam else set()) | ({"action_embed"} if cfg.gt_actions else set())
+        roots = (
+            {"dynamics"} | ({"lam"} if cfg.co_train_lam else set()) | ({"action_embed"} if cfg.gt_actions else set())
+        )
         return lambda path, value: isinstance(value, nnx.Param) and path[0] in roots
 
     def loss(self, model: Genie, batch, rng, cfg: DynamicsTrainConfig, *, training: bool):
         k_mask, k_lam, k_noise = jax.random.split(rng, 3)
         ids_BTN = model.tokens(batch)
-        a_BTA, lam_out = model.frame_conditioning(batch, lam_rng=k_lam if training else None,
-                                                  co_train=cfg.co_train_lam, detach=cfg.detach_lam)
+        a_BTA, lam_out = model.frame_conditioning(
+            batch, lam_rng=k_lam if training else None, co_train=cfg.co_train_lam, detach=cfg.detach_lam
+        )
         loss, metrics = model.dynamics.loss(ids_BTN, a_BTA, jnp.stack([k_mask, k_noise]), training=training)
         aux = {}
         if lam_out is not None:
@@ -148,7 +190,9 @@ class DynamicsComponent(Component):
         return loss, metrics, aux
 
     def after_update(self, model: Genie, aux, rng, cfg: DynamicsTrainConfig):
-        return reset_codes(model.lam.vq, aux, rng, cfg.lam_model.dead_code_reset_steps, "lam_") if cfg.co_train_lam else {}
+        return (
+            reset_codes(model.lam.vq, aux, rng, cfg.lam_model.dead_code_reset_steps, "lam_") if cfg.co_train_lam else {}
+        )
 
     def evaluate(self, model: Genie, batch, rng, cfg: DynamicsTrainConfig):
         """Teacher-forced masked-token metrics; the last frame generated from all others; a rollout from frame 0."""
@@ -159,15 +203,20 @@ class DynamicsComponent(Component):
             metrics["full_frame_token_accuracy"] = jnp.mean(pred_BTN[:, t] == ids_BTN[:, t])
         target_BTHWC = to_unit(batch["frames"]) if "frames" in batch else model.decode(ids_BTN)
         suffix = "" if "frames" in batch else "_vs_tokenizer"
-        metrics |= {f"full_frame_{k}{suffix}": v
-                    for k, v in image_metrics(target_BTHWC[:, t:], model.decode(pred_BTN)[:, t:]).items()}
+        metrics |= {
+            f"full_frame_{k}{suffix}": v
+            for k, v in image_metrics(target_BTHWC[:, t:], model.decode(pred_BTN)[:, t:]).items()
+        }
         gen_BTN = self._rollout(model, batch, rng, cfg)
         T = gen_BTN.shape[1]
         psnr, ssim = frame_psnr_ssim(target_BTHWC[:, 1:T], model.decode(gen_BTN)[:, 1:])
         copy_psnr, _ = frame_psnr_ssim(target_BTHWC[:, 1:T], jnp.repeat(target_BTHWC[:, :1], T - 1, axis=1))
-        metrics |= {f"rollout_psnr{suffix}": psnr.mean(), f"rollout_ssim{suffix}": ssim.mean(),
-                    f"rollout_copy_last_psnr{suffix}": copy_psnr.mean(),
-                    f"rollout_psnr_minus_copy_last{suffix}": (psnr - copy_psnr).mean()}
+        metrics |= {
+            f"rollout_psnr{suffix}": psnr.mean(),
+            f"rollout_ssim{suffix}": ssim.mean(),
+            f"rollout_copy_last_psnr{suffix}": copy_psnr.mean(),
+            f"rollout_psnr_minus_copy_last{suffix}": (psnr - copy_psnr).mean(),
+        }
         return metrics
 
     def _full_frame(self, model: Genie, batch, rng, cfg: DynamicsTrainConfig):
@@ -203,7 +252,10 @@ class DynamicsComponent(Component):
         tok_n = (h // cfg.frame_tokenizer.patch_size) * (w // cfg.frame_tokenizer.patch_size)
         lam_n = (h // cfg.lam_model.patch_size) * (w // cfg.lam_model.patch_size)
         lam_frames = B * max(-(-(T - 1) // (L - 1)), 1) * L  # frames in the LAM's windows
-        size = lambda prefix: sum(v for k, v in params.items() if k.startswith(prefix))
+
+        def size(prefix):
+            return sum(v for k, v in params.items() if k.startswith(prefix))
+
         flops = 6.0 * (size("dynamics") + size("action_embed")) * self.tokens_per_batch(cfg)
         if inputs == "frames":
             flops += 2.0 * (size("tokenizer/encoder") + size("tokenizer/vq")) * B * -(-T // S) * S * tok_n

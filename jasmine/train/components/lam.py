@@ -10,16 +10,28 @@ from flax import nnx
 
 from jasmine.config import LAMTrainConfig
 from jasmine.models.lam import LatentActionModel
-from jasmine.train.components.base import (Component, codebook_metrics, image_metrics, precision, register, reset_codes,
-                                           to_unit)
+from jasmine.train.components.base import (
+    Component,
+    codebook_metrics,
+    image_metrics,
+    precision,
+    register,
+    reset_codes,
+    to_unit,
+)
 
 
 def lam_terms(pred, target, aux, mcfg, prefix: str = ""):
     """Loss, metrics and aux (counts, predictions) of the LAM from its predictions and VQ outputs."""
     mse = jnp.mean((pred - target) ** 2)
     loss = mse + aux["codebook_loss"] + mcfg.commitment_weight * aux["commitment_loss"]
-    metrics = {f"{prefix}loss": loss, f"{prefix}mse": mse, f"{prefix}codebook_loss": aux["codebook_loss"],
-               f"{prefix}commitment_loss": aux["commitment_loss"], **codebook_metrics(aux["code_counts"], prefix)}
+    metrics = {
+        f"{prefix}loss": loss,
+        f"{prefix}mse": mse,
+        f"{prefix}codebook_loss": aux["codebook_loss"],
+        f"{prefix}commitment_loss": aux["commitment_loss"],
+        **codebook_metrics(aux["code_counts"], prefix),
+    }
     if not prefix:
         metrics["psnr"] = -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
     keep = {k: aux[k] for k in ("code_counts", "inputs", "best_sim") if k in aux}
@@ -31,8 +43,9 @@ class LAMComponent(Component):
     config_cls = LAMTrainConfig
 
     def build(self, cfg: LAMTrainConfig, rngs: nnx.Rngs, *, pretrained: bool = True) -> LatentActionModel:
-        return LatentActionModel(cfg.model, cfg.image_size, prec=precision(cfg), attention=cfg.attention,
-                                 remat=cfg.remat, rngs=rngs)
+        return LatentActionModel(
+            cfg.model, cfg.image_size, prec=precision(cfg), attention=cfg.attention, remat=cfg.remat, rngs=rngs
+        )
 
     def _terms(self, model: LatentActionModel, x_BTHWC, rng, cfg: LAMTrainConfig):
         pred_BT1HWC, _, _, aux = model(x_BTHWC, rng=rng)

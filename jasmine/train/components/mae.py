@@ -18,23 +18,32 @@ class MAEComponent(Component):
     config_cls = MAETrainConfig
 
     def build(self, cfg: MAETrainConfig, rngs: nnx.Rngs, *, pretrained: bool = True) -> MAETokenizer:
-        return MAETokenizer(cfg.model, cfg.image_size, prec=precision(cfg), attention=cfg.attention, remat=cfg.remat,
-                            rngs=rngs)
+        return MAETokenizer(
+            cfg.model, cfg.image_size, prec=precision(cfg), attention=cfg.attention, remat=cfg.remat, rngs=rngs
+        )
 
     def loss(self, model: MAETokenizer, batch, rng, cfg: MAETrainConfig, *, training: bool):
         x_BTHWC = to_unit(batch["frames"])
         recon_BTHWC, z_BTNL, mask_BTN = model(x_BTHWC, rng=rng if training else None)
         mse = jnp.mean((recon_BTHWC - x_BTHWC) ** 2)
-        metrics = {"loss": mse, "mse": mse, "psnr": -10.0 * jnp.log10(jnp.maximum(mse, 1e-10)),
-                   "mask_rate": mask_BTN.mean(), "latent_abs": jnp.abs(z_BTNL).mean()}
+        metrics = {
+            "loss": mse,
+            "mse": mse,
+            "psnr": -10.0 * jnp.log10(jnp.maximum(mse, 1e-10)),
+            "mask_rate": mask_BTN.mean(),
+            "latent_abs": jnp.abs(z_BTNL).mean(),
+        }
         return mse, metrics, {}
 
     def evaluate(self, model: MAETokenizer, batch, rng, cfg: MAETrainConfig):
         """Validation reconstructs unmasked frames: what the diffusion dynamics and eval's ceiling see."""
         x_BTHWC = to_unit(batch["frames"])
         recon_BTHWC, z_BTNL, _ = model(x_BTHWC)
-        return {"loss": jnp.mean((recon_BTHWC - x_BTHWC) ** 2), **image_metrics(x_BTHWC, recon_BTHWC),
-                "latent_abs": jnp.abs(z_BTNL).mean()}
+        return {
+            "loss": jnp.mean((recon_BTHWC - x_BTHWC) ** 2),
+            **image_metrics(x_BTHWC, recon_BTHWC),
+            "latent_abs": jnp.abs(z_BTNL).mean(),
+        }
 
     def preview(self, model: MAETokenizer, batch, cfg: MAETrainConfig):
         x_BTHWC = to_unit(batch["frames"][:1])

@@ -10,8 +10,15 @@ from flax import nnx
 
 from jasmine.config import TokenizerTrainConfig
 from jasmine.models.tokenizer import Tokenizer
-from jasmine.train.components.base import (Component, codebook_metrics, image_metrics, precision, register, reset_codes,
-                                           to_unit)
+from jasmine.train.components.base import (
+    Component,
+    codebook_metrics,
+    image_metrics,
+    precision,
+    register,
+    reset_codes,
+    to_unit,
+)
 
 
 class TokenizerComponent(Component):
@@ -19,8 +26,9 @@ class TokenizerComponent(Component):
     config_cls = TokenizerTrainConfig
 
     def build(self, cfg: TokenizerTrainConfig, rngs: nnx.Rngs, *, pretrained: bool = True) -> Tokenizer:
-        return Tokenizer(cfg.model, cfg.image_size, prec=precision(cfg), attention=cfg.attention, remat=cfg.remat,
-                         rngs=rngs)
+        return Tokenizer(
+            cfg.model, cfg.image_size, prec=precision(cfg), attention=cfg.attention, remat=cfg.remat, rngs=rngs
+        )
 
     def _forward(self, model: Tokenizer, batch, rng, cfg: TokenizerTrainConfig):
         x_BTHWC = to_unit(batch["frames"])

@@ -54,7 +54,9 @@ class TokenizeArgs:
 def encode_windows(fn, episodes: list[np.ndarray], size: int, stride: int, batch: int) -> list[np.ndarray]:
     """Apply ``fn`` to windows of ``size`` frames every ``stride`` frames of each episode (zero-padded,
     batched across episodes); per episode, the outputs [windows, size, ...]."""
-    jobs = [(e, s) for e, frames in enumerate(episodes) for s in range(0, max(len(frames) - (size - stride), 1), stride)]
+    jobs = [
+        (e, s) for e, frames in enumerate(episodes) for s in range(0, max(len(frames) - (size - stride), 1), stride)
+    ]
     results: list[list[np.ndarray]] = [[] for _ in episodes]
     for b in range(0, len(jobs), batch):
         part = jobs[b : b + batch]
@@ -77,9 +79,12 @@ def _bind(module: nnx.Module, fn):
 
 def _encode_episodes(frames: list[np.ndarray], encode, S: int, lam_fn, L: int, batch: int) -> list[dict]:
     """Per episode: tokens [T, N] on chunks of S; latent actions [T] (entry t leads to frame t) on LAM windows."""
-    outs = [{"tokens": w.reshape(-1, w.shape[-1])[: len(f)]} for f, w in zip(frames, encode_windows(encode, frames, S, S, batch))]
+    outs = [
+        {"tokens": w.reshape(-1, w.shape[-1])[: len(f)]}
+        for f, w in zip(frames, encode_windows(encode, frames, S, S, batch), strict=False)
+    ]
     if lam_fn is not None:
-        for out, f, w in zip(outs, frames, encode_windows(lam_fn, frames, L, L - 1, batch)):
+        for out, f, w in zip(outs, frames, encode_windows(lam_fn, frames, L, L - 1, batch), strict=False):
             lat = np.zeros(len(f), np.int32)
             lat[1:] = w[:, : L - 1].reshape(-1)[: len(f) - 1]  # window k gives the actions into frames k(L-1)+1 ...
             out["latent_actions"] = lat
@@ -94,8 +99,10 @@ def tokenize(args: TokenizeArgs) -> dict:
         raise DataError(f"--data {args.data} holds no frames (already tokenized?)")
     tok_cfg, tok, tok_step = load_run(args.tokenizer, args.tokenizer_step)
     if tuple(tok_cfg.image_size) != tuple(meta["frame_shape"]):
-        raise DataError(f"--tokenizer {args.tokenizer} was trained on {list(tok_cfg.image_size)} frames but --data "
-                        f"{args.data} holds {list(meta['frame_shape'])} frames")
+        raise DataError(
+            f"--tokenizer {args.tokenizer} was trained on {list(tok_cfg.image_size)} frames but --data "
+            f"{args.data} holds {list(meta['frame_shape'])} frames"
+        )
     S = tok_cfg.seq_len
     encode = _bind(tok, lambda m, x: m.encode(x.astype(jnp.float32) / 255.0))
     lam_fn, L = None, 0
@@ -111,8 +118,13 @@ def tokenize(args: TokenizeArgs) -> dict:
         out_meta["arrays"]["actions"] = {"dtype": "int32", "shape": []}
     if lam_fn is not None:
         out_meta["arrays"]["latent_actions"] = {"dtype": "int32", "shape": []}
-    out_meta["tokenizer"] = {**provenance(args.tokenizer, tok_step, tok), "config": C.to_dict(tok_cfg.model),
-                             "grid": grid, "vocab": tok_cfg.model.vocab_size, "window": S}
+    out_meta["tokenizer"] = {
+        **provenance(args.tokenizer, tok_step, tok),
+        "config": C.to_dict(tok_cfg.model),
+        "grid": grid,
+        "vocab": tok_cfg.model.vocab_size,
+        "window": S,
+    }
     out_meta["source_dataset"] = str(args.data)
     t0, frames_done = time.perf_counter(), 0
     total = sum(info["records"] for info in meta["splits"].values())
@@ -122,10 +134,12 @@ def tokenize(args: TokenizeArgs) -> dict:
             episode_of = EpisodeIndex(args.data, split).record_episode
             pending: list[list[tuple]] = []  # whole episodes: [(arrays, record meta), ...]
 
-            def flush(writer):
+            def flush(writer, pending=pending, sizes=sizes, split=split):
                 nonlocal frames_done
                 frames = [np.concatenate([a["frames"] for a, _ in ep]) for ep in pending]
-                for ep, out in zip(pending, _encode_episodes(frames, encode, S, lam_fn, L, args.batch_size)):
+                for ep, out in zip(
+                    pending, _encode_episodes(frames, encode, S, lam_fn, L, args.batch_size), strict=False
+                ):
                     start = 0
                     for arrays, rec_meta in ep:
                         n = len(arrays["frames"])
@@ -148,7 +162,10 @@ def tokenize(args: TokenizeArgs) -> dict:
                         pending.append([])
                     pending[-1].append(record)
                 flush(writer)
-            out_meta["splits"][split] = {**info, "shards": [{"file": f"{split}/{f}", "lengths": ls} for f, ls in writer.shards]}
+            out_meta["splits"][split] = {
+                **info,
+                "shards": [{"file": f"{split}/{f}", "lengths": ls} for f, ls in writer.shards],
+            }
     write_json_atomic(args.out / METADATA, out_meta)
     out_meta["seconds"] = time.perf_counter() - t0
     return out_meta

@@ -1,0 +1,72 @@
+"""What the benchmarks share: the matmul peak (the MFU denominator), synthetic batches, and the frozen
+frame tokenizer a dynamics benchmark runs on."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+
+import numpy as np
+
+
+def with_frame_tokenizer(cfg, preset_name: str):
+    """A dynamics config whose family reads MAE latents gets the MAE preset's architecture (benchmarks build
+    untrained models, with no tokenizer run to take it from)."""
+    from jasmine.models.genie import DYNAMICS
+    from jasmine.presets import preset
+
+    if DYNAMICS[cfg.dynamics].continuous and cfg.mae_model is None:
+        return dataclasses.replace(cfg, mae_model=preset("mae", preset_name).model)
+    return cfg
+
+
+@functools.lru_cache
+def matmul_peak(dtype="float32", n: int = 2048, repeats: int = 20) -> float:
+    """Best-of-``repeats`` FLOP/s of an n x n matmul on the default device (the MFU denominator), measured once
+    per process."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.dtype(dtype))
+    # half-precision inputs accumulate in float32: the fastest path (on AVX512-BF16 CPUs about 2x
+    # bf16 -> bf16), so bf16 MFU is measured against the highest peak
+    mm = jax.jit(lambda a, b: jax.lax.dot(a, b, preferred_element_type=jnp.float32))
+    mm(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        mm(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def synthetic_batch(
+    cfg, keys: tuple[str, ...], num_actions: int = 15, seed: int = 0, inputs: str = "frames"
+) -> dict[str, np.ndarray]:
+    """Random batch shaped like the loader's: frames (or tokens + latent actions) and actions."""
+    rng = np.random.default_rng(seed)
+    b, t = cfg.batch_size, cfg.seq_len
+    if inputs == "tokens":
+        tok = cfg.tokenizer_model
+        n = (cfg.image_size[0] // tok.patch_size) * (cfg.image_size[1] // tok.patch_size)
+        batch = {
+            "tokens": rng.integers(0, tok.vocab_size, (b, t, n), dtype=np.int32),
+            "latent_actions": rng.integers(0, cfg.lam_model.vocab_size, (b, t), dtype=np.int32),
+        }
+    else:
+        batch = {"frames": rng.integers(0, 256, (b, t, *cfg.image_size), dtype=np.uint8)}
+    if "actions" in keys:
+        batch["actions"] = rng.integers(0, num_actions, (b, t), dtype=np.int32)
+    return {k: v for k, v in batch.items() if k in keys}
+
+
+def params_by_path(tree) -> dict[str, int]:
+    """Parameter count per '/'-joined path of each leaf."""
+    import jax
+
+    return {
+        "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path): int(np.prod(x.shape))
+        for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }

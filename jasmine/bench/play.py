@@ -1,0 +1,110 @@
+"""`jasmine bench play`: latency from an action to its frame, in-process and over the real WebSocket server."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BenchPlayArgs:
+    """Latency from an action to its frame being ready in ``jasmine play``: median and p95, in-process and
+    through the server on loopback (WebSocket round trip, PNG included)."""
+
+    run: Path | None = None
+    """Dynamics run (default: an untrained model of --preset; the latency does not depend on the weights)."""
+    preset: str = "tiny"
+    """Dynamics preset when no --run is given."""
+    steps: int = 100
+    """Timed actions, after compiling; past the model's seq_len the window slides, as in long play."""
+    websocket: bool = True
+    """Also time the round trip through the play server (needs the play extra)."""
+    seed: int = 0
+
+
+def _play_game(args: BenchPlayArgs):
+    from flax import nnx
+
+    from jasmine.play.world import Bindings, Game, load_game
+    from jasmine.presets import preset
+    from jasmine.sample.clips import num_action_codes
+    from jasmine.sample.rollout import Rollout, SampleOptions
+    from jasmine.train.components import COMPONENTS
+
+    if args.run is not None:
+        return load_game(args.run), f"run {args.run}"
+    cfg = preset("dynamics", args.preset)
+    genie = COMPONENTS["dynamics"].build(cfg, nnx.Rngs(0), pretrained=False)
+    roll = Rollout(genie, cfg.seq_len, SampleOptions(**dataclasses.asdict(cfg.val_sampling)))
+    game = Game(
+        roll,
+        Bindings.for_codes(num_action_codes(genie)),
+        genie.tokenizer.image_shape,
+        tokenizer_window=genie.tokenizer_window,
+        family=genie.dynamics.family,
+        name=f"{args.preset} preset",
+    )
+    return game, f"untrained {args.preset} preset"
+
+
+def _quantiles(ms: list[float]) -> str:
+    return (
+        f"median {np.median(ms):7.1f} ms   p95 {np.percentile(ms, 95):7.1f} ms   ({1000 / np.median(ms):.1f} frames/s)"
+    )
+
+
+def bench_play(args: BenchPlayArgs) -> dict[str, dict[str, float]]:
+    import io
+
+    from PIL import Image
+
+    from jasmine.play.world import World
+
+    game, what = _play_game(args)
+    h, w, c = game.frame_shape
+    rng = np.random.default_rng(args.seed)
+    frame = rng.integers(0, 256, (h, w, c), dtype=np.uint8)
+    codes = rng.integers(0, game.num_codes, args.steps).tolist()
+    window = game.roll.window
+    print(
+        f"play latency, {what}: {game.family} dynamics, {h}x{w}x{c} frames, seq_len {window}, "
+        f"{game.num_codes} actions, sampling {game.roll.opts}"
+    )
+    print(f"  compiled (encode, frames, sliding window, decode) in {game.warm_up():.1f}s")
+    world = World(game, frame[None, None], np.zeros((1, 0), np.int32), args.seed, "bench")
+    ms = []
+    for code in codes:
+        t0 = time.perf_counter()
+        world.step(code)
+        world.message()  # the PNG the page gets
+        ms.append((time.perf_counter() - t0) * 1e3)
+    results = {"in_process": {"median_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95))}}
+    print(f"  in-process, {args.steps} actions   {_quantiles(ms)}")
+    first, slid = ms[: window - 1], ms[window - 1 :]
+    print(f"    frames 1..{window - 1} (within the first window)   {_quantiles(first)}")
+    if slid:
+        print(f"    later frames (window slides: cache re-prefilled)   {_quantiles(slid)}")
+    if args.websocket:
+        from websockets.sync.client import connect
+
+        from jasmine.play.server import Background, make_app
+
+        buf = io.BytesIO()
+        Image.fromarray(frame.squeeze(-1) if c == 1 else frame).save(buf, format="PNG")
+        with Background(make_app(game, seed=args.seed)) as url, connect(url.replace("http", "ws") + "/ws") as ws:
+            ws.recv()  # hello
+            ws.send(buf.getvalue())
+            ws.recv()
+            ms = []
+            for code in codes:
+                t0 = time.perf_counter()
+                ws.send(f'{{"type": "action", "code": {code}}}')
+                ws.recv()
+                ms.append((time.perf_counter() - t0) * 1e3)
+        results["websocket"] = {"median_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95))}
+        print(f"  WebSocket round trip, {args.steps} actions   {_quantiles(ms)}")
+    return results

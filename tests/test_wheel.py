@@ -1,0 +1,77 @@
+"""The package as a user installs it: ``uv build`` makes a wheel holding everything (the play page included), and a
+fresh virtual environment with only that wheel and its locked dependencies runs ``jasmine --help``,
+``jasmine play --help`` and a micro ``jasmine demo`` from outside the source tree."""
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import xla_env
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAY_STATIC = ("jasmine/play/static/index.html", "jasmine/play/static/play.js", "jasmine/play/static/play.css")
+
+
+def uv() -> list[str]:
+    """uv itself: $UV (set by ``uv run``), uv on PATH, or the ``uv`` module of the Python that installed it."""
+    if os.environ.get("UV"):
+        return [os.environ["UV"]]
+    if shutil.which("uv"):
+        return [shutil.which("uv")]
+    for python in ("python3", sys.executable):
+        if subprocess.run([python, "-m", "uv", "--version"], capture_output=True).returncode == 0:
+            return [python, "-m", "uv"]
+    pytest.skip("uv is not installed")
+
+
+def run(cmd: list, **kw) -> str:
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.heavy(later=True)  # after the demo test: the micro demo's programs are then in the compilation cache
+def test_the_wheel_installs_and_runs_the_demo_outside_the_source_tree(tmp_path):
+    pytest.importorskip("procgen")
+    dist, venv, work = tmp_path / "dist", tmp_path / "venv", tmp_path / "elsewhere"
+    run([*uv(), "build", "--wheel", "--out-dir", dist, ROOT], cwd=ROOT)
+    (wheel,) = dist.glob("jasmine-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert set(PLAY_STATIC) <= names, "the play page ships in the wheel"
+    assert not [n for n in names if n.startswith(("tests/", "docs/", "notebooks/"))]
+
+    # the locked versions of the runtime dependencies (already in uv's cache), then the wheel itself
+    reqs = tmp_path / "requirements.txt"
+    run(
+        [
+            *uv(),
+            "export",
+            "--frozen",
+            "--no-dev",
+            "--no-emit-project",
+            "--no-hashes",
+            "--extra",
+            "coinrun",
+            "--extra",
+            "play",
+            "-o",
+            reqs,
+        ],
+        cwd=ROOT,
+    )
+    run([*uv(), "venv", "--quiet", "--python", sys.executable, venv])
+    python = venv / "bin" / "python"
+    run([*uv(), "pip", "install", "--quiet", "--python", python, "-r", reqs, f"{wheel}[coinrun,play]"])
+    work.mkdir()
+    jasmine = venv / "bin" / "jasmine"
+    env = {k: v for k, v in xla_env(1).items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    where = run([python, "-c", "import jasmine; print(jasmine.__file__)"], cwd=work, env=env)
+    assert str(venv) in where and str(ROOT) not in where, where
+    assert "jasmine demo" in run([jasmine, "--help"], cwd=work, env=env)
+    assert "--max-sessions" in run([jasmine, "play", "--help"], cwd=work, env=env)
+    out = run([jasmine, "demo", "--preset", "micro", "--out", work / "demo"], cwd=work, env=env)
+    assert "[demo] done" in out and (work / "demo" / "eval" / "report.md").exists()

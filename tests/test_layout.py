@@ -52,7 +52,7 @@ def test_relayout_round_trip_keeps_every_episode(tmp_path):
 
 def test_relayout_errors_are_named(tmp_path):
     write_synthetic(tmp_path / "v2")
-    with pytest.raises(DataError, match="is the source dataset"):
+    with pytest.raises(DataError, match="is the input"):
         relayout(tmp_path / "v2", tmp_path / "v2", 3)
     with pytest.raises(DataError, match=r"no split 'test' \(have \['train', 'val'\]\)"):
         relayout(tmp_path / "v2", tmp_path / "x", 3, splits=("test",))

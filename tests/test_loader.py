@@ -176,7 +176,8 @@ def test_record_of_wrong_shape_or_dtype_is_named(synthetic_dir):
 
 
 def test_killed_generation_leaves_no_readable_half_shard(tmp_path):
-    """SIGKILL a writer mid-shard: no metadata, only complete shards, and the loader refuses the directory."""
+    """SIGKILL a writer mid-shard: no dataset at --out, only complete shards in the staged copy, which the loader
+    refuses."""
     root = tmp_path / "ds"
     script = textwrap.dedent(f"""
         import sys, time
@@ -197,12 +198,16 @@ def test_killed_generation_leaves_no_readable_half_shard(tmp_path):
     proc.wait()
     from array_record.python.array_record_module import ArrayRecordReader
 
-    shards = sorted((root / "train").glob("*.array_record"))
-    assert shards and list((root / "train").glob("*.tmp"))  # finished shards plus the one cut short
+    assert not root.exists()  # the dataset is written beside it and swapped in only when complete
+    (staged,) = tmp_path.glob(".ds.jasmine-tmp-*")
+    shards = sorted((staged / "train").glob("*.array_record"))
+    assert shards and list((staged / "train").glob("*.tmp"))  # finished shards plus the one cut short
     for shard in shards:
         assert ArrayRecordReader(str(shard)).num_records() == 4
-    with pytest.raises(DataError, match="no metadata.json.*interrupted generation"):
+    with pytest.raises(DataError, match="does not exist"):
         loader(root)
+    with pytest.raises(DataError, match="no metadata.json.*interrupted generation"):
+        loader(staged)
 
 
 def test_corrupt_record_inside_a_valid_shard_is_named(synthetic_dir):

@@ -4,6 +4,7 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import replace
@@ -163,9 +164,14 @@ def test_uploads_are_checked(game):
 
 
 def test_every_bad_message_gets_a_clear_error_and_the_session_goes_on(game):
-    from jasmine.play.server import Session
+    from jasmine.play.server import Session, parse
 
     s = Session(game, seed=0)
+
+    def ask(text):  # as the server does: parse (before the model lock), handle, then encode what is deferred
+        reply = s.handle(parse(text), None, 1000)
+        return reply() if callable(reply) else reply
+
     cases = [
         ("not json", "malformed message"),
         ("[1, 2]", 'JSON object with a string "type"'),
@@ -178,8 +184,8 @@ def test_every_bad_message_gets_a_clear_error_and_the_session_goes_on(game):
     ]
     for text, why in cases:
         with pytest.raises(PlayError, match=why):
-            s.handle(text, None, 1000)
-    assert s.handle('{"type": "level"}', None, 1000)["type"] == "frame"
+            ask(text)
+    assert ask('{"type": "level"}')["type"] == "frame"
     for text, why in [
         ('{"type": "action"}', 'needs "code"'),
         ('{"type": "action", "code": 4}', "unknown action 4"),
@@ -188,13 +194,14 @@ def test_every_bad_message_gets_a_clear_error_and_the_session_goes_on(game):
         ('{"type": "action", "code": 1.0}', "unknown action 1.0"),
     ]:
         with pytest.raises(PlayError, match=why):
-            s.handle(text, None, 1000)
+            ask(text)
     with pytest.raises(PlayError, match=r"the upload is 0.0 MiB; at most 0.0 MiB"):
         s.handle(None, b"x" * 1001, 1000)
-    reply = s.handle('{"type": "action", "code": 2}', None, 1000)
+    reply = ask('{"type": "action", "code": 2}')
     assert reply["t"] == 1 and reply["code"] == 2 and reply["image"].startswith("data:image/png;base64,")
-    assert s.handle('{"type": "reset"}', None, 1000)["t"] == 0
-    gif = s.handle('{"type": "gif"}', None, 1000)
+    assert ask('{"type": "reset"}')["t"] == 0
+    assert callable(s.handle(parse('{"type": "gif"}'), None, 1000)), "the GIF is encoded after the lock"
+    gif = ask('{"type": "gif"}')
     assert gif["frames"] == 1 and base64.b64decode(gif["data"])[:6] == b"GIF89a"
 
 
@@ -207,7 +214,7 @@ def test_tabs_do_not_disturb_each_other_and_idle_ones_are_freed(game):
     def frames_of(ws, codes):
         return [ws.receive_json()["image"] for _ in [ws.send_json({"type": "action", "code": c}) for c in codes]]
 
-    app = make_app(game, max_sessions=2, idle_s=0.6)
+    app = make_app(game, max_sessions=2, idle_s=0.6, host="testserver")  # the name TestClient uses
     with TestClient(app) as client:
         with client.websocket_connect("/ws") as a:
             assert a.receive_json()["type"] == "hello"
@@ -286,6 +293,50 @@ def test_fuzz_on_loopback_then_play_still_works(game):
             assert json.loads(ws.recv(timeout=60))["t"] == 1
 
 
+def test_only_the_servers_own_pages_may_play(game):
+    """A real uvicorn server on loopback: a WebSocket from a foreign Origin and a request with a foreign Host (DNS
+    rebinding) are refused; its own page is served with a CSP; beyond loopback the token is required."""
+    import httpx
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    from jasmine.play.server import Background, make_app
+
+    with Background(make_app(game)) as url:
+        ws_url, host = url.replace("http", "ws") + "/ws", url.split("//")[1]
+        page = httpx.get(url + "/")
+        assert page.status_code == 200 and "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        assert httpx.get(url + "/", headers={"Host": f"evil.example:{host.split(':')[1]}"}).status_code == 403
+        assert httpx.get(url + "/static/play.js", headers={"Host": "evil.example"}).status_code == 403
+        with pytest.raises(InvalidStatus) as refused:
+            connect(ws_url, origin="http://evil.example")
+        assert refused.value.response.status_code == 403
+        with pytest.raises(InvalidStatus):
+            connect(ws_url, additional_headers={"Host": "evil.example"})
+        with connect(ws_url, origin=url) as ws:  # the page's own origin
+            assert json.loads(ws.recv())["type"] == "hello"
+    with Background(make_app(game, host="0.0.0.0", token="s3cret")) as url:  # as `--host 0.0.0.0` would be served
+        ws_url = url.replace("http", "ws") + "/ws"
+        for bad in ("", "?token=guess"):
+            with pytest.raises(InvalidStatus):
+                connect(ws_url + bad)
+        with connect(ws_url + "?token=s3cret") as ws:
+            hello = json.loads(ws.recv())
+            assert hello["type"] == "hello" and "/" not in hello["run"], "no paths are sent to clients"
+
+
+def test_a_worlds_history_is_bounded(game, monkeypatch):
+    from jasmine.play import world as W
+
+    monkeypatch.setattr(W, "HISTORY", 3)
+    episode, frames, _ = game.levels.get(0)
+    world = World(game, frames[None], np.zeros((1, 0), np.int32), 0, "t")
+    for c in [1, 2, 3, 0, 1, 2]:
+        world.step(c)
+    assert len(world.frames) == 3 and world.message()["t"] == 6 and len(world.codes) <= 2
+    assert world.gif_frames().shape[0] == 3
+
+
 def test_play_refuses_runs_of_the_wrong_kind(runs, play_runs):
     out = cli("play", "--run", runs / "tok")  # an error message, not an exception
     assert out.returncode != 0 and "is a TokenizerTrainConfig run; sampling needs a dynamics run" in out.stderr
@@ -298,7 +349,7 @@ def test_play_refuses_runs_of_the_wrong_kind(runs, play_runs):
         load_game(play_runs / "dyn", play_runs / "data", context=5)
 
 
-def test_a_real_browser_plays(game, tmp_path):
+def test_a_real_browser_plays(game, tmp_path, monkeypatch):
     """Headless Chromium opens the page, starts a level, presses keys and sees frames that depend on the action."""
     if CHROMIUM is None:
         if os.environ.get("JASMINE_REQUIRE_BROWSER") or os.environ.get("CI"):
@@ -307,9 +358,27 @@ def test_a_real_browser_plays(game, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     from jasmine.play.server import Background, make_app
 
+    info = game.info
+    markup = '<img src=x onerror="document.body.dataset.xss=1">'
+
+    def info_with_markup():  # a dataset whose action names hold markup
+        hello = info()
+        hello["codes"][0] = {**hello["codes"][0], "label": markup}
+        return hello
+
+    monkeypatch.setattr(game, "info", info_with_markup)
     with Background(make_app(game)) as url, sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page()
+        strict = browser.new_page()  # under the page's own CSP (no eval), the page connects and plays
+        response = strict.goto(url)
+        assert "script-src 'self'" in response.headers["content-security-policy"]
+        sync_api.expect(strict.locator("#conn")).to_have_text("connected", timeout=60_000)
+        sync_api.expect(strict.locator("#world")).to_have_attribute(
+            "src", re.compile("^data:image/png"), timeout=60_000
+        )
+        strict.keyboard.press("2")
+        sync_api.expect(strict.locator("#frame-count")).to_have_text("1", timeout=60_000)
+        page = browser.new_page(bypass_csp=True)  # the checks below evaluate JavaScript, which the CSP forbids
         page.goto(url)
 
         def frames():
@@ -317,6 +386,8 @@ def test_a_real_browser_plays(game, tmp_path):
 
         page.wait_for_function("document.body.dataset.frames === '1'", timeout=60_000)  # the level's first frame
         assert page.locator("#actions button.action").count() == game.num_codes
+        assert markup in page.text_content("#actions button.action >> nth=0"), "labels are shown as text"
+        assert page.evaluate("document.body.dataset.xss") is None and page.locator("#actions img").count() == 0
         shown = {}
         for key in ["1", "2"]:
             before = frames()

@@ -214,12 +214,15 @@ def test_extending_a_wsd_run_from_its_stable_phase_equals_the_longer_run(data16,
     from jasmine.train.runs import checkpoint_steps
 
     assert 3 in checkpoint_steps(tmp_path / "short")  # the decay's first step is always kept
-    with pytest.raises(
-        ValueError,
-        match=r"--steps 10 changes the learning rate of steps already taken \(step 3: .*"
-        r"--init-from .*short --init-step 3",
-    ):
-        train(tiny_cfg(data16, tmp_path / "short", steps=10, resume=True, **kw), TOK, progress=False)
+    saved = (tmp_path / "short" / "config.json").read_text()
+    for _ in range(2):  # refused, and refused again: the refusal leaves the run's config.json as it was
+        with pytest.raises(
+            ValueError,
+            match=r"--steps 10 changes the learning rate of steps already taken \(step 3: .*"
+            r"--init-from .*short --init-step 3",
+        ):
+            train(tiny_cfg(data16, tmp_path / "short", steps=10, resume=True, **kw), TOK, progress=False)
+        assert (tmp_path / "short" / "config.json").read_text() == saved
     extended = train(
         tiny_cfg(data16, tmp_path / "ext", steps=10, init_from=tmp_path / "short", init_step=3, **kw),
         TOK,

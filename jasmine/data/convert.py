@@ -26,6 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from jasmine.data.dataset import DataError, DatasetWriter
+from jasmine.data.output import check_output
 
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".gif", ".mov")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
@@ -192,6 +193,7 @@ def convert(args: ConvertArgs, kind: Literal["video", "images"]) -> dict:
     hw = frame_size(args.size)
     if args.chunk_len < 1 or args.min_len < 1 or args.workers < 0:
         raise DataError("--chunk-len and --min-len must be >= 1 and --workers >= 0")
+    check_output(args.out, args.overwrite, inputs=args.inputs)  # before reading a single source
     sources = find_sources(args.inputs, kind)
     splits = assign_splits(sources, args.val_fraction, args.test_fraction, args.seed)
     fps = getattr(args, "fps", 0.0)
@@ -209,6 +211,7 @@ def convert(args: ConvertArgs, kind: Literal["video", "images"]) -> dict:
         chunk_len=args.chunk_len,
         records_per_shard=args.records_per_shard,
         overwrite=args.overwrite,
+        inputs=args.inputs,
     )
     jobs = [(split, p) for split in ("train", "val", "test") for p in splits[split]]
     errors, short, kept = [], [], {s: [] for s in splits}

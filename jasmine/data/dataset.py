@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from jasmine.data.actions import COINRUN_ACTION_MEANINGS
+from jasmine.data.output import Staging
 from jasmine.data.records import (
     FORMAT_VERSION,
     SHARD_SUFFIX,
@@ -71,8 +72,10 @@ class SplitInfo:
 class DatasetWriter:
     """Writes episodes, chunked to ``chunk_len`` frames, into ``root/<split>/`` shards.
 
-    ``metadata.json`` is removed on open and rewritten atomically by :meth:`finish`, so a
-    dataset is only ever readable once every shard of every split is complete.
+    Everything is written into a hidden sibling of ``root`` and swapped in by :meth:`finish` (with
+    ``metadata.json`` last), so a dataset is only ever readable once every shard of every split is complete, and an
+    old dataset stays readable until then. What ``root`` may hold, and which ``inputs`` it must stay clear of:
+    ``jasmine.data.output``.
     """
 
     def __init__(
@@ -87,16 +90,12 @@ class DatasetWriter:
         records_per_shard: int | None = None,
         overwrite: bool = False,
         format_version: int = FORMAT_VERSION,
+        inputs: Iterable[str | Path] = (),
     ):
         self.root = Path(root)
-        if (self.root / METADATA).exists() and not overwrite:
-            raise DataError(f"{self.root} already holds a dataset ({METADATA} exists); pass --overwrite to replace it")
-        (self.root / METADATA).unlink(missing_ok=True)
-        for split in SPLITS:
-            shutil.rmtree(self.root / split, ignore_errors=True)
-        self.root.mkdir(parents=True, exist_ok=True)
         if format_version not in READABLE_VERSIONS:
             raise DataError(f"--format-version {format_version}: this jasmine writes {list(READABLE_VERSIONS)}")
+        self.staging = Staging(self.root, overwrite=overwrite, inputs=inputs)
         self.format_version = format_version
         self.frame_shape, self.num_actions, self.source = tuple(frame_shape), num_actions, source
         self.generator = generator
@@ -116,7 +115,7 @@ class DatasetWriter:
         """Append one episode given as named arrays with a leading time axis (frames, or tokens, ...)."""
         if split not in self._writers:
             self._writers[split] = ShardWriter(
-                self.root / split, self.records_per_shard, SHARD_OPTIONS[self.format_version]
+                self.staging.path / split, self.records_per_shard, SHARD_OPTIONS[self.format_version]
             )
             self.splits[split] = SplitInfo()
         info, writer = self.splits[split], self._writers[split]
@@ -132,6 +131,7 @@ class DatasetWriter:
     def abort(self) -> None:
         for writer in self._writers.values():
             writer.abort()
+        self.staging.abort()
 
     def finish(self, **split_extra: dict[str, Any]) -> dict[str, Any]:
         """Close all shards and write ``metadata.json``; returns the metadata."""
@@ -158,7 +158,8 @@ class DatasetWriter:
                 for s, i in self.splits.items()
             },
         }
-        write_json_atomic(self.root / METADATA, meta)
+        write_json_atomic(self.staging.path / METADATA, meta)
+        self.staging.commit()
         return meta
 
 
@@ -294,8 +295,9 @@ def relayout(
     from tqdm import tqdm
 
     meta = read_metadata(src)
-    if Path(dst).resolve() == Path(src).resolve():
-        raise DataError(f"--out {dst} is the source dataset; write the new layout elsewhere")
+    chosen = {s: i for s, i in meta["splits"].items() if splits is None or s in splits}
+    for split in set(splits or ()) - set(chosen):
+        raise DataError(f"{Path(src) / METADATA}: no split {split!r} (have {sorted(meta['splits'])})")
     writer = DatasetWriter(
         dst,
         frame_shape=tuple(meta["frame_shape"]),
@@ -305,6 +307,7 @@ def relayout(
         chunk_len=chunk_len,
         overwrite=overwrite,
         format_version=format_version,
+        inputs=[src],
     )
     extra = {
         k: v
@@ -312,29 +315,31 @@ def relayout(
         if k
         not in ("format", "format_version", "frame_shape", "num_actions", "source", "chunk_len", "generator", "splits")
     }
-    chosen = {s: i for s, i in meta["splits"].items() if splits is None or s in splits}
-    for split in set(splits or ()) - set(chosen):
-        raise DataError(f"{Path(src) / METADATA}: no split {split!r} (have {sorted(meta['splits'])})")
     total = sum(info["records"] for info in chosen.values())
-    with tqdm(total=total, unit="rec", desc=f"relayout to format {format_version}", dynamic_ncols=True) as bar:
-        for split, info in chosen.items():
-            lengths = list(info.get("episode_lengths") or [])  # unknown: every record is its own episode
-            episode: list[tuple[dict, dict]] = []
-            for arrays, rec_meta in iter_records(src, meta, split):
-                episode.append((arrays, rec_meta))
-                bar.update()
-                done = sum(len(next(iter(a.values()))) for a, _ in episode)
-                if not lengths or done >= lengths[0]:
-                    if lengths and done != lengths.pop(0):
-                        raise DataError(
-                            f"{Path(src) / METADATA}: split {split!r}'s records do not add up to its episode_lengths"
+    try:
+        with tqdm(total=total, unit="rec", desc=f"relayout to format {format_version}", dynamic_ncols=True) as bar:
+            for split, info in chosen.items():
+                lengths = list(info.get("episode_lengths") or [])  # unknown: every record is its own episode
+                episode: list[tuple[dict, dict]] = []
+                for arrays, rec_meta in iter_records(src, meta, split):
+                    episode.append((arrays, rec_meta))
+                    bar.update()
+                    done = sum(len(next(iter(a.values()))) for a, _ in episode)
+                    if not lengths or done >= lengths[0]:
+                        if lengths and done != lengths.pop(0):
+                            raise DataError(
+                                f"{Path(src) / METADATA}: split {split!r}'s records do not add up to its "
+                                "episode_lengths"
+                            )
+                        writer.add_arrays(
+                            split,
+                            {k: np.concatenate([a[k] for a, _ in episode]) for k in episode[0][0]},
+                            {k: v for k, v in episode[0][1].items() if k != "chunk_index"},
                         )
-                    writer.add_arrays(
-                        split,
-                        {k: np.concatenate([a[k] for a, _ in episode]) for k in episode[0][0]},
-                        {k: v for k, v in episode[0][1].items() if k != "chunk_index"},
-                    )
-                    episode.clear()
+                        episode.clear()
+    except BaseException:
+        writer.abort()
+        raise
     out = writer.finish(
         **{
             s: {k: v for k, v in i.items() if k not in ("episodes", "frames", "records", "episode_lengths", "shards")}

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from jasmine.data.convert import assign_splits
 from jasmine.data.dataset import SPLITS, DataError, DatasetWriter, RecordFormatError
+from jasmine.data.output import check_output
 
 # What the reference's records may name: NumPy's array reconstruction (every pickle protocol, NumPy 1 and 2).
 ALLOWED = {
@@ -145,6 +146,7 @@ def _records(path: Path):
 def import_jasmine(args: ImportArgs) -> dict:
     """Stream every record through the safe reader into a new dataset; on any bad record nothing is kept."""
     root = Path(args.inputs)
+    check_output(args.out, args.overwrite, inputs=[root])  # before reading anything
     splits = _shards(root, args.val_fraction, args.test_fraction, args.seed)
     writer = DatasetWriter(
         args.out,
@@ -155,6 +157,7 @@ def import_jasmine(args: ImportArgs) -> dict:
         chunk_len=args.chunk_len,
         records_per_shard=args.records_per_shard,
         overwrite=args.overwrite,
+        inputs=[root],
     )
     kind, top = None, -1  # the actions of the first record decide: scalar ids kept, vectors or none dropped
     try:

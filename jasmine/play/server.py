@@ -19,15 +19,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import ipaddress
 import json
 import logging
+import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from jasmine.play.world import Game, PlayError, World
+from jasmine.play.guard import Guard, is_loopback
+from jasmine.play.world import Game, PlayError, World, encode_gif
 
 STATIC = Path(__file__).parent / "static"
 MAX_TEXT = 4096
@@ -72,8 +74,9 @@ class Session:
         self.next_level = 0
         self.last_active = time.monotonic()
 
-    def handle(self, text: str | None, data: bytes | None, max_upload: int) -> dict:
-        """The reply to one message (runs in a worker thread: it may run the model)."""
+    def handle(self, msg: dict | None, data: bytes | None, max_upload: int) -> dict | Callable[[], dict]:
+        """The reply to one parsed message or upload (runs in a worker thread, holding the model lock: it may run the
+        model); a GIF comes back as a function that encodes it, to run after the lock is released."""
         if data is not None:
             if len(data) > max_upload:
                 raise PlayError(
@@ -81,7 +84,6 @@ class Session:
                 )
             self.world = self.game.world_from_image(data, self.seed)
             return self.world.message()
-        msg = parse(text or "")
         kind = msg["type"]
         if kind == "level":
             index = msg.get("index", self.next_level)
@@ -97,12 +99,9 @@ class Session:
             self.world.step(msg["code"])
         elif kind == "reset":
             self.world.reset()
-        else:  # gif
-            return {
-                "type": "gif",
-                "data": base64.b64encode(self.world.gif()).decode(),
-                "frames": len(self.world.frames),
-            }
+        else:  # gif: copy the frames now, encode later
+            frames = self.world.gif_frames()
+            return lambda: {"type": "gif", "data": base64.b64encode(encode_gif(frames)).decode(), "frames": len(frames)}
         return self.world.message()
 
 
@@ -124,8 +123,18 @@ def parse(text: str) -> dict:
     return msg
 
 
-def make_app(game: Game, *, seed: int = 0, max_sessions: int = 16, idle_s: float = 600.0, max_upload: int = 4 * 2**20):
-    """The Starlette app: the page at ``/``, its files at ``/static``, worlds on ``/ws``."""
+def make_app(
+    game: Game,
+    *,
+    seed: int = 0,
+    max_sessions: int = 16,
+    idle_s: float = 600.0,
+    max_upload: int = 4 * 2**20,
+    host: str = "127.0.0.1",
+    token: str | None = None,
+):
+    """The Starlette app: the page at ``/``, its files at ``/static``, worlds on ``/ws``; behind :class:`Guard`
+    (served only to its own pages on ``host``; ``token`` required on ``/ws`` when given)."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import FileResponse
@@ -151,13 +160,17 @@ def make_app(game: Game, *, seed: int = 0, max_sessions: int = 16, idle_s: float
                     break
                 session.last_active = time.monotonic()
                 try:
+                    data = msg.get("bytes")
+                    parsed = None if data is not None else parse(msg.get("text") or "")  # before the lock: bounded
                     async with model_lock:
-                        reply = await run_in_threadpool(session.handle, msg.get("text"), msg.get("bytes"), max_upload)
+                        reply = await run_in_threadpool(session.handle, parsed, data, max_upload)
+                    if callable(reply):  # slow, model-free work (a GIF) runs outside the lock
+                        reply = await run_in_threadpool(reply)
                 except PlayError as e:
                     reply = {"type": "error", "message": str(e)}
                 except Exception as e:  # a bug must cost one reply, never the server
                     log.exception("play: request failed")
-                    reply = {"type": "error", "message": f"internal error: {type(e).__name__}: {e}"}
+                    reply = {"type": "error", "message": f"internal error ({type(e).__name__}; see the server's log)"}
                 await ws.send_json(reply)
         except (WebSocketDisconnect, RuntimeError):  # the tab went away, or the reaper closed it
             pass
@@ -190,7 +203,9 @@ def make_app(game: Game, *, seed: int = 0, max_sessions: int = 16, idle_s: float
         lifespan=lifespan,
     )
     app.state.sessions = sessions
-    return app
+    guarded = Guard(app, host, token)
+    guarded.state = app.state
+    return guarded
 
 
 class Background:
@@ -228,8 +243,15 @@ def play(args: PlayArgs) -> None:
         raise ValueError("--max-sessions, --idle-minutes and --max-upload-mb must be positive")
     game = load_game(args.run, args.data, args.split, args.context, temperature=args.temperature, steps=args.steps)
     max_upload = int(args.max_upload_mb * 2**20)
+    token = None if is_loopback(_resolve(args.host)) else secrets.token_urlsafe(24)
     app = make_app(
-        game, seed=args.seed, max_sessions=args.max_sessions, idle_s=args.idle_minutes * 60, max_upload=max_upload
+        game,
+        seed=args.seed,
+        max_sessions=args.max_sessions,
+        idle_s=args.idle_minutes * 60,
+        max_upload=max_upload,
+        host=args.host,
+        token=token,
     )
     levels = (
         f"{len(game.levels)} levels from {game.levels.index.root}'s {args.split} split"
@@ -240,9 +262,10 @@ def play(args: PlayArgs) -> None:
     print(f"compiled the sampler in {game.warm_up():.1f}s")
     for row in game.bindings.describe():
         print(f"  {row['label']:<40} keys: {' '.join(row['keys']) or '-'}")
-    if not ipaddress.ip_address(_resolve(args.host)).is_loopback:
-        print(f"warning: listening on {args.host}: anyone who can reach this port can use the model")
-    print(f"open http://{args.host}:{args.port}/  (Ctrl-C to stop)", flush=True)
+    if token is not None:
+        print(f"warning: listening on {args.host}: anyone who can reach this port and has the URL (with its token) "
+              "can use the model")  # fmt: skip
+    print(f"open http://{args.host}:{args.port}/{'?token=' + token if token else ''}  (Ctrl-C to stop)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws_max_size=2 * max_upload)
 
 

@@ -11,6 +11,7 @@ each new frame within its chunk (the encoding rule of ``jasmine.models.genie``).
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import io
 import time
@@ -234,7 +235,7 @@ def load_game(
         tokenizer_window=genie.tokenizer_window,
         infer_actions=infer,
         family=genie.dynamics.family,
-        name=str(run),
+        name=Path(run).name,  # clients get the run's name, never a path on this machine
     )
 
 
@@ -260,6 +261,9 @@ def png_data_url(frame_HWC: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+HISTORY = 256  # frames a tab keeps for its GIF: bounded memory and a bounded encode, however long it plays
+
+
 class World:
     """One tab's world: the context it started from, the frames so far and the stream that extends them."""
 
@@ -273,7 +277,8 @@ class World:
         C = self.ctx.shape[1]
         ids = roll.encode(self.ctx)
         self.stream = roll.start(ids, self.ctx_codes, jax.random.key(self.seed))
-        self.frames = [frame for frame in self.ctx[0]]
+        self.frames = collections.deque(self.ctx[0], maxlen=HISTORY)  # the last HISTORY frames (GIF download)
+        self.t = C - 1  # index of the newest frame
         self.codes: list[int | None] = [None] * C
         self.latency_ms = 0.0
 
@@ -283,13 +288,14 @@ class World:
             raise PlayError(f"unknown action {code!r}: actions are integers 0..{self.game.num_codes - 1}")
         t0 = time.perf_counter()
         self.stream.step(np.array([code], np.int32))
-        t, S = len(self.frames), self.game.window
+        t, S = self.t + 1, self.game.window
         lo = t - t % S
         chunk = self.stream.frames[lo : t + 1]
         chunk = chunk + [np.zeros_like(chunk[0])] * (S - len(chunk))
         frame = (np.clip(self.game.roll.decode(np.stack(chunk, 1))[0, t - lo], 0, 1) * 255).round().astype(np.uint8)
         self.frames.append(frame)
-        self.codes.append(code)
+        self.t = t
+        self.codes = [*self.codes[-1:], code]
         self.latency_ms = (time.perf_counter() - t0) * 1e3
         return frame
 
@@ -298,13 +304,21 @@ class World:
         return {
             "type": "frame",
             "image": png_data_url(self.frames[-1]),
-            "t": len(self.frames) - 1,
+            "t": self.t,
             "code": code,
             "label": "start: " + self.origin if code is None else self.game.bindings.labels[code],
             "latency_ms": round(self.latency_ms, 2),
         }
 
+    def gif_frames(self) -> np.ndarray:
+        """The last ``HISTORY`` frames (a copy: encode it outside the model lock with :func:`encode_gif`)."""
+        return np.stack(self.frames)
+
     def gif(self, fps: int = 8) -> bytes:
-        buf = io.BytesIO()
-        write_gif(buf, np.stack(self.frames), fps=fps, scale=4)
-        return buf.getvalue()
+        return encode_gif(self.gif_frames(), fps)
+
+
+def encode_gif(frames_THWC: np.ndarray, fps: int = 8) -> bytes:
+    buf = io.BytesIO()
+    write_gif(buf, frames_THWC, fps=fps, scale=4)
+    return buf.getvalue()

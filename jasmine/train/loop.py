@@ -157,8 +157,6 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
     out = Path(cfg.out)
     saved = _check_run_dir(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
-    if pidx == 0:
-        C.save_config(cfg, out / "config.json")
 
     model, state, shardings, step_fn = setup(cfg, component, mesh)
     align = component.align(cfg)
@@ -197,6 +195,8 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
         if cfg.init_from is not None and pidx == 0:  # the new run's curves start with the source's
             rows = [r for r in read_metrics(source, None) if r["step"] <= start]
             (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if pidx == 0:  # only now: a refused resume must leave the run's config as it was
+        C.save_config(cfg, out / "config.json")
 
     eval_fn = _bind(
         jax.jit(_eval_step, static_argnums=(0, 1, 2), out_shardings=replicated(mesh)), component, cfg, model

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from jasmine import config as C
 from jasmine.data.dataset import METADATA, DataError, iter_records, read_metadata, split_shards
 from jasmine.data.loader import EpisodeIndex, record_arrays
+from jasmine.data.output import Staging, check_output
 from jasmine.data.records import ShardWriter, encode_record, write_json_atomic
 from jasmine.train.components import load_run
 from jasmine.train.runs import provenance
@@ -92,8 +93,7 @@ def _encode_episodes(frames: list[np.ndarray], encode, S: int, lam_fn, L: int, b
 
 
 def tokenize(args: TokenizeArgs) -> dict:
-    if (args.out / METADATA).exists() and not args.overwrite:
-        raise DataError(f"{args.out} already holds a dataset ({METADATA} exists); pass --overwrite to replace it")
+    check_output(args.out, args.overwrite, inputs=[args.data])  # before any work; checked again when staged
     meta = read_metadata(args.data)
     if "frames" not in record_arrays(meta):
         raise DataError(f"--data {args.data} holds no frames (already tokenized?)")
@@ -111,7 +111,6 @@ def tokenize(args: TokenizeArgs) -> dict:
         lam_cfg, lam, lam_step = load_run(args.lam, args.lam_step)
         lam_fn, L = _bind(lam, lambda m, x: m.infer_actions(x.astype(jnp.float32) / 255.0)), lam_cfg.seq_len
         out_meta["lam"] = {**provenance(args.lam, lam_step, lam), "config": C.to_dict(lam_cfg.model), "window": L}
-    (args.out / METADATA).unlink(missing_ok=True)
     grid = [d // tok_cfg.model.patch_size for d in tok_cfg.image_size[:2]]
     out_meta["arrays"] = {"tokens": {"dtype": "int32", "shape": [grid[0] * grid[1]]}}
     if meta["num_actions"] > 0:
@@ -128,44 +127,50 @@ def tokenize(args: TokenizeArgs) -> dict:
     out_meta["source_dataset"] = str(args.data)
     t0, frames_done = time.perf_counter(), 0
     total = sum(info["records"] for info in meta["splits"].values())
-    with tqdm(total=total, unit="rec", desc="tokenize", dynamic_ncols=True) as bar:
-        for split, info in meta["splits"].items():
-            sizes = [len(lengths) for _, lengths in split_shards(args.data, meta, split)]
-            episode_of = EpisodeIndex(args.data, split).record_episode
-            pending: list[list[tuple]] = []  # whole episodes: [(arrays, record meta), ...]
+    staging = Staging(args.out, overwrite=args.overwrite, inputs=[args.data])
+    try:
+        with tqdm(total=total, unit="rec", desc="tokenize", dynamic_ncols=True) as bar:
+            for split, info in meta["splits"].items():
+                sizes = [len(lengths) for _, lengths in split_shards(args.data, meta, split)]
+                episode_of = EpisodeIndex(args.data, split).record_episode
+                pending: list[list[tuple]] = []  # whole episodes: [(arrays, record meta), ...]
 
-            def flush(writer, pending=pending, sizes=sizes, split=split):
-                nonlocal frames_done
-                frames = [np.concatenate([a["frames"] for a, _ in ep]) for ep in pending]
-                for ep, out in zip(
-                    pending, _encode_episodes(frames, encode, S, lam_fn, L, args.batch_size), strict=False
-                ):
-                    start = 0
-                    for arrays, rec_meta in ep:
-                        n = len(arrays["frames"])
-                        rec = {k: v[start : start + n] for k, v in out.items()}
-                        if "actions" in arrays:
-                            rec["actions"] = arrays["actions"]
-                        writer.records_per_shard = sizes[len(writer.shards)]  # keep the source's shard layout
-                        writer.write(encode_record(rec, rec_meta), n)
-                        start += n
-                        frames_done += n
-                        bar.update()
-                bar.set_postfix(split=split, fps=f"{frames_done / (time.perf_counter() - t0):.0f}")
-                pending.clear()
+                def flush(writer, pending=pending, sizes=sizes, split=split):
+                    nonlocal frames_done
+                    frames = [np.concatenate([a["frames"] for a, _ in ep]) for ep in pending]
+                    for ep, out in zip(
+                        pending, _encode_episodes(frames, encode, S, lam_fn, L, args.batch_size), strict=False
+                    ):
+                        start = 0
+                        for arrays, rec_meta in ep:
+                            n = len(arrays["frames"])
+                            rec = {k: v[start : start + n] for k, v in out.items()}
+                            if "actions" in arrays:
+                                rec["actions"] = arrays["actions"]
+                            writer.records_per_shard = sizes[len(writer.shards)]  # keep the source's shard layout
+                            writer.write(encode_record(rec, rec_meta), n)
+                            start += n
+                            frames_done += n
+                            bar.update()
+                    bar.set_postfix(split=split, fps=f"{frames_done / (time.perf_counter() - t0):.0f}")
+                    pending.clear()
 
-            with ShardWriter(args.out / split, records_per_shard=sizes[0]) as writer:
-                for r, record in enumerate(iter_records(args.data, meta, split)):
-                    if r == 0 or episode_of[r] != episode_of[r - 1]:
-                        if sum(len(a["frames"]) for ep in pending for a, _ in ep) >= 4096:  # bounded memory
-                            flush(writer)
-                        pending.append([])
-                    pending[-1].append(record)
-                flush(writer)
-            out_meta["splits"][split] = {
-                **info,
-                "shards": [{"file": f"{split}/{f}", "lengths": ls} for f, ls in writer.shards],
-            }
-    write_json_atomic(args.out / METADATA, out_meta)
+                with ShardWriter(staging.path / split, records_per_shard=sizes[0]) as writer:
+                    for r, record in enumerate(iter_records(args.data, meta, split)):
+                        if r == 0 or episode_of[r] != episode_of[r - 1]:
+                            if sum(len(a["frames"]) for ep in pending for a, _ in ep) >= 4096:  # bounded memory
+                                flush(writer)
+                            pending.append([])
+                        pending[-1].append(record)
+                    flush(writer)
+                out_meta["splits"][split] = {
+                    **info,
+                    "shards": [{"file": f"{split}/{f}", "lengths": ls} for f, ls in writer.shards],
+                }
+    except BaseException:
+        staging.abort()
+        raise
+    write_json_atomic(staging.path / METADATA, out_meta)
+    staging.commit()
     out_meta["seconds"] = time.perf_counter() - t0
     return out_meta

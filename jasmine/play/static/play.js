@@ -5,7 +5,9 @@ const HISTORY = 8;
 let ws, hello = null, busy = false, queued = null, sentAt = 0, arrivals = [], frames = 0;
 
 function connect() {
-  ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws");
+  const token = new URLSearchParams(location.search).get("token");  // required when play listens beyond loopback
+  ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws" +
+                     (token ? "?token=" + encodeURIComponent(token) : ""));
   ws.onopen = () => { $("conn").textContent = "connected"; $("conn").className = ""; };
   ws.onclose = (e) => {
     $("conn").textContent = "disconnected" + (e.reason ? ` (${e.reason})` : "") + " — reload to play";
@@ -39,11 +41,16 @@ function setup(msg) {
   hello = msg;
   $("run").textContent = `${msg.family} · ${msg.run} · ${msg.frame_shape[0]}×${msg.frame_shape[1]}`;
   const box = $("actions");
-  box.innerHTML = "";
+  box.replaceChildren();
   for (const row of msg.codes) {
     const b = document.createElement("button");
     b.className = "action"; b.dataset.code = row.code;
-    b.innerHTML = row.keys.map((k) => `<kbd>${k.replace("Arrow", "")}</kbd>`).join("") + row.label;
+    for (const k of row.keys) {  // text only: labels come from a dataset's metadata, never markup
+      const kbd = document.createElement("kbd");
+      kbd.textContent = k.replace("Arrow", "");
+      b.appendChild(kbd);
+    }
+    b.appendChild(document.createTextNode(row.label));
     b.onclick = () => act(row.code);
     box.appendChild(b);
   }
@@ -67,7 +74,7 @@ function show(msg) {
   for (const b of document.querySelectorAll("#actions button"))
     b.classList.toggle("active", msg.code !== null && Number(b.dataset.code) === msg.code);
   const strip = $("history");
-  if (msg.code === null) strip.innerHTML = "";
+  if (msg.code === null) strip.replaceChildren();
   const thumb = document.createElement("img");
   thumb.src = msg.image; thumb.title = `t=${msg.t}: ${msg.label}`;
   strip.appendChild(thumb);

@@ -3,16 +3,15 @@
 The reference stores each record as ``pickle.dumps({"raw_video": bytes of uint8
 [T, H, W, C], "sequence_length": T, "actions": int array [T]})`` in ArrayRecord shards
 (``DIR/{train,val,test}/*.array_record``, or a flat folder of shards). Unpickling runs
-whatever code a record names, so records are read by :class:`SafeUnpickler`, which builds
-only built-in containers, bytes, numbers and NumPy arrays, and refuses anything else
-before it runs. Each record becomes one episode (the format does not say which records
+whatever code a record names, so records are read by :mod:`jasmine.data.safe_pickle`, which
+interprets the opcodes itself, builds only plain containers, numbers, strings, bytes and
+plain numeric arrays (from checked bytes, never through NumPy's unpickling), and refuses
+anything else before building from it. Each record becomes one episode (the format does not say which records
 came from one episode). Split folders are kept; a flat folder is dealt to splits by shard.
 """
 
 from __future__ import annotations
 
-import io
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -21,42 +20,10 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
+from jasmine.data import safe_pickle
 from jasmine.data.convert import assign_splits
 from jasmine.data.dataset import SPLITS, DataError, DatasetWriter, RecordFormatError
 from jasmine.data.output import check_output
-
-# What the reference's records may name: NumPy's array reconstruction (every pickle protocol, NumPy 1 and 2).
-ALLOWED = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("_codecs", "encode"),  # bytes in protocol 2 pickles
-}
-
-
-class Refused(pickle.UnpicklingError):
-    """A record names something other than the allowed types."""
-
-
-class SafeUnpickler(pickle.Unpickler):
-    """An unpickler that can build containers, bytes, numbers and NumPy arrays, and nothing else."""
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in ALLOWED:
-            raise Refused(
-                f"refused {module}.{name}: only built-in containers, bytes, numbers and "
-                f"NumPy arrays may appear in a record"
-            )
-        return super().find_class(module, name)
-
-
-def safe_loads(buf: bytes):
-    return SafeUnpickler(io.BytesIO(buf)).load()
 
 
 @dataclass(frozen=True)
@@ -96,11 +63,9 @@ def _shards(root: Path, val: float, test: float, seed: int) -> dict[str, list[Pa
 def read_record(buf: bytes, where: str, frame_shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray | None]:
     """Frames uint8 [T, H, W, C] and actions (or None) of one reference record, checked."""
     try:
-        rec = safe_loads(buf)
-    except Refused as e:
+        rec = safe_pickle.loads(buf)
+    except safe_pickle.UnsafePickle as e:  # refused, truncated or garbage: nothing was built from it
         raise RecordFormatError(f"{where}: {e}") from None
-    except Exception as e:  # truncated or garbage bytes
-        raise RecordFormatError(f"{where}: not a readable pickle ({type(e).__name__}: {e})") from None
     if not isinstance(rec, dict) or "raw_video" not in rec or "sequence_length" not in rec:
         raise RecordFormatError(
             f"{where}: expected a dict with raw_video and sequence_length, got "
@@ -119,8 +84,13 @@ def read_record(buf: bytes, where: str, frame_shape: tuple[int, int, int]) -> tu
         )
     frames = np.frombuffer(raw, np.uint8).reshape(int(t), *frame_shape)
     actions = rec.get("actions")
+    if isinstance(actions, (list, tuple)):  # a flat list of ids (nested lists could share memo entries: refused)
+        if len(actions) != t or not all(type(a) is int and -(2**31) <= a < 2**31 for a in actions):
+            raise RecordFormatError(f"{where}: actions as a list must be {t} integer ids")
+        actions = np.asarray(actions, np.int64)
+    elif actions is not None and not isinstance(actions, np.ndarray):
+        raise RecordFormatError(f"{where}: actions must be an array or a list of ids, got {type(actions).__name__}")
     if actions is not None:
-        actions = np.asarray(actions)
         if actions.shape[:1] != (t,) or not np.issubdtype(actions.dtype, np.integer):
             raise RecordFormatError(
                 f"{where}: actions are {actions.dtype}{list(actions.shape)}, expected int[{t}, ...]"

@@ -7,6 +7,12 @@ batch s is a pure function of (seed, s) for any number of processes or loader wo
 asynchronous; retention keeps the last ``keep_last``, every ``keep_every``-th step, and the
 steps in ``keep_steps`` (the loop keeps the one where WSD's decay starts).
 Orbax writes each step to a temporary directory and renames it when complete.
+
+Each checkpoint also holds ``digest``: a checksum of every leaf (a position-weighted sum of its 32-bit words, exact
+whatever the sharding, and changed by any single flipped bit). Restoring checks, in order, that the checkpoint's
+tree, shapes and dtypes are the model's (:class:`CheckpointMismatch`: another model), that it can be read, and that
+every leaf matches its checksum (:class:`CheckpointCorrupt`, naming the earlier checkpoints); nothing is cast.
+A state with a NaN or infinity is never saved.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 
@@ -28,6 +35,42 @@ class _QuietReadOnly(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_QuietReadOnly())
+
+
+class CheckpointMismatch(ValueError):
+    """The checkpoint holds another model (tree, shape or dtype)."""
+
+
+class CheckpointCorrupt(ValueError):
+    """The checkpoint cannot be read, or its data no longer matches the checksums saved with it."""
+
+
+def _leaf_checksum(x):
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    words = jax.lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize])
+    words = words.astype(jnp.uint32).reshape(-1)
+    weights = 2 * jnp.arange(words.size, dtype=jnp.uint32) + 1  # odd: a flipped bit always changes the sum
+    return jnp.sum(words * weights, dtype=jnp.uint32)
+
+
+@jax.jit
+def _digest_and_finite(tree):
+    sums = jax.tree.map(_leaf_checksum, tree)
+    floats = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return sums, jnp.all(jnp.stack(floats)) if floats else jnp.bool_(True)
+
+
+def _paths(tree) -> list[str]:
+    """Leaf names, the same for a state and for Orbax's metadata of it."""
+    return ["/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+            for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]  # fmt: skip
+
+
+def digest(tree) -> tuple[dict[str, int], bool]:
+    """(checksum per leaf name, whether every float leaf is finite)."""
+    sums, finite = jax.device_get(_digest_and_finite(tree))
+    return dict(zip(_paths(tree), (int(v) for v in jax.tree.leaves(sums)), strict=True)), bool(finite)
 
 
 class Checkpointer:
@@ -54,7 +97,8 @@ class Checkpointer:
             create=not read_only,
             read_only=read_only,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        handlers = {"state": ocp.StandardCheckpointHandler(), "digest": ocp.JsonCheckpointHandler()}
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -63,14 +107,54 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def save(self, step: int, state: Any, *, force: bool = False) -> bool:
-        """Save ``state`` at ``step``; every process calls this and writes its own shards."""
-        return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
+        """Save ``state`` and its digest at ``step``; every process calls this and writes its own shards. A state
+        with a NaN or infinity is refused (FloatingPointError), so the last checkpoint is always a usable one."""
+        sums, finite = digest(state)
+        if not finite:
+            good = [s for s in self.all_steps() if s < step]
+            raise FloatingPointError(
+                f"the train state holds NaN or infinity at step {step}: not saved"
+                + (f" (the last checkpoint, step {good[-1]}, is from before)" if good else "")
+            )
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), digest=ocp.args.JsonSave(sums))
+        return self.manager.save(step, args=args, force=force)
 
     def restore(self, step: int, abstract_state: Any) -> Any:
-        """Restore ``state`` into the shapes, dtypes and shardings of ``abstract_state``."""
-        return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))[
-            "state"
-        ]
+        """Restore ``state`` into the shapes, dtypes and shardings of ``abstract_state``, checked (module docstring)."""
+        where = f"checkpoint {self.directory}/{step}"
+        earlier = [s for s in self.all_steps() if s < step]
+        hint = f"; earlier checkpoints: {earlier[-3:]} (--init-step S, or remove this step)" if earlier else ""
+        try:
+            meta = self.manager.item_metadata(step)
+            stored = meta["state"].tree
+        except Exception as e:
+            raise CheckpointCorrupt(f"{where} cannot be read ({type(e).__name__}: {e}){hint}") from e
+        want = dict(zip(_paths(abstract_state), jax.tree.leaves(abstract_state), strict=True))
+        have = dict(zip(_paths(stored), jax.tree.leaves(stored), strict=True))
+        diffs = [f"{k}: in the checkpoint only" for k in sorted(have.keys() - want.keys())]
+        diffs += [f"{k}: not in the checkpoint" for k in sorted(want.keys() - have.keys())]
+        for k, v in want.items():
+            h = have.get(k)
+            if h is not None and (tuple(h.shape) != tuple(v.shape) or jnp.dtype(h.dtype) != jnp.dtype(v.dtype)):
+                diffs.append(f"{k}: checkpoint {h.dtype}{list(h.shape)}, model {v.dtype}{list(v.shape)}")
+        if diffs:
+            raise CheckpointMismatch(f"{where} does not match this model (another model): {'; '.join(diffs[:5])}")
+        has_digest = (self.directory / str(step) / "digest").is_dir()  # checkpoints from before digests have none
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if has_digest:
+            items["digest"] = ocp.args.JsonRestore()
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:
+            raise CheckpointCorrupt(f"{where} cannot be read ({type(e).__name__}: {str(e)[:300]}){hint}") from e
+        if has_digest:
+            sums, _ = digest(out["state"])
+            bad = [k for k, v in sums.items() if out["digest"].get(k) != v]
+            if bad:
+                raise CheckpointCorrupt(
+                    f"{where} is corrupt: {', '.join(bad[:3])} no longer match their checksums{hint}"
+                )
+        return out["state"]
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from jasmine import config as C
 from jasmine.data.dataset import DataError
 from jasmine.data.loader import make_loader
-from jasmine.train.checkpoint import Checkpointer
+from jasmine.train.checkpoint import CheckpointCorrupt, Checkpointer, CheckpointMismatch
 from jasmine.train.components import Component
 from jasmine.train.distributed import initialize
 from jasmine.train.logging import MetricsLogger, read_metrics
@@ -188,6 +188,8 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
     if source is not None:
         try:
             state = restore_state(source, cfg, model, step, shardings)
+        except (CheckpointMismatch, CheckpointCorrupt):
+            raise
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"checkpoint {source}/checkpoints/{step} does not match this model: {e}") from e
         start = int(state["step"])

@@ -192,3 +192,13 @@ def micro_demo(shared_root):
     pytest.importorskip("procgen")
     root = build_once(shared_root / "demo", "demo", lambda r: demo(DemoArgs(out=r / "demo", preset="micro")))
     return root / "demo", json.loads((root / "demo" / "eval" / "metrics.json").read_text())
+
+
+def _small_run():
+    from jasmine.config import OptimConfig
+
+    return dict(steps=6, batch_size=4, seq_len=4, image_size=(16, 16, 3), log_every=1, val_every=3, val_batches=1,
+                ckpt_every=3, optim=OptimConfig(lr=3e-3, warmup_steps=2, decay_fraction=0.0))  # fmt: skip
+
+
+SMALL_RUN = _small_run()  # the single-component training runs of test_train and test_mae

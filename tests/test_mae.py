@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import write_synthetic
+from conftest import SMALL_RUN, write_synthetic
 from flax import nnx
 
 from jasmine.config import MAETrainConfig, OptimConfig
@@ -23,16 +23,8 @@ def cfg(data=None, out=None, **kw):
     base = MAETrainConfig(
         data=data,
         out=out,
-        steps=6,
-        batch_size=4,
-        seq_len=4,
-        image_size=(16, 16, 3),
-        log_every=1,
-        val_every=3,
-        val_batches=1,
-        ckpt_every=3,
         model=MODEL,
-        optim=OptimConfig(lr=3e-3, warmup_steps=2, decay_fraction=0.0),
+        **SMALL_RUN,
     )
     return replace(base, **kw)
 

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 import tyro
-from conftest import write_synthetic, xla_env
+from conftest import SMALL_RUN, write_synthetic, xla_env
 from flax import nnx
 
 from jasmine import config as C
@@ -41,16 +41,8 @@ def tiny_cfg(data, out, **kw):
     base = TokenizerTrainConfig(
         data=data,
         out=out,
-        steps=6,
-        batch_size=4,
-        seq_len=4,
-        image_size=(16, 16, 3),
-        log_every=1,
-        val_every=3,
-        val_batches=1,
-        ckpt_every=3,
         model=MODEL,
-        optim=OptimConfig(lr=3e-3, warmup_steps=2, decay_fraction=0.0),
+        **SMALL_RUN,
     )
     return replace(base, **kw)
 

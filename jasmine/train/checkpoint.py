@@ -55,10 +55,10 @@ def _leaf_checksum(x):
 
 
 @jax.jit
-def _digest_and_finite(tree):
-    sums = jax.tree.map(_leaf_checksum, tree)
-    floats = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
-    return sums, jnp.all(jnp.stack(floats)) if floats else jnp.bool_(True)
+def _leaf_summary(x):
+    """(checksum, all finite) of one leaf: one tiny program per shape and dtype, shared by every leaf like it."""
+    finite = jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.bool_(True)
+    return _leaf_checksum(x), finite
 
 
 def _paths(tree) -> list[str]:
@@ -69,8 +69,8 @@ def _paths(tree) -> list[str]:
 
 def digest(tree) -> tuple[dict[str, int], bool]:
     """(checksum per leaf name, whether every float leaf is finite)."""
-    sums, finite = jax.device_get(_digest_and_finite(tree))
-    return dict(zip(_paths(tree), (int(v) for v in jax.tree.leaves(sums)), strict=True)), bool(finite)
+    out = jax.device_get([_leaf_summary(x) for x in jax.tree.leaves(tree)])
+    return dict(zip(_paths(tree), (int(c) for c, _ in out), strict=True)), all(bool(f) for _, f in out)
 
 
 class Checkpointer:

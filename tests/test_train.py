@@ -1,5 +1,6 @@
 """The training loop: overfitting, determinism, resume (incl. SIGTERM), config, errors, multi-device."""
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,6 +124,12 @@ def test_resume_is_bitwise_exact(data16, tmp_path):
     s = [r["loss"] for r in read_metrics(tmp_path / "s")]
     r = [r["loss"] for r in read_metrics(tmp_path / "r")]
     assert s == r
+    train(tiny_cfg(data16, tmp_path / "c", steps=6), TOK, progress=False)  # killed after logging steps 4-6 but
+    shutil.rmtree(tmp_path / "c" / "checkpoints" / "6")  # before the step-6 checkpoint was complete
+    train(tiny_cfg(data16, tmp_path / "c", steps=6, resume=True), TOK, progress=False)
+    rows = read_metrics(tmp_path / "c")
+    assert [r["step"] for r in rows] == list(range(1, 7)), "every step logged once, none twice after the resume"
+    assert [r["loss"] for r in rows] == s
 
 
 @pytest.mark.heavy

@@ -202,9 +202,17 @@ class ShardWriter:
         self.abort() if exc_type is not None else self.close()
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and an atomic rename."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file (fsynced) and an atomic rename."""
     path = Path(path)
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON to ``path`` via a temporary file and an atomic rename."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")

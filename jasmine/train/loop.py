@@ -27,6 +27,7 @@ from tqdm import tqdm
 from jasmine import config as C
 from jasmine.data.dataset import DataError
 from jasmine.data.loader import make_loader
+from jasmine.data.records import write_text_atomic
 from jasmine.train.checkpoint import CheckpointCorrupt, Checkpointer, CheckpointMismatch
 from jasmine.train.components import Component
 from jasmine.train.distributed import initialize
@@ -194,9 +195,10 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
             raise ValueError(f"checkpoint {source}/checkpoints/{step} does not match this model: {e}") from e
         start = int(state["step"])
         _check_schedule(cfg, saved or cfg, source, start)
-        if cfg.init_from is not None and pidx == 0:  # the new run's curves start with the source's
+        if pidx == 0:  # the curves up to the restored step: the source's (--init-from) or the run's own, without the
+            # rows logged after that checkpoint, which the resumed run logs again
             rows = [r for r in read_metrics(source, None) if r["step"] <= start]
-            (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     if pidx == 0:  # only now: a refused resume must leave the run's config as it was
         C.save_config(cfg, out / "config.json")
 

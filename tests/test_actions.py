@@ -1,4 +1,4 @@
-"""`jasmine actions`: LAM codes against real actions (count matrix, NMI, heatmap, mapping) and its errors."""
+"""`jasmine actions`: AMI/NMI with permutation nulls, effective classes, the linear probe, the mapping, errors."""
 
 import json
 
@@ -6,19 +6,82 @@ import numpy as np
 import pytest
 from conftest import write_synthetic
 
+from jasmine.data.dataset import DataError
 from jasmine.eval import actions as A
+from jasmine.eval.actions import count_matrix
+from jasmine.eval.agreement import agreement, linear_probe, null_draws
 
 
-def test_nmi_against_hand_computed_values():
-    assert A.nmi(np.array([[2, 0], [0, 2]])) == pytest.approx(1.0)
-    assert A.nmi(np.array([[0, 5, 0], [3, 0, 0], [0, 0, 7]])) == pytest.approx(1.0)  # any bijection
-    assert A.nmi(np.array([[1, 1], [1, 1]])) == pytest.approx(0.0, abs=1e-12)
-    # p = [[.5, .25], [0, .25]]: I = 0.215762 nats, H(code) = 0.562335, H(action) = ln 2
-    assert A.nmi(np.array([[2, 1], [0, 1]])) == pytest.approx(0.215762 / ((0.562335 + np.log(2)) / 2), rel=1e-5)
-    assert A.count_matrix(np.array([[0, 1], [1, 1]]), np.array([[2, 0], [0, 0]]), 2, 3).tolist() == [
-        [0, 0, 1],
-        [3, 0, 0],
-    ]
+def test_ami_and_its_null_on_hand_made_tables():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, (60, 10))
+    bij = agreement((labels + 1) % 4, labels, permutations=200)  # any bijection: both 1, far above the null
+    assert bij["ami"]["value"] == pytest.approx(1.0) and bij["nmi"]["value"] == pytest.approx(1.0)
+    assert bij["ami"]["null_p99"] < 0.05 and bij["ami"]["p_value"] == pytest.approx(1 / 201)
+    ind = agreement(rng.integers(0, 4, (60, 10)), labels, permutations=200)  # independent: inside the null
+    assert abs(ind["ami"]["value"]) < 0.02 and ind["ami"]["p_value"] > 0.01
+    assert ind["ami"]["null_p95"] <= ind["ami"]["null_p99"] and abs(ind["ami"]["null_mean"]) < 0.01
+    # many codes, few samples: NMI is large for independent codes, AMI corrects it to about 0
+    few = agreement(rng.integers(0, 40, (8, 6)), rng.integers(0, 6, (8, 6)), permutations=200)
+    assert few["nmi"]["value"] > 0.4 and abs(few["ami"]["value"]) < 0.15
+    assert few["nmi"]["null_mean"] > 0.4 and abs(few["ami"]["null_mean"]) < 0.05
+    assert count_matrix(np.array([[0, 1], [1, 1]]), np.array([[2, 0], [0, 0]]), 2, 3).tolist() == [[0, 0, 1], [3, 0, 0]]
+
+
+def test_null_draws_equal_scikit_learn_scores_of_the_permuted_tables():
+    from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 5, (30, 12))
+    c = np.where(rng.random((30, 12)) < 0.5, y % 3, rng.integers(0, 3, (30, 12)))
+    perms = [rng.permutation(30) for _ in range(6)]
+    null = null_draws(c, y, perms)
+    for i, p in enumerate(perms):
+        assert null["ami"][i] == pytest.approx(adjusted_mutual_info_score(y[p].ravel(), c.ravel()), abs=1e-9)
+        assert null["nmi"][i] == pytest.approx(normalized_mutual_info_score(y[p].ravel(), c.ravel()), abs=1e-9)
+
+
+def square_video(n: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """A square moved by the action (0 stay, 1 left, 2 right, 3 up): frames [n, 2, 12, 12] and actions [n]."""
+    moves = np.array([(0, 0), (0, -1), (0, 1), (-1, 0)])
+    actions = rng.integers(0, 4, n)
+    frames = np.zeros((n, 2, 12, 12), np.float32)
+    for i, a in enumerate(actions):
+        y, x = rng.integers(2, 9, 2)
+        frames[i, 0, y : y + 2, x : x + 2] = 1
+        dy, dx = moves[a]
+        frames[i, 1, y + dy : y + dy + 2, x + dx : x + dx + 2] = 1
+    return frames, actions
+
+
+def test_a_linear_probe_reads_an_obvious_action_and_not_a_shuffled_one():
+    rng = np.random.default_rng(0)
+    (f_train, y_train), (f_test, y_test) = square_video(600, rng), square_video(300, rng)
+
+    def feats(f):  # what moved where: the frame difference
+        return (f[:, 1] - f[:, 0]).reshape(len(f), -1)
+
+    res = linear_probe(feats(f_train), y_train, feats(f_test), y_test)
+    assert res["accuracy"] > 0.95 and res["majority"] < 0.35
+    assert res["shuffled"] < 0.4  # shuffled labels: no better than chance (0.25)
+    bad = linear_probe(feats(f_train), rng.permutation(y_train), feats(f_test), y_test)
+    assert bad["accuracy"] < 0.4
+
+
+def test_effective_classes_are_recorded_checked_and_inferred_for_older_datasets():
+    from jasmine.data.actions import COINRUN_ACTION_MEANINGS
+    from jasmine.data.dataset import effective_actions
+
+    names, of = effective_actions({"num_actions": 15, "generator": {"name": "coinrun"}})  # before it was recorded
+    assert [names[c] for c in of] == ["left", "left", "left+jump", "none", "none", "jump", "right", "right",
+                                      "right+jump"] + ["none"] * 6  # fmt: skip
+    assert len(COINRUN_ACTION_MEANINGS) == 15
+    names, of = effective_actions({"num_actions": 3, "generator": {"action_meanings": ["NOOP", "LEFT", "RIGHT"]}})
+    assert names == ["NOOP", "LEFT", "RIGHT"] and of.tolist() == [0, 1, 2]
+    assert effective_actions({"num_actions": 0}) is None
+    for bad in ({"names": ["a"], "of_action": [0, 1]}, {"names": "ab", "of_action": [0, 0]}, [1, 2]):
+        with pytest.raises(DataError, match=r"metadata.json: generator.effective_actions"):
+            effective_actions({"num_actions": 2, "generator": {"effective_actions": bad}})
 
 
 def test_codes_pair_with_the_action_taken_from_the_earlier_frame(tmp_path, monkeypatch, capsys):
@@ -28,17 +91,28 @@ def test_codes_pair_with_the_action_taken_from_the_earlier_frame(tmp_path, monke
         class cfg:
             vocab_size = 7
 
+    def fake_codes(lam, window, frames):
+        codes = frames[:, :-1, 0, 0, 0].astype(int) % 7
+        return codes, np.eye(7)[codes]
+
     monkeypatch.setattr(A, "load_lam", lambda run: (FakeLAM(), 2))
-    monkeypatch.setattr(A, "latent_actions", lambda lam, window, frames: frames[:, :-1, 0, 0, 0].astype(int) % 7)
+    monkeypatch.setattr(A, "latent_actions", fake_codes)
     res = A.actions_report(
-        A.ActionsArgs(run=tmp_path / "run", data=tmp_path / "ds", split="val", clips=4, frames=8, out=tmp_path / "out")
+        A.ActionsArgs(
+            run=tmp_path / "run", data=tmp_path / "ds", split="val", frames=8, permutations=50, out=tmp_path / "out"
+        )
     )
     counts = np.asarray(res["counts"])
-    assert counts.sum() == 4 * 7 and (counts == np.diag(np.diag(counts))).all()  # exactly diagonal when aligned
-    assert res["nmi"] == pytest.approx(1.0) and res["codes"][3]["actions"][0] == {"action": 3, "name": "3", "p": 1.0}
+    # windows of 8 frames share end frames inside records of <= 20 frames: 2 per full record, 1 in a 13-frame one
+    assert counts.sum() == res["transitions"] == 7 * (2 + 2 + 2 + 1 + 2 + 0 + 2 + 2 + 2)
+    assert (counts == np.diag(np.diag(counts))).all()  # exactly diagonal when aligned
+    assert res["raw"]["ami"]["value"] == pytest.approx(1.0) and res["raw"]["ami"]["p_value"] < 0.05
+    assert res["codes"][3]["actions"][0] == {"action": 3, "name": "3", "p": 1.0}
+    assert res["probe"]["accuracy"] == pytest.approx(1.0) and res["probe"]["majority"] < 0.3
     assert (tmp_path / "out" / "actions.png").stat().st_size > 0
-    assert json.loads((tmp_path / "out" / "actions.json").read_text())["transitions"] == 28
-    assert "NMI(LAM code; real action) = 1.000" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "actions.json").read_text())["transitions"] == res["transitions"]
+    out = capsys.readouterr().out
+    assert "AMI, raw (7 classes)" in out and "linear probe" in out
 
 
 def test_actions_errors_are_named(tmp_path, monkeypatch):
@@ -90,12 +164,26 @@ def test_actions_command_on_a_trained_lam(tmp_path, capsys):
             str(tmp_path / "ds"),
             "--split",
             "val",
-            "--clips",
-            "4",
+            "--transitions",
+            "60",
+            "--permutations",
+            "20",
             "--frames",
             "7",
         ]
     )
     res = json.loads((tmp_path / "lam" / "actions" / "actions.json").read_text())
-    assert np.asarray(res["counts"]).shape == (4, 7) and res["transitions"] == 4 * 6 and 0 <= res["nmi"] <= 1
+    assert np.asarray(res["counts"]).shape == (4, 7) and res["transitions"] >= 60 and -1 <= res["raw"]["ami"]["value"]
     assert "code  0" in capsys.readouterr().out
+
+
+def test_random_and_swapped_actions_only_use_codes_the_dynamics_trained_on():
+    from jasmine.eval.evaluate import swap_action
+
+    rng = np.random.default_rng(0)
+    shares = np.array([0.5, 0.0, 0.3, 0.2, 0.0])
+    actions = rng.choice(5, (400, 6), p=shares).astype(np.int32)
+    swapped = swap_action(actions, 4, shares, rng)
+    np.testing.assert_array_equal(np.delete(swapped, 3, axis=1), np.delete(actions, 3, axis=1))
+    assert (swapped[:, 3] != actions[:, 3]).all() and set(np.unique(swapped[:, 3])) == {0, 2, 3}
+    assert swap_action(actions, 4, np.array([1.0, 0, 0, 0, 0]), rng) is None  # a single code: nothing to swap to

@@ -97,6 +97,20 @@ def test_episodes_have_the_case_study_format(coinrun_dir):
     assert all(16 <= n <= 60 for n in meta["splits"]["train"]["episode_lengths"])
 
 
+def test_effective_classes_follow_procgens_action_table(coinrun_dir):
+    from procgen import ProcgenGym3Env
+
+    from jasmine.data.dataset import effective_actions
+
+    combos = ProcgenGym3Env(num=1, env_name="coinrun").get_combos()
+    names, of_action = effective_actions(read_metadata(coinrun_dir))
+    assert len(combos) == len(of_action) == 15
+    for keys, cls in zip(combos, of_action, strict=True):  # CoinRun: LEFT/RIGHT move, UP jumps, the rest do nothing
+        move = "left" if "LEFT" in keys else "right" if "RIGHT" in keys else None
+        expected = "+".join(k for k in (move, "jump" if "UP" in keys else None) if k) or "none"
+        assert names[cls] == expected, keys
+
+
 def test_same_arguments_give_byte_identical_records(coinrun_dir, tmp_path):
     generate(small(tmp_path / "b"))
     assert shard_bytes(coinrun_dir) == shard_bytes(tmp_path / "b")

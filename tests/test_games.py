@@ -33,6 +33,8 @@ def make(kind, out, **kw):
 def test_game_episodes_round_trip_deterministic_and_disjoint_by_seed(kind, tmp_path):
     meta = make(kind, tmp_path / "a")
     assert meta["generator"]["action_meanings"] == GAMES[kind][2]
+    n = len(GAMES[kind][2])  # the minimal action set's actions are distinct: each is its own effective class
+    assert meta["generator"]["effective_actions"] == {"names": GAMES[kind][2], "of_action": list(range(n))}
     assert meta["num_actions"] == len(GAMES[kind][2]) and meta["frame_shape"] == [32, 32, 3]
     seeds = {}
     for split in ("train", "val", "test"):

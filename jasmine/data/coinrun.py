@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from jasmine.data.actions import COINRUN_ACTION_MEANINGS
+from jasmine.data.actions import COINRUN_ACTION_MEANINGS, effective_table
 from jasmine.data.dataset import DatasetWriter
 
 NUM_ACTIONS = 15
@@ -158,7 +158,12 @@ def generate(args: CoinRunArgs) -> dict:
         frame_shape=FRAME_SHAPE,
         num_actions=NUM_ACTIONS,
         source="procgen:coinrun:hard",
-        generator={"name": "coinrun", "args": gen_args, "action_meanings": ACTION_MEANINGS},
+        generator={
+            "name": "coinrun",
+            "args": gen_args,
+            "action_meanings": ACTION_MEANINGS,
+            "effective_actions": effective_table("coinrun", ACTION_MEANINGS),
+        },
         chunk_len=args.chunk_len,
         records_per_shard=args.records_per_shard,
         overwrite=args.overwrite,

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from jasmine.data.actions import COINRUN_ACTION_MEANINGS
+from jasmine.data.actions import COINRUN_ACTION_MEANINGS, effective_table
 from jasmine.data.output import Staging
 from jasmine.data.records import (
     FORMAT_VERSION,
@@ -212,6 +212,35 @@ def action_meanings(meta: dict[str, Any]) -> list[str] | None:
     if gen.get("name") == "coinrun" and meta.get("num_actions") == 15:
         return list(COINRUN_ACTION_MEANINGS)
     return None
+
+
+def effective_actions(meta: dict[str, Any], where: str | Path = METADATA) -> tuple[list[str], np.ndarray] | None:
+    """(class names, class of each action id) of a dataset with actions, from its generator's record, checked.
+
+    Older CoinRun datasets get procgen's classes; other datasets without a record treat each action as its own
+    class. None when the dataset has no actions.
+    """
+    n = meta.get("num_actions", 0)
+    if not n:
+        return None
+    gen = meta.get("generator") or {}
+    table = gen.get("effective_actions")
+    if table is None:
+        meanings = action_meanings(meta) or [str(a) for a in range(n)]
+        table = effective_table(gen.get("name", "") if len(meanings) == n else "", meanings)
+    names, of_action = (table.get("names"), table.get("of_action")) if isinstance(table, dict) else (None, None)
+    if not (isinstance(names, list) and 0 < len(names) <= n and all(isinstance(x, str) for x in names)):
+        raise DataError(f"{where}: generator.effective_actions.names must be 1..{n} strings")
+    if not (
+        isinstance(of_action, list)
+        and len(of_action) == n
+        and all(type(c) is int and 0 <= c < len(names) for c in of_action)
+    ):
+        raise DataError(
+            f"{where}: generator.effective_actions.of_action must give each of the {n} actions a class "
+            f"in 0..{len(names) - 1}"
+        )
+    return [x[:40] for x in names], np.asarray(of_action, np.int64)
 
 
 def _inside(root: Path, rel: Any, where: Path) -> Path:

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from jasmine.data.actions import effective_table
 from jasmine.data.convert import frame_size
 from jasmine.data.dataset import DataError, DatasetWriter
 
@@ -164,7 +165,12 @@ def generate(args: GameArgs, kind: str) -> dict:
         frame_shape=(*hw, 3),
         num_actions=len(game.actions),
         source=kind,
-        generator={"name": kind, **gen_args, "action_meanings": game.meanings},
+        generator={
+            "name": kind,
+            **gen_args,
+            "action_meanings": game.meanings,
+            "effective_actions": effective_table(kind, game.meanings),
+        },
         chunk_len=args.chunk_len,
         records_per_shard=args.records_per_shard,
         overwrite=args.overwrite,

@@ -345,3 +345,41 @@ def episode_clips(
         clips["episode"].append(int(e))
         clips["start"].append(int(index.offset[r]) + s)
     return {k: np.stack(v) if k not in ("episode", "start") else np.asarray(v) for k, v in clips.items()}
+
+
+def episode_windows(
+    root: str | Path,
+    split: str,
+    length: int,
+    transitions: int,
+    seed: int,
+    *,
+    align: int = 1,
+    image_shape: tuple[int, int, int] | None = None,
+) -> dict[str, np.ndarray]:
+    """Consecutive windows of ``length`` frames that share their end frames (no transition twice), from whole
+    episodes taken in a seeded order until ``transitions`` transitions are reached (or the split runs out).
+    Windows stay inside a segment (a record, or a grouped episode) and start at multiples of ``align`` in their
+    episode, so a segment's last frames that fill no window are left out. Returns the arrays [n, length, ...]
+    plus ``episode`` (per window)."""
+    if length < 2 or (length - 1) % align:
+        raise ValueError(f"windows of {length} frames: need >= 2 frames and length - 1 a multiple of {align}")
+    index = EpisodeIndex(root, split, image_shape)
+    first, stride = index.first_aligned(align), length - 1
+    counts = np.maximum((index.lengths - first - length) // stride + 1, 0)
+    out: dict[str, list] = {"episode": []}
+    total = 0
+    for e in np.random.default_rng(seed).permutation(np.unique(index.episode[counts > 0])):
+        for r in np.flatnonzero((index.episode == e) & (counts > 0)):
+            seg = index.read(int(r))
+            for m in range(int(counts[r])):
+                s = int(first[r]) + m * stride
+                for name, arr in seg.items():
+                    out.setdefault(name, []).append(arr[s : s + length])
+                out["episode"].append(int(e))
+            total += int(counts[r]) * stride
+        if total >= transitions:
+            break
+    if not out["episode"]:
+        raise DataError(f"{Path(root) / split}: no episode holds a window of {length} frames")
+    return {k: np.stack(v) if k != "episode" else np.asarray(v) for k, v in out.items()}

@@ -1,14 +1,17 @@
-"""``jasmine actions``: what the latent actions mean, measured against a dataset's real actions.
+"""``jasmine actions``: what the latent actions mean, measured against a dataset's real actions and chance.
 
-Dimension key: B clips, T frames, K LAM codes, A ground-truth actions.
+Dimension key: B clips, T frames, K LAM codes, A ground-truth actions, F LAM feature width.
 
-The LAM's code for the transition t-1 → t is paired with the real action taken after frame
-t-1 (``actions[t-1]``: records store frame t, then the action taken from it). Over held-out
-clips from distinct episodes this gives the K × A count matrix, the normalised mutual
-information NMI = I(code; action) / ((H(code) + H(action)) / 2) (0: independent, 1: each
-determines the other; the arithmetic normalisation of scikit-learn), a heatmap of P(action
-| code), and each code's dominant real actions: the mapping ``jasmine play`` can bind keys
-with.
+The LAM's code for the transition t-1 → t is paired with the real action taken after frame t-1
+(``actions[t-1]``: records store frame t, then the action taken from it). Held-out transitions come from
+whole episodes of the test split (``--transitions``, 10,000 by default). Reported, each beside its chance level
+(``jasmine.eval.agreement``): NMI and AMI against the raw actions and against the environment's *effective*
+action classes (ids the game treats alike share a class, recorded by each generator), with a permutation null
+that pairs each clip's codes with another clip's actions; a linear probe from the LAM's pre-quantisation
+output to the effective class (fit on the train split, scored on the test split) beside the majority-class
+rate; the K × A count matrix, a heatmap of P(action | code) and each code's dominant actions (the mapping
+``jasmine play`` binds keys with); and each code's share of the train split's transitions (what the dynamics
+trained on: ``jasmine eval`` draws its random actions from it).
 """
 
 from __future__ import annotations
@@ -20,25 +23,32 @@ from pathlib import Path
 import numpy as np
 
 from jasmine.config import DynamicsTrainConfig, LAMTrainConfig
-from jasmine.data.dataset import DataError, action_meanings, read_metadata
-from jasmine.data.loader import episode_clips
+from jasmine.data.dataset import DataError, action_meanings, effective_actions, read_metadata
+from jasmine.data.loader import episode_windows
+from jasmine.eval.agreement import agreement, linear_probe
 from jasmine.models.genie import from_lam_windows, lam_windows
 from jasmine.train.runs import run_config
 
 
 @dataclass(frozen=True)
 class ActionsArgs:
-    """Latent actions against ground-truth actions: count matrix, NMI, heatmap, each code's dominant actions."""
+    """Latent actions against real actions: NMI and AMI beside permutation nulls, a linear probe, the mapping."""
 
     run: Path
     """A LAM run, or a dynamics run with a LAM (frozen or co-trained)."""
     data: Path
     """Dataset with ground-truth actions."""
     split: str = "test"
-    clips: int = 64
-    """Clips, each from a distinct episode."""
+    """Held-out split measured."""
+    transitions: int = 10_000
+    """Held-out transitions measured: whole episodes in a seeded order until this many (or the split's end)."""
+    probe_split: str = "train"
+    """Split the linear probe is fit on (it is scored on --split); its code shares are what eval's random
+    actions are drawn from."""
     frames: int = 16
-    """Frames per clip (frames - 1 transitions each)."""
+    """Frames per clip read at once (the permutation null moves whole clips)."""
+    permutations: int = 1000
+    """Draws of the permutation null."""
     seed: int = 0
     top: int = 3
     """Dominant real actions listed per code."""
@@ -59,20 +69,6 @@ def transition_counts(codes_BT1: np.ndarray, actions_BT: np.ndarray, num_codes: 
     return count_matrix(codes_BT1, actions_BT[:, :-1], num_codes, num_actions)
 
 
-def nmi(counts: np.ndarray) -> float:
-    """Normalised mutual information of the joint counts (arithmetic mean of the two entropies)."""
-    p = counts / max(counts.sum(), 1)
-    pk, pa = p.sum(1), p.sum(0)
-    nz = p > 0
-    mi = float((p[nz] * np.log(p[nz] / np.outer(pk, pa)[nz])).sum())
-
-    def h(q):
-        return float(-(q[q > 0] * np.log(q[q > 0])).sum())
-
-    denom = (h(pk) + h(pa)) / 2
-    return mi / denom if denom > 0 else 0.0
-
-
 def load_lam(run: Path):
     """(LAM module, its window in frames) of a LAM run or of a dynamics run's LAM."""
     from jasmine.train.components import load_run
@@ -89,8 +85,9 @@ def load_lam(run: Path):
     raise ValueError(f"--run {run} is a {type(cfg).__name__} run; jasmine actions needs a LAM or dynamics run")
 
 
-def latent_actions(lam, window: int, frames_BTHWC: np.ndarray, batch: int = 16) -> np.ndarray:
-    """LAM codes [B, T-1] of aligned clips; entry t-1 leads to frame t."""
+def latent_actions(lam, window: int, frames_BTHWC: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """LAM codes [B, T-1] of aligned clips (entry t-1 leads to frame t) and the encoder's output before
+    quantisation [B, T-1, F]."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -100,12 +97,93 @@ def latent_actions(lam, window: int, frames_BTHWC: np.ndarray, batch: int = 16) 
     @jax.jit
     def infer(state, frames):
         x = frames.astype(jnp.float32) / 255.0
-        ids = nnx.merge(graphdef, state).infer_actions(lam_windows(x, window))
-        return from_lam_windows(ids, x.shape[0], x.shape[1])
+        model = nnx.merge(graphdef, state)
+        h = model.features(lam_windows(x, window))
+        ids = model.vq(h)[1].astype(jnp.int32)
+        return from_lam_windows(ids, x.shape[0], x.shape[1]), from_lam_windows(h, x.shape[0], x.shape[1])
 
-    return np.concatenate(
-        [np.asarray(infer(state, frames_BTHWC[i : i + batch])) for i in range(0, len(frames_BTHWC), batch)]
+    parts = [jax.device_get(infer(state, frames_BTHWC[i : i + batch])) for i in range(0, len(frames_BTHWC), batch)]
+    return np.concatenate([c for c, _ in parts]), np.concatenate([h for _, h in parts]).astype(np.float32)
+
+
+def window_frames(frames: int, window: int) -> int:
+    """Clip length near ``frames`` whose LAM windows (every window-1 frames) tile it exactly."""
+    return 1 + (window - 1) * max(1, (frames - 1) // (window - 1))
+
+
+def split_codes(lam, window: int, data: Path, split: str, transitions: int, frames: int, seed: int) -> dict:
+    """Codes, features and real actions of ``transitions`` transitions of ``split`` (whole episodes)."""
+    clips = episode_windows(data, split, window_frames(frames, window), transitions, seed, align=window - 1)
+    codes, feats = latent_actions(lam, window, clips["frames"])
+    return {"codes": codes, "features": feats, "actions": clips.get("actions"), "episode": clips["episode"]}
+
+
+def measure(
+    lam,
+    window: int,
+    data: Path,
+    *,
+    split: str = "test",
+    probe_split: str = "train",
+    transitions: int = 10_000,
+    frames: int = 16,
+    permutations: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Every latent-action figure of ``jasmine actions`` (see the module docstring), as a dict.
+
+    Without real actions in ``data`` only the code shares are measured; without ``probe_split`` the shares
+    come from ``split`` and there is no probe (``share_split`` says which).
+    """
+    meta = read_metadata(data)
+    num_actions, vocab = int(meta["num_actions"]), int(lam.cfg.vocab_size)
+    test = split_codes(lam, window, data, split, transitions, frames, seed)
+    res: dict = {
+        "split": split,
+        "transitions": int(test["codes"].size),
+        "episodes": len(np.unique(test["episode"])),
+        "vocab": vocab,
+        "test_code_share": (np.bincount(test["codes"].ravel(), minlength=vocab) / test["codes"].size).tolist(),
+    }
+    try:
+        train = split_codes(lam, window, data, probe_split, transitions, frames, seed)
+    except DataError as e:
+        train, res["share_split"], res["probe_missing"] = None, split, str(e)
+    else:
+        res["share_split"] = probe_split
+    ref = train or test
+    res["train_code_share"] = (np.bincount(ref["codes"].ravel(), minlength=vocab) / ref["codes"].size).tolist()
+    if not num_actions:
+        return res
+    names, of_action = effective_actions(meta, Path(data) / "metadata.json")
+    for part, where in ((test, split), (train, probe_split)):
+        if part is not None and (part["actions"].min() < 0 or part["actions"].max() >= num_actions):
+            raise DataError(f"{Path(data) / where}: actions outside 0..{num_actions - 1} (metadata's num_actions)")
+    real = test["actions"][:, :-1]
+    if len(real) < 2:
+        res["agreement_missing"] = f"{split} holds a single window of {real.shape[1] + 1} frames: no null to draw"
+        return res
+    res.update(
+        action_meanings=action_meanings(meta) or [str(a) for a in range(num_actions)],
+        effective_names=names,
+        raw=agreement(test["codes"], real, permutations=permutations, seed=seed),
+        effective=agreement(test["codes"], of_action[real], permutations=permutations, seed=seed),
+        counts=count_matrix(test["codes"], real, vocab, num_actions).tolist(),
+        effective_counts=count_matrix(test["codes"], of_action[real], vocab, len(names)).tolist(),
     )
+    if train is not None:
+        F = test["features"].shape[-1]
+        try:
+            res["probe"] = linear_probe(
+                train["features"].reshape(-1, F),
+                of_action[train["actions"][:, :-1]].ravel(),
+                test["features"].reshape(-1, F),
+                of_action[real].ravel(),
+                seed=seed,
+            )
+        except ValueError as e:
+            res["probe_missing"] = str(e)
+    return res
 
 
 def action_mapping(counts: np.ndarray, top: int = 3, meanings: list[str] | None = None) -> list[dict]:
@@ -130,59 +208,90 @@ def action_mapping(counts: np.ndarray, top: int = 3, meanings: list[str] | None 
     return rows
 
 
-def plot_heatmap(path: Path, counts: np.ndarray, meanings: list[str] | None, score: float) -> None:
+def plot_heatmap(path: Path, res: dict) -> None:
+    """P(action | code) against the raw actions and against the effective classes, side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cond = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * counts.shape[1], 1.2 + 0.45 * counts.shape[0]))
-    im = ax.imshow(cond, cmap="viridis", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(counts.shape[1]), meanings or range(counts.shape[1]), rotation=90 if meanings else 0)
-    ax.set_yticks(range(counts.shape[0]), [f"{k} (n={int(n)})" for k, n in enumerate(counts.sum(1))])
-    ax.set_xlabel("ground-truth action")
-    ax.set_ylabel("LAM code")
-    ax.set_title(f"P(action | code), NMI {score:.3f}")
-    fig.colorbar(im, ax=ax, fraction=0.05)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    panels = [("counts", "action_meanings", "raw"), ("effective_counts", "effective_names", "effective")]
+    widths = [len(res[names]) for _, names, _ in panels]
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 0.45 * sum(widths), 1.5 + 0.45 * res["vocab"]), width_ratios=widths)
+    for ax, (key, names, part) in zip(axes, panels, strict=True):
+        counts = np.asarray(res[key])
+        im = ax.imshow(counts / np.maximum(counts.sum(1, keepdims=True), 1), cmap="viridis", vmin=0, vmax=1)
+        ax.set_xticks(range(counts.shape[1]), res[names], rotation=90)
+        ax.set_yticks(range(counts.shape[0]), [f"{k} (n={int(n)})" for k, n in enumerate(counts.sum(1))])
+        ax.set_xlabel(f"{part} action")
+        ax.set_ylabel("LAM code")
+        a = res[part]["ami"]
+        ax.set_title(f"P(action | code)\nAMI {a['value']:.3f} (null p99 {a['null_p99']:.3f})", fontsize=9)
+    fig.colorbar(im, ax=axes, fraction=0.03)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def summary_lines(res: dict) -> list[str]:
+    """The figures in words: each score beside its null."""
+    lines = [
+        f"LAM codes against real actions over {res['transitions']:,} transitions of {res['episodes']} "
+        f"{res['split']} episodes (null: {res['raw']['permutations']} permutations of clips' actions):",
+        f"  {'':24s} {'value':>7s} {'null p95':>9s} {'null p99':>9s} {'p':>7s}",
+    ]
+    for part, n in (("effective", len(res["effective_names"])), ("raw", len(res["action_meanings"]))):
+        for m in ("ami", "nmi"):
+            e = res[part][m]
+            lines.append(
+                f"  {m.upper()}, {part} ({n} classes){'':{max(0, 9 - len(part))}s} {e['value']:7.3f} "
+                f"{e['null_p95']:9.3f} {e['null_p99']:9.3f} {e['p_value']:7.3f}"
+            )
+    if res.get("probe"):
+        p = res["probe"]
+        lines.append(
+            f"  linear probe, LAM features -> effective class (fit on {p['train_transitions']:,} "
+            f"{res['share_split']} transitions): accuracy {p['accuracy']:.3f}; majority class {p['majority']:.3f}, "
+            f"shuffled labels {p['shuffled']:.3f}"
+        )
+    elif res.get("probe_missing"):
+        lines.append(f"  no linear probe: {res['probe_missing']}")
+    used = sum(s > 0 for s in res["train_code_share"])
+    lines.append(f"  codes used on the {res['share_split']} split: {used} of {res['vocab']}")
+    return lines
 
 
 def actions_report(args: ActionsArgs) -> dict:
     lam, window = load_lam(args.run)
     meta = read_metadata(args.data)
-    num_actions = meta["num_actions"]
-    if num_actions <= 0:
+    if meta["num_actions"] <= 0:
         raise DataError(f"{args.data / 'metadata.json'}: the dataset has no ground-truth actions to compare with")
-    if args.frames < 2:
-        raise ValueError(f"--frames must be >= 2 (one transition), got {args.frames}")
-    clips = episode_clips(args.data, args.split, args.clips, args.frames, args.seed, align=window - 1)
-    codes = latent_actions(lam, window, clips["frames"])
-    counts = transition_counts(codes, clips["actions"], lam.cfg.vocab_size, num_actions)
-    meanings = action_meanings(meta)
-    result = {
-        "run": str(args.run),
-        "data": str(args.data),
-        "split": args.split,
-        "clips": args.clips,
-        "transitions": int(counts.sum()),
-        "nmi": nmi(counts),
-        "counts": counts.tolist(),
-        "action_meanings": meanings,
-        "codes": action_mapping(counts, args.top, meanings),
-    }
+    if args.frames < 2 or args.transitions < 1 or args.permutations < 1:
+        raise ValueError(
+            f"need --frames >= 2, --transitions >= 1 and --permutations >= 1 "
+            f"(got {args.frames}, {args.transitions}, {args.permutations})"
+        )
+    res = measure(
+        lam,
+        window,
+        args.data,
+        split=args.split,
+        probe_split=args.probe_split,
+        transitions=args.transitions,
+        frames=args.frames,
+        permutations=args.permutations,
+        seed=args.seed,
+    )
+    res = {"run": str(args.run), "data": str(args.data), **res}
+    res["codes"] = action_mapping(np.asarray(res["counts"]), args.top, res["action_meanings"])
+    res["codes_effective"] = action_mapping(np.asarray(res["effective_counts"]), args.top, res["effective_names"])
     out = args.out or Path(args.run) / "actions"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "actions.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot_heatmap(out / "actions.png", counts, meanings, result["nmi"])
-    print(
-        f"NMI(LAM code; real action) = {result['nmi']:.3f} over {result['transitions']} transitions of "
-        f"{args.clips} {args.split} clips"
-    )
-    for row in result["codes"]:
+    (out / "actions.json").write_text(json.dumps(res, indent=2) + "\n")
+    plot_heatmap(out / "actions.png", res)
+    print("\n".join(summary_lines(res)))
+    for row, eff in zip(res["codes"], res["codes_effective"], strict=True):
         acts = ", ".join(f"{a['name']} {a['p']:.0%}" for a in row["actions"]) or "-"
-        print(f"  code {row['code']:2d}  {row['share']:6.1%} of transitions  {acts}")
+        effs = ", ".join(f"{a['name']} {a['p']:.0%}" for a in eff["actions"]) or "-"
+        print(f"  code {row['code']:2d}  {row['share']:6.1%} of transitions  {effs}  |  {acts}")
     print(f"wrote {out / 'actions.json'}\nwrote {out / 'actions.png'}")
-    return result
+    return res

@@ -6,8 +6,12 @@ rule lets it. Per clip: C ground-truth context frames, then the model generates 
 with the actions the LAM infers from the ground-truth clip (ground-truth actions for
 --gt-actions models). Baselines on the same clips: the tokenizer's reconstruction (the
 ceiling: what a perfect dynamics model could reach) and copying the last context frame.
-Controllability (Genie §3): ΔtPSNR = PSNR(x_t, x̂_t) − PSNR(x_t, x̂'_t), with x̂' generated
-from uniformly random actions and the same random numbers, at clip frame t (default 4).
+Controllability (Genie §3): ΔtPSNR = PSNR(x_t, x̂_t) − PSNR(x_t, x̂'_t) at clip frame t (default 4), with
+x̂' generated from random actions and the same random numbers. The random actions are drawn from the
+distribution the dynamics trained on (the LAM's code shares on the train split, or the real actions'), never
+from codes it never saw. Beside it, GenieRedux's variant: the same actions up to t−1 and the action into
+frame t swapped for another code in use. With a LAM and a dataset with real actions, the latent-action
+figures of ``jasmine actions`` (AMI and NMI beside permutation nulls, the linear probe) are reported too.
 Intervals are 95% percentile bootstraps over episodes (``jasmine.eval.metrics``).
 """
 
@@ -22,6 +26,8 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from jasmine.data.dataset import DataError
+from jasmine.data.loader import episode_windows
 from jasmine.eval.metrics import code_usage, psnr_ssim, summarise_rollouts
 from jasmine.eval.report import plot_curves, summary_lines, write_report
 from jasmine.models.digits import SamplingOptions
@@ -29,7 +35,7 @@ from jasmine.sample.clips import check_lengths, choose_actions, load_genie, num_
 from jasmine.sample.rollout import Rollout, sample_options
 from jasmine.viz import side_by_side, stack_rows, write_gif
 
-SOURCES = ("model", "random_actions", "tokenizer", "copy_last")
+SOURCES = ("model", "random_actions", "swapped_action", "tokenizer", "copy_last")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,8 +59,49 @@ class EvalArgs(SamplingOptions):
     seed: int = 0
     gifs: int = 4
     """Clips drawn in the report GIF."""
+    action_transitions: int = 10_000
+    """Transitions measured per split for the latent-action figures and the code shares (see jasmine actions)."""
+    permutations: int = 1000
+    """Draws of the latent-action figures' permutation null."""
     out: Path | None = None
     """Output directory (default RUN/eval)."""
+
+
+def swap_action(actions_BT: np.ndarray, t: int, shares: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+    """``actions`` with entry t-1 (the action into frame t) replaced by another code in use, drawn by its share;
+    None when fewer than two codes are in use."""
+    if (shares > 0).sum() < 2:
+        return None
+    out = actions_BT.copy()
+    for b, a in enumerate(actions_BT[:, t - 1]):
+        p = shares.copy()
+        p[a] = 0
+        out[b, t - 1] = rng.choice(len(p), p=p / p.sum())
+    return out
+
+
+def action_shares(genie, data: Path, args: EvalArgs) -> tuple[np.ndarray, dict | None]:
+    """What the dynamics trained on (each code's or real action's share of the train split's transitions) and,
+    with a LAM, the latent-action figures of ``jasmine actions``."""
+    from jasmine.eval.actions import measure
+
+    if genie.lam is not None:
+        m = measure(
+            genie.lam,
+            genie.lam_window,
+            data,
+            split=args.split,
+            transitions=args.action_transitions,
+            permutations=args.permutations,
+            seed=args.seed,
+        )
+        return np.asarray(m["train_code_share"]), m
+    n = num_action_codes(genie)
+    try:
+        acts = episode_windows(data, "train", 16, args.action_transitions, args.seed)["actions"][:, :-1]
+    except (DataError, KeyError):  # no train split with actions here: every action equally
+        return np.full(n, 1 / n), None
+    return np.bincount(acts.ravel(), minlength=n)[:n] / acts.size, None
 
 
 def evaluate(args: EvalArgs) -> dict:
@@ -66,6 +113,8 @@ def evaluate(args: EvalArgs) -> dict:
     clips = read_clips(genie, args.data, args.split, args.clips, args.frames, args.seed, cfg.image_size)
     roll = Rollout(genie, cfg.seq_len, sample_options(args))
     rng = np.random.default_rng(args.seed)
+    shares, latent = action_shares(genie, args.data, args)
+    t = args.delta_t
     scores = {k: [] for k in SOURCES}
     previews, token_ids, model_actions = [], [], []
     t0 = time.perf_counter()
@@ -80,9 +129,12 @@ def evaluate(args: EvalArgs) -> dict:
         def rollout(actions, ctx=ctx, key=key):
             return roll.decode(roll.run(ctx, actions, key, num_frames=args.frames - args.context))
 
+        actions = choose_actions(source, genie, batch, rng)
+        swapped = swap_action(actions, t, shares, rng)
         videos = {
-            "model": rollout(actions := choose_actions(source, genie, batch, rng)),
-            "random_actions": rollout(choose_actions("random", genie, batch, rng)),
+            "model": rollout(actions),
+            "random_actions": rollout(rng.choice(len(shares), actions.shape, p=shares / shares.sum()).astype(np.int32)),
+            **({"swapped_action": rollout(swapped)} if swapped is not None else {}),
             "tokenizer": roll.decode(ids_gt),
             "copy_last": np.repeat(gt[:, args.context - 1 : args.context], args.frames, axis=1),
         }
@@ -94,17 +146,8 @@ def evaluate(args: EvalArgs) -> dict:
             previews.append(
                 side_by_side(gt[b], videos["tokenizer"][b], videos["model"][b], videos["random_actions"][b])
             )
-    nmi = None
-    if source == "lam" and "actions" in clips:  # how much the latent actions the model used say about the real ones
-        from jasmine.eval.actions import nmi as normalised_mi
-        from jasmine.eval.actions import transition_counts
-
-        real = clips["actions"]
-        nmi = normalised_mi(
-            transition_counts(np.concatenate(model_actions), real, num_action_codes(genie), int(real.max()) + 1)
-        )
-    psnr = {k: np.concatenate([p for p, _ in v]) for k, v in scores.items()}
-    ssim = {k: np.concatenate([s for _, s in v]) for k, v in scores.items()}
+    psnr = {k: np.concatenate([p for p, _ in v]) for k, v in scores.items() if v}
+    ssim = {k: np.concatenate([s for _, s in v]) for k, v in scores.items() if v}
     results = {
         "run": str(args.run),
         "data": str(args.data),
@@ -120,7 +163,8 @@ def evaluate(args: EvalArgs) -> dict:
         "actions": source,
         "delta_t": args.delta_t,
         "seconds": time.perf_counter() - t0,
-        "lam_action_nmi": nmi,
+        "random_action_shares": shares.tolist(),
+        "latent_actions": latent,
         "tokenizer_codes": (
             code_usage(np.concatenate(token_ids), genie.tokenizer.cfg.vocab_size)
             if np.issubdtype(token_ids[0].dtype, np.integer)

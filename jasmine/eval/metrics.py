@@ -36,9 +36,10 @@ def summarise_rollouts(
 ) -> dict:
     """The numbers ``jasmine eval`` reports, from per-clip, per-frame scores ([B, T] per video source).
 
-    Sources: ``model`` (inferred actions), ``random_actions``, ``tokenizer`` and ``copy_last``.
-    Returns per-frame curves and means over the generated frames with bootstrap intervals,
-    the paired difference model − copy_last, and ΔtPSNR = PSNR(x_t, model) − PSNR(x_t, random).
+    Sources: ``model`` (inferred actions), ``random_actions``, optionally ``swapped_action``, ``tokenizer`` and
+    ``copy_last``. Returns per-frame curves and means over the generated frames with bootstrap intervals,
+    the paired difference model − copy_last, ΔtPSNR = PSNR(x_t, model) − PSNR(x_t, random) and, with
+    ``swapped_action``, its GenieRedux variant PSNR(x_t, model) − PSNR(x_t, swapped).
     """
     B = next(iter(psnr.values())).shape[0]
     idx = resamples(B, seed=seed)
@@ -53,6 +54,10 @@ def summarise_rollouts(
 
     res["model_minus_copy_last"] = {m: bootstrap(gen("model", m) - gen("copy_last", m), idx) for m in ("psnr", "ssim")}
     res[f"delta_psnr_t{delta_t}"] = bootstrap(psnr["model"][:, delta_t] - psnr["random_actions"][:, delta_t], idx)
+    if "swapped_action" in psnr:  # GenieRedux's variant: only the action into frame t differs
+        res[f"delta_psnr_t{delta_t}_swap"] = bootstrap(
+            psnr["model"][:, delta_t] - psnr["swapped_action"][:, delta_t], idx
+        )
     return res
 
 

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from jasmine.eval.actions import summary_lines as action_lines
+
 LABELS = {
     "model": "model (inferred actions)",
     "random_actions": "model (random actions)",
+    "swapped_action": "model (action into frame t swapped)",
     "tokenizer": "tokenizer reconstruction (ceiling)",
     "copy_last": "copy last context frame",
 }
@@ -55,8 +58,19 @@ def metrics_table(res: dict) -> str:
     return "\n".join(rows)
 
 
+def controllability_lines(res: dict) -> list[str]:
+    t = res["delta_t"]
+    lines = [f"Δ{t}PSNR = {_ci(res[f'delta_psnr_t{t}'], '.3f')} dB (random actions drawn by the train split's shares)"]
+    if f"delta_psnr_t{t}_swap" in res:
+        lines.append(
+            f"Δ{t}PSNR, GenieRedux variant (only the action into frame {t} swapped) = "
+            f"{_ci(res[f'delta_psnr_t{t}_swap'], '.3f')} dB"
+        )
+    return lines
+
+
 def summary_lines(res: dict) -> list[str]:
-    t, codes = res["delta_t"], res["tokenizer_codes"]
+    codes, latent = res["tokenizer_codes"], res.get("latent_actions")
     return (
         [
             f"{res['clips']} clips from distinct {res['split']} episodes, {res['context']} context + "
@@ -65,7 +79,7 @@ def summary_lines(res: dict) -> list[str]:
             "",
             metrics_table(res),
             "",
-            f"Δ{t}PSNR = {_ci(res[f'delta_psnr_t{t}'], '.3f')} dB",
+            *controllability_lines(res),
         ]
         + (
             [
@@ -75,11 +89,7 @@ def summary_lines(res: dict) -> list[str]:
             if codes
             else []
         )
-        + (
-            [f"NMI(LAM code; real action) = {res['lam_action_nmi']:.3f} (details: jasmine actions)"]
-            if res.get("lam_action_nmi") is not None
-            else []
-        )
+        + (action_lines(latent) if latent and "raw" in latent else [])
     )
 
 
@@ -113,6 +123,12 @@ def _codes_text(codes: dict | None) -> str:
     )
 
 
+def _latent_text(latent: dict | None) -> str:
+    if not latent or "raw" not in latent:
+        return ""
+    return "\n## Latent actions against real actions\n\n```\n" + "\n".join(action_lines(latent)) + "\n```\n"
+
+
 def write_report(path: Path, res: dict) -> None:
     t = res["delta_t"]
     text = f"""# Evaluation of `{res["run"]}`
@@ -127,9 +143,11 @@ by the {res.get("dynamics", "maskgit")} dynamics,
 
 {metrics_table(res)}
 
-**Controllability** Δ{t}PSNR = PSNR(x, x̂) − PSNR(x, x̂′) at frame {t}, x̂′ from random actions:
-**{_ci(res[f"delta_psnr_t{t}"], ".3f")} dB** (positive: the inferred actions matter).
+**Controllability** Δ{t}PSNR = PSNR(x, x̂) − PSNR(x, x̂′) at frame {t}, x̂′ from random actions drawn by
+the share each code has on the train split (positive: the inferred actions matter):
 
+{chr(10).join("- " + line for line in controllability_lines(res))}
+{_latent_text(res.get("latent_actions"))}
 {_codes_text(res["tokenizer_codes"])}
 
 ## Per frame

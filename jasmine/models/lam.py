@@ -58,13 +58,16 @@ class LatentActionModel(nnx.Module):
             patch_dim, cfg.model_dim, cfg.ffn_dim, patch_dim, cfg.num_blocks, cfg.num_heads, **kw
         )
 
-    def encode(self, videos_BTHWC, *, rng=None):
-        """Latent actions for t = 1..T-1: (z_q_BT'L straight-through, ids_BT', VQ aux) with T' = T-1."""
+    def features(self, videos_BTHWC):
+        """The encoder's output at the action token of frames 1..T-1 [B, T-1, L], before quantisation."""
         x_BTNI = patchify(videos_BTHWC, self.cfg.patch_size)
         B, T, _, patch_dim = x_BTNI.shape
         tok_BT1I = jnp.broadcast_to(self.action_token[...].astype(x_BTNI.dtype), (B, T, 1, patch_dim))
-        h_BTL = self.encoder(jnp.concatenate([tok_BT1I, x_BTNI], axis=2))[:, :, 0]
-        return self.vq(h_BTL[:, 1:], rng=rng)
+        return self.encoder(jnp.concatenate([tok_BT1I, x_BTNI], axis=2))[:, 1:, 0]
+
+    def encode(self, videos_BTHWC, *, rng=None):
+        """Latent actions for t = 1..T-1: (z_q_BT'L straight-through, ids_BT', VQ aux) with T' = T-1."""
+        return self.vq(self.features(videos_BTHWC), rng=rng)
 
     def decode(self, videos_BTHWC, z_BT1L):
         """Predict frames 1..T-1 from frames 0..T-2 and the latent action of each step."""

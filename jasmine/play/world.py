@@ -223,7 +223,7 @@ def load_game(
         except DataError as e:
             warnings.warn(f"no action mapping (number keys only): {e}", stacklevel=2)
         else:
-            codes = latent_actions(genie.lam, genie.lam_window, clips["frames"])
+            codes, _ = latent_actions(genie.lam, genie.lam_window, clips["frames"])
             counts = transition_counts(codes, clips["actions"], genie.lam.cfg.vocab_size, meta["num_actions"])
     bindings = Bindings.for_codes(num_action_codes(genie), meanings=meanings, counts_KA=counts, gt_actions=gt)
     infer = None if gt else (lambda frames: infer_actions(genie, frames))

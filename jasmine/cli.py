@@ -213,6 +213,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "train tokenizer": Command(_train_parse("tokenizer"), _train("tokenizer"), "train the VQ-VAE video tokenizer"),
     "train lam": Command(_train_parse("lam"), _train("lam"), "train the latent action model"),
+    "train idm": Command(
+        _train_parse("idm"), _train("idm"), "train the LAM's supervised ceiling: its encoder classifying real actions"
+    ),
     "train mae": Command(
         _train_parse("mae"), _train("mae"), "train the MAE tokenizer (continuous latents for the diffusion dynamics)"
     ),

@@ -119,6 +119,16 @@ class LAMTrainConfig(TrainConfig):
 
 
 @dataclass(frozen=True)
+class IDMTrainConfig(LAMTrainConfig):
+    """The LAM's supervised ceiling: its encoder classifying the real action (effective classes) between frames."""
+
+    action_classes: tuple[int, ...] = ()
+    """Effective class of each real action id (filled from the data's metadata and recorded)."""
+    class_names: tuple[str, ...] = ()
+    """Names of the effective classes (filled from the data's metadata and recorded)."""
+
+
+@dataclass(frozen=True)
 class MAETrainConfig(TrainConfig):
     """The MAE tokenizer: continuous latents for the diffusion dynamics."""
 
@@ -266,7 +276,10 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
 def load_config(path: Path) -> TrainConfig:
     data = json.loads(Path(path).read_text())
     kind = data.pop("type")
-    classes = {c.__name__: c for c in (TokenizerTrainConfig, LAMTrainConfig, MAETrainConfig, DynamicsTrainConfig)}
+    classes = {
+        c.__name__: c
+        for c in (TokenizerTrainConfig, LAMTrainConfig, IDMTrainConfig, MAETrainConfig, DynamicsTrainConfig)
+    }
     if kind not in classes:
         raise ValueError(f"{path}: unknown config type {kind!r}")
     return from_dict(classes[kind], data)

@@ -4,8 +4,11 @@ every field is a flag."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from jasmine.config import (
     DynamicsTrainConfig,
+    IDMTrainConfig,
     LAMTrainConfig,
     MAETrainConfig,
     OptimConfig,
@@ -158,6 +161,11 @@ PRESETS["mae"] = {  # the VQ tokenizer's architectures and budgets, with a tanh 
     ),
 }
 PRESETS["lam"]["micro"] = LAMTrainConfig(**_MICRO_RUN, model=_MICRO_LAM)
+# The LAM's supervised ceiling: the same encoder, data, steps and optimiser (it has no decoder, so it takes less time)
+PRESETS["idm"] = {
+    name: IDMTrainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+    for name, cfg in PRESETS["lam"].items()
+}
 PRESETS["dynamics"] = {
     "coinrun": DynamicsTrainConfig(  # 17 frames: the LAM's windows tile them and clips align to 16 frames
         **{**_COINRUN_RUN, "seq_len": 17},

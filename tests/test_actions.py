@@ -28,6 +28,19 @@ def test_ami_and_its_null_on_hand_made_tables():
     assert count_matrix(np.array([[0, 1], [1, 1]]), np.array([[2, 0], [0, 0]]), 2, 3).tolist() == [[0, 0, 1], [3, 0, 0]]
 
 
+def test_the_null_pairs_each_clip_with_another_episodes_labels():
+    from jasmine.eval.agreement import cross_episode_permutations
+
+    rng = np.random.default_rng(0)
+    episode = np.array([0, 0, 0, 1, 1, 2, 3, 3, 4, 5])  # clips of one episode share its within-episode history
+    perms = cross_episode_permutations(episode, 300, rng)
+    for p in perms:
+        assert sorted(p) == list(range(10)) and (episode[p] != episode).all()
+    assert len({tuple(p) for p in perms}) > 100  # and they are varied
+    for p in cross_episode_permutations(np.array([0, 0, 0, 0, 1]), 20, rng):  # no cross pairing: still no own clip
+        assert sorted(p) == list(range(5)) and (p != np.arange(5)).all()
+
+
 def test_null_draws_equal_scikit_learn_scores_of_the_permuted_tables():
     from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
@@ -88,8 +101,7 @@ def test_codes_pair_with_the_action_taken_from_the_earlier_frame(tmp_path, monke
     write_synthetic(tmp_path / "ds", lengths=(40, 33, 25, 60), frame_shape=(8, 8, 3))  # actions[t] = t % 7
 
     class FakeLAM:  # code of transition t-1 -> t := index of frame t-1, mod 7 (channel 0 holds the index)
-        class cfg:
-            vocab_size = 7
+        num_codes = 7
 
     def fake_codes(lam, window, frames):
         codes = frames[:, :-1, 0, 0, 0].astype(int) % 7
@@ -187,3 +199,51 @@ def test_random_and_swapped_actions_only_use_codes_the_dynamics_trained_on():
     np.testing.assert_array_equal(np.delete(swapped, 3, axis=1), np.delete(actions, 3, axis=1))
     assert (swapped[:, 3] != actions[:, 3]).all() and set(np.unique(swapped[:, 3])) == {0, 2, 3}
     assert swap_action(actions, 4, np.array([1.0, 0, 0, 0, 0]), rng) is None  # a single code: nothing to swap to
+
+
+def write_squares(root, *, shuffle: bool = False, episodes: int = 12, length: int = 24):
+    """A square moved by the action (0 stay, 1 left, 2 right, 3 up, 4 down; 3 px a step, wrapping around):
+    the action is obvious from two frames. ``shuffle`` permutes the labels across the dataset."""
+    from jasmine.data.dataset import DatasetWriter
+
+    moves = np.array([(0, 0), (0, -3), (0, 3), (-3, 0), (3, 0)])
+    writer = DatasetWriter(root, frame_shape=(16, 16, 3), num_actions=5, source="squares",
+                           generator={"name": "squares"}, chunk_len=length)  # fmt: skip
+    rng = np.random.default_rng(0)
+    for split in ("train", "val", "test"):
+        for e in range(episodes * (4 if split == "train" else 1)):
+            pos, frames = rng.integers(0, 16, 2), np.zeros((length, 16, 16, 3), np.uint8)
+            actions = rng.integers(0, 5, length).astype(np.int32)
+            for t in range(length):
+                ys, xs = (pos[0] + np.arange(5)) % 16, (pos[1] + np.arange(5)) % 16
+                frames[t][np.ix_(ys, xs)] = 255
+                pos = pos + moves[actions[t]]
+            writer.add_episode(split, frames, rng.permutation(actions) if shuffle else actions, {"episode_id": e})
+    writer.finish()
+
+
+def test_the_supervised_ceiling_and_the_probe_read_an_obvious_action(tmp_path):
+    """An IDM (the LAM's encoder with labels) on squares moved by the action: its classes and the probe on its
+    features recover the action (AMI and accuracy near 1); against shuffled labels they are at chance."""
+    import dataclasses
+
+    from jasmine.presets import preset
+    from jasmine.train.components import COMPONENTS
+    from jasmine.train.loop import train
+
+    write_squares(tmp_path / "sq")
+    write_squares(tmp_path / "shuffled", shuffle=True)
+    base = preset("idm", "micro")
+    cfg = dataclasses.replace(base, data=tmp_path / "sq", out=tmp_path / "idm", image_size=(16, 16, 3), seq_len=2,
+                              steps=600, batch_size=16, ckpt_every=600, val_every=600, log_every=100,
+                              optim=dataclasses.replace(base.optim, lr=3e-3, warmup_steps=20),
+                              model=dataclasses.replace(base.model, patch_size=8, num_blocks=2))  # fmt: skip
+    train(cfg, COMPONENTS["idm"], progress=False)
+    idm, window = A.load_lam(tmp_path / "idm")
+    assert window == 2 and idm.num_codes == 5
+    res = A.measure(idm, window, tmp_path / "sq", permutations=50)
+    assert res["effective"]["ami"]["value"] > 0.8 > 0.1 > res["effective"]["ami"]["null_p99"]
+    assert res["probe"]["accuracy"] > 0.9 and res["probe"]["shuffled"] < 0.5 and res["probe"]["majority"] < 0.4
+    chance = A.measure(idm, window, tmp_path / "shuffled", permutations=50)
+    assert chance["effective"]["ami"]["value"] < chance["effective"]["ami"]["null_p99"] + 0.02
+    assert chance["probe"]["accuracy"] < 0.45

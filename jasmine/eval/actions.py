@@ -2,16 +2,16 @@
 
 Dimension key: B clips, T frames, K LAM codes, A ground-truth actions, F LAM feature width.
 
-The LAM's code for the transition t-1 → t is paired with the real action taken after frame t-1
-(``actions[t-1]``: records store frame t, then the action taken from it). Held-out transitions come from
-whole episodes of the test split (``--transitions``, 10,000 by default). Reported, each beside its chance level
-(``jasmine.eval.agreement``): NMI and AMI against the raw actions and against the environment's *effective*
-action classes (ids the game treats alike share a class, recorded by each generator), with a permutation null
-that pairs each clip's codes with another clip's actions; a linear probe from the LAM's pre-quantisation
-output to the effective class (fit on the train split, scored on the test split) beside the majority-class
-rate; the K × A count matrix, a heatmap of P(action | code) and each code's dominant actions (the mapping
-``jasmine play`` binds keys with); and each code's share of the train split's transitions (what the dynamics
-trained on: ``jasmine eval`` draws its random actions from it).
+The LAM's code for the transition t-1 → t is paired with the real action taken after frame t-1 (``actions[t-1]``:
+records store frame t, then the action taken from it). Held-out transitions come from whole episodes of the test
+split (``--transitions``, 10,000 by default). Reported, each beside its chance level (``jasmine.eval.agreement``):
+NMI and AMI against the raw actions and against the environment's *effective* action classes (ids the game treats
+alike share a class, recorded by each generator), with a permutation null that pairs each clip's codes with the
+actions of a clip from another episode; a linear probe from the LAM's pre-quantisation output to the effective
+class (fit on the train split, scored on the test split) beside the majority-class rate; the K × A count matrix, a
+heatmap of P(action | code) and each code's dominant actions (the mapping ``jasmine play`` binds keys with); and
+each code's share of the train split's transitions (what the dynamics trained on: ``jasmine eval`` draws its random
+actions from it).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class ActionsArgs:
     """Latent actions against real actions: NMI and AMI beside permutation nulls, a linear probe, the mapping."""
 
     run: Path
-    """A LAM run, or a dynamics run with a LAM (frozen or co-trained)."""
+    """A LAM run, a dynamics run with a LAM (frozen or co-trained), or an IDM run (the supervised ceiling)."""
     data: Path
     """Dataset with ground-truth actions."""
     split: str = "test"
@@ -70,7 +70,8 @@ def transition_counts(codes_BT1: np.ndarray, actions_BT: np.ndarray, num_codes: 
 
 
 def load_lam(run: Path):
-    """(LAM module, its window in frames) of a LAM run or of a dynamics run's LAM."""
+    """(LAM module, its window in frames) of a LAM run, of its supervised ceiling (an IDM run: its codes are its
+    predicted classes) or of a dynamics run's LAM."""
     from jasmine.train.components import load_run
 
     cfg = run_config(run)
@@ -99,7 +100,7 @@ def latent_actions(lam, window: int, frames_BTHWC: np.ndarray, batch: int = 16) 
         x = frames.astype(jnp.float32) / 255.0
         model = nnx.merge(graphdef, state)
         h = model.features(lam_windows(x, window))
-        ids = model.vq(h)[1].astype(jnp.int32)
+        ids = model.codes(h)
         return from_lam_windows(ids, x.shape[0], x.shape[1]), from_lam_windows(h, x.shape[0], x.shape[1])
 
     parts = [jax.device_get(infer(state, frames_BTHWC[i : i + batch])) for i in range(0, len(frames_BTHWC), batch)]
@@ -136,7 +137,7 @@ def measure(
     come from ``split`` and there is no probe (``share_split`` says which).
     """
     meta = read_metadata(data)
-    num_actions, vocab = int(meta["num_actions"]), int(lam.cfg.vocab_size)
+    num_actions, vocab = int(meta["num_actions"]), int(lam.num_codes)
     test = split_codes(lam, window, data, split, transitions, frames, seed)
     res: dict = {
         "split": split,
@@ -166,8 +167,10 @@ def measure(
     res.update(
         action_meanings=action_meanings(meta) or [str(a) for a in range(num_actions)],
         effective_names=names,
-        raw=agreement(test["codes"], real, permutations=permutations, seed=seed),
-        effective=agreement(test["codes"], of_action[real], permutations=permutations, seed=seed),
+        raw=agreement(test["codes"], real, episode_B=test["episode"], permutations=permutations, seed=seed),
+        effective=agreement(
+            test["codes"], of_action[real], episode_B=test["episode"], permutations=permutations, seed=seed
+        ),
         counts=count_matrix(test["codes"], real, vocab, num_actions).tolist(),
         effective_counts=count_matrix(test["codes"], of_action[real], vocab, len(names)).tolist(),
     )
@@ -236,7 +239,7 @@ def summary_lines(res: dict) -> list[str]:
     """The figures in words: each score beside its null."""
     lines = [
         f"LAM codes against real actions over {res['transitions']:,} transitions of {res['episodes']} "
-        f"{res['split']} episodes (null: {res['raw']['permutations']} permutations of clips' actions):",
+        f"{res['split']} episodes (null: {res['raw']['permutations']} pairings with other episodes' actions):",
         f"  {'':24s} {'value':>7s} {'null p95':>9s} {'null p99':>9s} {'p':>7s}",
     ]
     for part, n in (("effective", len(res["effective_names"])), ("raw", len(res["action_meanings"]))):

@@ -2,12 +2,12 @@
 
 Dimension key: B clips, T transitions per clip, F feature width.
 
-* :func:`agreement`: NMI and adjusted mutual information (AMI, scikit-learn) between codes and labels, each
-  beside a permutation null that pairs every clip's codes with another clip's labels (whole rows move, so the
-  within-clip correlation of both sequences is kept and only the pairing is broken). AMI corrects NMI for
+* :func:`agreement`: NMI and adjusted mutual information (AMI, scikit-learn) between codes and labels, each beside
+  a permutation null that pairs every clip's codes with the labels of a clip from another episode (whole rows move,
+  so the within-clip correlation of both sequences is kept and only the pairing is broken). AMI corrects NMI for
   chance: with many codes and few samples NMI is high for independent labels, AMI stays near 0.
-* :func:`linear_probe`: logistic regression from continuous features to labels, fit on one split and scored
-  on another, beside the majority-class rate and a probe fit on shuffled labels.
+* :func:`linear_probe`: logistic regression from continuous features to labels, fit on one split and scored on
+  another, beside the majority-class rate and a probe fit on shuffled labels.
 """
 
 from __future__ import annotations
@@ -46,8 +46,41 @@ def null_draws(c_BT: np.ndarray, y_BT: np.ndarray, perms: list[np.ndarray]) -> d
     return {"nmi": mi / mean_h, "ami": (mi - emi) / (mean_h - emi)}
 
 
-def agreement(codes_BT: np.ndarray, labels_BT: np.ndarray, *, permutations: int = 1000, seed: int = 0) -> dict:
-    """NMI and AMI of ``codes`` against ``labels`` with their permutation null (clips' label rows permuted).
+def cross_episode_permutations(episode_B: np.ndarray, n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``n`` random pairings of clips in which every clip takes the labels of a clip from another episode.
+
+    Each draw orders the episodes at random (their clips shuffled, kept together) and pairs position i with
+    position i + k (mod B) for a random k with both k and B - k at least the largest episode's clip count, so
+    no clip meets its own episode. When one episode holds more than half the clips no such pairing exists, and
+    clips pair with any other clip instead.
+    """
+    episode_B = np.asarray(episode_B)
+    B = len(episode_B)
+    groups = [np.flatnonzero(episode_B == e) for e in np.unique(episode_B)]
+    most = max(len(g) for g in groups)
+    out = []
+    for _ in range(n):
+        if 2 * most > B:  # no cross-episode pairing exists: a random cycle (no clip keeps its own labels)
+            order, shift = rng.permutation(B), 1
+        else:
+            order = np.concatenate([rng.permutation(groups[g]) for g in rng.permutation(len(groups))])
+            shift = int(rng.integers(most, B - most + 1))
+        perm = np.empty(B, np.int64)
+        perm[order] = order[(np.arange(B) + shift) % B]
+        out.append(perm)
+    return out
+
+
+def agreement(
+    codes_BT: np.ndarray,
+    labels_BT: np.ndarray,
+    *,
+    episode_B: np.ndarray | None = None,
+    permutations: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """NMI and AMI of ``codes`` against ``labels`` with their permutation null: each clip's codes against the
+    labels of a clip from another episode (``episode_B``; default: every clip its own episode).
 
     Returns ``{"nmi": {"value", "null_mean", "null_p95", "null_p99", "p_value"}, "ami": {...}, "transitions",
     "permutations"}``; the p-value counts null draws at least as large as the observed score (+1 smoothing).
@@ -66,7 +99,8 @@ def agreement(codes_BT: np.ndarray, labels_BT: np.ndarray, *, permutations: int 
     _, y = np.unique(labels_BT, return_inverse=True)
     c, y = c.reshape(codes_BT.shape), y.reshape(labels_BT.shape)
     rng = np.random.default_rng(seed)
-    perms = [rng.permutation(len(y)) for _ in range(permutations)]
+    episode_B = np.arange(len(y)) if episode_B is None else np.asarray(episode_B)
+    perms = cross_episode_permutations(episode_B, permutations, rng)
     observed = {
         "nmi": float(normalized_mutual_info_score(y.ravel(), c.ravel())),
         "ami": float(adjusted_mutual_info_score(y.ravel(), c.ravel())),

@@ -33,6 +33,15 @@ class LAMConfig(TokenizerConfig):
     dead_code_reset_steps: int = 50
 
 
+def action_features(action_token, encoder, patch_size: int, videos_BTHWC):
+    """A learned action token before each frame's patches, through the temporally causal encoder; its output at
+    frames 1..T-1 [B, T-1, L] (it has seen frames 0..t)."""
+    x_BTNI = patchify(videos_BTHWC, patch_size)
+    B, T, _, patch_dim = x_BTNI.shape
+    tok_BT1I = jnp.broadcast_to(action_token[...].astype(x_BTNI.dtype), (B, T, 1, patch_dim))
+    return encoder(jnp.concatenate([tok_BT1I, x_BTNI], axis=2))[:, 1:, 0]
+
+
 class LatentActionModel(nnx.Module):
     def __init__(
         self,
@@ -60,10 +69,15 @@ class LatentActionModel(nnx.Module):
 
     def features(self, videos_BTHWC):
         """The encoder's output at the action token of frames 1..T-1 [B, T-1, L], before quantisation."""
-        x_BTNI = patchify(videos_BTHWC, self.cfg.patch_size)
-        B, T, _, patch_dim = x_BTNI.shape
-        tok_BT1I = jnp.broadcast_to(self.action_token[...].astype(x_BTNI.dtype), (B, T, 1, patch_dim))
-        return self.encoder(jnp.concatenate([tok_BT1I, x_BTNI], axis=2))[:, 1:, 0]
+        return action_features(self.action_token, self.encoder, self.cfg.patch_size, videos_BTHWC)
+
+    @property
+    def num_codes(self) -> int:
+        return self.cfg.vocab_size
+
+    def codes(self, h_BT1L):
+        """Action ids of encoder outputs (``features``)."""
+        return self.vq(h_BT1L)[1].astype(jnp.int32)
 
     def encode(self, videos_BTHWC, *, rng=None):
         """Latent actions for t = 1..T-1: (z_q_BT'L straight-through, ids_BT', VQ aux) with T' = T-1."""
@@ -88,3 +102,44 @@ class LatentActionModel(nnx.Module):
 
     def action_latents(self, ids_BX):
         return self.vq.lookup(ids_BX)
+
+
+class InverseDynamicsModel(nnx.Module):
+    """The supervised ceiling of the LAM: its encoder (same architecture, same action token) with a linear head
+    that classifies the real action between frames t-1 and t (trained on labels, ``jasmine train idm``)."""
+
+    def __init__(
+        self,
+        cfg: LAMConfig,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        *,
+        prec: Precision = Precision(),
+        attention: Attention = "auto",
+        remat: Remat = "none",
+        rngs: nnx.Rngs,
+    ):
+        check_patch_size(image_shape, cfg.patch_size, "--model.patch-size")
+        self.cfg, self.image_shape, self.num_classes = cfg, tuple(image_shape), num_classes
+        patch_dim = cfg.patch_size**2 * image_shape[2]
+        self.action_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (patch_dim,), prec.param_dtype))
+        self.encoder = AxialTransformer(
+            patch_dim, cfg.model_dim, cfg.ffn_dim, cfg.code_dim, cfg.num_blocks, cfg.num_heads,
+            prec=prec, attention=attention, remat=remat, rngs=rngs,
+        )  # fmt: skip
+        self.head = linear_layers(prec, rngs)(cfg.code_dim, num_classes)
+
+    def features(self, videos_BTHWC):
+        return action_features(self.action_token, self.encoder, self.cfg.patch_size, videos_BTHWC)
+
+    @property
+    def num_codes(self) -> int:
+        return self.num_classes
+
+    def __call__(self, videos_BTHWC):
+        """Class logits [B, T-1, num_classes] of the action into each frame t >= 1."""
+        return self.head(self.features(videos_BTHWC)).astype(jnp.float32)
+
+    def codes(self, h_BT1L):
+        """The predicted class of encoder outputs (``features``)."""
+        return jnp.argmax(self.head(h_BT1L), axis=-1).astype(jnp.int32)

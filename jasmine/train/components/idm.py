@@ -1,0 +1,75 @@
+"""The inverse-dynamics model (IDM) as a component: the LAM's encoder trained with the real actions' labels.
+
+It is the supervised ceiling of latent actions: how much of the action is identifiable from the frames at all,
+with the LAM's architecture, data and steps (``jasmine actions --run IDM_RUN`` measures it like a LAM: its codes
+are its predicted classes). Labels are the dataset's effective action classes (``generator.effective_actions``).
+
+Dimension key: B batch, T frames, C classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jasmine.config import IDMTrainConfig
+from jasmine.data.dataset import DataError, effective_actions, read_metadata
+from jasmine.models.lam import InverseDynamicsModel
+from jasmine.train.components.base import precision, register, to_unit
+from jasmine.train.components.lam import LAMComponent
+
+
+class IDMComponent(LAMComponent):
+    name = "idm"
+    config_cls = IDMTrainConfig
+
+    def prepare(self, cfg: IDMTrainConfig) -> IDMTrainConfig:
+        meta = read_metadata(cfg.data)
+        table = effective_actions(meta, cfg.data / "metadata.json")
+        if table is None:
+            raise DataError(
+                f"--data {cfg.data} has no actions (num_actions is 0 in its metadata.json): an IDM needs labels"
+            )
+        names, of_action = table
+        if cfg.action_classes and tuple(cfg.action_classes) != tuple(int(c) for c in of_action):
+            raise DataError(f"--data {cfg.data}: its effective action classes differ from the run's recorded ones")
+        return dataclasses.replace(cfg, action_classes=tuple(int(c) for c in of_action), class_names=tuple(names))
+
+    def batch_keys(self, cfg: IDMTrainConfig) -> tuple[str, ...]:
+        return ("frames", "actions")
+
+    def build(self, cfg: IDMTrainConfig, rngs: nnx.Rngs, *, pretrained: bool = True) -> InverseDynamicsModel:
+        return InverseDynamicsModel(
+            cfg.model,
+            cfg.image_size,
+            max(len(cfg.class_names), 1),
+            prec=precision(cfg),
+            attention=cfg.attention,
+            remat=cfg.remat,
+            rngs=rngs,
+        )
+
+    def loss(self, model: InverseDynamicsModel, batch, rng, cfg: IDMTrainConfig, *, training: bool):
+        logits_BT1C = model(to_unit(batch["frames"]))
+        labels_BT1 = jnp.asarray(cfg.action_classes, jnp.int32)[batch["actions"][:, :-1]]  # the action into t
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits_BT1C, labels_BT1).mean()
+        accuracy = (jnp.argmax(logits_BT1C, -1) == labels_BT1).mean()
+        return loss, {"loss": loss, "accuracy": accuracy}, {}
+
+    def after_update(self, model, aux, rng, cfg):
+        return {}
+
+    def evaluate(self, model, batch, rng, cfg: IDMTrainConfig):
+        return self.loss(model, batch, rng, cfg, training=False)[1]
+
+    def preview(self, model, batch, cfg):
+        return []
+
+    def model_flops(self, cfg: IDMTrainConfig, params: dict[str, int], inputs: str = "frames") -> float:
+        return 6.0 * sum(params.values()) * self.tokens_per_batch(cfg)
+
+
+register(IDMComponent())

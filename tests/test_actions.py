@@ -190,7 +190,7 @@ def test_actions_command_on_a_trained_lam(tmp_path, capsys):
 
 
 def test_random_and_swapped_actions_only_use_codes_the_dynamics_trained_on():
-    from jasmine.eval.evaluate import swap_action
+    from jasmine.eval.steering import swap_action
 
     rng = np.random.default_rng(0)
     shares = np.array([0.5, 0.0, 0.3, 0.2, 0.0])

@@ -53,6 +53,21 @@ def test_short_episodes_are_replaced_by_later_starts():
     assert [seed for _, _, seed in eps] == [0, 2, 3, 5, 6]
 
 
+def test_held_actions_repeat_for_one_to_n_steps():
+    env = ScriptedEnv(3, lambda k, slot: 400)
+    fresh = list(episodes(env, 3, np.random.default_rng(0), max_len=300, min_len=5))
+    held = list(episodes(ScriptedEnv(3, lambda k, slot: 400), 3, np.random.default_rng(0), max_len=300, min_len=5,
+                         action_hold=8))  # fmt: skip
+    for (_, acts, _), (_, fresh_acts, _) in zip(held, fresh, strict=True):
+        change = np.flatnonzero(np.diff(acts)) + 1
+        runs = np.diff(np.concatenate([[0], change, [len(acts)]]))
+        assert runs.max() <= 8 * 2 and runs.mean() > 3  # holds of 1..8 (two equal draws in a row may join)
+        assert np.diff(fresh_acts).astype(bool).mean() > 0.85  # the default: a fresh action every step
+        assert len(np.unique(acts)) >= 10 and acts.max() < 15
+    with pytest.raises(ValueError, match="--action-hold must be >= 1"):
+        generate(CoinRunArgs(out=None, action_hold=0))
+
+
 needs_procgen = pytest.mark.skipif(
     __import__("importlib").util.find_spec("procgen") is None, reason="needs the coinrun extra"
 )

@@ -15,9 +15,10 @@ from conftest import MICRO_DYN, build_once, cli, write_synthetic
 from PIL import Image
 
 from jasmine.config import DynamicsTrainConfig, OptimConfig
+from jasmine.eval.steering import action_codes, best_code, key_actions
 from jasmine.models.dynamics import DynamicsConfig
 from jasmine.models.tokenizer import TokenizerConfig
-from jasmine.play.world import Bindings, PlayError, World, best_code, decode_upload
+from jasmine.play.world import Bindings, PlayError, World, decode_upload
 
 pytest.importorskip("starlette")
 RUN = dict(
@@ -92,6 +93,19 @@ def test_bindings_from_a_hand_made_count_matrix():
     assert gt.labels == ["NOOP", "FIRE", "LEFT", "DOWN"]
     assert gt.keys == {"1": 0, "2": 1, "3": 2, "4": 3, "ArrowLeft": 2, "ArrowDown": 3, " ": 1}
     assert Bindings.for_codes(12).keys == {str(k + 1): k for k in range(9)}  # no actions known: number keys only
+
+
+def test_eval_drives_key_mapped_rollouts_with_exactly_plays_bindings():
+    """`jasmine eval`'s key-mapped rollouts send each real action's code; a key in play sends the same code."""
+    rng = np.random.default_rng(0)
+    meanings = ["LEFT+DOWN", "LEFT", "LEFT+UP", "DOWN", "NOOP", "UP", "RIGHT+DOWN", "RIGHT", "RIGHT+UP"]
+    for _ in range(20):
+        counts = rng.integers(0, 20, (6, 9)) * (rng.random((6, 9)) < 0.6)
+        keys = Bindings.for_codes(6, meanings=meanings, counts_KA=counts).keys
+        table = action_codes(counts)
+        for key, action in key_actions(meanings).items():
+            if counts[:, action].sum():
+                assert keys[key] == table[action], (key, counts)
 
 
 def test_world_frames_are_the_rollouts_frames(game):

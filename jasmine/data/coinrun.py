@@ -52,6 +52,9 @@ class CoinRunArgs:
     """Environments stepped together per split."""
     num_threads: int = 2
     """Procgen worker threads."""
+    action_hold: int = 1
+    """Each random action is held for a uniformly random 1..N steps, as people hold keys (1: a fresh action every
+    step, the Genie setting)."""
     records_per_shard: int = 100
     overwrite: bool = False
     """Replace an existing dataset in --out."""
@@ -88,7 +91,16 @@ def make_env(split_index: int, lo: int, hi: int, args: CoinRunArgs):
     )
 
 
-def episodes(env, n: int, rng: np.random.Generator, *, max_len: int, min_len: int, num_actions: int = NUM_ACTIONS):
+def episodes(
+    env,
+    n: int,
+    rng: np.random.Generator,
+    *,
+    max_len: int,
+    min_len: int,
+    num_actions: int = NUM_ACTIONS,
+    action_hold: int = 1,
+):
     """Yield the first ``n`` episodes *to start* that last at least ``min_len`` frames, in start order.
 
     ``env`` is a gym3-style vectorised env (``num``, ``observe``, ``act``, ``get_info``). Which
@@ -97,7 +109,8 @@ def episodes(env, n: int, rng: np.random.Generator, *, max_len: int, min_len: in
     and a shorter one that ends frees a start for a later episode. Keeping the first
     episodes to *finish* instead would favour short ones. Episodes are cut at ``max_len``.
     Yields ``(frames, actions, level_seed)``; memory holds at most the episodes that finish
-    while an earlier-started one is still running.
+    while an earlier-started one is still running. Each env slot draws a uniformly random action
+    and holds it for a uniformly random 1..``action_hold`` steps.
     """
     E, L = env.num, max_len
     frames_ELHWC = np.empty((E, L, *FRAME_SHAPE), np.uint8)
@@ -117,9 +130,15 @@ def episodes(env, n: int, rng: np.random.Generator, *, max_len: int, min_len: in
         short += not keep
         index_E[i] = -1
 
+    act_E, hold_E = np.zeros(E, np.int32), np.zeros(E, np.int64)
     while next_out < started or started - short < n:
         _, obs, first_E = env.observe()
-        act_E = rng.integers(0, num_actions, size=E, dtype=np.int32)
+        if action_hold == 1:  # the Genie setting, drawn exactly as before holds existed
+            act_E = rng.integers(0, num_actions, size=E, dtype=np.int32)
+        else:
+            fresh = hold_E <= 0
+            act_E = np.where(fresh, rng.integers(0, num_actions, size=E, dtype=np.int32), act_E)
+            hold_E = np.where(fresh, rng.integers(1, action_hold + 1, size=E), hold_E) - 1
         if first_E.any():
             info = env.get_info()
             for i in np.flatnonzero(first_E):
@@ -144,6 +163,8 @@ def episodes(env, n: int, rng: np.random.Generator, *, max_len: int, min_len: in
 
 def generate(args: CoinRunArgs) -> dict:
     """Write the dataset to ``args.out``; returns its metadata."""
+    if args.action_hold < 1:
+        raise ValueError(f"--action-hold must be >= 1 (steps an action is held), got {args.action_hold}")
     if args.min_episode_len < 1 or args.max_episode_len < args.min_episode_len:
         raise ValueError(
             f"need 1 <= --min-episode-len ({args.min_episode_len}) <= --max-episode-len ({args.max_episode_len})"
@@ -178,7 +199,12 @@ def generate(args: CoinRunArgs) -> dict:
                 env = make_env(split_index, *ranges[split], args)
                 rng = np.random.default_rng([args.seed, split_index])
                 for frames, actions, level_seed in episodes(
-                    env, n, rng, max_len=args.max_episode_len, min_len=args.min_episode_len
+                    env,
+                    n,
+                    rng,
+                    max_len=args.max_episode_len,
+                    min_len=args.min_episode_len,
+                    action_hold=args.action_hold,
                 ):
                     meta = {"source": "procgen:coinrun:hard", "level_seed": level_seed, "episode_id": episode_id}
                     writer.add_episode(split, frames, actions, meta)

@@ -172,6 +172,11 @@ def measure(
             test["codes"], of_action[real], episode_B=test["episode"], permutations=permutations, seed=seed
         ),
         counts=count_matrix(test["codes"], real, vocab, num_actions).tolist(),
+        **(
+            {"train_counts": count_matrix(train["codes"], train["actions"][:, :-1], vocab, num_actions).tolist()}
+            if train is not None
+            else {}
+        ),
         effective_counts=count_matrix(test["codes"], of_action[real], vocab, len(names)).tolist(),
     )
     if train is not None:
@@ -251,11 +256,14 @@ def summary_lines(res: dict) -> list[str]:
             )
     if res.get("probe"):
         p = res["probe"]
-        lines.append(
+        lines += [
             f"  linear probe, LAM features -> effective class (fit on {p['train_transitions']:,} "
-            f"{res['share_split']} transitions): accuracy {p['accuracy']:.3f}; majority class {p['majority']:.3f}, "
-            f"shuffled labels {p['shuffled']:.3f}"
-        )
+            f"{res['share_split']} transitions):",
+            f"    accuracy {p['accuracy']:.3f} (majority class {p['majority']:.3f}, shuffled labels "
+            f"{p['shuffled']:.3f})",
+            f"    balanced accuracy {p['balanced_accuracy']:.3f} (chance {p['balanced_chance']:.3f}, shuffled labels "
+            f"{p['balanced_shuffled']:.3f})",
+        ]
     elif res.get("probe_missing"):
         lines.append(f"  no linear probe: {res['probe_missing']}")
     used = sum(s > 0 for s in res["train_code_share"])

@@ -123,8 +123,11 @@ def linear_probe(
     train_x_NF: np.ndarray, train_y_N: np.ndarray, test_x_NF: np.ndarray, test_y_N: np.ndarray, *, seed: int = 0
 ) -> dict:
     """Test accuracy of a logistic-regression probe fit on the train transitions, beside two chance levels:
-    always answering the train split's most frequent label, and the same probe fit on shuffled train labels."""
+    always answering the train split's most frequent label, and the same probe fit on shuffled train labels.
+    Balanced accuracy (the mean of per-class recalls; chance 1 / classes) is reported too: with one class in the
+    majority, as CoinRun's "none", accuracy alone rewards a probe that always answers it."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -134,13 +137,18 @@ def linear_probe(
 
     def fit(labels):
         probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
-        return probe.fit(train_x_NF, labels).score(test_x_NF, test_y_N)
+        pred = probe.fit(train_x_NF, labels).predict(test_x_NF)
+        return float((pred == test_y_N).mean()), float(balanced_accuracy_score(test_y_N, pred))
 
     majority = np.bincount(train_y_N).argmax()
+    (acc, bal), (sh_acc, sh_bal) = fit(train_y_N), fit(np.random.default_rng(seed).permutation(train_y_N))
     return {
-        "accuracy": float(fit(train_y_N)),
+        "accuracy": acc,
         "majority": float((test_y_N == majority).mean()),
-        "shuffled": float(fit(np.random.default_rng(seed).permutation(train_y_N))),
+        "shuffled": sh_acc,
+        "balanced_accuracy": bal,
+        "balanced_chance": 1 / len(np.unique(test_y_N)),
+        "balanced_shuffled": sh_bal,
         "train_transitions": len(train_y_N),
         "test_transitions": len(test_y_N),
     }

@@ -26,16 +26,24 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jasmine.data.dataset import DataError
-from jasmine.data.loader import episode_windows
+from jasmine.data.dataset import action_meanings, read_metadata
 from jasmine.eval.metrics import code_usage, psnr_ssim, summarise_rollouts
 from jasmine.eval.report import plot_curves, summary_lines, write_report
+from jasmine.eval.steering import (
+    action_codes,
+    action_shares,
+    bind_keys,
+    direction_scores,
+    real_directions_of,
+    swap_action,
+    video_shift,
+)
 from jasmine.models.digits import SamplingOptions
 from jasmine.sample.clips import check_lengths, choose_actions, load_genie, num_action_codes, read_clips
 from jasmine.sample.rollout import Rollout, sample_options
 from jasmine.viz import side_by_side, stack_rows, write_gif
 
-SOURCES = ("model", "random_actions", "swapped_action", "tokenizer", "copy_last")
+SOURCES = ("model", "random_actions", "swapped_action", "key_mapped", "tokenizer", "copy_last")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,43 +75,6 @@ class EvalArgs(SamplingOptions):
     """Output directory (default RUN/eval)."""
 
 
-def swap_action(actions_BT: np.ndarray, t: int, shares: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
-    """``actions`` with entry t-1 (the action into frame t) replaced by another code in use, drawn by its share;
-    None when fewer than two codes are in use."""
-    if (shares > 0).sum() < 2:
-        return None
-    out = actions_BT.copy()
-    for b, a in enumerate(actions_BT[:, t - 1]):
-        p = shares.copy()
-        p[a] = 0
-        out[b, t - 1] = rng.choice(len(p), p=p / p.sum())
-    return out
-
-
-def action_shares(genie, data: Path, args: EvalArgs) -> tuple[np.ndarray, dict | None]:
-    """What the dynamics trained on (each code's or real action's share of the train split's transitions) and,
-    with a LAM, the latent-action figures of ``jasmine actions``."""
-    from jasmine.eval.actions import measure
-
-    if genie.lam is not None:
-        m = measure(
-            genie.lam,
-            genie.lam_window,
-            data,
-            split=args.split,
-            transitions=args.action_transitions,
-            permutations=args.permutations,
-            seed=args.seed,
-        )
-        return np.asarray(m["train_code_share"]), m
-    n = num_action_codes(genie)
-    try:
-        acts = episode_windows(data, "train", 16, args.action_transitions, args.seed)["actions"][:, :-1]
-    except (DataError, KeyError):  # no train split with actions here: every action equally
-        return np.full(n, 1 / n), None
-    return np.bincount(acts.ravel(), minlength=n)[:n] / acts.size, None
-
-
 def evaluate(args: EvalArgs) -> dict:
     cfg, genie = load_genie(args.run)
     check_lengths(args.context, args.frames, cfg.seq_len)
@@ -113,7 +84,14 @@ def evaluate(args: EvalArgs) -> dict:
     clips = read_clips(genie, args.data, args.split, args.clips, args.frames, args.seed, cfg.image_size)
     roll = Rollout(genie, cfg.seq_len, sample_options(args))
     rng = np.random.default_rng(args.seed)
-    shares, latent = action_shares(genie, args.data, args)
+    shares, latent = action_shares(genie, args.data, args.split, args.action_transitions, args.permutations, args.seed)
+    counts = np.asarray(latent["train_counts"]) if latent and "train_counts" in latent else None
+    mapping = action_codes(counts) if counts is not None else None  # play's binding of every real action
+    meanings = action_meanings(read_metadata(args.data))
+    bound = bind_keys(meanings, num_action_codes(genie), counts_KA=counts, gt_actions=genie.lam is None)
+    expected = real_directions_of(args.data, meanings, args.action_transitions, args.seed) if bound else {}
+    direction_keys = {k: c for k, c in bound.items() if k in expected and expected[k]["sign"] != 0}
+    key_shifts, random_shifts = {k: [] for k in direction_keys}, []
     t = args.delta_t
     scores = {k: [] for k in SOURCES}
     previews, token_ids, model_actions = [], [], []
@@ -135,11 +113,16 @@ def evaluate(args: EvalArgs) -> dict:
             "model": rollout(actions),
             "random_actions": rollout(rng.choice(len(shares), actions.shape, p=shares / shares.sum()).astype(np.int32)),
             **({"swapped_action": rollout(swapped)} if swapped is not None else {}),
+            **({"key_mapped": rollout(mapping[batch["actions"][:, :-1]])} if mapping is not None else {}),
             "tokenizer": roll.decode(ids_gt),
             "copy_last": np.repeat(gt[:, args.context - 1 : args.context], args.frames, axis=1),
         }
         videos["copy_last"][:, : args.context] = gt[:, : args.context]
         model_actions.append(actions)
+        start = args.context - 1  # shifts from the last context frame on
+        random_shifts += [video_shift(v[start:]) for v in videos["random_actions"]]
+        for k, code in direction_keys.items():  # the key held from the last context frame on
+            key_shifts[k] += [video_shift(v[start:]) for v in rollout(np.full_like(actions, code))]
         for name, video in videos.items():
             scores[name].append(psnr_ssim(gt, video))
         for b in range(min(args.gifs - len(previews), len(gt))):
@@ -165,6 +148,13 @@ def evaluate(args: EvalArgs) -> dict:
         "seconds": time.perf_counter() - t0,
         "random_action_shares": shares.tolist(),
         "latent_actions": latent,
+        "steering": {
+            "bindings": bound,
+            "real_directions": expected,
+            "directions": direction_scores(
+                {k: np.asarray(v) for k, v in key_shifts.items()}, np.asarray(random_shifts), expected, bound
+            ),
+        },
         "tokenizer_codes": (
             code_usage(np.concatenate(token_ids), genie.tokenizer.cfg.vocab_size)
             if np.issubdtype(token_ids[0].dtype, np.integer)

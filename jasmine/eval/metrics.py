@@ -54,6 +54,10 @@ def summarise_rollouts(
 
     res["model_minus_copy_last"] = {m: bootstrap(gen("model", m) - gen("copy_last", m), idx) for m in ("psnr", "ssim")}
     res[f"delta_psnr_t{delta_t}"] = bootstrap(psnr["model"][:, delta_t] - psnr["random_actions"][:, delta_t], idx)
+    if "key_mapped" in psnr:  # play's key bindings driven by the real actions, paired against random codes
+        res["key_mapped_minus_random"] = {
+            m: bootstrap(gen("key_mapped", m) - gen("random_actions", m), idx) for m in ("psnr", "ssim")
+        }
     if "swapped_action" in psnr:  # GenieRedux's variant: only the action into frame t differs
         res[f"delta_psnr_t{delta_t}_swap"] = bootstrap(
             psnr["model"][:, delta_t] - psnr["swapped_action"][:, delta_t], idx

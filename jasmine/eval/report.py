@@ -12,6 +12,7 @@ LABELS = {
     "model": "model (inferred actions)",
     "random_actions": "model (random actions)",
     "swapped_action": "model (action into frame t swapped)",
+    "key_mapped": "model (play's key codes for the real actions)",
     "tokenizer": "tokenizer reconstruction (ceiling)",
     "copy_last": "copy last context frame",
 }
@@ -66,7 +67,25 @@ def controllability_lines(res: dict) -> list[str]:
             f"Δ{t}PSNR, GenieRedux variant (only the action into frame {t} swapped) = "
             f"{_ci(res[f'delta_psnr_t{t}_swap'], '.3f')} dB"
         )
+    if "key_mapped_minus_random" in res:
+        lines.append(
+            "key-mapped rollouts (play's code for each real action) − random codes, PSNR over generated frames = "
+            f"{_ci(res['key_mapped_minus_random']['psnr'], '+.2f')} dB (paired)"
+        )
+    steering = res.get("steering") or {}
+    if steering.get("bindings"):
+        keys = ", ".join(f"{KEY_NAMES.get(k, k)}→{c}" for k, c in steering["bindings"].items())
+        lines.append(f"keys bind to codes: {keys}")
+    for key, d in (steering.get("directions") or {}).items():
+        way = {("x", 1): "right", ("x", -1): "left", ("y", 1): "down", ("y", -1): "up"}[(d["axis"], d["real_sign"])]
+        lines.append(
+            f"holding {KEY_NAMES.get(key, key)} (code {d['code']}) shifts the view {way} by >= 1 px, as the real "
+            f"action does, from {d['correct']:.0%} of {d['starts']} held-out starts (random codes: {d['chance']:.0%})"
+        )
     return lines
+
+
+KEY_NAMES = {"ArrowLeft": "←", "ArrowRight": "→", "ArrowUp": "↑", "ArrowDown": "↓", " ": "Space"}
 
 
 def summary_lines(res: dict) -> list[str]:

@@ -7,7 +7,8 @@ Dimension key:
 A learned action token is prepended to each frame's patches; a temporally causal axial
 encoder runs over the N+1 tokens; its output at the action token of frame t (t >= 1) is
 vector-quantised into a_t, the action between frame t-1 and frame t. The decoder
-reconstructs frame t from frame t-1's patches plus a projection of a_t added to every patch.
+reconstructs frame t from frame t-1's patches plus a projection of a_t added to every patch (with ``residual``, it
+predicts the change from frame t-1).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class LAMConfig(TokenizerConfig):
     """Number of latent actions (Genie: 6 for CoinRun; 8 in general)."""
     codebook_dropout: float = 0.0
     dead_code_reset_steps: int = 50
+    residual: bool = False
+    """The decoder predicts the change from the previous frame (frame t-1 + its output), so copying is free and
+    the action has to explain what differs; off: it predicts frame t itself (Genie's LAM)."""
 
 
 def action_features(action_token, encoder, patch_size: int, videos_BTHWC):
@@ -88,7 +92,11 @@ class LatentActionModel(nnx.Module):
         h, w, _ = self.image_shape
         prev_BT1NI = patchify(videos_BTHWC[:, :-1], self.cfg.patch_size)
         a_BT11I = self.action_up(z_BT1L.astype(prev_BT1NI.dtype))[:, :, None]  # own projection: a strong signal
-        out_BT1NI = jax.nn.sigmoid(self.decoder(prev_BT1NI + a_BT11I).astype(jnp.float32))
+        out_BT1NI = self.decoder(prev_BT1NI + a_BT11I).astype(jnp.float32)
+        if self.cfg.residual:
+            out_BT1NI = prev_BT1NI.astype(jnp.float32) + jnp.tanh(out_BT1NI)
+        else:
+            out_BT1NI = jax.nn.sigmoid(out_BT1NI)
         return unpatchify(out_BT1NI, self.cfg.patch_size, h, w)
 
     def __call__(self, videos_BTHWC, *, rng=None):

@@ -25,39 +25,18 @@ from PIL import Image
 
 from jasmine.data.convert import fit_frame
 from jasmine.data.dataset import DataError, action_meanings, read_metadata
-from jasmine.data.loader import EpisodeIndex, episode_clips
-from jasmine.eval.actions import action_mapping, latent_actions, transition_counts
+from jasmine.data.loader import EpisodeIndex
+from jasmine.eval.actions import action_mapping, measure, summary_lines
+from jasmine.eval.steering import bind_keys
 from jasmine.sample.clips import infer_actions, load_genie, num_action_codes
 from jasmine.sample.rollout import Rollout, SampleOptions
 from jasmine.viz import write_gif
-
-KEY_TARGETS: dict[str, tuple[str, ...]] = {
-    "ArrowLeft": ("LEFT",),
-    "ArrowRight": ("RIGHT",),
-    "ArrowUp": ("UP",),
-    "ArrowDown": ("DOWN",),
-    " ": ("FIRE", "UP"),  # jump: FIRE where the game has it, else UP (CoinRun jumps with UP)
-}
-"""Keys bound through the action mapping, each to the first of its real actions the data has."""
 
 MAX_UPLOAD_PIXELS = 4096 * 4096
 
 
 class PlayError(ValueError):
     """A request play refuses; its message goes back to the page and the server carries on."""
-
-
-def best_code(counts_KA: np.ndarray, action: int) -> int | None:
-    """The code that best matches a real action: the largest P(action | code) * P(code | action).
-
-    The product favours a code that is both specific to the action and the one the LAM gives it
-    most often; None when the action never occurs.
-    """
-    col = counts_KA[:, action].astype(np.float64)
-    if col.sum() == 0:
-        return None
-    score = (col / np.maximum(counts_KA.sum(1), 1)) * (col / col.sum())
-    return int(np.argmax(score))
 
 
 @dataclass
@@ -94,13 +73,7 @@ class Bindings:
         else:
             labels = [f"code {k}" for k in range(num_codes)]
         keys = {str(k + 1): k for k in range(min(num_codes, 9))}
-        for key, targets in KEY_TARGETS.items():
-            action = next((names.index(t) for t in targets if t in names), None)
-            if action is None:
-                continue
-            code = action if gt_actions else (best_code(counts_KA, action) if counts_KA is not None else None)
-            if code is not None and code < num_codes:
-                keys[key] = code
+        keys.update(bind_keys(meanings, num_codes, counts_KA=counts_KA, gt_actions=gt_actions))  # as eval scores it
         return cls(labels, keys)
 
     def describe(self) -> list[dict]:
@@ -196,12 +169,14 @@ def load_game(
     *,
     temperature: float | None = None,
     steps: int | None = None,
-    mapping_clips: int = 32,
+    mapping_transitions: int = 2000,
 ) -> Game:
     """The ``Game`` of a dynamics run: its sampler, levels from ``data``'s ``split`` and its key bindings.
 
     ``data`` defaults to the dataset the run was trained on, when it still exists. Sampling
-    defaults to the run's validation sampling (what its rollout metrics were measured with).
+    defaults to the run's validation sampling (what its rollout metrics were measured with). With a LAM and real
+    actions, it prints how well the codes match them (``jasmine actions``' figures on ``mapping_transitions``
+    transitions of ``split``) and binds keys by the train split's code × action counts.
     """
     cfg, genie = load_genie(run)
     data = data if data is not None else (Path(cfg.data) if Path(cfg.data, "metadata.json").exists() else None)
@@ -216,15 +191,16 @@ def load_game(
     gt, counts = genie.lam is None, None
     levels = Levels(data, split, context, cfg.image_size) if data is not None else None
     if not gt and meta.get("num_actions", 0) > 0:
-        try:
-            clips = episode_clips(
-                data, split, min(mapping_clips, len(levels)), min(16, cfg.seq_len), 0, align=genie.lam_window - 1
+        try:  # the codes' meaning, with its chance levels; keys bind by the train split's counts, as eval scores
+            m = measure(
+                genie.lam, genie.lam_window, data, split=split, transitions=mapping_transitions, permutations=200
             )
         except DataError as e:
             warnings.warn(f"no action mapping (number keys only): {e}", stacklevel=2)
         else:
-            codes, _ = latent_actions(genie.lam, genie.lam_window, clips["frames"])
-            counts = transition_counts(codes, clips["actions"], genie.lam.cfg.vocab_size, meta["num_actions"])
+            counts = np.asarray(m.get("train_counts", m.get("counts")))
+            if "raw" in m:
+                print("\n".join(summary_lines(m)))
     bindings = Bindings.for_codes(num_action_codes(genie), meanings=meanings, counts_KA=counts, gt_actions=gt)
     infer = None if gt else (lambda frames: infer_actions(genie, frames))
     return Game(

@@ -70,6 +70,8 @@ class LatentActionModel(nnx.Module):
         self.decoder = AxialTransformer(
             patch_dim, cfg.model_dim, cfg.ffn_dim, patch_dim, cfg.num_blocks, cfg.num_heads, **kw
         )
+        if cfg.residual:  # starts as an exact copy of frame t-1 (ReZero-style gate at 0), then learns the change
+            self.residual_gate = nnx.Param(jnp.zeros((), prec.param_dtype))
 
     def features(self, videos_BTHWC):
         """The encoder's output at the action token of frames 1..T-1 [B, T-1, L], before quantisation."""
@@ -94,7 +96,7 @@ class LatentActionModel(nnx.Module):
         a_BT11I = self.action_up(z_BT1L.astype(prev_BT1NI.dtype))[:, :, None]  # own projection: a strong signal
         out_BT1NI = self.decoder(prev_BT1NI + a_BT11I).astype(jnp.float32)
         if self.cfg.residual:
-            out_BT1NI = prev_BT1NI.astype(jnp.float32) + jnp.tanh(out_BT1NI)
+            out_BT1NI = prev_BT1NI.astype(jnp.float32) + self.residual_gate[...].astype(jnp.float32) * out_BT1NI
         else:
             out_BT1NI = jax.nn.sigmoid(out_BT1NI)
         return unpatchify(out_BT1NI, self.cfg.patch_size, h, w)

@@ -116,16 +116,21 @@ class TokenizerTrainConfig(TrainConfig):
 @dataclass(frozen=True)
 class LAMTrainConfig(TrainConfig):
     model: LAMConfig = LAMConfig()
+    action_labels: float = 0.0
+    """Fraction of transitions whose real action the LAM may see (0: none, Genie's LAM): a linear head on the
+    quantised action classifies their effective class. Which transitions are labelled is a fixed function of
+    frame t-1's pixels, the same in every window and epoch."""
+    action_label_weight: float = 0.1
+    """Weight of that head's cross-entropy in the loss."""
+    action_classes: tuple[int, ...] = ()
+    """Effective class of each real action id (filled from the data's metadata and recorded, with labels)."""
+    class_names: tuple[str, ...] = ()
+    """Names of the effective classes (filled from the data's metadata and recorded, with labels)."""
 
 
 @dataclass(frozen=True)
 class IDMTrainConfig(LAMTrainConfig):
     """The LAM's supervised ceiling: its encoder classifying the real action (effective classes) between frames."""
-
-    action_classes: tuple[int, ...] = ()
-    """Effective class of each real action id (filled from the data's metadata and recorded)."""
-    class_names: tuple[str, ...] = ()
-    """Names of the effective classes (filled from the data's metadata and recorded)."""
 
 
 @dataclass(frozen=True)

@@ -222,28 +222,72 @@ def write_squares(root, *, shuffle: bool = False, episodes: int = 12, length: in
     writer.finish()
 
 
-def test_the_supervised_ceiling_and_the_probe_read_an_obvious_action(tmp_path):
-    """An IDM (the LAM's encoder with labels) on squares moved by the action: its classes and the probe on its
-    features recover the action (AMI and accuracy near 1); against shuffled labels they are at chance."""
+@pytest.fixture(scope="module")
+def squares(tmp_path_factory):
+    root = tmp_path_factory.mktemp("squares")
+    write_squares(root / "sq")
+    write_squares(root / "shuffled", shuffle=True)
+    return root
+
+
+def square_run(kind: str, data, out, model_kw=None, **kw):
+    """A micro LAM or IDM trained on the squares (16x16 frames, patches of 8, windows of 2)."""
     import dataclasses
 
     from jasmine.presets import preset
     from jasmine.train.components import COMPONENTS
     from jasmine.train.loop import train
 
-    write_squares(tmp_path / "sq")
-    write_squares(tmp_path / "shuffled", shuffle=True)
-    base = preset("idm", "micro")
-    cfg = dataclasses.replace(base, data=tmp_path / "sq", out=tmp_path / "idm", image_size=(16, 16, 3), seq_len=2,
-                              steps=600, batch_size=16, ckpt_every=600, val_every=600, log_every=100,
-                              optim=dataclasses.replace(base.optim, lr=3e-3, warmup_steps=20),
-                              model=dataclasses.replace(base.model, patch_size=8, num_blocks=2))  # fmt: skip
-    train(cfg, COMPONENTS["idm"], progress=False)
-    idm, window = A.load_lam(tmp_path / "idm")
+    base = preset(kind, "micro")
+    model = dataclasses.replace(base.model, patch_size=8, num_blocks=2, **(model_kw or {}))
+    cfg = dataclasses.replace(base, data=data, out=out, image_size=(16, 16, 3), seq_len=2, steps=600, batch_size=16,
+                              ckpt_every=600, val_every=600, log_every=100, model=model,
+                              optim=dataclasses.replace(base.optim, lr=3e-3, warmup_steps=20), **kw)  # fmt: skip
+    train(cfg, COMPONENTS[kind], progress=False)
+    return A.load_lam(out)
+
+
+def test_the_supervised_ceiling_and_the_probe_read_an_obvious_action(squares, tmp_path):
+    """An IDM (the LAM's encoder with labels) on squares moved by the action: its classes and the probe on its
+    features recover the action (AMI and accuracy near 1); against shuffled labels they are at chance."""
+    idm, window = square_run("idm", squares / "sq", tmp_path / "idm")
     assert window == 2 and idm.num_codes == 5
-    res = A.measure(idm, window, tmp_path / "sq", permutations=50)
+    res = A.measure(idm, window, squares / "sq", permutations=50)
     assert res["effective"]["ami"]["value"] > 0.8 > 0.1 > res["effective"]["ami"]["null_p99"]
     assert res["probe"]["accuracy"] > 0.9 and res["probe"]["shuffled"] < 0.5 and res["probe"]["majority"] < 0.4
-    chance = A.measure(idm, window, tmp_path / "shuffled", permutations=50)
+    chance = A.measure(idm, window, squares / "shuffled", permutations=50)
     assert chance["effective"]["ami"]["value"] < chance["effective"]["ami"]["null_p99"] + 0.02
     assert chance["probe"]["accuracy"] < 0.45
+
+
+def test_a_few_labels_tie_the_lams_codes_to_the_actions(squares, tmp_path):
+    from jasmine.config import load_config
+
+    six = {"num_latents": 6}
+    lam, _ = square_run("lam", squares / "sq", tmp_path / "lam", six, action_labels=0.3, action_label_weight=1.0)
+    cfg = load_config(tmp_path / "lam" / "config.json")
+    assert cfg.action_classes == (0, 1, 2, 3, 4) and cfg.model.label_classes == 5
+    labelled_share = next(
+        json.loads(line)["labelled"] for line in (tmp_path / "lam" / "metrics.jsonl").read_text().splitlines()
+    )
+    assert 0.1 < labelled_share < 0.5  # about 30% of the transitions carry a label
+    res = A.measure(lam, 2, squares / "sq", permutations=50)
+    plain, _ = square_run("lam", squares / "sq", tmp_path / "plain", six)  # the same LAM without labels
+    base = A.measure(plain, 2, squares / "sq", permutations=50)
+    assert res["effective"]["ami"]["value"] > max(0.4, base["effective"]["ami"]["value"] + 0.3)
+
+
+def test_labelled_transitions_are_a_fixed_share_of_frames():
+    import jax.numpy as jnp
+
+    from jasmine.train.components.lam import labelled
+
+    frames = np.random.default_rng(0).integers(0, 256, (64, 9, 8, 8, 3), dtype=np.uint8)
+    mask = np.asarray(labelled(jnp.asarray(frames), 0.05))
+    assert mask.shape == (64, 8) and 0.02 < mask.mean() < 0.09
+    again = np.asarray(labelled(jnp.asarray(frames[:, 3:7]), 0.05))  # the same frames in another window
+    np.testing.assert_array_equal(again, mask[:, 3:6])
+    assert (
+        not np.asarray(labelled(jnp.asarray(frames), 0.0)).any()
+        and np.asarray(labelled(jnp.asarray(frames), 1.0)).all()
+    )

@@ -32,6 +32,9 @@ class LAMConfig(TokenizerConfig):
     """Number of latent actions (Genie: 6 for CoinRun; 8 in general)."""
     codebook_dropout: float = 0.0
     dead_code_reset_steps: int = 50
+    label_classes: int = 0
+    """Classes of a linear head on the quantised action, trained on labelled transitions (set by the LAM's
+    --action-labels from the data's effective classes; 0: no head)."""
     residual: bool = False
     """The decoder predicts the change from the previous frame (frame t-1 + its output), so copying is free and
     the action has to explain what differs; off: it predicts frame t itself (Genie's LAM)."""
@@ -72,6 +75,8 @@ class LatentActionModel(nnx.Module):
         )
         if cfg.residual:  # starts as an exact copy of frame t-1 (ReZero-style gate at 0), then learns the change
             self.residual_gate = nnx.Param(jnp.zeros((), prec.param_dtype))
+        if cfg.label_classes:  # a few labels: the quantised action classifies the real one (--action-labels)
+            self.label_head = linear_layers(prec, rngs)(cfg.code_dim, cfg.label_classes)
 
     def features(self, videos_BTHWC):
         """The encoder's output at the action token of frames 1..T-1 [B, T-1, L], before quantisation."""

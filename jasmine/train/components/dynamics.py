@@ -28,7 +28,7 @@ from jasmine.train.runs import describe, provenance, run_config
 def _frozen_run(flag: str, run, step: int | None, expected_hash: str, kind: type):
     """Load a frozen part's run; returns (its config, module, provenance); refuses another kind or hash."""
     cfg = run_config(run)
-    if not isinstance(cfg, kind):
+    if type(cfg) is not kind:  # exactly: an IDM run (a LAMTrainConfig subclass) is not a LAM
         raise ValueError(f"{flag} {run} is a {type(cfg).__name__} run, not a {kind.__name__} run")
     _, module, step = load_run(run, step)
     prov = provenance(run, step, module)

@@ -9,17 +9,14 @@ Dimension key: B batch, T frames, C classes.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
 from jasmine.config import IDMTrainConfig
-from jasmine.data.dataset import DataError, effective_actions, read_metadata
 from jasmine.models.lam import InverseDynamicsModel
 from jasmine.train.components.base import precision, register, to_unit
-from jasmine.train.components.lam import LAMComponent
+from jasmine.train.components.lam import LAMComponent, with_action_classes
 
 
 class IDMComponent(LAMComponent):
@@ -27,16 +24,7 @@ class IDMComponent(LAMComponent):
     config_cls = IDMTrainConfig
 
     def prepare(self, cfg: IDMTrainConfig) -> IDMTrainConfig:
-        meta = read_metadata(cfg.data)
-        table = effective_actions(meta, cfg.data / "metadata.json")
-        if table is None:
-            raise DataError(
-                f"--data {cfg.data} has no actions (num_actions is 0 in its metadata.json): an IDM needs labels"
-            )
-        names, of_action = table
-        if cfg.action_classes and tuple(cfg.action_classes) != tuple(int(c) for c in of_action):
-            raise DataError(f"--data {cfg.data}: its effective action classes differ from the run's recorded ones")
-        return dataclasses.replace(cfg, action_classes=tuple(int(c) for c in of_action), class_names=tuple(names))
+        return with_action_classes(cfg)
 
     def batch_keys(self, cfg: IDMTrainConfig) -> tuple[str, ...]:
         return ("frames", "actions")

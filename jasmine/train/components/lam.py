@@ -5,10 +5,16 @@ Dimension key: B batch, T frames, H/W/C frame height/width/channels.
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
+import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from jasmine.config import LAMTrainConfig
+from jasmine.data.dataset import DataError, effective_actions, read_metadata
 from jasmine.models.lam import LatentActionModel
 from jasmine.train.components.base import (
     Component,
@@ -38,28 +44,70 @@ def lam_terms(pred, target, aux, mcfg, prefix: str = ""):
     return loss, metrics, {**keep, "pred": pred}
 
 
+def with_action_classes(cfg: LAMTrainConfig) -> LAMTrainConfig:
+    """``cfg`` with the data's effective action classes recorded (``action_classes``, ``class_names``)."""
+    table = effective_actions(read_metadata(cfg.data), Path(cfg.data) / "metadata.json")
+    if table is None:
+        raise DataError(f"--data {cfg.data} has no actions (num_actions is 0 in its metadata.json): no labels")
+    names, of_action = table
+    classes = tuple(int(c) for c in of_action)
+    if cfg.action_classes and tuple(cfg.action_classes) != classes:
+        raise DataError(f"--data {cfg.data}: its effective action classes differ from the run's recorded ones")
+    return dataclasses.replace(cfg, action_classes=classes, class_names=tuple(names))
+
+
+def labelled(frames_BTHWC, fraction: float):
+    """[B, T-1] whether the transition into frame t is labelled: a fixed hash of frame t-1's pixels below
+    ``fraction`` (the same transitions in every window and epoch)."""
+    x = frames_BTHWC[:, :-1].astype(jnp.uint32)
+    w = jax.random.randint(jax.random.key(20240607), x.shape[2:], 1, 2**31 - 1).astype(jnp.uint32)
+    h = (x * w).sum(axis=(2, 3, 4), dtype=jnp.uint32) * jnp.uint32(2654435761)  # Knuth's multiplicative mix
+    return (h >> 8) % 10_000 < int(round(fraction * 10_000))
+
+
 class LAMComponent(Component):
     name = "lam"
     config_cls = LAMTrainConfig
+
+    def prepare(self, cfg: LAMTrainConfig) -> LAMTrainConfig:
+        if not 0 <= cfg.action_labels <= 1:
+            raise ValueError(f"--action-labels must be a fraction in [0, 1], got {cfg.action_labels}")
+        if not cfg.action_labels:
+            return cfg
+        cfg = with_action_classes(cfg)
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, label_classes=len(cfg.class_names)))
+
+    def batch_keys(self, cfg: LAMTrainConfig) -> tuple[str, ...]:
+        return ("frames", "actions") if cfg.action_labels else ("frames",)
 
     def build(self, cfg: LAMTrainConfig, rngs: nnx.Rngs, *, pretrained: bool = True) -> LatentActionModel:
         return LatentActionModel(
             cfg.model, cfg.image_size, prec=precision(cfg), attention=cfg.attention, remat=cfg.remat, rngs=rngs
         )
 
-    def _terms(self, model: LatentActionModel, x_BTHWC, rng, cfg: LAMTrainConfig):
-        pred_BT1HWC, _, _, aux = model(x_BTHWC, rng=rng)
-        return lam_terms(pred_BT1HWC, x_BTHWC[:, 1:], aux, cfg.model)
+    def _terms(self, model: LatentActionModel, batch, rng, cfg: LAMTrainConfig):
+        x_BTHWC = to_unit(batch["frames"])
+        pred_BT1HWC, _, z_BT1L, aux = model(x_BTHWC, rng=rng)
+        loss, metrics, aux = lam_terms(pred_BT1HWC, x_BTHWC[:, 1:], aux, cfg.model)
+        if cfg.action_labels:  # cross-entropy of the quantised action's class on the labelled transitions
+            labels_BT1 = jnp.asarray(cfg.action_classes, jnp.int32)[batch["actions"][:, :-1]]
+            logits_BT1C = model.label_head(z_BT1L).astype(jnp.float32)
+            mask = labelled(batch["frames"], cfg.action_labels).astype(jnp.float32)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits_BT1C, labels_BT1)
+            label_loss = (ce * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+            loss = loss + cfg.action_label_weight * label_loss
+            metrics = {**metrics, "loss": loss, "label_loss": label_loss, "labelled": mask.mean()}
+        return loss, metrics, aux
 
     def loss(self, model: LatentActionModel, batch, rng, cfg: LAMTrainConfig, *, training: bool):
-        return self._terms(model, to_unit(batch["frames"]), rng if training else None, cfg)
+        return self._terms(model, batch, rng if training else None, cfg)
 
     def after_update(self, model: LatentActionModel, aux, rng, cfg: LAMTrainConfig):
         return reset_codes(model.vq, aux, rng, cfg.model.dead_code_reset_steps)
 
     def evaluate(self, model: LatentActionModel, batch, rng, cfg: LAMTrainConfig):
         x_BTHWC = to_unit(batch["frames"])
-        _, metrics, aux = self._terms(model, x_BTHWC, None, cfg)
+        _, metrics, aux = self._terms(model, batch, None, cfg)
         return {**metrics, **image_metrics(x_BTHWC[:, 1:], aux["pred"])}
 
     def preview(self, model: LatentActionModel, batch, cfg: LAMTrainConfig):

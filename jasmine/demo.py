@@ -1,9 +1,9 @@
 """``jasmine demo``: the README's main command, as resumable stages.
 
-data (CoinRun) → tokenizer → LAM → dynamics (on the frozen LAM's actions) → eval (report). The
-recipe of each stage is its ``tiny`` preset (docs/tuning.md). A re-run
-reuses every stage whose output is complete and was made with the same arguments, and
-resumes a training stage that was interrupted.
+data (CoinRun, or a MinAtar game with ``--env minatar:GAME``) → tokenizer → LAM → dynamics (on the frozen LAM's
+actions) → eval (report). The recipe of each stage is its ``tiny`` preset (docs/tuning.md). A re-run reuses every
+stage whose output is complete and was made with the same arguments, and resumes a training stage that was
+interrupted.
 """
 
 from __future__ import annotations
@@ -12,12 +12,15 @@ import json
 import signal
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 from jasmine import config as C
 from jasmine.data.coinrun import CoinRunArgs, generate
 from jasmine.data.dataset import METADATA
+from jasmine.data.games import MinAtarArgs
+from jasmine.data.games import generate as generate_game
 from jasmine.data.inspect import InspectArgs, inspect
 from jasmine.eval.evaluate import EvalArgs, evaluate
 from jasmine.eval.report import metrics_table
@@ -53,9 +56,14 @@ SIZES = {  # preset → data and eval sizes
 }
 
 
+MINATAR_EPISODES = {"train_episodes": 5, "val_episodes": 2.5, "test_episodes": 11}
+"""MinAtar's random-policy episodes are short (~20 frames in Breakout): more of them, for about 40k training
+frames and enough held-out episodes for 10,000 test transitions' worth of latent-action figures."""
+
+
 @dataclass(frozen=True)
 class DemoArgs:
-    """Generate CoinRun, train tokenizer, LAM and dynamics, evaluate, and write the report."""
+    """Generate CoinRun (or a MinAtar game), train tokenizer, LAM and dynamics, evaluate, and write the report."""
 
     out: Path = Path("runs/demo")
     """Directory for every output of the demo."""
@@ -65,25 +73,33 @@ class DemoArgs:
     dynamics: Literal["maskgit", "causal", "diffusion"] = "maskgit"
     """Dynamics family (a non-default one trains into dynamics-FAMILY/ and evaluates into eval-FAMILY/); diffusion
     trains an MAE tokenizer (mae/) instead of the VQ/FSQ one."""
+    env: str = "coinrun"
+    """coinrun (Genie's case study) or minatar:GAME (breakout, asterix, freeway, seaquest, space_invaders): a
+    10x10 game where each key moves the player a whole cell at once, so steering is unmistakable."""
 
 
 def _data_stage(args: DemoArgs, sizes: dict) -> Path:
     data = args.out / "data"
-    gen = CoinRunArgs(
-        out=data,
-        seed=args.seed,
-        overwrite=True,
-        **{k: sizes[k] for k in ("train_episodes", "val_episodes", "test_episodes", "max_episode_len")},
-    )
+    counts = {k: sizes[k] for k in ("train_episodes", "val_episodes", "test_episodes", "max_episode_len")}
+    kind, _, game = args.env.partition(":")
+    if kind == "coinrun" and not game:
+        gen, make = CoinRunArgs(out=data, seed=args.seed, overwrite=True, **counts), generate
+    elif kind == "minatar" and game:
+        scale = {k: int(v * MINATAR_EPISODES.get(k, 1)) for k, v in counts.items()}
+        gen = MinAtarArgs(game=game, out=data, seed=args.seed, overwrite=True, **scale)
+        make = partial(generate_game, kind="minatar")
+    else:
+        raise ValueError(f"--env {args.env!r}: use coinrun or minatar:GAME")
     meta_path = data / METADATA
     if meta_path.exists():
-        old = json.loads(meta_path.read_text()).get("generator", {}).get("args", {})
+        recorded = json.loads(meta_path.read_text()).get("generator", {})
+        old = recorded.get("args", recorded)  # CoinRun nests its arguments; the game generators do not
         want = {k: v for k, v in C.to_dict(gen).items() if k not in ("out", "overwrite")}
         if all(old.get(k) == v for k, v in want.items()):
             print(f"[demo] data: reusing {data}")
             return data
-    print(f"[demo] data: generating CoinRun into {data}")
-    generate(gen)
+    print(f"[demo] data: generating {args.env} into {data}")
+    make(gen)
     inspect(InspectArgs(dir=data, out=args.out / "inspect"))
     return data
 

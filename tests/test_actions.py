@@ -260,6 +260,7 @@ def test_the_supervised_ceiling_and_the_probe_read_an_obvious_action(squares, tm
     assert chance["probe"]["accuracy"] < 0.45
 
 
+@pytest.mark.heavy  # two LAMs trained on the squares
 def test_a_few_labels_tie_the_lams_codes_to_the_actions(squares, tmp_path):
     from jasmine.config import load_config
 

@@ -117,7 +117,8 @@ def test_demo_pipeline_runs_end_to_end_and_reuses_stages(micro_demo, capsys):
     ):
         assert (out / path).exists(), path
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
-    assert set(metrics["per_frame"]) == {"model", "random_actions", "tokenizer", "copy_last"}
+    base = {"model", "random_actions", "key_mapped", "tokenizer", "copy_last"}  # key-mapped: the data has actions
+    assert set(metrics["per_frame"]) - {"swapped_action"} == base
     assert metrics["split"] == "test" and len(set(metrics["per_clip"]["episode"])) == metrics["clips"]
     per_clip = {k: np.asarray(v) for k, v in metrics["per_clip"]["psnr"].items()}  # eval's Δ4PSNR is per clip ...
     np.testing.assert_allclose(
@@ -127,6 +128,11 @@ def test_demo_pipeline_runs_end_to_end_and_reuses_stages(micro_demo, capsys):
     copy = per_clip["copy_last"]  # ... and the copy-last baseline repeats the context frame
     assert (copy[:, 0] > 58).all() and metrics["tokenizer_codes"]["codes_used"] >= 1
     assert "Δ4PSNR" in (out / "eval" / "report.md").read_text()
+    np.testing.assert_allclose(  # play's codes for the real actions, paired against random codes per clip
+        metrics["key_mapped_minus_random"]["psnr"]["mean"],
+        (per_clip["key_mapped"][:, 1:] - per_clip["random_actions"][:, 1:]).mean(),
+        rtol=1e-6,
+    )
     latent, shares = metrics["latent_actions"], np.asarray(metrics["random_action_shares"])
     assert ("swapped_action" in per_clip) == ((shares > 0).sum() >= 2)  # GenieRedux's Δt needs two codes in use
     if "swapped_action" in per_clip:  # only the action into frame t differs
@@ -214,9 +220,10 @@ def test_diffusion_demo_sample_eval_and_bench_share_the_tools(micro_demo, capsys
     log = capsys.readouterr().out
     assert "[demo] mae: training into" in log and "[demo] lam: reusing" in log
     assert res["dynamics"] == "diffusion" and res["steps"] == 16 and res["context_noise"] == 0.1
-    assert res["tokenizer_codes"] is None and set(res["per_frame"]) == {
+    assert res["tokenizer_codes"] is None and set(res["per_frame"]) - {"swapped_action"} == {
         "model",
         "random_actions",
+        "key_mapped",
         "tokenizer",
         "copy_last",
     }

@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from jasmine.config import DynamicsTrainConfig, LAMTrainConfig
 from jasmine.data.dataset import DataError, action_meanings, effective_actions, read_metadata
@@ -88,23 +92,25 @@ def load_lam(run: Path):
 
 def latent_actions(lam, window: int, frames_BTHWC: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """LAM codes [B, T-1] of aligned clips (entry t-1 leads to frame t) and the encoder's output before
-    quantisation [B, T-1, F]."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
+    quantisation [B, T-1, F]. Every call runs one compiled program per (model, window, clip shape): the last
+    batch is padded to ``batch`` clips."""
     graphdef, state = nnx.split(lam)
-
-    @jax.jit
-    def infer(state, frames):
-        x = frames.astype(jnp.float32) / 255.0
-        model = nnx.merge(graphdef, state)
-        h = model.features(lam_windows(x, window))
-        ids = model.codes(h)
-        return from_lam_windows(ids, x.shape[0], x.shape[1]), from_lam_windows(h, x.shape[0], x.shape[1])
-
-    parts = [jax.device_get(infer(state, frames_BTHWC[i : i + batch])) for i in range(0, len(frames_BTHWC), batch)]
+    parts = []
+    for i in range(0, len(frames_BTHWC), batch):
+        chunk = frames_BTHWC[i : i + batch]
+        pad = np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)
+        codes, h = jax.device_get(_infer_actions(graphdef, window, state, np.concatenate([chunk, pad])))
+        parts.append((codes[: len(chunk)], h[: len(chunk)]))
     return np.concatenate([c for c, _ in parts]), np.concatenate([h for _, h in parts]).astype(np.float32)
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _infer_actions(graphdef, window: int, state, frames_BTHWC):
+    x = frames_BTHWC.astype(jnp.float32) / 255.0
+    model = nnx.merge(graphdef, state)
+    h = model.features(lam_windows(x, window))
+    ids = model.codes(h)
+    return from_lam_windows(ids, x.shape[0], x.shape[1]), from_lam_windows(h, x.shape[0], x.shape[1])
 
 
 def window_frames(frames: int, window: int) -> int:

@@ -52,6 +52,7 @@ SIZES = {  # preset → data and eval sizes
         steps=2,
         temperature=1.0,
         ordinal=False,
+        permutations=100,
     ),
 }
 
@@ -179,6 +180,7 @@ def demo(args: DemoArgs) -> dict:
             seed=args.seed,
             out=ev,
             batch_size=min(8, sizes["clips"]),
+            permutations=sizes.get("permutations", 1000),
         )
     )
     minutes = (time.perf_counter() - t0) / 60

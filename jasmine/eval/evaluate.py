@@ -94,7 +94,7 @@ def evaluate(args: EvalArgs) -> dict:
     key_shifts, random_shifts = {k: [] for k in direction_keys}, []
     t = args.delta_t
     scores = {k: [] for k in SOURCES}
-    previews, token_ids, model_actions = [], [], []
+    previews, token_ids = [], []
     t0 = time.perf_counter()
     for lo in tqdm(range(0, args.clips, args.batch_size), desc="eval", unit="batch", dynamic_ncols=True):
         batch = {k: v[lo : lo + args.batch_size] for k, v in clips.items()}
@@ -118,7 +118,6 @@ def evaluate(args: EvalArgs) -> dict:
             "copy_last": np.repeat(gt[:, args.context - 1 : args.context], args.frames, axis=1),
         }
         videos["copy_last"][:, : args.context] = gt[:, : args.context]
-        model_actions.append(actions)
         start = args.context - 1  # shifts from the last context frame on
         random_shifts += [video_shift(v[start:]) for v in videos["random_actions"]]
         for k, code in direction_keys.items():  # the key held from the last context frame on

@@ -230,7 +230,7 @@ def squares(tmp_path_factory):
     return root
 
 
-def square_run(kind: str, data, out, model_kw=None, **kw):
+def square_run(kind: str, data, out, model_kw=None, steps=600, **kw):
     """A micro LAM or IDM trained on the squares (16x16 frames, patches of 8, windows of 2)."""
     import dataclasses
 
@@ -240,8 +240,8 @@ def square_run(kind: str, data, out, model_kw=None, **kw):
 
     base = preset(kind, "micro")
     model = dataclasses.replace(base.model, patch_size=8, num_blocks=2, **(model_kw or {}))
-    cfg = dataclasses.replace(base, data=data, out=out, image_size=(16, 16, 3), seq_len=2, steps=600, batch_size=16,
-                              ckpt_every=600, val_every=600, log_every=100, model=model,
+    cfg = dataclasses.replace(base, data=data, out=out, image_size=(16, 16, 3), seq_len=2, steps=steps, batch_size=16,
+                              ckpt_every=steps, val_every=steps, log_every=100, model=model,
                               optim=dataclasses.replace(base.optim, lr=3e-3, warmup_steps=20), **kw)  # fmt: skip
     train(cfg, COMPONENTS[kind], progress=False)
     return A.load_lam(out)
@@ -250,7 +250,7 @@ def square_run(kind: str, data, out, model_kw=None, **kw):
 def test_the_supervised_ceiling_and_the_probe_read_an_obvious_action(squares, tmp_path):
     """An IDM (the LAM's encoder with labels) on squares moved by the action: its classes and the probe on its
     features recover the action (AMI and accuracy near 1); against shuffled labels they are at chance."""
-    idm, window = square_run("idm", squares / "sq", tmp_path / "idm")
+    idm, window = square_run("idm", squares / "sq", tmp_path / "idm", steps=200)
     assert window == 2 and idm.num_codes == 5
     res = A.measure(idm, window, squares / "sq", permutations=50)
     assert res["effective"]["ami"]["value"] > 0.8 > 0.1 > res["effective"]["ami"]["null_p99"]

@@ -185,5 +185,6 @@ def test_cli_generates_and_inspects(tmp_path):
     assert "action histogram" in insp.stdout and "episode length" in insp.stdout
     assert (out / "inspect" / "contact_sheet.png").stat().st_size > 0
     assert (out / "inspect" / "episodes.gif").stat().st_size > 0
-    bench = run("bench", "data", str(out), "--batch-size", "2", "--batches", "3", "--num-workers", "0")
-    assert "frames/s" in bench.stdout
+    bench = run("bench", "data", str(out), "--batch-size", "2", "--batches", "3", "--num-workers", "0",
+                "--step-preset", "micro", "--steps", "2")  # fmt: skip
+    assert "frames/s" in bench.stdout and "tokenizer train step (micro preset" in bench.stdout

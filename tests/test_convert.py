@@ -131,6 +131,56 @@ def test_image_folders_in_natural_order_exactly(tmp_path):
     assert sorted(len(meta["splits"][s]["sources"]) for s in meta["splits"]) == [1, 2]
 
 
+def test_long_sources_are_cut_at_max_frames_and_named(videos, tmp_path):
+    meta = convert(
+        VideoArgs(inputs=(videos / "clip0.mp4", videos / "anim.gif"), out=tmp_path / "f", size="8x8", min_len=4,
+                  max_frames=9, val_fraction=0, test_fraction=0, workers=0),
+        "video",
+    )  # fmt: skip
+    assert meta["splits"]["train"]["episode_lengths"] == [9, 9]
+    assert sorted(Path(t.split(":")[0]).name for t in meta["skipped"]["truncated"]) == ["anim.gif", "clip0.mp4"]
+    frames = np.concatenate(episodes(tmp_path / "f")["train"])
+    gif = frames[:9] if meta["splits"]["train"]["sources"][0].endswith("gif") else frames[9:]
+    np.testing.assert_array_equal(gif[:, 0, 0, 0], 10 * np.arange(9))  # the first 9 frames, in order
+
+
+def test_oversized_frames_are_refused_before_decoding(tmp_path):
+    """A GIF declaring a 3000x3000 canvas (a few KB on disk) is refused by --max-pixels, naming the file."""
+    big = [Image.new("P", (3000, 3000), c) for c in range(3)]
+    (tmp_path / "in").mkdir()
+    big[0].save(tmp_path / "in" / "bomb.gif", save_all=True, append_images=big[1:])
+    frames = [Image.fromarray(np.full((20, 30, 3), 10 * t, np.uint8)) for t in range(20)]
+    frames[0].save(tmp_path / "in" / "ok.gif", save_all=True, append_images=frames[1:])
+    meta = convert(
+        VideoArgs(inputs=(tmp_path / "in",), out=tmp_path / "ds", size="8x8", min_len=4, max_pixels=1_000_000,
+                  val_fraction=0, test_fraction=0, workers=0),
+        "video",
+    )  # fmt: skip
+    (err,) = meta["skipped"]["unreadable"]
+    assert err.startswith(str(tmp_path / "in" / "bomb.gif"))
+    assert "3000x3000 = 9,000,000 pixels exceed --max-pixels" in err
+    assert meta["splits"]["train"]["episodes"] == 1
+
+
+def test_a_gif_is_fitted_frame_by_frame(tmp_path):
+    """40 distinct 2000x2000 frames (16 MB each in PIL) decode in a child whose peak memory stays far below
+    holding them all (640 MB, as converting every frame before fitting did)."""
+    import subprocess
+    import sys
+
+    big = [Image.new("P", (2000, 2000), c) for c in range(40)]
+    big[0].save(tmp_path / "long.gif", save_all=True, append_images=big[1:])
+    code = (  # VmHWM: this process's peak resident memory (ru_maxrss would carry over the parent's across exec)
+        "import re, sys; from pathlib import Path; from jasmine.data.convert import decode_video; "
+        "hwm = lambda: int(re.search(r'VmHWM:\\s+(\\d+)', Path('/proc/self/status').read_text())[1]); base = hwm(); "
+        "frames, cut = decode_video(Path(sys.argv[1]), (8, 8), 'resize', 0.0); "
+        "print(len(frames), cut, (hwm() - base) // 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "long.gif")], capture_output=True, text=True)
+    n, cut, peak_mb = out.stdout.split()
+    assert (n, cut) == ("40", "False") and int(peak_mb) < 200, out.stdout + out.stderr
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [
@@ -139,6 +189,7 @@ def test_image_folders_in_natural_order_exactly(tmp_path):
         ({"val_fraction": 0.6, "test_fraction": 0.5}, r"leaves nothing to train on"),
         ({"test_fraction": 1.5}, r"--test-fraction must be in \[0, 1\)"),
         ({"min_len": 1000}, r"no readable source of at least --min-len 1000 frames went to train"),
+        ({"max_frames": 0}, r"--max-frames and --max-pixels must be >= 1"),
     ],
 )
 def test_bad_conversion_input_is_named(videos, tmp_path, kw, match):

@@ -64,13 +64,14 @@ def test_an_oracle_model_gets_its_clean_latents_back_along_the_training_path(ste
     eps = jax.random.normal(jax.random.key(1), (B, N, L))
     seen = []
 
-    def oracle(z, tau):
-        seen.append((np.asarray(z), tau))
+    def oracle(z, tau):  # records what each of the loop's K passes sees
+        jax.debug.callback(lambda z, tau: seen.append((np.asarray(z), float(tau))), z, tau, ordered=True)
         return x
 
     out = denoise(oracle, eps, steps)
+    jax.effects_barrier()
     np.testing.assert_array_equal(np.asarray(out), np.asarray(x))
-    assert [tau for _, tau in seen] == [k / steps for k in range(steps)]
+    assert [tau for _, tau in seen] == [np.float32(k / steps) for k in range(steps)]
     for z, tau in seen:  # every input lies on the path training noises along, at exactly its level
         np.testing.assert_allclose(z, np.asarray(noise(x, tau, eps)), atol=1e-5)
 

@@ -1,6 +1,7 @@
 """The package as a user installs it: ``uv build`` makes a wheel holding everything (the play page included), and a
 fresh virtual environment with only that wheel and its locked dependencies runs ``jasmine --help``,
-``jasmine play --help`` and a micro ``jasmine demo`` from outside the source tree."""
+``jasmine play --help``, finds the play page, generates CoinRun and trains a micro tokenizer from outside the
+source tree (the same commands as the demo's first stages: the demo itself runs in test_sample)."""
 
 import os
 import shutil
@@ -35,7 +36,7 @@ def run(cmd: list, **kw) -> str:
 
 
 @pytest.mark.heavy(later=True)  # after the demo test: the micro demo's programs are then in the compilation cache
-def test_the_wheel_installs_and_runs_the_demo_outside_the_source_tree(tmp_path):
+def test_the_wheel_installs_and_trains_outside_the_source_tree(tmp_path):
     pytest.importorskip("procgen")
     dist, venv, work = tmp_path / "dist", tmp_path / "venv", tmp_path / "elsewhere"
     run([*uv(), "build", "--wheel", "--out-dir", dist, ROOT], cwd=ROOT)
@@ -73,5 +74,12 @@ def test_the_wheel_installs_and_runs_the_demo_outside_the_source_tree(tmp_path):
     assert str(venv) in where and str(ROOT) not in where, where
     assert "jasmine demo" in run([jasmine, "--help"], cwd=work, env=env)
     assert "--max-sessions" in run([jasmine, "play", "--help"], cwd=work, env=env)
-    out = run([jasmine, "demo", "--preset", "micro", "--out", work / "demo"], cwd=work, env=env)
-    assert "[demo] done" in out and (work / "demo" / "eval" / "report.md").exists()
+    listing = "from jasmine.play.server import STATIC; print(*sorted(STATIC.iterdir()))"
+    static = run([python, "-c", listing], cwd=work, env=env)
+    assert all(str(venv / "lib") in f for f in static.split()) and len(static.split()) >= len(PLAY_STATIC)
+    data = work / "data"
+    sizes = ("--train-episodes", 3, "--val-episodes", 1, "--test-episodes", 1, "--max-episode-len", 40)
+    run([jasmine, "data", "coinrun", "--out", data, *sizes], cwd=work, env=env)
+    out = run([jasmine, "train", "tokenizer", "--preset", "micro", "--data", data, "--out", work / "tok", "--steps", 2],
+              cwd=work, env=env)  # fmt: skip
+    assert (work / "tok" / "checkpoints" / "2").is_dir(), out

@@ -58,9 +58,9 @@ def convert(kind: str) -> Run:
         skipped = meta["skipped"]
         print(
             f"  {frames / meta['seconds']:,.0f} frames/s; skipped {len(skipped['unreadable'])} unreadable and "
-            f"{len(skipped['too_short'])} too-short source(s)"
+            f"{len(skipped['too_short'])} too-short source(s); truncated {len(skipped['truncated'])}"
         )
-        for line in skipped["unreadable"] + skipped["too_short"]:
+        for line in skipped["unreadable"] + skipped["too_short"] + skipped["truncated"]:
             print(f"    {line}")
 
     return run

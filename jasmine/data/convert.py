@@ -54,6 +54,11 @@ class ConvertArgs:
     """Seed of the split assignment."""
     workers: int = 2
     """Decoding processes."""
+    max_frames: int = 20_000
+    """Keep at most each source's first this-many frames (the summary names every source cut short): frames are
+    fitted as they are decoded, so this bounds a decoding process's memory."""
+    max_pixels: int = 4096 * 4096
+    """Refuse (skip, by name) a source whose frames have more pixels than this, before decoding any of them."""
     records_per_shard: int = 100
     overwrite: bool = False
     """Replace an existing dataset in --out."""
@@ -137,62 +142,114 @@ def assign_splits(sources: list[Path], val: float, test: float, seed: int) -> di
     return {"train": order[n_test + n_val :], "val": order[n_test : n_test + n_val], "test": order[:n_test]}
 
 
-def _gif_frames(path: Path, fps: float):
-    """A GIF's frames, resampled to ``fps`` by their display durations (PIL; FFmpeg reads GIFs poorly)."""
+def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    """Refuse a frame of ``size`` (width, height) over ``max_pixels``, before it is decoded."""
+    w, h = size
+    if w * h > max_pixels:
+        raise DataError(f"frames of {w}x{h} = {w * h:,} pixels exceed --max-pixels {max_pixels:,}")
+
+
+class Frames:
+    """Fitted frames collected as they are decoded: at most ``max_frames`` (``truncated`` once a frame past them
+    came), in one array that grows by doubling, so a source is never held at full size or whole in a list."""
+
+    def __init__(self, hw: tuple[int, int], fit: str, max_frames: int):
+        self.hw, self.fit, self.max_frames = hw, fit, max_frames
+        self.buf_THWC = np.zeros((0, *hw, 3), np.uint8)
+        self.n, self.truncated = 0, False
+
+    def add(self, img: Image.Image) -> None:
+        if self.n >= self.max_frames:
+            self.truncated = True
+            return
+        if self.n == len(self.buf_THWC):
+            grown = np.zeros((min(max(16, 2 * self.n), self.max_frames), *self.hw, 3), np.uint8)
+            grown[: self.n] = self.buf_THWC
+            self.buf_THWC = grown
+        self.buf_THWC[self.n] = fit_frame(img, self.hw, self.fit)
+        self.n += 1
+
+    def array(self) -> np.ndarray:
+        if not self.n:
+            raise DataError("no frames decoded")
+        return self.buf_THWC[: self.n]
+
+
+def _gif_frames(path: Path, fps: float, out: Frames, max_pixels: int) -> None:
+    """A GIF's frames into ``out``, fitted one at a time, resampled to ``fps`` by their display durations (PIL;
+    FFmpeg reads GIFs poorly). The canvas size is checked before the first frame is decoded."""
     from PIL import ImageSequence
 
     with Image.open(path) as gif:
-        frames = [(f.convert("RGB"), f.info.get("duration", 100) or 100) for f in ImageSequence.Iterator(gif)]
-    if fps <= 0:
-        return [f for f, _ in frames]
-    ends = np.cumsum([d for _, d in frames]) / 1000.0
-    times = np.arange(0.0, ends[-1], 1.0 / fps)
-    return [frames[int(np.searchsorted(ends, t, side="right"))][0] for t in times]
+        check_pixels(gif.size, max_pixels)
+        j, end_ms = 0, 0  # the next output frame (at j / fps seconds) and the current frame's display end
+        for frame in ImageSequence.Iterator(gif):
+            if out.n >= out.max_frames:
+                out.truncated = True
+                break
+            end_ms += frame.info.get("duration", 100) or 100
+            if fps <= 0:
+                out.add(frame)
+                continue
+            while j * 1000.0 / fps < end_ms and out.n < out.max_frames:  # output times within this frame's display
+                out.add(frame)
+                j += 1
 
 
-def decode_video(path: Path, hw: tuple[int, int], fit: str, fps: float) -> np.ndarray:
+def decode_video(path: Path, hw: tuple[int, int], fit: str, fps: float, max_frames: int = 20_000,
+                 max_pixels: int = 4096 * 4096) -> tuple[np.ndarray, bool]:  # fmt: skip
+    """A source's fitted frames [T, H, W, 3] (at most ``max_frames``), and whether frames past them were dropped."""
+    out = Frames(hw, fit, max_frames)
     if path.suffix.lower() == ".gif":
-        frames = [fit_frame(f, hw, fit) for f in _gif_frames(path, fps)]
+        _gif_frames(path, fps, out, max_pixels)
     else:
         import imageio.v2 as iio
 
         fps_filter = {"output_params": ["-vf", f"fps={fps}"]} if fps > 0 else {}  # exact: duration x fps frames
         reader = iio.get_reader(path, format="FFMPEG", **fps_filter)
         try:
-            frames = [fit_frame(Image.fromarray(f), hw, fit) for f in reader]
+            check_pixels(reader.get_meta_data()["size"], max_pixels)
+            for f in reader:
+                if out.n >= max_frames:
+                    out.truncated = True
+                    break  # FFmpeg stops here: the rest of a long video is never decoded
+                out.add(Image.fromarray(f))
         finally:
             reader.close()
-    if not frames:
-        raise DataError("no frames decoded")
-    return np.stack(frames)
+    return out.array(), out.truncated
 
 
-def decode_images(folder: Path, hw: tuple[int, int], fit: str) -> np.ndarray:
+def decode_images(folder: Path, hw: tuple[int, int], fit: str, max_frames: int = 20_000,
+                  max_pixels: int = 4096 * 4096) -> tuple[np.ndarray, bool]:  # fmt: skip
     files = sorted((f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS), key=_natural)
-    frames = []
-    for f in files:
+    out = Frames(hw, fit, max_frames)
+    for f in files[:max_frames]:
         try:
             with Image.open(f) as img:
-                frames.append(fit_frame(img, hw, fit))
+                check_pixels(img.size, max_pixels)
+                out.add(img)
+        except DataError as e:
+            raise DataError(f"{f}: {e}") from e
         except Exception as e:  # PIL raises many types for a bad file
             raise DataError(f"{f}: not a readable image ({e})") from e
-    return np.stack(frames)
+    return out.array(), len(files) > max_frames
 
 
-def _decode(job) -> tuple[np.ndarray | None, str | None]:
-    kind, path, hw, fit, fps = job
+def _decode(job) -> tuple[np.ndarray | None, bool, str | None]:
+    kind, path, hw, fit, fps, max_frames, max_pixels = job
     try:
-        frames = decode_video(path, hw, fit, fps) if kind == "video" else decode_images(path, hw, fit)
-        return frames, None
+        if kind == "video":
+            return (*decode_video(path, hw, fit, fps, max_frames, max_pixels), None)
+        return (*decode_images(path, hw, fit, max_frames, max_pixels), None)
     except Exception as e:  # reported by name and skipped; a broken source must not stop the others
-        return None, f"{path}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+        return None, False, f"{path}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
 
 
 def convert(args: ConvertArgs, kind: Literal["video", "images"]) -> dict:
     """Write the dataset; returns its metadata (with ``skipped``: unreadable and too-short sources)."""
     hw = frame_size(args.size)
-    if args.chunk_len < 1 or args.min_len < 1 or args.workers < 0:
-        raise DataError("--chunk-len and --min-len must be >= 1 and --workers >= 0")
+    if min(args.chunk_len, args.min_len, args.max_frames, args.max_pixels) < 1 or args.workers < 0:
+        raise DataError("--chunk-len, --min-len, --max-frames and --max-pixels must be >= 1 and --workers >= 0")
     check_output(args.out, args.overwrite, inputs=args.inputs)  # before reading a single source
     sources = find_sources(args.inputs, kind)
     splits = assign_splits(sources, args.val_fraction, args.test_fraction, args.seed)
@@ -214,14 +271,18 @@ def convert(args: ConvertArgs, kind: Literal["video", "images"]) -> dict:
         inputs=args.inputs,
     )
     jobs = [(split, p) for split in ("train", "val", "test") for p in splits[split]]
-    errors, short, kept = [], [], {s: [] for s in splits}
+    errors, short, truncated, kept = [], [], [], {s: [] for s in splits}
     t0 = time.perf_counter()
     pool = get_context("spawn").Pool(args.workers) if args.workers > 0 else None
     try:
-        results = (pool.imap if pool else map)(_decode, [(kind, p, hw, args.fit, fps) for _, p in jobs])
+        job_args = [(kind, p, hw, args.fit, fps, args.max_frames, args.max_pixels) for _, p in jobs]
+        results = (pool.imap if pool else map)(_decode, job_args)
         with tqdm(total=len(jobs), unit="src", desc=kind, dynamic_ncols=True) as bar:
-            for (split, path), (frames, err) in zip(jobs, results, strict=False):
+            for (split, path), (frames, cut, err) in zip(jobs, results, strict=False):
                 bar.update()
+                if cut:
+                    truncated.append(f"{path}: kept its first {args.max_frames} frames (--max-frames)")
+                    tqdm.write(f"truncated {truncated[-1]}")
                 if err is not None:
                     errors.append(err)
                     tqdm.write(f"skipped {err}")
@@ -245,5 +306,5 @@ def convert(args: ConvertArgs, kind: Literal["video", "images"]) -> dict:
         )
     meta = writer.finish(**{s: {"sources": kept[s]} for s in kept if kept[s]})
     meta["seconds"] = time.perf_counter() - t0
-    meta["skipped"] = {"unreadable": errors, "too_short": short}
+    meta["skipped"] = {"unreadable": errors, "too_short": short, "truncated": truncated}
     return meta

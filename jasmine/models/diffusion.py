@@ -53,14 +53,17 @@ def sample_levels(rng, shape_BT, levels: int):
 
 
 def denoise(predict, eps, steps: int):
-    """K Euler steps along the training path from noise ``eps`` (τ = 0) to τ = 1; ``predict(z_τ, τ) -> x̂``."""
-    z = eps
-    for k in range(steps):
-        tau, nxt = k / steps, (k + 1) / steps
+    """K Euler steps along the training path from noise ``eps`` (τ = 0) to τ = 1; ``predict(z_τ, τ) -> x̂``.
+
+    One compiled copy of ``predict`` (a loop, not K unrolled forwards); the last step's z = 1·x̂ + 0·ε̂ is x̂."""
+
+    def step(k, z):
+        tau, nxt = k.astype(jnp.float32) / steps, (k + 1).astype(jnp.float32) / steps
         x_hat = predict(z, tau)
         eps_hat = (z - tau * x_hat) / (1.0 - tau)
-        z = x_hat if k == steps - 1 else nxt * x_hat + (1.0 - nxt) * eps_hat
-    return z
+        return nxt * x_hat + (1.0 - nxt) * eps_hat
+
+    return jax.lax.fori_loop(0, steps, step, eps)
 
 
 def context_eps(pos, shape):

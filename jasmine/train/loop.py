@@ -39,7 +39,7 @@ from jasmine.train.optim import (
     lr_schedule,
 )
 from jasmine.train.runs import checkpoint_steps, resolve_step, restore_state
-from jasmine.train.step import _bind, _eval_step, _preview, count_params, setup
+from jasmine.train.step import _bind, _eval_step, count_params, setup
 from jasmine.viz import frame_grid
 
 # Fields that may differ between a run's saved config and the one it continues with.
@@ -204,10 +204,7 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
 
     eval_fn = _bind(
         jax.jit(_eval_step, static_argnums=(0, 1, 2), out_shardings=replicated(mesh)), component, cfg, model
-    )
-    preview_fn = _bind(
-        jax.jit(_preview, static_argnums=(0, 1, 2), out_shardings=replicated(mesh)), component, cfg, model
-    )  # process 0 draws the rows it gathers
+    )  # metrics and preview rows, replicated: process 0 draws the rows it gathers
     logger = MetricsLogger(out, config=C.to_dict(cfg), wandb=cfg.wandb, enabled=pidx == 0)
     n_params = count_params(state["params"])
     n_frozen = count_params(state["frozen"])
@@ -253,7 +250,7 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
                     )
             bar.update()
             if done % cfg.val_every == 0 or done == cfg.steps:
-                last_val = _validate(cfg, eval_fn, preview_fn, state, mesh, logger, out, done, align)
+                last_val = _validate(cfg, eval_fn, state, mesh, logger, out, done, align)
             due = done % cfg.ckpt_every == 0 or done == cfg.steps or done == stable_end
             if due:
                 ckpt.save(done, state, force=True)
@@ -279,7 +276,7 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
     }
 
 
-def _validate(cfg, eval_fn, preview_fn, state, mesh, logger, out: Path, step: int, align: int) -> dict[str, float]:
+def _validate(cfg, eval_fn, state, mesh, logger, out: Path, step: int, align: int) -> dict[str, float]:
     try:
         val = make_loader(
             cfg.data,
@@ -295,15 +292,14 @@ def _validate(cfg, eval_fn, preview_fn, state, mesh, logger, out: Path, step: in
     except DataError as e:
         warnings.warn(f"validation skipped: {e}", stacklevel=2)
         return {}
-    it, sums, first = iter(val), {}, None
+    it, sums, rows = iter(val), {}, None
     for _ in range(cfg.val_batches):
-        batch = global_batch(next(it), mesh)
-        first = first or batch
-        for k, v in jax.device_get(eval_fn(state, batch)).items():
+        batch_metrics, batch_rows = eval_fn(state, global_batch(next(it), mesh))
+        rows = batch_rows if rows is None else rows  # the first batch's
+        for k, v in jax.device_get(batch_metrics).items():
             sums[k] = sums.get(k, 0.0) + float(v)
     metrics = {k: v / cfg.val_batches for k, v in sums.items()}
     logger.log(step, metrics, split="val")
-    rows = preview_fn(state, first)
     if rows and logger.enabled:
         from PIL import Image
 

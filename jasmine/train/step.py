@@ -1,5 +1,5 @@
-"""The compiled steps of the training loop: train, eval and preview, module-level functions of (component, program
-config, graph), so every run of one recipe in a process shares their tracing and compilation.
+"""The compiled steps of the training loop: train, and eval with its preview; module-level functions of (component,
+program config, graph), so every run of one recipe in a process shares their tracing and compilation.
 
 The train step takes its learning-rate schedule as data (``jasmine.train.optim.schedule_values``), so its program
 depends on neither ``--steps`` nor the learning rate, and ``program_config`` clears every other field that does not
@@ -55,7 +55,7 @@ _OUTSIDE_PROGRAM = {
 
 
 def program_config(cfg: C.TrainConfig) -> C.TrainConfig:
-    """``cfg`` with the fields that do not change the compiled train, eval and preview steps set to fixed values."""
+    """``cfg`` with the fields that do not change the compiled train and eval steps set to fixed values."""
     names = {f.name for f in dataclasses.fields(cfg)}
     fixed = {k: v for k, v in _OUTSIDE_PROGRAM.items() if k in names}
     for path in ("tokenizer", "lam"):  # only whether they are given matters inside a step
@@ -92,13 +92,10 @@ def _train_step(component: Component, cfg: C.TrainConfig, graphdef, state, batch
 
 
 def _eval_step(component: Component, cfg: C.TrainConfig, graphdef, state, batch):
+    """A validation batch's metrics and preview rows (one program: :meth:`Component.validate`)."""
     module = nnx.merge(graphdef, state["params"], state["frozen"], state["rest"])
     key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), 2**31 - 1)
-    return component.evaluate(module, batch, key, cfg)
-
-
-def _preview(component: Component, cfg: C.TrainConfig, graphdef, state, batch):
-    return component.preview(nnx.merge(graphdef, state["params"], state["frozen"], state["rest"]), batch, cfg)
+    return component.validate(module, batch, key, cfg)
 
 
 def _bind(jitted, component: Component, cfg: C.TrainConfig, model: Model):

@@ -110,6 +110,11 @@ class Component:
         """Rows of frames [T, H, W, C] in [0, 1] to draw as a validation image."""
         return []
 
+    def validate(self, model, batch, rng, cfg: TrainConfig) -> tuple[dict[str, jax.Array], list[jax.Array]]:
+        """A validation batch's metrics and its preview rows, in one compiled program (a component whose preview
+        repeats work of its metrics, e.g. a rollout, overrides this to do that work once)."""
+        return self.evaluate(model, batch, rng, cfg), self.preview(model, batch, cfg)
+
     def tokens_per_batch(self, cfg: TrainConfig) -> int:
         """Tokens the model processes per batch (for 6 x params x tokens model FLOPs)."""
         h, w, _ = cfg.image_size

@@ -196,20 +196,26 @@ class DynamicsComponent(Component):
 
     def evaluate(self, model: Genie, batch, rng, cfg: DynamicsTrainConfig):
         """Teacher-forced masked-token metrics; the last frame generated from all others; a rollout from frame 0."""
+        return self.validate(model, batch, rng, cfg)[0]
+
+    def validate(self, model: Genie, batch, rng, cfg: DynamicsTrainConfig):
+        """:meth:`evaluate`'s metrics, and as preview rows the first clip, its tokenizer reconstruction and the
+        metrics' own rollout of it (no second rollout is compiled for the image)."""
         _, metrics, _ = self.loss(model, batch, rng, cfg, training=False)
         ids_BTN, pred_BTN = self._full_frame(model, batch, rng, cfg)
         t = ids_BTN.shape[1] - 1
         if jnp.issubdtype(ids_BTN.dtype, jnp.integer):  # token ids (not MAE latents)
             metrics["full_frame_token_accuracy"] = jnp.mean(pred_BTN[:, t] == ids_BTN[:, t])
-        target_BTHWC = to_unit(batch["frames"]) if "frames" in batch else model.decode(ids_BTN)
+        recon_BTHWC = model.decode(ids_BTN) if "frames" not in batch else None
+        target_BTHWC = to_unit(batch["frames"]) if "frames" in batch else recon_BTHWC
         suffix = "" if "frames" in batch else "_vs_tokenizer"
         metrics |= {
             f"full_frame_{k}{suffix}": v
             for k, v in image_metrics(target_BTHWC[:, t:], model.decode(pred_BTN)[:, t:]).items()
         }
-        gen_BTN = self._rollout(model, batch, rng, cfg)
-        T = gen_BTN.shape[1]
-        psnr, ssim = frame_psnr_ssim(target_BTHWC[:, 1:T], model.decode(gen_BTN)[:, 1:])
+        gen_BTHWC = model.decode(self._rollout(model, batch, rng, cfg))
+        T = gen_BTHWC.shape[1]
+        psnr, ssim = frame_psnr_ssim(target_BTHWC[:, 1:T], gen_BTHWC[:, 1:])
         copy_psnr, _ = frame_psnr_ssim(target_BTHWC[:, 1:T], jnp.repeat(target_BTHWC[:, :1], T - 1, axis=1))
         metrics |= {
             f"rollout_psnr{suffix}": psnr.mean(),
@@ -217,7 +223,9 @@ class DynamicsComponent(Component):
             f"rollout_copy_last_psnr{suffix}": copy_psnr.mean(),
             f"rollout_psnr_minus_copy_last{suffix}": (psnr - copy_psnr).mean(),
         }
-        return metrics
+        first_THWC = model.decode(ids_BTN[:1])[0] if recon_BTHWC is None else recon_BTHWC[0]
+        rows = ([to_unit(batch["frames"][0])] if "frames" in batch else []) + [first_THWC, gen_BTHWC[0]]
+        return metrics, rows
 
     def _full_frame(self, model: Genie, batch, rng, cfg: DynamicsTrainConfig):
         ids_BTN = model.tokens(batch)
@@ -231,12 +239,6 @@ class DynamicsComponent(Component):
         a_BTA, _ = model.frame_conditioning(batch)
         T = min(1 + (cfg.val_rollout_frames or ids_BTN.shape[1] - 1), ids_BTN.shape[1])
         return model.generate(ids_BTN[:, :1], a_BTA[:, :T], rng, cfg.val_sampling)
-
-    def preview(self, model: Genie, batch, cfg: DynamicsTrainConfig):
-        one = jax.tree.map(lambda x: x[:1], batch)
-        rows = [to_unit(one["frames"])[0]] if "frames" in one else []
-        gen = self._rollout(model, one, jax.random.key(0), cfg)
-        return rows + [model.decode(model.tokens(one))[0], model.decode(gen)[0]]
 
     def tokens_per_batch(self, cfg: DynamicsTrainConfig) -> int:
         h, w, _ = cfg.image_size

@@ -297,6 +297,9 @@ def main(argv: list[str] | None = None) -> None:
         cmd.run(cmd.parse(argv[len(name.split()) :], f"jasmine {name}"))
     except (DataError, ValueError, FileNotFoundError) as e:
         sys.exit(f"jasmine {name}: error: {e}")
+    except KeyboardInterrupt as e:  # e.g. training's second Ctrl-C: no traceback, the shell's 130
+        print(f"\njasmine {name}: interrupted{f' ({e})' if str(e) else ''}", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -122,3 +122,16 @@ def test_flat_folder_is_split_by_shard_and_vector_actions_are_dropped(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"no \*.array_record shards in --in .*empty"):
         import_jasmine(ImportArgs(inputs=tmp_path / "empty", out=tmp_path / "x"))
+
+
+def test_records_are_read_in_a_child_whose_memory_is_capped(tmp_path):
+    """A record that needs more memory than --max-memory-mb is refused by name, the importing process is unharmed
+    and writes nothing; the same record imports with room to spare."""
+    rng = np.random.default_rng(0)
+    big, _ = episode(rng, 200)  # 2.4 MB of frames
+    write_reference(tmp_path / "ref", {"train": [episode(rng, 20)[0], big]})
+    with pytest.raises(RecordFormatError, match=r"data_0000.array_record, record 1: .*--max-memory-mb 1"):
+        import_jasmine(ImportArgs(inputs=tmp_path / "ref", out=tmp_path / "ds", max_memory_mb=1))
+    assert not (tmp_path / "ds").exists()
+    meta = import_jasmine(ImportArgs(inputs=tmp_path / "ref", out=tmp_path / "ds", max_memory_mb=64))
+    assert meta["splits"]["train"]["episode_lengths"] == [20, 200]

@@ -257,6 +257,37 @@ def test_tabs_do_not_disturb_each_other_and_idle_ones_are_freed(game):
             assert len(app.state.sessions) == 0
 
 
+def test_connections_headers_and_clients_that_stop_reading_are_bounded(game):
+    """A real server: connections beyond --max-sessions + slack get 503, and the page is served again once they
+    close; a reply the client does not take in time closes its session and frees its world."""
+    import socket
+
+    import httpx
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    from jasmine.play.server import CONNECTION_SLACK, Background, make_app
+
+    with Background(make_app(game, max_sessions=1), max_sessions=1) as url:
+        host, port = url.split("//")[1].split(":")
+        held = [socket.create_connection((host, int(port))) for _ in range(1 + CONNECTION_SLACK)]
+        try:
+            time.sleep(0.3)  # the server has accepted them all
+            assert httpx.get(url + "/").status_code == 503
+        finally:
+            for c in held:
+                c.close()
+        time.sleep(0.3)
+        assert httpx.get(url + "/").status_code == 200
+    app = make_app(game, host="testserver", send_timeout=0.0)  # no reply can be sent in time
+    with TestClient(app) as client, client.websocket_connect("/ws") as ws:
+        assert ws.receive_json()["type"] == "hello"
+        ws.send_json({"type": "reset"})
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 4003 and len(app.state.sessions) == 0
+
+
 def test_fuzz_on_loopback_then_play_still_works(game):
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect

@@ -144,3 +144,61 @@ def test_shard_writer_abort_leaves_only_complete_shards(tmp_path):
                 w.write(rec, 2)
             raise KeyboardInterrupt
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-00000.array_record"]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=8,
+)
+HOSTILE = st.sampled_from([-1, 0, 2**40 + 1, 10**12, "../../etc/passwd", "/etc/passwd", [10**9] * 3, {}, [], "O"])
+FIELDS = [  # paths into a valid metadata.json; the value there is replaced (a list index past the end appends)
+    ("format_version",), ("frame_shape",), ("frame_shape", 0), ("frame_shape", 2), ("num_actions",), ("splits",),
+    ("splits", "train"), ("splits", "train", "shards"), ("splits", "train", "shards", 0),
+    ("splits", "train", "shards", 0, "file"), ("splits", "train", "shards", 0, "lengths"),
+    ("splits", "train", "shards", 0, "lengths", 0), ("splits", "train", "episode_lengths"),
+    ("splits", "train", "episode_lengths", 0), ("splits", "train", "frames"), ("splits", "train", "episodes"),
+    ("arrays",), ("arrays", "frames"), ("generator",), ("generator", "effective_actions"),
+    ("generator", "effective_actions", "of_action"), ("generator", "action_meanings"), ("chunk_len",),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fuzz_root(tmp_path_factory):
+    from conftest import write_synthetic
+
+    root = tmp_path_factory.mktemp("fuzz") / "ds"
+    write_synthetic(root, lengths=(12, 9), splits=("train",), chunk_len=5)
+    return root
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(FIELDS), value=JSON | HOSTILE)
+def test_fuzzed_metadata_fields_only_ever_raise_data_error(fuzz_root, field, value):
+    """Any value in any metadata field: the dataset reads and loads, or DataError names the problem."""
+    from jasmine.data.dataset import DataError, action_meanings, effective_actions, read_metadata
+    from jasmine.data.loader import make_loader
+
+    good = (fuzz_root / "metadata.json").with_suffix(".good")
+    if not good.exists():
+        good.write_text((fuzz_root / "metadata.json").read_text())
+    meta = json.loads(good.read_text())
+    node = meta
+    for key in field[:-1]:
+        node = node.setdefault(key, {}) if isinstance(node, dict) else node[min(key, len(node) - 1)]
+    last = field[-1]
+    if isinstance(node, list) and last >= len(node):
+        node.append(value)
+    else:
+        node[last] = value
+    (fuzz_root / "metadata.json").write_text(json.dumps(meta))
+    try:
+        m = read_metadata(fuzz_root)
+        effective_actions(m)
+        action_meanings(m)
+        batch = next(iter(make_loader(fuzz_root, "train", seq_len=3, batch_size=2, seed=0, num_epochs=1)))
+        assert batch["frames"].shape[:2] == (2, 3)
+    except DataError:
+        pass
+    finally:
+        (fuzz_root / "metadata.json").write_text(good.read_text())

@@ -204,6 +204,24 @@ def test_resume_after_sigterm_is_bitwise_exact(data16, tmp_path):
     assert leaves_equal(straight["state"]["params"], state.filter(nnx.Param))
 
 
+def test_a_first_ctrl_c_asks_for_a_checkpoint_and_a_second_stops_at_once(capsys):
+    import os
+
+    from jasmine.train.loop import _StopRequest
+
+    before = signal.getsignal(signal.SIGINT)
+    with _StopRequest(1) as stop:
+        assert not stop.stop_at(0)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs in this thread at its next instruction
+        assert stop.stop_at(1) and stop.signum == signal.SIGINT  # the loop saves after this step
+        with pytest.raises(KeyboardInterrupt, match="second Ctrl-C"):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    assert "Ctrl-C again stops at once" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is before  # the handlers are put back
+
+
 def test_extending_a_wsd_run_from_its_stable_phase_equals_the_longer_run(data16, tmp_path):
     """With decay: a 5-step run (decay from step 3) taken to 10 steps from its stable phase is the 10-step run."""
     wsd = OptimConfig(lr=3e-3, warmup_steps=2, decay_fraction=0.3)

@@ -13,8 +13,6 @@ without reading any record.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from jasmine.data.actions import COINRUN_ACTION_MEANINGS, effective_table
+from jasmine.data.metadata import GROUPED_VERSION, METADATA, READABLE_VERSIONS, read_metadata
 from jasmine.data.output import Staging
 from jasmine.data.records import (
     FORMAT_VERSION,
-    SHARD_SUFFIX,
     DataError,
     RecordFormatError,
     ShardWriter,
@@ -35,18 +33,9 @@ from jasmine.data.records import (
     write_json_atomic,
 )
 
-METADATA = "metadata.json"
-GROUPED_VERSION = 3
-"""Dataset format 3, the grouped layout: records of ``chunk_len`` (default 8) frames in shards that
-ArrayRecord does not compress; a training window is read from the few records it overlaps (an
-episode's records are consecutive), never a whole 160-frame chunk. Format 2, the chunked layout:
-160-frame records, compressed, a window decompresses and checks its whole record. Both hold the
-same records (``jasmine.data.records``); ``jasmine data relayout`` converts between them."""
-READABLE_VERSIONS = (FORMAT_VERSION, GROUPED_VERSION)
 SHARD_OPTIONS = {FORMAT_VERSION: "group_size:1", GROUPED_VERSION: "group_size:1,uncompressed"}
 DEFAULT_CHUNK = {FORMAT_VERSION: 160, GROUPED_VERSION: 8}
 SPLITS = ("train", "val", "test")
-_SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 __all__ = [
     "GROUPED_VERSION",
@@ -161,46 +150,6 @@ class DatasetWriter:
         write_json_atomic(self.staging.path / METADATA, meta)
         self.staging.commit()
         return meta
-
-
-def read_metadata(root: str | Path) -> dict[str, Any]:
-    """Load and check ``root/metadata.json``; raises :class:`DataError` naming the path."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"dataset directory {root} does not exist")
-    path = root / METADATA
-    if not path.exists():
-        shards = sorted(root.rglob(f"*{SHARD_SUFFIX}"))
-        what = "is empty" if not any(root.iterdir()) else "has no metadata.json (incomplete or not a jasmine dataset)"
-        hint = (
-            f"; it holds {len(shards)} shard(s) without metadata, e.g. from an interrupted generation" if shards else ""
-        )
-        raise DataError(f"dataset directory {root} {what}{hint}")
-    try:
-        meta = json.loads(path.read_text())
-    except (ValueError, RecursionError) as e:
-        raise DataError(f"{path} is not valid JSON: {e!r:.200}") from None
-    if not isinstance(meta, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    if meta.get("format") != "jasmine-episodes":
-        raise DataError(f"{path}: 'format' is {meta.get('format')!r}, expected 'jasmine-episodes'")
-    if meta.get("format_version") not in READABLE_VERSIONS:
-        raise DataError(
-            f"{path}: format_version {meta.get('format_version')!r}, this jasmine reads {list(READABLE_VERSIONS)}"
-        )
-    for key in ("frame_shape", "num_actions", "splits"):
-        if key not in meta:
-            raise DataError(f"{path}: missing key {key!r}")
-    shape, actions = meta["frame_shape"], meta["num_actions"]
-    if not (isinstance(shape, list) and len(shape) == 3 and all(type(d) is int and d > 0 for d in shape)):
-        raise DataError(f"{path}: frame_shape {shape!r:.80} is not [H, W, C] of positive integers")
-    if type(actions) is not int or actions < 0:
-        raise DataError(f"{path}: num_actions {actions!r:.80} is not an integer >= 0")
-    if not isinstance(meta["splits"], dict) or not all(
-        isinstance(k, str) and _SPLIT_NAME.fullmatch(k) for k in meta["splits"]
-    ):
-        raise DataError(f"{path}: split names must be letters, digits, '_' or '-'")
-    return meta
 
 
 def action_meanings(meta: dict[str, Any]) -> list[str] | None:

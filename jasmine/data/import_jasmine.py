@@ -6,8 +6,9 @@ The reference stores each record as ``pickle.dumps({"raw_video": bytes of uint8
 whatever code a record names, so records are read by :mod:`jasmine.data.safe_pickle`, which
 interprets the opcodes itself, builds only plain containers, numbers, strings, bytes and
 plain numeric arrays (from checked bytes, never through NumPy's unpickling), and refuses
-anything else before building from it. Each record becomes one episode (the format does not say which records
-came from one episode). Split folders are kept; a flat folder is dealt to splits by shard.
+anything else before building from it. Records are read in a
+spawned child process with a memory cap and a time limit (``Reader``). Each record becomes one episode (the format
+does not say which records came from one episode). Split folders are kept; a flat folder is dealt to splits by shard.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ class ImportArgs:
     chunk_len: int = 160
     records_per_shard: int = 100
     overwrite: bool = False
+    max_memory_mb: int = 2048
+    """Records are read in a child process that may use at most this much memory beyond its own start-up (the
+    record's bytes included); a record that needs more is refused by name, and cannot take the machine down."""
+    record_timeout_s: float = 120.0
+    """A record that takes longer than this to read is refused by name."""
 
 
 def _shards(root: Path, val: float, test: float, seed: int) -> dict[str, list[Path]]:
@@ -98,6 +104,55 @@ def read_record(buf: bytes, where: str, frame_shape: tuple[int, int, int]) -> tu
     return frames, actions
 
 
+def _limit_memory(extra_mb: int) -> None:
+    """In the reader process: cap its address space at its current size plus ``extra_mb``."""
+    import resource
+
+    with open("/proc/self/statm") as f:
+        size = int(f.read().split()[0]) * resource.getpagesize()
+    limit = size + extra_mb * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _read_in_child(buf: bytes, where: str, frame_shape: tuple[int, int, int]):
+    try:
+        return read_record(buf, where, frame_shape)
+    except MemoryError:
+        raise RecordFormatError(f"{where}: reading it needs more memory than --max-memory-mb allows") from None
+
+
+class Reader:
+    """:func:`read_record` in one spawned child process with a memory cap and a per-record time limit: whatever a
+    record does to the reader (exhaust memory, crash, stall) is a :class:`RecordFormatError` naming it."""
+
+    def __init__(self, max_memory_mb: int, timeout_s: float):
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        if max_memory_mb < 1 or timeout_s <= 0:
+            raise DataError("--max-memory-mb must be >= 1 and --record-timeout-s > 0")
+        self.timeout_s, self.max_memory_mb = timeout_s, max_memory_mb
+        self.pool = ProcessPoolExecutor(1, get_context("spawn"), initializer=_limit_memory, initargs=(max_memory_mb,))
+
+    def read(self, buf: bytes, where: str, frame_shape: tuple[int, int, int]):
+        from concurrent.futures import TimeoutError as FutureTimeout
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return self.pool.submit(_read_in_child, buf, where, frame_shape).result(timeout=self.timeout_s)
+        except BrokenProcessPool:
+            raise RecordFormatError(
+                f"{where}: the reader process died on it (over --max-memory-mb {self.max_memory_mb}?)"
+            ) from None
+        except FutureTimeout:
+            raise RecordFormatError(f"{where}: reading it took over --record-timeout-s {self.timeout_s:g}") from None
+
+    def close(self) -> None:
+        for proc in list(getattr(self.pool, "_processes", {}).values()):  # a stalled reader is not waited for
+            proc.kill()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _records(path: Path):
     from array_record.python.array_record_module import ArrayRecordReader
 
@@ -118,6 +173,7 @@ def import_jasmine(args: ImportArgs) -> dict:
     root = Path(args.inputs)
     check_output(args.out, args.overwrite, inputs=[root])  # before reading anything
     splits = _shards(root, args.val_fraction, args.test_fraction, args.seed)
+    reader = Reader(args.max_memory_mb, args.record_timeout_s)  # its process starts with the first record
     writer = DatasetWriter(
         args.out,
         frame_shape=args.frame_shape,
@@ -138,7 +194,7 @@ def import_jasmine(args: ImportArgs) -> dict:
                 for path in files:
                     for i, buf in _records(path):
                         where = f"shard {path}, record {i}"
-                        frames, actions = read_record(buf, where, args.frame_shape)
+                        frames, actions = reader.read(buf, where, args.frame_shape)
                         this = "none" if actions is None else "scalar" if actions.ndim == 1 else "vector"
                         if kind is not None and this != kind:
                             raise RecordFormatError(f"{where}: {this} actions, but earlier records have {kind}")
@@ -159,6 +215,8 @@ def import_jasmine(args: ImportArgs) -> dict:
     except BaseException:
         writer.abort()
         raise
+    finally:
+        reader.close()
     writer.num_actions = (args.num_actions or top + 1) if kind == "scalar" else 0
     writer.generator["actions"] = {"scalar": "kept", "vector": "vector actions dropped"}.get(kind, "none")
     return writer.finish(**{s: {"sources": [str(p) for p in files]} for s, files in splits.items() if files})

@@ -123,6 +123,12 @@ def parse(text: str) -> dict:
     return msg
 
 
+CONNECTION_SLACK = 8
+"""Connections allowed beyond ``--max-sessions``: page and static-file loads, and a full server's refusals."""
+SEND_TIMEOUT_S = 30.0
+"""A reply a client does not read within this long closes its session (its world is freed)."""
+
+
 def make_app(
     game: Game,
     *,
@@ -132,6 +138,7 @@ def make_app(
     max_upload: int = 4 * 2**20,
     host: str = "127.0.0.1",
     token: str | None = None,
+    send_timeout: float = SEND_TIMEOUT_S,
 ):
     """The Starlette app: the page at ``/``, its files at ``/static``, worlds on ``/ws``; behind :class:`Guard`
     (served only to its own pages on ``host``; ``token`` required on ``/ws`` when given)."""
@@ -171,9 +178,13 @@ def make_app(
                 except Exception as e:  # a bug must cost one reply, never the server
                     log.exception("play: request failed")
                     reply = {"type": "error", "message": f"internal error ({type(e).__name__}; see the server's log)"}
-                await ws.send_json(reply)
+                await asyncio.wait_for(ws.send_json(reply), send_timeout)  # a client that stops reading is dropped
         except (WebSocketDisconnect, RuntimeError):  # the tab went away, or the reaper closed it
             pass
+        except TimeoutError:
+            log.warning("play: closed a session whose client stopped reading")
+            with contextlib.suppress(Exception):
+                await ws.close(code=4003, reason="not reading")
         finally:
             sessions.pop(ws, None)
 
@@ -208,15 +219,34 @@ def make_app(
     return guarded
 
 
+def server_config(app, host: str, port: int, max_upload: int, max_sessions: int = 16):
+    """uvicorn's settings for play, bounded: WebSocket messages (``max_upload``), open connections (the sessions and
+    a few page loads; more get 503), request headers (16 KiB), idle keep-alive (5 s), and pings that close a
+    connection whose client stopped answering (20 s)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        ws_max_size=2 * max_upload,
+        ws_max_queue=4,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        limit_concurrency=max_sessions + CONNECTION_SLACK,
+        h11_max_incomplete_event_size=16 * 1024,
+        timeout_keep_alive=5,
+    )
+
+
 class Background:
     """A uvicorn server in a thread (tests, ``bench play``): ``with Background(app) as url: ...``."""
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, max_upload: int = 4 * 2**20):
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, max_upload: int = 4 * 2**20, max_sessions=16):
         import uvicorn
 
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host=host, port=port, log_level="warning", ws_max_size=2 * max_upload)
-        )
+        self.server = uvicorn.Server(server_config(app, host, port, max_upload, max_sessions))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:
@@ -266,7 +296,7 @@ def play(args: PlayArgs) -> None:
         print(f"warning: listening on {args.host}: anyone who can reach this port and has the URL (with its token) "
               "can use the model")  # fmt: skip
     print(f"open http://{args.host}:{args.port}/{'?token=' + token if token else ''}  (Ctrl-C to stop)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws_max_size=2 * max_upload)
+    uvicorn.Server(server_config(app, args.host, args.port, max_upload, args.max_sessions)).run()
 
 
 def _resolve(host: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -66,7 +67,7 @@ RESUMABLE_CHANGES = {
 
 
 class _StopRequest:
-    """SIGTERM/SIGINT become a flag checked between steps (``stop_at``).
+    """SIGTERM/SIGINT become a flag checked between steps (``stop_at``); a second Ctrl-C stops at once.
 
     Several processes must stop after the same step, or the ones still stepping would wait
     forever for the others: there JAX's preemption sync manager catches SIGTERM (sent by
@@ -84,7 +85,15 @@ class _StopRequest:
         return self
 
     def _handle(self, signum, _frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt("a second Ctrl-C: stopped at once, without a checkpoint")
         self.signum = signum
+        if signum == signal.SIGINT:
+            print(
+                "\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again stops at once, unsaved)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def stop_at(self, step: int) -> bool:
         if self.multi:

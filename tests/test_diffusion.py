@@ -76,6 +76,31 @@ def test_an_oracle_model_gets_its_clean_latents_back_along_the_training_path(ste
         np.testing.assert_allclose(z, np.asarray(noise(x, tau, eps)), atol=1e-5)
 
 
+def test_sampling_stays_on_the_training_grid_and_in_the_latent_range():
+    """Steps that do not divide the grid and an off-grid context level are rounded to levels training drew; x̂ is
+    clipped to the MAE's tanh range even when the network says otherwise."""
+    x = jnp.full((B, N, L), 0.5)
+    seen = []
+
+    def oracle(z, tau):
+        jax.debug.callback(lambda tau: seen.append(float(tau)), tau, ordered=True)
+        return x
+
+    denoise(oracle, jnp.zeros((B, N, L)), 10, levels=64)
+    jax.effects_barrier()
+    assert seen == [round(k / 10 * 64) / 64 for k in range(10)]
+    with pytest.raises(ValueError, match="--steps 65 exceeds the 64 noise levels"):
+        denoise(oracle, jnp.zeros((B, N, L)), 65, levels=64)
+    dyn = model()
+    _, tau = dyn._context(jnp.zeros((B, 3, N, L)), 0, SamplingOptions(context_noise=0.1))
+    np.testing.assert_array_equal(np.asarray(tau), 7 / 8)  # 0.9 = 7.2/8 was never trained on
+    dyn.transformer.proj_out.kernel.value = dyn.transformer.proj_out.kernel.value * 1e4  # x̂ far outside (-1, 1)
+    z = jax.random.normal(jax.random.key(0), (B, 4, N, L))
+    a = jnp.zeros((B, 4, A))
+    out = dyn.frame(z, a, 2, jax.random.key(1), SamplingOptions(steps=4))
+    assert np.abs(np.asarray(out)).max() <= 1.0
+
+
 def test_cache_gives_the_same_frames_and_seeds_decide_them():
     dyn = model()
     opts = SamplingOptions(steps=4, context_noise=0.2)

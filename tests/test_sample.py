@@ -71,9 +71,11 @@ def test_eval_summary_paired_differences_and_delta_psnr_with_bootstrap_intervals
         "random_actions": np.array([[50, 19, 20], [50, 22, 25], [50, 18, 19], [50, 23, 26.0]]),
         "tokenizer": np.full((4, 3), 30.0),
         "copy_last": np.array([[50, 21, 20], [50, 22, 21], [50, 20, 19], [50, 23, 22.0]]),
+        "copy_last_tokens": np.array([[30, 20, 19], [30, 21, 20], [30, 19, 18], [30, 22, 21.0]]),
     }
     ssim = {k: v / 100 for k, v in psnr.items()}
     res = summarise_rollouts(psnr, ssim, context=1, delta_t=2)
+    assert res["model_minus_copy_last_tokens"]["psnr"]["mean"] == pytest.approx(23.0 - 20.0)
     assert res["mean_generated"]["model"]["psnr"]["mean"] == pytest.approx(23.0)
     diff = res["model_minus_copy_last"]["psnr"]  # per episode: 0.5, 3.5, -0.5, 4.5
     assert diff["mean"] == pytest.approx(2.0) and -0.5 <= diff["lo"] < 2.0 < diff["hi"] <= 4.5
@@ -81,6 +83,16 @@ def test_eval_summary_paired_differences_and_delta_psnr_with_bootstrap_intervals
     assert delta["mean"] == pytest.approx(1.5) and 1.0 <= delta["lo"] < 1.5 < delta["hi"] <= 2.0
     assert res["per_frame"]["tokenizer"]["psnr"]["lo"] == [30.0] * 3  # no spread, no interval
     assert summarise_rollouts(psnr, ssim, context=1, delta_t=2) == res  # deterministic resamples
+
+
+def test_the_token_copy_baseline_repeats_the_last_context_frames_tokens():
+    from jasmine.eval.evaluate import copy_last_ids
+
+    ids = np.arange(2 * 5 * 3).reshape(2, 5, 3)
+    out = copy_last_ids(ids, 2)
+    np.testing.assert_array_equal(out[:, :2], ids[:, :2])
+    np.testing.assert_array_equal(out[:, 2:], np.repeat(ids[:, 1:2], 3, axis=1))
+    assert ids[0, 4, 0] == 12  # the input is left as it was
 
 
 def test_bad_sampling_values_are_clear_errors(tmp_path):
@@ -117,7 +129,7 @@ def test_demo_pipeline_runs_end_to_end_and_reuses_stages(micro_demo, capsys):
     ):
         assert (out / path).exists(), path
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
-    base = {"model", "random_actions", "key_mapped", "tokenizer", "copy_last"}  # key-mapped: the data has actions
+    base = {"model", "random_actions", "key_mapped", "tokenizer", "copy_last", "copy_last_tokens"}  # data has actions
     assert set(metrics["per_frame"]) - {"swapped_action"} == base
     assert metrics["split"] == "test" and len(set(metrics["per_clip"]["episode"])) == metrics["clips"]
     per_clip = {k: np.asarray(v) for k, v in metrics["per_clip"]["psnr"].items()}  # eval's Δ4PSNR is per clip ...
@@ -226,6 +238,7 @@ def test_diffusion_demo_sample_eval_and_bench_share_the_tools(micro_demo, capsys
         "key_mapped",
         "tokenizer",
         "copy_last",
+        "copy_last_tokens",
     }
     report = (out / "eval-diffusion" / "report.md").read_text()
     assert "16 denoising steps" in report and "continuous latents (MAE)" in report

@@ -5,7 +5,8 @@ levels; val is what training validates on). Each clip starts where the model's e
 rule lets it. Per clip: C ground-truth context frames, then the model generates the rest
 with the actions the LAM infers from the ground-truth clip (ground-truth actions for
 --gt-actions models). Baselines on the same clips: the tokenizer's reconstruction (the
-ceiling: what a perfect dynamics model could reach) and copying the last context frame.
+ceiling: what a perfect dynamics model could reach), copying the last context frame, and copying its tokens
+through the tokenizer (model − that is the dynamics against copying, without the tokenizer's error).
 Controllability (Genie §3): ΔtPSNR = PSNR(x_t, x̂_t) − PSNR(x_t, x̂'_t) at clip frame t (default 4), with
 x̂' generated from random actions and the same random numbers. The random actions are drawn from the
 distribution the dynamics trained on (the LAM's code shares on the train split, or the real actions'), never
@@ -43,7 +44,15 @@ from jasmine.sample.clips import check_lengths, choose_actions, load_genie, num_
 from jasmine.sample.rollout import Rollout, sample_options
 from jasmine.viz import side_by_side, stack_rows, write_gif
 
-SOURCES = ("model", "random_actions", "swapped_action", "key_mapped", "tokenizer", "copy_last")
+SOURCES = ("model", "random_actions", "swapped_action", "key_mapped", "tokenizer", "copy_last", "copy_last_tokens")
+
+
+def copy_last_ids(ids_BT, context: int) -> np.ndarray:
+    """Token ids (or latents) [B, T, ...] whose frames from ``context`` on repeat frame ``context - 1``'s: what a
+    dynamics model that predicts "no change" would hand the tokenizer's decoder."""
+    ids = np.array(ids_BT)
+    ids[:, context:] = ids[:, context - 1 : context]
+    return ids
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +125,7 @@ def evaluate(args: EvalArgs) -> dict:
             **({"key_mapped": rollout(mapping[batch["actions"][:, :-1]])} if mapping is not None else {}),
             "tokenizer": roll.decode(ids_gt),
             "copy_last": np.repeat(gt[:, args.context - 1 : args.context], args.frames, axis=1),
+            "copy_last_tokens": roll.decode(copy_last_ids(ids_gt, args.context)),
         }
         videos["copy_last"][:, : args.context] = gt[:, : args.context]
         start = args.context - 1  # shifts from the last context frame on

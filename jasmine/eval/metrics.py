@@ -37,9 +37,10 @@ def summarise_rollouts(
     """The numbers ``jasmine eval`` reports, from per-clip, per-frame scores ([B, T] per video source).
 
     Sources: ``model`` (inferred actions), ``random_actions``, optionally ``swapped_action``, ``tokenizer`` and
-    ``copy_last``. Returns per-frame curves and means over the generated frames with bootstrap intervals,
-    the paired difference model − copy_last, ΔtPSNR = PSNR(x_t, model) − PSNR(x_t, random) and, with
-    ``swapped_action``, its GenieRedux variant PSNR(x_t, model) − PSNR(x_t, swapped).
+    ``copy_last`` (and ``copy_last_tokens``). Returns per-frame curves and means over the generated frames with
+    bootstrap intervals, the paired differences model − copy_last (and − copy_last_tokens),
+    ΔtPSNR = PSNR(x_t, model) − PSNR(x_t, random) and, with ``swapped_action``, its GenieRedux variant
+    PSNR(x_t, model) − PSNR(x_t, swapped).
     """
     B = next(iter(psnr.values())).shape[0]
     idx = resamples(B, seed=seed)
@@ -53,6 +54,10 @@ def summarise_rollouts(
         return (psnr if m == "psnr" else ssim)[name][:, context:].mean(axis=1)
 
     res["model_minus_copy_last"] = {m: bootstrap(gen("model", m) - gen("copy_last", m), idx) for m in ("psnr", "ssim")}
+    if "copy_last_tokens" in psnr:  # the dynamics against copying, both through the tokenizer
+        res["model_minus_copy_last_tokens"] = {
+            m: bootstrap(gen("model", m) - gen("copy_last_tokens", m), idx) for m in ("psnr", "ssim")
+        }
     res[f"delta_psnr_t{delta_t}"] = bootstrap(psnr["model"][:, delta_t] - psnr["random_actions"][:, delta_t], idx)
     if "key_mapped" in psnr:  # play's key bindings driven by the real actions, paired against random codes
         res["key_mapped_minus_random"] = {

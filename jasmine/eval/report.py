@@ -15,6 +15,7 @@ LABELS = {
     "key_mapped": "model (play's key codes for the real actions)",
     "tokenizer": "tokenizer reconstruction (ceiling)",
     "copy_last": "copy last context frame",
+    "copy_last_tokens": "copy last context frame's tokens (decoded)",
 }
 
 
@@ -56,6 +57,12 @@ def metrics_table(res: dict) -> str:
         rows.append(f"| {LABELS.get(name, name)} | {_ci(m['psnr'], '.2f')} | {_ci(m['ssim'], '.3f')} |")
     d = res["model_minus_copy_last"]
     rows.append(f"| model − copy last frame (paired) | {_ci(d['psnr'], '+.2f')} | {_ci(d['ssim'], '+.3f')} |")
+    if "model_minus_copy_last_tokens" in res:
+        d = res["model_minus_copy_last_tokens"]
+        rows.append(
+            f"| model − copy last frame's tokens (paired; the dynamics against copying) | {_ci(d['psnr'], '+.2f')} "
+            f"| {_ci(d['ssim'], '+.3f')} |"
+        )
     return "\n".join(rows)
 
 

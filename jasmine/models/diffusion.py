@@ -52,13 +52,25 @@ def sample_levels(rng, shape_BT, levels: int):
     return jax.random.randint(rng, shape_BT, 0, levels + 1).astype(jnp.float32) / levels
 
 
-def denoise(predict, eps, steps: int):
+def on_grid(tau, levels: int | None):
+    """``tau`` rounded to the training grid {0, 1/S, ..., 1} (S = ``levels``; None: unchanged)."""
+    return tau if levels is None else jnp.round(tau * levels) / levels
+
+
+def denoise(predict, eps, steps: int, levels: int | None = None):
     """K Euler steps along the training path from noise ``eps`` (τ = 0) to τ = 1; ``predict(z_τ, τ) -> x̂``.
 
-    One compiled copy of ``predict`` (a loop, not K unrolled forwards); the last step's z = 1·x̂ + 0·ε̂ is x̂."""
+    Each step's levels are rounded to the grid of ``levels`` the model trained on (exact when K divides it), so
+    the level embedding never sees a phase training did not. One compiled copy of ``predict`` (a loop, not K
+    unrolled forwards); the last step's z = 1·x̂ + 0·ε̂ is x̂."""
+    if levels is not None and steps > levels:
+        raise ValueError(
+            f"--steps {steps} exceeds the {levels} noise levels the model trained on (--model.noise-levels)"
+        )
 
     def step(k, z):
-        tau, nxt = k.astype(jnp.float32) / steps, (k + 1).astype(jnp.float32) / steps
+        tau = on_grid(k.astype(jnp.float32) / steps, levels)
+        nxt = on_grid((k + 1).astype(jnp.float32) / steps, levels)
         x_hat = predict(z, tau)
         eps_hat = (z - tau * x_hat) / (1.0 - tau)
         return nxt * x_hat + (1.0 - nxt) * eps_hat
@@ -186,7 +198,8 @@ class DiffusionDynamics(nnx.Module):
         """Past frames at window positions start.. noised to the context level, and that level per frame."""
         T = z_BTNL.shape[1]
         eps_TNL = jax.vmap(lambda p: context_eps(p, z_BTNL.shape[2:]))(start + jnp.arange(T))
-        tau_BT = jnp.full(z_BTNL.shape[:2], 1.0 - opts.context_noise, jnp.float32)
+        level = on_grid(jnp.float32(1.0 - opts.context_noise), self.cfg.noise_levels)  # a level training saw
+        tau_BT = jnp.full(z_BTNL.shape[:2], level, jnp.float32)
         return noise(z_BTNL, tau_BT, eps_TNL[None]), tau_BT
 
     def prefill(self, z_BTNL, a_BTA, window: int, opts: SamplingOptions = SamplingOptions()):
@@ -206,9 +219,14 @@ class DiffusionDynamics(nnx.Module):
         the context level (one more pass). Returns (latents_BNL, caches)."""
         opts = self.resolve_sampling(opts)
         eps = jax.random.normal(rng, (a_BA.shape[0], n, self.latent_dim), jnp.float32)
-        z_BNL = denoise(lambda z, tau: self._step(z, tau, a_BA, caches, pos)[0], eps, opts.steps)
-        z_ctx, _ = self._context(z_BNL[:, None], pos, opts)
-        _, kvs = self._step(z_ctx[:, 0], 1.0 - opts.context_noise, a_BA, caches, pos)
+        z_BNL = denoise(
+            lambda z, tau: jnp.clip(self._step(z, tau, a_BA, caches, pos)[0], -1.0, 1.0),  # x̂ in the MAE's range
+            eps,
+            opts.steps,
+            self.cfg.noise_levels,
+        )
+        z_ctx, tau_ctx = self._context(z_BNL[:, None], pos, opts)
+        _, kvs = self._step(z_ctx[:, 0], tau_ctx[0, 0], a_BA, caches, pos)
         return z_BNL, AxialTransformer.write_cache(caches, kvs, pos)
 
     def frame(self, z_BWNL, a_BWA, pos, rng, opts: SamplingOptions):
@@ -221,7 +239,7 @@ class DiffusionDynamics(nnx.Module):
         def predict(z_BNL, tau):
             z_in = jnp.where(before, ctx, jax.lax.dynamic_update_index_in_dim(jnp.zeros_like(ctx), z_BNL, pos, 1))
             tau_BW = jnp.where(before[..., 0, 0], tau_ctx, tau)
-            return jnp.take(self(z_in, tau_BW, a_BWA), pos, axis=1)
+            return jnp.clip(jnp.take(self(z_in, tau_BW, a_BWA), pos, axis=1), -1.0, 1.0)
 
         eps = jax.random.normal(rng, (B, n, self.latent_dim), jnp.float32)
-        return denoise(predict, eps, opts.steps)
+        return denoise(predict, eps, opts.steps, self.cfg.noise_levels)

@@ -41,6 +41,18 @@ def test_mask_statistics_match_p_and_spare_frame_0():
     assert 0.12 < rate_B.std() < 0.17  # std of U[0.5, 1) is 0.144 (one p per batch would give ~0.05)
 
 
+def test_clean_frames_shape_training_only_so_validation_compares_across_recipes():
+    dyn = MaskGITDynamics(DYN_MODEL, Digits((16,)), 8, rngs=nnx.Rngs(0))
+    ids = jax.random.randint(jax.random.key(1), (4, 5, 4), 0, 16)
+    a = jnp.zeros((4, 5, 8))
+    keys = (jax.random.key(2), jax.random.key(3))
+    plain = dyn.loss(ids, a, keys, training=False)[1]
+    dyn.cfg = replace(DYN_MODEL, clean_frames=1.0)  # every frame after the first left clean in training
+    val = dyn.loss(ids, a, keys, training=False)[1]
+    assert all(np.asarray(val[k]) == np.asarray(plain[k]) for k in plain)
+    assert float(dyn.loss(ids, a, keys, training=True)[0]) == 0.0 < float(plain["cross_entropy"])  # nothing masked
+
+
 @pytest.mark.parametrize("action_mode", ["prepend", "add"])
 def test_action_between_t_minus_1_and_t_conditions_frame_t_and_no_earlier_frame(action_mode):
     dyn = MaskGITDynamics(replace(DYN_MODEL, action_mode=action_mode), Digits((16,)), 8, rngs=nnx.Rngs(0))

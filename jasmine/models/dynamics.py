@@ -151,7 +151,8 @@ class MaskGITDynamics(TokenFamily, nnx.Module):
     def loss(self, ids_BTN, a_BTA, rng, *, training: bool):
         """Masked-token cross-entropy; ``rng`` holds two keys: the mask's and the context noise's."""
         k_mask, k_noise = rng
-        mask_BTN = sample_mask(k_mask, ids_BTN.shape, self.cfg.mask_limit, self.cfg.clean_frames)
+        clean = self.cfg.clean_frames if training else 0.0  # validation is one protocol whatever the recipe
+        mask_BTN = sample_mask(k_mask, ids_BTN.shape, self.cfg.mask_limit, clean)
         inputs_BTN = corrupt_context(
             k_noise, ids_BTN, mask_BTN, self.cfg.context_noise if training else 0.0, self.digits.vocab
         )

@@ -168,9 +168,11 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
     saved = _check_run_dir(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
 
-    model, state, shardings, step_fn = setup(cfg, component, mesh)
-    align = component.align(cfg)
     source = Path(cfg.init_from) if cfg.init_from is not None else out if cfg.resume and checkpoint_steps(out) else None
+    # frozen parts (tokenizer, LAM) come from their runs unless a checkpoint supplies them: --resume on a run
+    # without a checkpoint yet is a fresh start
+    model, state, shardings, step_fn = setup(cfg, component, mesh, pretrained=source is None)
+    align = component.align(cfg)
     step = resolve_step(source, cfg.init_step if cfg.init_from is not None else None) if source is not None else 0
     loader = make_loader(
         cfg.data,

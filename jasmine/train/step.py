@@ -124,7 +124,7 @@ class TrainStep:
 
 def setup(cfg: C.TrainConfig, component: Component, mesh, *, pretrained: bool = True):
     """Model, optimizer, initial state on the mesh, its shardings, and the jitted train step."""
-    model = build_model(component, cfg, pretrained=pretrained and cfg.init_from is None and not cfg.resume)
+    model = build_model(component, cfg, pretrained=pretrained)  # False when a checkpoint supplies every value
     tx = make_optimizer(cfg.optim, lr_schedule(cfg.optim, cfg.steps))
     state = init_state(model, tx, cfg.seed)
     shardings = state_shardings(state, mesh)

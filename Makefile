@@ -7,7 +7,7 @@
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
 EXTRAS ?= --extra coinrun --extra play
-TEST_EXTRAS ?= $(EXTRAS) --extra wandb --extra atari --extra minatar --extra notebook
+TEST_EXTRAS ?= $(EXTRAS) --extra wandb --extra atari --extra minatar --extra notebook --extra cluster
 
 .PHONY: demo test lint sync bootstrap
 

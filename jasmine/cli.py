@@ -108,6 +108,20 @@ def _bench_train(parsed) -> None:
     bench_train(cfg, COMPONENTS[component], timed, inputs)
 
 
+def _sweep(args) -> None:
+    from jasmine.sweep import sweep
+
+    def parse(command: str, flags: list[str]):
+        return COMMANDS[command].parse(flags, f"jasmine {command}")
+
+    def runner(argv: list[str]) -> None:  # one run in this process; errors raise (no sys.exit wrapping)
+        name = command_name(argv)
+        cmd = COMMANDS[name]
+        cmd.run(cmd.parse(argv[len(name.split()) :], f"jasmine {name}"))
+
+    sweep(args, parse, runner)
+
+
 def _play_parse(argv: list[str], prog: str):
     try:
         from jasmine.play.server import PlayArgs
@@ -253,6 +267,11 @@ COMMANDS: dict[str, Command] = {
         _parse("jasmine.demo", "DemoArgs"),
         _run("jasmine.demo", "demo"),
         "the end-to-end demo: CoinRun data, three training stages, eval and report",
+    ),
+    "sweep": Command(
+        _parse("jasmine.sweep", "SweepArgs"),
+        _sweep,
+        "train, evaluate and rank a declared comparison (cells x seeds, shared runs) with bootstrap intervals",
     ),
     "bench data": Command(_parse("jasmine.bench", "BenchDataArgs"), _bench_data, "loader throughput in frames/s"),
     "bench train": Command(_bench_train_parse, _bench_train, "train-step time, tokens/s and MFU of a component"),

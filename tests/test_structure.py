@@ -7,7 +7,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "jasmine"
 # Each top-level part of the package and its layer; a module may import only its own layer or lower ones.
 LAYERS = {"viz": 0, "data": 1, "models": 2, "config": 3, "presets": 3, "train": 4, "sample": 5, "eval": 5, "play": 6,
-          "demo": 7, "bench": 7, "cli": 8, "__main__": 8, "__init__": 8}  # fmt: skip
+          "demo": 7, "bench": 7, "sweep": 7, "cli": 8, "__main__": 8, "__init__": 8}  # fmt: skip
 
 
 def layer(module: str) -> int:

@@ -1,0 +1,189 @@
+"""The sweep's plan: cells (one value per axis) × seeds, expanded into a graph of runs keyed by their config.
+
+data → tokenizer (or MAE, for a continuous dynamics family) → LAM (unless the dynamics co-trains it or uses the
+real actions) → dynamics → eval. A run's key hashes its command, its flags and its upstream runs' keys, so every
+cell and seed that agrees on a run shares it: varying a dynamics flag never retrains the tokenizer, and an
+unseeded stage (``seeded = false``) is trained once for all seeds. Runs live in ``OUT/runs/STAGE-KEY``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import itertools
+import json
+import re
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jasmine.models.genie import DYNAMICS
+from jasmine.sweep.spec import Spec, SpecError
+
+Parser = Callable[[str, list[str]], Any]
+"""(command, flags) -> the parsed flags; raises SystemExit (with a message on stderr) on bad flags."""
+
+
+@dataclass
+class Job:
+    key: str
+    stage: str
+    command: str
+    """The jasmine command: ``train dynamics``, ``eval``, ``data coinrun``."""
+    flags: list[str]
+    """Its flags, ``--out`` included."""
+    out: Path
+    deps: tuple[str, ...]
+    uses: list[tuple[str, int]] = field(default_factory=list)
+    """The (cell, seed) pairs that need this run."""
+
+    @property
+    def argv(self) -> list[str]:
+        return [*self.command.split(), *self.flags]
+
+    def shell(self) -> str:
+        return "jasmine " + shlex.join(self.argv)
+
+
+@dataclass
+class Plan:
+    spec: Spec
+    cells: dict[str, dict[str, dict[str, Any]]]
+    """cell name -> stage -> flag -> value (the axes' overrides)."""
+    jobs: dict[str, Job]
+    """In an order where every job follows its upstream runs."""
+    evals: dict[tuple[str, int], str]
+    """(cell, seed) -> the key of its eval run."""
+    baseline: str
+
+    def count(self, stage: str) -> int:
+        return sum(j.stage == stage for j in self.jobs.values())
+
+
+def render(flags: dict[str, Any]) -> list[str]:
+    """Flags as the command line spells them (tyro): ``--name value``, booleans as ``--name`` / ``--no-name``."""
+    argv: list[str] = []
+    for name, value in flags.items():
+        if isinstance(value, bool):
+            head, _, last = name.rpartition(".")
+            argv.append(f"--{name}" if value else f"--{head + '.' if head else ''}no-{last}")
+        elif isinstance(value, list):
+            argv += [f"--{name}", *map(str, value)]
+        else:
+            argv += [f"--{name}", str(value)]
+    return argv
+
+
+def _key(stage: str, command: str, flags: list[str], upstream: dict[str, str]) -> str:
+    blob = json.dumps([stage, command, flags, sorted(upstream.items())])
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def cells_of(spec: Spec) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every combination of one value per axis, named ``axis=value,...`` (one unnamed cell without axes)."""
+    names = list(spec.axes)
+    cells: dict[str, dict[str, dict[str, Any]]] = {}
+    for combo in itertools.product(*(spec.axes[n].items() for n in names)):
+        name = ",".join(f"{axis}={label}" for axis, (label, _) in zip(names, combo, strict=True)) or "base"
+        overrides: dict[str, dict[str, Any]] = {}
+        for _, fields in combo:
+            for key, value in fields.items():
+                stage, _, flag = key.partition(".")
+                overrides.setdefault(stage, {})[flag.replace("_", "-")] = value
+        cells[name] = overrides
+    return cells
+
+
+def _truthy(flags: dict[str, Any], name: str) -> bool:
+    return flags.get(name) is True
+
+
+def build_plan(spec: Spec, parse: Parser | None = None) -> Plan:
+    """The graph of runs; with ``parse``, every run's command is checked by the command's own parser."""
+    cells = cells_of(spec)
+    baseline = spec.baseline or next(iter(cells))
+    if baseline not in cells:
+        raise SpecError(f"{spec.line('baseline')}: baseline {baseline!r} is not a cell (cells: {', '.join(cells)})")
+    jobs: dict[str, Job] = {}
+    evals: dict[tuple[str, int], str] = {}
+    runs = spec.out / "runs"
+
+    def add(stage: str, command: str, flags: dict[str, Any], upstream: dict[str, str], where: str) -> str:
+        flag_argv = render(dict(sorted(flags.items())))
+        key = _key(stage, command, flag_argv, {k: jobs[v].key if v in jobs else v for k, v in upstream.items()})
+        if key not in jobs:
+            out = runs / f"{stage}-{key}"
+            ups = [a for k, v in upstream.items() for a in (f"--{k}", str(jobs[v].out if v in jobs else v))]
+            job = Job(
+                key,
+                stage,
+                command,
+                [*ups, *flag_argv, "--out", str(out)],
+                out,
+                tuple(u for u in upstream.values() if u in jobs),
+            )
+            if parse is not None:
+                _check(parse, job, spec, where)
+            jobs[key] = job
+        return key
+
+    data_stage = spec.stages["data"]
+    if data_stage.run is not None:
+        data: str = str(data_stage.run)
+    else:
+        data = add("data", f"data {data_stage.command}", data_stage.flags, {}, "data")
+    for seed, (cell, overrides) in itertools.product(spec.seeds, cells.items()):  # a seed of every cell, then the next
+        dyn_flags = {**spec.stages["dynamics"].flags, **overrides.get("dynamics", {})}
+        family = DYNAMICS.get(str(dyn_flags.get("dynamics", "maskgit")))
+        if family is None:
+            raise SpecError(
+                f"{spec.line('dynamics.dynamics')}: unknown dynamics family {dyn_flags['dynamics']!r} "
+                f"(known: {', '.join(DYNAMICS)})"
+            )
+        chain: dict[str, str] = {}
+        wanted = ["mae" if family.continuous else "tokenizer"]
+        if not (_truthy(dyn_flags, "co-train-lam") or _truthy(dyn_flags, "gt-actions")):
+            wanted.append("lam")
+        for stage in wanted:
+            chain[stage] = _stage_run(spec, stage, overrides, seed, data, add)
+        dyn_up = {"data": data, "tokenizer": chain[wanted[0]], **({"lam": chain["lam"]} if "lam" in chain else {})}
+        dyn = _train(spec, "dynamics", dyn_flags, seed, dyn_up, add)
+        ev_flags = {**spec.stages["eval"].flags, **overrides.get("eval", {})}
+        ev = add("eval", "eval", ev_flags, {"run": dyn, "data": data}, "eval")
+        for key in {data, *chain.values(), dyn, ev}:
+            if key in jobs:
+                jobs[key].uses.append((cell, seed))
+        evals[(cell, seed)] = ev
+    return Plan(spec, cells, jobs, evals, baseline)
+
+
+def _stage_run(spec: Spec, stage: str, overrides: dict, seed: int, data: str, add) -> str:
+    st = spec.stages[stage]
+    if st.run is not None:
+        return str(st.run)
+    return _train(spec, stage, {**st.flags, **overrides.get(stage, {})}, seed, {"data": data}, add)
+
+
+def _train(spec: Spec, stage: str, flags: dict[str, Any], seed: int, upstream: dict[str, str], add) -> str:
+    st = spec.stages[stage]
+    flags = {"preset": st.preset, **flags, **({"seed": seed} if st.seeded else {})}
+    return add(stage, f"train {stage}", flags, upstream, stage)
+
+
+def _check(parse: Parser, job: Job, spec: Spec, stage: str) -> None:
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            parse(job.command, job.flags)
+    except SystemExit as e:
+        text = re.sub(r"[\u2500-\u257f]+", " ", err.getvalue())  # tyro's box drawing
+        text = " ".join(line for line in text.splitlines() if "helptext" not in line and "subcommands" not in line)
+        message = " ".join(text.split()) or str(e)
+        flags = set(re.findall(r"--([\w.\-]+)", message))
+        named = [k for k in spec.lines if k.startswith((f"{stage}.", "axes."))
+                 and any(k.replace("_", "-").endswith("." + f) for f in flags)]  # fmt: skip
+        where = spec.line(named[0]) if named else spec.line(stage)
+        raise SpecError(f"{where}: `{job.shell()}` does not parse: {message[:400]}") from None

@@ -1,0 +1,230 @@
+"""jasmine sweep: the plan's shared runs, bad specs, the hierarchical bootstrap, SLURM submission and a micro
+sweep interrupted and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import MICRO_DYN, cli
+
+from jasmine.cli import COMMANDS
+from jasmine.sweep import SpecError, build_plan, load_spec
+from jasmine.sweep.leaderboard import hierarchical_bootstrap, leaderboard, paired_values
+
+
+def parse(command, flags):
+    return COMMANDS[command].parse(flags, f"jasmine {command}")
+
+
+BASE = """
+seeds = [0, 1]
+[data]
+path = "DATA"
+[tokenizer]
+preset = "micro"
+seeded = false
+[lam]
+preset = "micro"
+[dynamics]
+preset = "micro"
+steps = 3
+[eval]
+clips = 2
+[axes]
+"dynamics.model.action-mode" = ["prepend", "add"]
+"""
+
+
+def spec_file(tmp_path: Path, text: str, name: str = "spec.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text.replace("DATA", str(tmp_path / "data")))
+    return path
+
+
+def test_plan_shares_every_upstream_run_the_cells_agree_on(tmp_path):
+    plan = build_plan(load_spec(spec_file(tmp_path, BASE), tmp_path / "out"), parse)
+    # one unseeded tokenizer, a LAM per seed, a dynamics run and an eval per cell and seed
+    assert {s: plan.count(s) for s in ("data", "tokenizer", "lam", "dynamics", "eval")} == {
+        "data": 0, "tokenizer": 1, "lam": 2, "dynamics": 4, "eval": 4}  # fmt: skip
+    assert sorted(plan.cells) == ["action-mode=add", "action-mode=prepend"] and plan.baseline == "action-mode=prepend"
+    (tok,) = [j for j in plan.jobs.values() if j.stage == "tokenizer"]
+    assert len(tok.uses) == 4 and "--seed" not in tok.flags
+    for job in plan.jobs.values():  # every run follows its upstream runs, and names them on its command line
+        order = list(plan.jobs)
+        assert all(order.index(d) < order.index(job.key) for d in job.deps)
+        assert all(str(plan.jobs[d].out) in job.flags for d in job.deps)
+    dyn = [j for j in plan.jobs.values() if j.stage == "dynamics"]
+    assert {j.flags[j.flags.index("--seed") + 1] for j in dyn} == {"0", "1"}
+    assert {j.flags[j.flags.index("--model.action-mode") + 1] for j in dyn} == {"prepend", "add"}
+    # a changed dynamics flag keeps the upstream runs' keys; seeding the tokenizer makes one per seed
+    changed = build_plan(load_spec(spec_file(tmp_path, BASE.replace("steps = 3", "steps = 5")), tmp_path / "out"))
+    assert {k for k, j in changed.jobs.items() if j.stage in ("tokenizer", "lam")} == {
+        k for k, j in plan.jobs.items() if j.stage in ("tokenizer", "lam")}  # fmt: skip
+    assert not {k for k, j in changed.jobs.items() if j.stage == "dynamics"} & set(plan.jobs)
+    seeded = build_plan(load_spec(spec_file(tmp_path, BASE.replace("seeded = false", "")), tmp_path / "out"))
+    assert seeded.count("tokenizer") == 2
+    # a family axis: diffusion trains the MAE, co-training drops the LAM run
+    family = BASE.replace(
+        '"dynamics.model.action-mode" = ["prepend", "add"]',
+        """
+[axes.family]
+maskgit = { "dynamics.dynamics" = "maskgit" }
+diffusion = { "dynamics.dynamics" = "diffusion", "eval.temperature" = 1.0 }
+cotrained = { "dynamics.co-train-lam" = true }""",
+    )
+    plan = build_plan(load_spec(spec_file(tmp_path, family), tmp_path / "out"), parse)
+    assert {s: plan.count(s) for s in ("tokenizer", "mae", "lam", "dynamics")} == {
+        "tokenizer": 1, "mae": 2, "lam": 2, "dynamics": 6}  # fmt: skip
+    cot = [j for j in plan.jobs.values() if "--co-train-lam" in j.flags]
+    assert len(cot) == 2 and all("--lam" not in j.flags for j in cot)
+
+
+@pytest.mark.parametrize(
+    "edit, line, message",
+    [
+        (("seeds = [0, 1]", "seeds = [0, 1]\nwidth = 3"), 3, "unknown key or stage 'width'"),
+        (("steps = 3", "steps = 3\nmodel.bogus-field = 4"), 13, "bogus-field"),
+        (("steps = 3", 'steps = "many"'), 12, "does not parse"),
+        (('["prepend", "add"]', "[]"), 16, "has no values"),
+        (('["prepend", "add"]', '["prepend", "sideways"]'), 16, "does not parse"),
+        (('"dynamics.model.action-mode"', '"dynamo.model.action-mode"'), 16, "STAGE.FLAG"),
+        (("seeds = [0, 1]", "seeds = [0, 0]"), 2, "repeat"),
+        (("seeds = [0, 1]", 'seeds = [0, 1]\nbaseline = "nope"'), 3, "is not a cell"),
+        (("seeded = false", "seeded = false\nout = 'x'"), 8, "set by the sweep"),
+        (("seeds = [0, 1]", "seeds = [0, 1"), 3, "not valid TOML"),
+    ],
+)
+def test_bad_specs_are_refused_naming_the_line(tmp_path, edit, line, message):
+    path = spec_file(tmp_path, BASE.replace(*edit))
+    with pytest.raises(SpecError) as e:
+        build_plan(load_spec(path, tmp_path / "out"), parse)
+    assert message in str(e.value) and (f"{path}:{line}" in str(e.value) or f"line {line}" in str(e.value)), e.value
+    result = cli("sweep", path, "--dry-run")  # the command says the same, without a traceback
+    assert result.returncode != 0 and message in result.stderr
+
+
+def test_hierarchical_bootstrap_covers_the_truth_at_about_the_nominal_rate():
+    """Seeds differ by N(0, 1) and episodes by N(0, 2): the interval must carry both levels of variance."""
+    rng = np.random.default_rng(0)
+    hits = []
+    for _ in range(300):
+        values = [rng.normal(rng.normal(0, 1.0), 2.0, 30) for _ in range(8)]
+        d = hierarchical_bootstrap(values, rounds=400, seed=int(rng.integers(1 << 30)))
+        hits.append(d["lo"] <= 0.0 <= d["hi"])
+    assert 0.85 <= np.mean(hits) <= 0.99, np.mean(hits)
+
+
+def test_paired_differences_match_hand_computed_values():
+    cell = {0: {5: 10.0, 7: 12.0, 9: 11.0}, 1: {5: 9.0, 7: 13.0}}
+    base = {0: {9: 10.0, 5: 9.0, 7: 12.5}, 1: {7: 12.0, 5: 10.0, 3: 8.0}}  # pairs by episode, not by order
+    pairs = paired_values(cell, base)
+    assert [p.tolist() for p in pairs] == [[1.0, -0.5, 1.0], [-1.0, 1.0]]
+    d = hierarchical_bootstrap(pairs, rounds=500)
+    assert d["mean"] == pytest.approx(((1.0 - 0.5 + 1.0) / 3 + 0.0) / 2) and d["lo"] <= d["mean"] <= d["hi"]
+    per = {s: {"psnr": v} for s, v in cell.items()}
+    board = leaderboard({"b": {s: {"psnr": v} for s, v in base.items()}, "a": per}, "b", seeds=2, rounds=500)
+    row = next(r for r in board["rows"] if r["cell"] == "a")
+    assert row["psnr_vs_baseline"]["mean"] == pytest.approx(d["mean"])
+    assert row["psnr"]["mean"] == pytest.approx((11.0 + 11.0) / 2)
+
+
+def test_slurm_submits_each_unfinished_run_after_its_upstream_jobs(tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "sbatch.log"
+    fake = bin_dir / "sbatch"  # records the script it is given and answers like sbatch
+    fake.write_text(f"""#!/bin/sh
+n=$(($(cat {record} 2>/dev/null | grep -c '^JOB') + 100))
+echo "JOB $n $1" >> {record}
+cat "$1" >> {record}
+echo "Submitted batch job $n"
+""")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    (bin_dir / "srun").write_text("#!/bin/sh\n")  # submitit looks for it before it submits
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    path = spec_file(tmp_path, BASE + '\n[slurm]\npartition = "gpu"\ntime = 90\n[slurm.dynamics]\ngpus_per_node = 8\n')
+    result = cli("sweep", path, "--out", tmp_path / "out", "--slurm")
+    assert result.returncode == 0, result.stderr
+    ids = json.loads((tmp_path / "out" / "slurm_jobs.json").read_text())
+    plan = build_plan(load_spec(path, tmp_path / "out"))
+    assert set(ids) == set(plan.jobs) | {"leaderboard"}
+    scripts = {block.split()[0]: block for block in record.read_text().split("JOB ")[1:]}
+    for key, job in plan.jobs.items():
+        script = scripts[ids[key]]
+        deps = sorted(ids[d] for d in job.deps)
+        assert (f"#SBATCH --dependency=afterok:{':'.join(deps)}" in script) == bool(deps), script
+        assert "#SBATCH --partition=gpu" in script and "#SBATCH --time=90" in script
+        assert ("#SBATCH --gpus-per-node=8" in script) == (job.stage == "dynamics")
+        submitted = pickle.loads((tmp_path / "out" / "slurm" / ids[key] / f"{ids[key]}_submitted.pkl").read_bytes())
+        assert submitted.args[0][: len(job.argv)] == job.argv  # the run's own command (+ --resume)
+    lb = scripts[ids["leaderboard"]]
+    assert all(ids[k] in lb for k in plan.evals.values()) and "afterok" in lb
+
+
+@pytest.mark.heavy
+def test_micro_sweep_interrupted_and_resumed_trains_nothing_twice(runs, tmp_path):
+    out = tmp_path / "out"
+    spec = BASE.replace('path = "DATA"', f'path = "{runs / "data"}"')
+    spec = spec.replace('preset = "micro"\nseeded = false', f'run = "{runs / "tok"}"')
+    spec = spec.replace('[lam]\npreset = "micro"', f'[lam]\nrun = "{runs / "lam"}"')
+    dims = {k: getattr(MICRO_DYN, k) for k in ("model_dim", "ffn_dim", "num_blocks", "num_heads")}
+    model = "".join(f"model.{k.replace('_', '-')} = {v}\n" for k, v in dims.items())
+    spec = spec.replace(
+        "steps = 3\n",
+        "steps = 12\nlog-every = 1\nimage-size = [16, 16, 3]\nbatch-size = 4\nseq-len = 4\nval-every = 3\n"
+        f"ckpt-every = 1\n{model}",
+    )
+    spec = spec.replace(
+        "clips = 2\n",
+        "clips = 2\nframes = 4\ndelta-t = 2\nbatch-size = 2\naction-transitions = 64\n"
+        'permutations = 20\ngifs = 1\nsplit = "val"\n',
+    )
+    path = spec_file(tmp_path, spec)
+    journal = out / "journal.jsonl"
+
+    def events():
+        return [json.loads(line) for line in journal.read_text().splitlines()] if journal.exists() else []
+
+    proc = subprocess.Popen([sys.executable, "-m", "jasmine", "sweep", str(path), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    second_training = [j for j in build_plan(load_spec(path, out)).jobs.values() if j.stage == "dynamics"][1]
+    deadline = time.time() + 300
+    while time.time() < deadline and not any((second_training.out / "checkpoints").glob("[0-9]*")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # mid-way through the second training run (12 steps, a checkpoint each)
+    log = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode != 0, log
+    first = events()
+    done_first = {e["key"] for e in first if e["event"] == "done"}
+    assert len(done_first) == 2 and first[-1] == {**first[-1], "key": second_training.key, "event": "stopped"}, log
+    result = cli("sweep", path, "--out", out)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    second = events()[len(first) :]
+    assert not {e["key"] for e in second if e["event"] == "start"} & done_first  # nothing finished runs again
+    done = [e["key"] for e in events() if e["event"] == "done"]
+    assert sorted(done) == sorted(set(done)) and len(done) == 8  # 4 dynamics + 4 evals, each finished once
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert [len(r["seeds"]) for r in board["rows"]] == [2, 2]
+    row = next(r for r in board["rows"] if r["cell"] == "action-mode=add")
+    assert {"psnr", "minus_copy_tokens", "delta_psnr", "psnr_vs_baseline"} <= set(row)
+    # the stopped training run resumed from its checkpoint: each run logged every step once, up to the last
+    for d in (out / "runs").glob("dynamics-*"):
+        rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows if r["split"] == "train"] == list(range(1, 13)), d
+    again = cli("sweep", path, "--out", out)  # all finished: nothing runs, the same leaderboard
+    assert "8/8 runs finished already" in again.stdout
+    assert json.loads((out / "leaderboard.json").read_text()) == board
+    for ext in ("md", "csv", "png"):
+        assert (out / f"leaderboard.{ext}").stat().st_size > 0

@@ -67,12 +67,22 @@ def test_plan_shares_every_upstream_run_the_cells_agree_on(tmp_path):
     assert {j.flags[j.flags.index("--seed") + 1] for j in dyn} == {"0", "1"}
     assert {j.flags[j.flags.index("--model.action-mode") + 1] for j in dyn} == {"prepend", "add"}
     # a changed dynamics flag keeps the upstream runs' keys; seeding the tokenizer makes one per seed
-    changed = build_plan(load_spec(spec_file(tmp_path, BASE.replace("steps = 3", "steps = 5")), tmp_path / "out"))
+    changed = build_plan(
+        load_spec(spec_file(tmp_path, BASE.replace("steps = 3", "steps = 5")), tmp_path / "out"), parse
+    )
     assert {k for k, j in changed.jobs.items() if j.stage in ("tokenizer", "lam")} == {
         k for k, j in plan.jobs.items() if j.stage in ("tokenizer", "lam")}  # fmt: skip
     assert not {k for k, j in changed.jobs.items() if j.stage == "dynamics"} & set(plan.jobs)
-    seeded = build_plan(load_spec(spec_file(tmp_path, BASE.replace("seeded = false", "")), tmp_path / "out"))
+    seeded = build_plan(load_spec(spec_file(tmp_path, BASE.replace("seeded = false", "")), tmp_path / "out"), parse)
     assert seeded.count("tokenizer") == 2
+    # a run is keyed by its resolved config: the preset's own value written out is the same run, and another
+    # sweep naming the same runs directory shares it
+    same = BASE.replace('"dynamics.model.action-mode" = ["prepend", "add"]', "")  # the default: prepend
+    runs = f'runs = "{tmp_path / "out" / "runs"}"\n'
+    other = build_plan(load_spec(spec_file(tmp_path, runs + same, "b.toml"), tmp_path / "b"), parse)
+    prepend = {k for k, j in plan.jobs.items() if {c for c, _ in j.uses} == {"action-mode=prepend"}}
+    assert other.count("dynamics") == 2 and len(prepend) == 4 and prepend <= set(other.jobs)
+    assert not prepend & set(build_plan(load_spec(spec_file(tmp_path, same, "c.toml"), tmp_path / "c"), parse).jobs)
     # a family axis: diffusion trains the MAE, co-training drops the LAM run
     family = BASE.replace(
         '"dynamics.model.action-mode" = ["prepend", "add"]',
@@ -158,7 +168,7 @@ echo "Submitted batch job $n"
     result = cli("sweep", path, "--out", tmp_path / "out", "--slurm")
     assert result.returncode == 0, result.stderr
     ids = json.loads((tmp_path / "out" / "slurm_jobs.json").read_text())
-    plan = build_plan(load_spec(path, tmp_path / "out"))
+    plan = build_plan(load_spec(path, tmp_path / "out"), parse)
     assert set(ids) == set(plan.jobs) | {"leaderboard"}
     scripts = {block.split()[0]: block for block in record.read_text().split("JOB ")[1:]}
     for key, job in plan.jobs.items():
@@ -199,7 +209,7 @@ def test_micro_sweep_interrupted_and_resumed_trains_nothing_twice(runs, tmp_path
 
     proc = subprocess.Popen([sys.executable, "-m", "jasmine", "sweep", str(path), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-    second_training = [j for j in build_plan(load_spec(path, out)).jobs.values() if j.stage == "dynamics"][1]
+    second_training = [j for j in build_plan(load_spec(path, out), parse).jobs.values() if j.stage == "dynamics"][1]
     deadline = time.time() + 300
     while time.time() < deadline and not any((second_training.out / "checkpoints").glob("[0-9]*")):
         time.sleep(0.05)

@@ -54,9 +54,9 @@ def board_of(plan: Plan, rounds: int = 2000) -> dict:
     return leaderboard(figures, plan.baseline, len(plan.spec.seeds), rounds=rounds)
 
 
-def write_board(spec_path: str, out: str | None, rounds: int) -> list[Path]:
+def write_board(spec_path: str, out: str | None, rounds: int, parse: Parser) -> list[Path]:
     """The leaderboard of the finished evals (also the last SLURM job)."""
-    plan = build_plan(load_spec(Path(spec_path), Path(out) if out else None))
+    plan = build_plan(load_spec(Path(spec_path), Path(out) if out else None), parse)
     return write(board_of(plan, rounds), plan.spec.out)
 
 
@@ -81,7 +81,7 @@ def sweep(args: SweepArgs, parse: Parser, runner) -> dict | None:
             print(f"         {job.shell()}")
         return None
     if args.slurm:
-        write_fn = partial(write_board, str(args.spec), str(args.out) if args.out else None, args.rounds)
+        write_fn = partial(write_board, str(args.spec), str(args.out) if args.out else None, args.rounds, parse)
         submit_slurm(plan, spec.slurm, spec.out / "slurm", write_fn)
         return None
     spec.out.mkdir(parents=True, exist_ok=True)

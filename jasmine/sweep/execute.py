@@ -23,14 +23,13 @@ Runner = Callable[[list[str]], None]
 """Runs one jasmine command line in this process (argv without the leading ``jasmine``)."""
 
 
-def marker(out: Path, key: str) -> Path:
-    return Path(out) / "jobs" / f"{key}.json"
+def marker(runs: Path, key: str) -> Path:
+    return Path(runs) / "finished" / f"{key}.json"
 
 
 def is_done(plan: Plan, job: Job) -> bool:
-    path = marker(plan.spec.out, job.key)
     try:
-        return json.loads(path.read_text()).get("argv") == job.argv
+        return json.loads(marker(plan.spec.runs, job.key).read_text()).get("key") == job.key
     except (OSError, ValueError):
         return False
 
@@ -49,26 +48,19 @@ def launch_argv(job: Job) -> list[str]:
     return [*job.argv, *extra]
 
 
-def run_job(argv: list[str], out: str, key: str, stage: str, log: str | None = None) -> None:
-    """One run as a child process; marks it finished on success. Also the function SLURM jobs execute."""
+def run_job(argv: list[str], out: str, runs: str, key: str, stage: str) -> None:
+    """One run as a child process; marks it finished on success. The function SLURM jobs execute."""
     journal(Path(out), key=key, stage=stage, event="start")
     t0 = time.time()
-    with open(log, "a") if log else open(os.devnull, "w") as f:
-        rc = subprocess.call(
-            [sys.executable, "-m", "jasmine", *argv],
-            stdout=f if log else None,
-            stderr=subprocess.STDOUT if log else None,
-        )
+    rc = subprocess.call([sys.executable, "-m", "jasmine", *argv])
     if rc != 0:
         journal(Path(out), key=key, stage=stage, event="failed", rc=rc)
-        raise RuntimeError(
-            f"`jasmine {' '.join(argv)}` failed with exit status {rc}" + (f"; log: {log}" if log else "")
-        )
-    _finish(Path(out), key, stage, argv, time.time() - t0)
+        raise RuntimeError(f"`jasmine {' '.join(argv)}` failed with exit status {rc}")
+    _finish(Path(out), Path(runs), key, stage, argv, time.time() - t0)
 
 
-def _finish(out: Path, key: str, stage: str, argv: list[str], seconds: float) -> None:
-    path = marker(out, key)
+def _finish(out: Path, runs: Path, key: str, stage: str, argv: list[str], seconds: float) -> None:
+    path = marker(runs, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     base = [a for a in argv if a not in ("--resume", "--overwrite")]
@@ -133,7 +125,7 @@ def run_local(plan: Plan, workers: int, runner: Runner, gpus: tuple[int, ...] = 
             except Exception as e:  # a run's error fails that run and what depends on it, not the sweep
                 failed.append(_failed(out, job, f"{type(e).__name__}: {e}"))
                 continue
-            _finish(out, job.key, job.stage, launch_argv(job), time.time() - ts)
+            _finish(out, plan.spec.runs, job.key, job.stage, launch_argv(job), time.time() - ts)
             done.add(job.key)
             report(job, "done ")
         return failed
@@ -150,7 +142,7 @@ def run_local(plan: Plan, workers: int, runner: Runner, gpus: tuple[int, ...] = 
                     continue
                 del running[slot]
                 if proc.returncode == 0:
-                    _finish(out, job.key, job.stage, launch_argv(job), time.time() - ts)
+                    _finish(out, plan.spec.runs, job.key, job.stage, launch_argv(job), time.time() - ts)
                     done.add(job.key)
                     report(job, "done ")
                 else:
@@ -226,7 +218,7 @@ def submit_slurm(plan: Plan, params: dict[str, Any], folder: Path, leaderboard: 
             job_name=f"jasmine-{job.stage}-{job.key}",
             dependency=f"afterok:{':'.join(deps)}" if deps else None,
         )
-        submitted = executor.submit(run_job, launch_argv(job), str(out), job.key, job.stage)
+        submitted = executor.submit(run_job, launch_argv(job), str(out), str(plan.spec.runs), job.key, job.stage)
         ids[job.key] = str(submitted.job_id)
         print(
             f"[sweep] submitted {job.stage} {job.out.name} as job {submitted.job_id}"

@@ -3,12 +3,14 @@
 data → tokenizer (or MAE, for a continuous dynamics family) → LAM (unless the dynamics co-trains it or uses the
 real actions) → dynamics → eval. A run's key hashes its command, its flags and its upstream runs' keys, so every
 cell and seed that agrees on a run shares it: varying a dynamics flag never retrains the tokenizer, and an
-unseeded stage (``seeded = false``) is trained once for all seeds. Runs live in ``OUT/runs/STAGE-KEY``.
+unseeded stage (``seeded = false``) is trained once for all seeds. Runs live in ``RUNS/STAGE-KEY`` (the spec's
+``runs``, default ``OUT/runs``): sweeps that name the same ``runs`` share every run they agree on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jasmine.config import to_dict
 from jasmine.models.genie import DYNAMICS
 from jasmine.sweep.spec import Spec, SpecError
 
@@ -77,8 +80,13 @@ def render(flags: dict[str, Any]) -> list[str]:
     return argv
 
 
-def _key(stage: str, command: str, flags: list[str], upstream: dict[str, str]) -> str:
-    blob = json.dumps([stage, command, flags, sorted(upstream.items())])
+def _key(stage: str, command: str, config: Any) -> str:
+    """A run's key: its stage, command and whole resolved config (upstream run directories included, its own
+    ``--out`` not), so two spellings of one recipe (a preset's default written out, or left out) are one run."""
+    cfg = to_dict(config) if dataclasses.is_dataclass(config) else config
+    if isinstance(cfg, dict):
+        cfg = {k: v for k, v in cfg.items() if k != "out"}
+    blob = json.dumps([stage, command, cfg], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -101,33 +109,24 @@ def _truthy(flags: dict[str, Any], name: str) -> bool:
     return flags.get(name) is True
 
 
-def build_plan(spec: Spec, parse: Parser | None = None) -> Plan:
-    """The graph of runs; with ``parse``, every run's command is checked by the command's own parser."""
+def build_plan(spec: Spec, parse: Parser) -> Plan:
+    """The graph of runs; every run's command is parsed (and so checked) by the command's own parser."""
     cells = cells_of(spec)
     baseline = spec.baseline or next(iter(cells))
     if baseline not in cells:
         raise SpecError(f"{spec.line('baseline')}: baseline {baseline!r} is not a cell (cells: {', '.join(cells)})")
     jobs: dict[str, Job] = {}
     evals: dict[tuple[str, int], str] = {}
-    runs = spec.out / "runs"
 
     def add(stage: str, command: str, flags: dict[str, Any], upstream: dict[str, str], where: str) -> str:
-        flag_argv = render(dict(sorted(flags.items())))
-        key = _key(stage, command, flag_argv, {k: jobs[v].key if v in jobs else v for k, v in upstream.items()})
+        ups = [a for k, v in upstream.items() for a in (f"--{k}", str(jobs[v].out if v in jobs else v))]
+        argv = [*ups, *render(dict(sorted(flags.items())))]
+        probe = Job("", stage, command, [*argv, "--out", str(spec.runs / stage)], spec.runs / stage, ())
+        key = _key(stage, command, _check(parse, probe, spec, where))
         if key not in jobs:
-            out = runs / f"{stage}-{key}"
-            ups = [a for k, v in upstream.items() for a in (f"--{k}", str(jobs[v].out if v in jobs else v))]
-            job = Job(
-                key,
-                stage,
-                command,
-                [*ups, *flag_argv, "--out", str(out)],
-                out,
-                tuple(u for u in upstream.values() if u in jobs),
-            )
-            if parse is not None:
-                _check(parse, job, spec, where)
-            jobs[key] = job
+            out = spec.runs / f"{stage}-{key}"
+            deps = tuple(u for u in upstream.values() if u in jobs)
+            jobs[key] = Job(key, stage, command, [*argv, "--out", str(out)], out, deps)
         return key
 
     data_stage = spec.stages["data"]
@@ -173,11 +172,12 @@ def _train(spec: Spec, stage: str, flags: dict[str, Any], seed: int, upstream: d
     return add(stage, f"train {stage}", flags, upstream, stage)
 
 
-def _check(parse: Parser, job: Job, spec: Spec, stage: str) -> None:
+def _check(parse: Parser, job: Job, spec: Spec, stage: str) -> Any:
+    """The parsed flags of ``job``; a :class:`SpecError` naming the spec's line when they do not parse."""
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            parse(job.command, job.flags)
+            return parse(job.command, job.flags)
     except SystemExit as e:
         text = re.sub(r"[\u2500-\u257f]+", " ", err.getvalue())  # tyro's box drawing
         text = " ".join(line for line in text.splitlines() if "helptext" not in line and "subcommands" not in line)

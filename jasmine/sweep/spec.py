@@ -1,6 +1,7 @@
 """The sweep spec: a TOML file naming the data, a recipe per stage, the axes to vary and the seeds.
 
     out = "runs/sweeps/prepend"          # default: runs/sweeps/<file name>
+    runs = "runs/sweeps/runs"            # default: OUT/runs; sweeps naming the same one share the runs they agree on
     seeds = [0, 1, 2]
     baseline = "action-mode=prepend"     # the cell paired differences are taken against (default: the first)
 
@@ -34,7 +35,7 @@ STAGES = ("data", "tokenizer", "mae", "lam", "dynamics", "eval")
 TRAINED = ("tokenizer", "mae", "lam", "dynamics")
 RESERVED = {"preset", "seeded", "run", "path", "command"}
 DATA_COMMANDS = ("coinrun", "minatar", "atari", "video", "images")
-TOP = {"out", "seeds", "baseline", "axes", "slurm", *STAGES}
+TOP = {"out", "runs", "seeds", "baseline", "axes", "slurm", *STAGES}
 
 
 class SpecError(ValueError):
@@ -59,6 +60,8 @@ class Stage:
 class Spec:
     path: Path
     out: Path
+    runs: Path
+    """Where the runs live (``RUNS/STAGE-KEY``); sweeps naming the same directory share the runs they agree on."""
     seeds: tuple[int, ...]
     stages: dict[str, Stage]
     axes: dict[str, dict[str, dict[str, Any]]]
@@ -241,9 +244,14 @@ def load_spec(path: Path, out: Path | None = None) -> Spec:
     out_value = raw.get("out", str(default_out))
     if not isinstance(out_value, str) or not out_value:
         raise SpecError(f"{path}:{lines.get('out', '?')}: out must be a directory")
+    runs_value = raw.get("runs")
+    if runs_value is not None and (not isinstance(runs_value, str) or not runs_value):
+        raise SpecError(f"{path}:{lines.get('runs', '?')}: runs must be a directory")
+    out_dir = Path(out) if out is not None else Path(out_value)
     return Spec(
         path=path,
-        out=Path(out) if out is not None else Path(out_value),
+        out=out_dir,
+        runs=Path(runs_value) if runs_value else out_dir / "runs",
         seeds=tuple(seeds),
         stages=stages,
         axes=_axes(raw.get("axes", {}), path, lines),

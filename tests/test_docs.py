@@ -20,6 +20,7 @@ PLACEHOLDERS = {
     "C": "0.1",
     "DATA": "data/x",
     "RUN": "runs/x",
+    "SPEC": "docs/ablations/prepend.toml",
     "DIR": "some/dir",
     "COMPONENT": "tokenizer",
     "NAME": "tiny",

@@ -8,8 +8,7 @@ import os
 import pickle
 import signal
 import stat
-import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 
@@ -207,18 +206,32 @@ def test_micro_sweep_interrupted_and_resumed_trains_nothing_twice(runs, tmp_path
     def events():
         return [json.loads(line) for line in journal.read_text().splitlines()] if journal.exists() else []
 
-    proc = subprocess.Popen([sys.executable, "-m", "jasmine", "sweep", str(path), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     second_training = [j for j in build_plan(load_spec(path, out), parse).jobs.values() if j.stage == "dynamics"][1]
-    deadline = time.time() + 300
-    while time.time() < deadline and not any((second_training.out / "checkpoints").glob("[0-9]*")):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)  # mid-way through the second training run (12 steps, a checkpoint each)
-    log = proc.communicate(timeout=120)[0].decode()
-    assert proc.returncode != 0, log
+
+    class Late(Exception):
+        """The signal arrived outside a training run (the test's timing failed, not the sweep)."""
+
+    def interrupt():  # SIGINT mid-way through the second training run (12 steps, a checkpoint each)
+        deadline = time.time() + 300
+        while time.time() < deadline and not any((second_training.out / "checkpoints").glob("[0-9]*")):
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def late(signum, frame):
+        raise Late
+
+    old = signal.signal(signal.SIGINT, late)  # training installs its own handler while it runs
+    watcher = threading.Thread(target=interrupt, daemon=True)
+    watcher.start()
+    try:
+        stopped = cli("sweep", path, "--out", out)  # in this process, like the re-run below: compiled once
+    finally:
+        watcher.join()
+        signal.signal(signal.SIGINT, old)
+    assert stopped.returncode == 130, stopped.stdout[-3000:] + stopped.stderr
     first = events()
     done_first = {e["key"] for e in first if e["event"] == "done"}
-    assert len(done_first) == 2 and first[-1] == {**first[-1], "key": second_training.key, "event": "stopped"}, log
+    assert len(done_first) == 2 and first[-1] == {**first[-1], "key": second_training.key, "event": "stopped"}
     result = cli("sweep", path, "--out", out)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     second = events()[len(first) :]
@@ -238,3 +251,11 @@ def test_micro_sweep_interrupted_and_resumed_trains_nothing_twice(runs, tmp_path
     assert json.loads((out / "leaderboard.json").read_text()) == board
     for ext in ("md", "csv", "png"):
         assert (out / f"leaderboard.{ext}").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", ["prepend", "cotrain", "ffn", "families"])
+def test_documented_ablation_specs_plan_three_seeds_of_every_cell(name):
+    spec = load_spec(Path(__file__).parents[1] / "docs" / "ablations" / f"{name}.toml")
+    plan = build_plan(spec, parse)  # every run's command parses
+    assert spec.seeds == (0, 1, 2) and plan.count("eval") == 3 * len(plan.cells) and plan.count("data") == 1
+    assert {c for c, _ in plan.evals} == set(plan.cells) and plan.baseline in plan.cells

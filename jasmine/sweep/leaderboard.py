@@ -101,11 +101,12 @@ def leaderboard(figures: dict[str, dict[int, dict]], baseline: str, seeds: int, 
     return {"baseline": baseline, "rounds": rounds, "level": 0.95, "rows": rows}
 
 
-def _ci(d: dict | None, digits: int = 2) -> str:
+def _ci(d: dict | None, digits: int = 2, signed: bool = True) -> str:
     if not d:
         return "–"
     star = " **✔**" if d.get("significant") else ""
-    return f"{d['mean']:+.{digits}f} [{d['lo']:+.{digits}f}, {d['hi']:+.{digits}f}]{star}"
+    f = f"{'+' if signed else ''}.{digits}f"
+    return f"{d['mean']:{f}} [{d['lo']:{f}}, {d['hi']:{f}}]{star}"
 
 
 def markdown(board: dict) -> str:
@@ -116,7 +117,7 @@ def markdown(board: dict) -> str:
         name = f"**{r['cell']}** (baseline)" if r["cell"] == board["baseline"] else r["cell"]
         cells = [name, f"{len(r['seeds'])}/{r['of_seeds']}"]
         cells += [
-            _ci(r.get(m), 3 if m == "ssim" else 2)
+            _ci(r.get(m), signed=m not in ("psnr", "copy_tokens_psnr"))
             for m in ("psnr", "copy_tokens_psnr", "minus_copy_tokens", "delta_psnr")
         ]
         cells += [_ci(r.get(f"{m}_vs_baseline")) if r["cell"] != board["baseline"] else "·" for m in PAIRED]
@@ -127,6 +128,12 @@ def markdown(board: dict) -> str:
         "seed's held-out episodes). *vs baseline*: paired by seed and episode; **✔** = the interval excludes 0. "
         "Chance for model − copy and ΔtPSNR is 0.",
     ]
+    fewest = min((len(r["seeds"]) for r in board["rows"] if r["seeds"]), default=0)
+    if 0 < fewest < 5:
+        lines.append(
+            f"With {fewest} seed(s) per cell the intervals are optimistic where seeds differ more than episodes: a "
+            "percentile bootstrap over 3 seeds covered the truth 78% of the time in simulation (docs/ablations.md)."
+        )
     return "\n".join(lines) + "\n"
 
 

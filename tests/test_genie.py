@@ -1,6 +1,7 @@
 """LAM, MaskGIT dynamics and the Genie composition: masks, alignment, frozen parts, modes, tokens, errors."""
 
 from dataclasses import replace
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -228,12 +229,16 @@ def test_maskgit_frame_generation_touches_only_its_frame():
 
     ids = jax.random.randint(jax.random.key(0), (2, 4, 9), 0, 16)
 
-    def logits_fn(ids_BTN, mask_BTN):  # masks outside frame 2 would change the logits and so the output
+    def logits_fn(ids_BTN, mask_BTN, leak_weight=1.0):  # a mask outside frame 2 pulls every token to id 0
         assert mask_BTN.shape == ids_BTN.shape
-        leak = mask_BTN[:, [0, 1, 3]].sum() * 100.0
-        return jax.random.normal(jax.random.key(1), (*ids_BTN.shape, 16)) + leak
+        leak = mask_BTN[:, [0, 1, 3]].sum() * 100.0 * leak_weight
+        return jax.random.normal(jax.random.key(1), (*ids_BTN.shape, 16)).at[..., 0].add(leak)
 
-    out = generate_frame(logits_fn, ids, 2, jax.random.key(1), SamplingOptions(steps=5))
+    opts = SamplingOptions(steps=5)
+    out = generate_frame(logits_fn, ids, 2, jax.random.key(1), opts)
+    blind = generate_frame(partial(logits_fn, leak_weight=0.0), ids, 2, jax.random.key(1), opts)
+    np.testing.assert_array_equal(out, blind)  # the context was never masked: the leak never fired
+    assert (np.asarray(out[:, 2]) != 0).any()
     np.testing.assert_array_equal(out[:, [0, 1, 3]], ids[:, [0, 1, 3]])
     assert mask_schedule(5, 9).tolist() == [8, 7, 5, 2, 0]
     mask = jnp.ones((2, 9), bool)

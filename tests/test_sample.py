@@ -3,6 +3,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import MICRO_LAM, MICRO_TOK
@@ -36,6 +37,29 @@ def test_cache_gives_identical_tokens_also_past_the_window(action_mode):
     _, full = rollout(g, False)
     np.testing.assert_array_equal(cached, full)
     assert cached.shape == (2, 10, 16)
+
+
+def test_rollout_conditions_each_frame_on_the_action_training_pairs_with_it():
+    """Greedy one-step MaskGIT from frames < t must be the argmax of training's logits for frame t (fully masked)
+    under training's own conditioning: an off-by-one between sampler and training fails it, cached or not."""
+    g, T, B = genie(), 3, 2
+    ids = jax.random.randint(jax.random.key(0), (B, T, 16), 0, 16)
+    acts = jax.random.randint(jax.random.key(1), (B, T - 1), 0, 4)  # acts[:, t-1] leads to frame t
+    a_BTA, _ = g.frame_conditioning({"latent_actions": jnp.pad(acts, ((0, 0), (1, 0)))})  # as training builds it
+    ts = np.arange(1, T)  # one forward: a copy of the batch per frame t, only frame t masked
+    mask = jnp.broadcast_to((np.arange(T)[None, :] == ts[:, None])[:, None, :, None], (len(ts), B, T, 16))
+    logits = g.dynamics(jnp.tile(ids, (len(ts), 1, 1)), mask.reshape(-1, T, 16), jnp.tile(a_BTA, (len(ts), 1, 1)))
+    want = np.asarray(logits.argmax(-1)).reshape(len(ts), B, T, 16)
+    for cache in (True, False):
+        r = Rollout(g, T, SampleOptions(steps=1, temperature=0.0, cache=cache))
+        for i, t in enumerate(ts):
+            got = np.asarray(r.run(ids[:, :t], acts[:, :t], jax.random.key(2), num_frames=1))[:, t]
+            np.testing.assert_array_equal(got, want[i, :, t], err_msg=f"frame {t}, cache {cache}")
+    # Genie.generate (one window, in one jitted loop) gives Rollout's tokens for the same actions and key
+    opts = SampleOptions(steps=4, temperature=1.0)
+    gen = g.generate(ids[:, :1], a_BTA, jax.random.key(5), opts)
+    ref = Rollout(g, T, opts).run(ids[:, :1], acts, jax.random.key(5), num_frames=T - 1)
+    np.testing.assert_array_equal(np.asarray(gen), np.asarray(ref))
 
 
 @pytest.mark.parametrize("cache", [True, False])

@@ -67,6 +67,25 @@ def test_temporal_causality_by_gradient(remat):
         assert np.all(np.abs(np.asarray(g[:, : t + 1])).sum(axis=(0, 2, 3)) > 0), f"output {t} ignores its past"
 
 
+def test_remat_keeps_the_loss_and_every_parameter_gradient():
+    """Recomputing activations in the backward pass must not change what is learned: same loss, same gradient
+    for every parameter (not only for the inputs)."""
+    x = jax.random.normal(jax.random.key(1), (2, 5, 3, 6))
+
+    def loss_and_grads(remat):
+        model = AxialTransformer(6, 16, 32, 4, 2, 2, remat=remat, rngs=nnx.Rngs(0))
+        return nnx.jit(nnx.value_and_grad(lambda m: (m(x) ** 2).mean()))(model)
+
+    ref_loss, ref = loss_and_grads("none")
+    ref_leaves = jax.tree.leaves(nnx.state(ref))
+    assert len(ref_leaves) > 10 and all(np.abs(np.asarray(g)).sum() > 0 for g in ref_leaves)
+    for remat in ("full", "dots"):
+        loss, grads = loss_and_grads(remat)
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+        for g, r in zip(jax.tree.leaves(nnx.state(grads)), ref_leaves, strict=True):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4, atol=1e-6)
+
+
 def test_spatial_causal_flag_by_gradient():
     model = AxialTransformer(6, 16, 32, 4, 2, 2, spatial_causal=True, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (1, 3, 4, 6))

@@ -161,7 +161,25 @@ def test_demo_pipeline_runs_end_to_end_and_reuses_stages(micro_demo, capsys):
         metrics["delta_psnr_t4"]["mean"], (per_clip["model"][:, 4] - per_clip["random_actions"][:, 4]).mean()
     )
     assert metrics["delta_psnr_t4"]["lo"] <= metrics["delta_psnr_t4"]["mean"] <= metrics["delta_psnr_t4"]["hi"]
-    copy = per_clip["copy_last"]  # ... and the copy-last baseline repeats the context frame
+    # ... and per clip, eval's model and copy-last scores are those of rollouts redone here from the run, the
+    # same held-out clips and the same keys, scored with a PSNR written out here (not eval's functions)
+    from jasmine.sample.clips import load_genie, read_clips
+    from jasmine.sample.rollout import Rollout, SampleOptions
+
+    cfg, g = load_genie(out / "dynamics")
+    clips = read_clips(g, out / "data", "test", metrics["clips"], metrics["frames"], 0, cfg.image_size)
+    assert clips["episode"].tolist() == metrics["per_clip"]["episode"]
+    opts = SampleOptions(steps=metrics["steps"], temperature=metrics["temperature"], ordinal=metrics["ordinal"])
+    roll, gt = Rollout(g, cfg.seq_len, opts), clips["frames"].astype(np.float64) / 255.0
+    for lo in range(0, metrics["clips"], 8):
+        ids = roll.encode(clips["frames"][lo : lo + 8])
+        acts = g.infer_actions(jnp.asarray(clips["frames"][lo : lo + 8]))
+        video = roll.decode(roll.run(ids[:, :1], acts, jax.random.key(lo), num_frames=metrics["frames"] - 1))
+        for name, v in (("model", video), ("copy_last", np.repeat(gt[lo : lo + 8, :1], metrics["frames"], 1))):
+            mse = ((np.clip(np.asarray(v, np.float64), 0, 1) - gt[lo : lo + 8]) ** 2).mean(axis=(2, 3, 4))
+            psnr = 10 * np.log10(1.0 / np.maximum(mse, (1 / 255) ** 2 / 12))  # capped at uint8 rounding noise
+            np.testing.assert_allclose(per_clip[name][lo : lo + 8, 1:], psnr[:, 1:], atol=2e-3, err_msg=name)
+    copy = per_clip["copy_last"]  # the copy-last baseline repeats the context frame
     assert (copy[:, 0] > 58).all() and metrics["tokenizer_codes"]["codes_used"] >= 1
     assert "Δ4PSNR" in (out / "eval" / "report.md").read_text()
     np.testing.assert_allclose(  # play's codes for the real actions, paired against random codes per clip

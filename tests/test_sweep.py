@@ -8,6 +8,7 @@ import os
 import pickle
 import signal
 import stat
+import sys
 import threading
 import time
 from pathlib import Path
@@ -261,3 +262,45 @@ def test_documented_ablation_specs_plan_three_seeds_of_every_cell(name):
     plan = build_plan(spec, parse)  # every run's command parses
     assert spec.seeds == (0, 1, 2) and plan.count("eval") == 3 * len(plan.cells) and plan.count("data") == 1
     assert {c for c, _ in plan.evals} == set(plan.cells) and plan.baseline in plan.cells
+
+
+def test_workers_run_each_job_once_after_its_upstream_runs_on_their_share_of_cores_and_gpus(tmp_path, monkeypatch):
+    """Two workers, with a stand-in for `python -m jasmine` that records what it was given and fails one run."""
+    from jasmine.sweep.execute import run_local
+
+    plan = build_plan(load_spec(spec_file(tmp_path, BASE), tmp_path / "out"), parse)
+    failing = next(j for j in plan.jobs.values() if j.stage == "dynamics")
+    log = tmp_path / "calls.jsonl"
+    fake = tmp_path / "fake.py"
+    fake.write_text(f"""import json, os, sys, time
+t0 = time.time()
+time.sleep(0.4)
+with open({str(log)!r}, "a") as f:
+    f.write(json.dumps({{"argv": sys.argv[1:], "cpus": sorted(os.sched_getaffinity(0)), "start": t0,
+                        "end": time.time(), "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}}) + "\\n")
+sys.exit(3 if {str(failing.out)!r} in sys.argv else 0)
+""")
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f'#!/bin/sh\nshift 2\nexec {sys.executable} {fake} "$@"\n')  # drops "-m jasmine"
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(wrapper))
+    failed = run_local(plan, 2, runner=None, gpus=(0, 1, 2, 3))
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    by_out = {c["argv"][c["argv"].index("--out") + 1]: c for c in calls}
+    blocked = {k for k, j in plan.jobs.items() if failing.key in j.deps}
+    assert set(failed) == {failing.key} | blocked and blocked  # its eval never ran; every other run did, once
+    assert sorted(by_out) == sorted(str(j.out) for k, j in plan.jobs.items() if k not in blocked)
+    assert len(calls) == len(by_out)
+    for key, job in plan.jobs.items():
+        if key in blocked:
+            continue
+        for dep in job.deps:  # started after its upstream runs ended
+            assert by_out[str(job.out)]["start"] >= by_out[str(plan.jobs[dep].out)]["end"]
+    spans = sorted((c["start"], c["end"]) for c in calls)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))  # two at once
+    cores = sorted(os.sched_getaffinity(0))
+    shares = {tuple(c["cpus"]): c["gpus"] for c in calls}
+    assert set(shares) == {tuple(cores[: len(cores) // 2]), tuple(cores[len(cores) // 2 :])} or len(cores) == 1
+    assert set(shares.values()) == {"0,1", "2,3"}
+    events = [json.loads(line) for line in (tmp_path / "out" / "journal.jsonl").read_text().splitlines()]
+    assert sum(e["event"] == "done" for e in events) == len(calls) - 1

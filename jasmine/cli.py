@@ -108,18 +108,22 @@ def _bench_train(parsed) -> None:
     bench_train(cfg, COMPONENTS[component], timed, inputs)
 
 
+def parse_command(command: str, flags: list[str]):
+    """``jasmine COMMAND FLAGS`` parsed by the command's own parser (the sweep's check of every run it plans)."""
+    return COMMANDS[command].parse(flags, f"jasmine {command}")
+
+
+def run_command(argv: list[str]) -> None:
+    """One ``jasmine`` command line run in this process; its errors raise (no ``sys.exit`` wrapping)."""
+    name = command_name(argv)
+    cmd = COMMANDS[name]
+    cmd.run(cmd.parse(argv[len(name.split()) :], f"jasmine {name}"))
+
+
 def _sweep(args) -> None:
     from jasmine.sweep import sweep
 
-    def parse(command: str, flags: list[str]):
-        return COMMANDS[command].parse(flags, f"jasmine {command}")
-
-    def runner(argv: list[str]) -> None:  # one run in this process; errors raise (no sys.exit wrapping)
-        name = command_name(argv)
-        cmd = COMMANDS[name]
-        cmd.run(cmd.parse(argv[len(name.split()) :], f"jasmine {name}"))
-
-    sweep(args, parse, runner)
+    sweep(args, parse_command, run_command)
 
 
 def _play_parse(argv: list[str], prog: str):

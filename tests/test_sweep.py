@@ -17,14 +17,9 @@ import numpy as np
 import pytest
 from conftest import MICRO_DYN, cli
 
-from jasmine.cli import COMMANDS
+from jasmine.cli import parse_command as parse
 from jasmine.sweep import SpecError, build_plan, load_spec
 from jasmine.sweep.leaderboard import hierarchical_bootstrap, leaderboard, paired_values
-
-
-def parse(command, flags):
-    return COMMANDS[command].parse(flags, f"jasmine {command}")
-
 
 BASE = """
 seeds = [0, 1]
@@ -180,6 +175,10 @@ echo "Submitted batch job $n"
         submitted = pickle.loads((tmp_path / "out" / "slurm" / ids[key] / f"{ids[key]}_submitted.pkl").read_bytes())
         assert submitted.args[0][: len(job.argv)] == job.argv  # the run's own command (+ --resume)
     lb = scripts[ids["leaderboard"]]
+    leaderboard_job = pickle.loads(
+        (tmp_path / "out" / "slurm" / ids["leaderboard"] / f"{ids['leaderboard']}_submitted.pkl").read_bytes()
+    )
+    assert leaderboard_job.function.func.__name__ == "write_board" and leaderboard_job.function.args[0] == str(path)
     assert all(ids[k] in lb for k in plan.evals.values()) and "afterok" in lb
 
 

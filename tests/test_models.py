@@ -199,3 +199,29 @@ def test_fsq_tokenizer_shapes():
     assert recon.shape == x.shape and ids.shape == (2, 3, 12) and cfg.vocab_size == 64 and cfg.code_dim == 3
     np.testing.assert_allclose(model.decode(model.encode(x)), recon, atol=1e-5)
     assert float(aux["codebook_loss"]) == 0.0
+
+
+@pytest.mark.parametrize("window", [2, 3])
+def test_a_short_last_chunk_encodes_and_decodes_as_if_padded_at_its_cost(window):
+    """The tokenizer is causal in time, so the clip's last, shorter chunk runs unpadded: the same tokens and
+    frames as zero-padding it to a whole window, with only the clip's frames computed."""
+    from jasmine.models.genie import in_chunks
+
+    tok = Tokenizer(TokenizerConfig(patch_size=4, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=8,
+                                    num_latents=16), (16, 16, 3), rngs=nnx.Rngs(0))  # fmt: skip
+    x = jax.random.uniform(jax.random.key(0), (2, 5, 16, 16, 3))
+    seen = []
+
+    def encode(x_BT):
+        seen.append(x_BT.shape[:2])
+        return tok.encode(x_BT)
+
+    ids = in_chunks(encode, x, window)
+    padded = jnp.pad(x, [(0, 0), (0, -(-5 // window) * window - 5), (0, 0), (0, 0), (0, 0)])
+    ref = tok.encode(padded.reshape(-1, window, 16, 16, 3)).reshape(2, -1, *ids.shape[2:])[:, :5]
+    np.testing.assert_array_equal(ids, ref)
+    assert sum(b * t for b, t in seen) == 2 * 5  # every frame once, no padding
+    frames = in_chunks(tok.decode, ids, window)
+    ids_padded = jnp.pad(ids, [(0, 0), (0, -(-5 // window) * window - 5), (0, 0)])
+    ref = tok.decode(ids_padded.reshape(-1, window, ids.shape[2])).reshape(2, -1, 16, 16, 3)[:, :5]
+    np.testing.assert_allclose(frames, ref, atol=1e-5)

@@ -68,12 +68,19 @@ def frame_alignment(tokenizer_window: int, lam_window: int | None) -> int:
 
 
 def in_chunks(fn, x_BT, window: int):
-    """``fn`` on consecutive chunks of ``window`` frames of x_BT... (zero-padded; fn causal in time)."""
+    """``fn`` on consecutive chunks of ``window`` frames of x_BT...; a last, shorter chunk runs as it is.
+
+    ``fn`` is causal in time, so padding that chunk to ``window`` frames would change nothing but its cost (the
+    ``coinrun`` dynamics' 17 frames would encode 32)."""
     B, T = x_BT.shape[:2]
-    K = -(-T // window)
-    x = jnp.pad(x_BT, [(0, 0), (0, K * window - T)] + [(0, 0)] * (x_BT.ndim - 2))
-    y = fn(x.reshape(B * K, window, *x.shape[2:]))
-    return y.reshape(B, K * window, *y.shape[2:])[:, :T]
+    K, R = divmod(T, window)
+    parts = []
+    if K:
+        y = fn(x_BT[:, : K * window].reshape(B * K, window, *x_BT.shape[2:]))
+        parts.append(y.reshape(B, K * window, *y.shape[2:]))
+    if R:
+        parts.append(fn(x_BT[:, K * window :]))
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
 
 
 def lam_windows(x_BT, window: int):

@@ -250,7 +250,7 @@ class DynamicsComponent(Component):
         """Trained dynamics (and co-trained LAM) at 6x; frozen encoders that run on frames at 2x."""
         h, w, _ = cfg.image_size
         B, T = cfg.batch_size, cfg.seq_len
-        S, L = max(cfg.tokenizer_window, 1), self._lam_window(cfg)
+        L = self._lam_window(cfg)
         tok_n = (h // cfg.frame_tokenizer.patch_size) * (w // cfg.frame_tokenizer.patch_size)
         lam_n = (h // cfg.lam_model.patch_size) * (w // cfg.lam_model.patch_size)
         lam_frames = B * max(-(-(T - 1) // (L - 1)), 1) * L  # frames in the LAM's windows
@@ -260,7 +260,7 @@ class DynamicsComponent(Component):
 
         flops = 6.0 * (size("dynamics") + size("action_embed")) * self.tokens_per_batch(cfg)
         if inputs == "frames":
-            flops += 2.0 * (size("tokenizer/encoder") + size("tokenizer/vq")) * B * -(-T // S) * S * tok_n
+            flops += 2.0 * (size("tokenizer/encoder") + size("tokenizer/vq")) * B * T * tok_n  # no padded chunk
         lam_enc = size("lam/encoder") + size("lam/vq") + size("lam/action_token")
         if cfg.co_train_lam:
             flops += 6.0 * (lam_enc * lam_frames * (lam_n + 1) + size("lam/decoder") * B * (T - 1) * lam_n)

@@ -315,9 +315,8 @@ def main(argv: list[str] | None = None) -> None:
         if words and not (known and len(words) == 1):
             sys.exit(f"jasmine: unknown command {' '.join(words)!r}")
         return
-    cmd = COMMANDS[name]
     try:
-        cmd.run(cmd.parse(argv[len(name.split()) :], f"jasmine {name}"))
+        run_command(argv)
     except (DataError, ValueError, FileNotFoundError) as e:
         sys.exit(f"jasmine {name}: error: {e}")
     except KeyboardInterrupt as e:  # e.g. training's second Ctrl-C: no traceback, the shell's 130

@@ -75,3 +75,30 @@ def test_a_state_with_nan_is_never_saved(tmp_path):
         ck.save(3, bad)
     ck.close()
     assert Checkpointer(tmp_path / "ck", read_only=True).all_steps() == [2]
+
+
+def test_a_run_loaded_again_is_copied_from_memory_until_its_checkpoint_changes(runs, tmp_path, monkeypatch):
+    import shutil
+
+    from flax import nnx
+
+    from jasmine.train.components import load_run
+
+    run = tmp_path / "tok"
+    shutil.copytree(runs / "tok", run)
+    _, first, step = load_run(run)
+    a = jax.tree.leaves(nnx.state(first))
+    expect = [np.array(x) for x in a]
+    zeros = jax.jit(lambda t: [x * 0 for x in t], donate_argnums=0)(a)  # as a train step donates
+    assert all(x.is_deleted() for x in a) and not any(np.any(z) for z in zeros)
+    monkeypatch.setattr(Checkpointer, "restore", lambda *a: pytest.fail("an unchanged checkpoint was read again"))
+    _, again, _ = load_run(run)
+    b = jax.tree.leaves(nnx.state(again))
+    assert len(b) == len(expect) > 10 and all(np.array_equal(x, y) for x, y in zip(expect, b, strict=True))
+    monkeypatch.undo()
+    meta = run / "checkpoints" / str(step) / "digest" / "metadata"
+    sums = json.loads(meta.read_text())
+    sums[next(iter(sums))] += 1  # the checkpoint changed on disk: read (and checked) again
+    meta.write_text(json.dumps(sums))
+    with pytest.raises(CheckpointCorrupt, match=f"tok/checkpoints/{step} is corrupt"):
+        load_run(run)

@@ -8,7 +8,10 @@ record it for the tokenizer and LAM they were made with, and refuse a mismatch.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,44 @@ class Model:
             self.frozen if frozen is None else frozen,
             self.rest if rest is None else rest,
         )
+
+
+# Fields that do not enter a step's program (paths, budgets, logging, the schedule's numbers, which the step takes as
+# data): :func:`program_config` clears them, so every run of one recipe in a process shares one compiled step.
+_OUTSIDE_PROGRAM = {
+    "data": None,
+    "out": None,
+    "steps": 0,
+    "seed": 0,
+    "resume": False,
+    "init_from": None,
+    "init_step": None,
+    "log_every": 1,
+    "val_every": 1,
+    "val_batches": 1,
+    "ckpt_every": 1,
+    "keep_last": 1,
+    "keep_every": 0,
+    "num_workers": 0,
+    "read_threads": 0,
+    "wandb": False,
+    "distributed": C.DistributedConfig(),
+    "tokenizer_step": None,
+    "tokenizer_hash": "",
+    "lam_step": None,
+    "lam_hash": "",
+}
+
+
+def program_config(cfg: C.TrainConfig) -> C.TrainConfig:
+    """``cfg`` with the fields that do not change the compiled train and eval steps set to fixed values."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    fixed = {k: v for k, v in _OUTSIDE_PROGRAM.items() if k in names}
+    for path in ("tokenizer", "lam"):  # only whether they are given matters inside a step
+        if getattr(cfg, path, None) is not None:
+            fixed[path] = Path(".")
+    optim = dataclasses.replace(cfg.optim, lr=0.0, end_lr=0.0, warmup_steps=0, decay_fraction=0.0)
+    return dataclasses.replace(cfg, **fixed, optim=optim)
 
 
 def init_state(model: Model, tx: optax.GradientTransformation, seed: int) -> dict[str, Any]:
@@ -103,6 +144,49 @@ def restore_state(run_dir: str | Path, cfg: C.TrainConfig, model: Model, step: i
         return ckpt.restore(step, target)
     finally:
         ckpt.close()
+
+
+# Models restored in this process, on the host, by what identifies them on disk (see restore_model): a sweep or an
+# eval loads the same frozen tokenizer and LAM for every run, and an Orbax restore costs far more than a copy.
+_RESTORED: OrderedDict[tuple, tuple[Any, tuple]] = OrderedDict()
+RESTORED_BYTES = 2 << 30  # the most host memory the restored models kept for reuse may hold
+
+
+def _fingerprint(run_dir: str | Path, step: int) -> tuple:
+    """A run's config and every file of its checkpoint ``step`` (name, size, modification time, inode): a step
+    rewritten or a file changed in place gives another fingerprint."""
+    run = Path(run_dir).resolve()
+    files = []
+    for path in sorted((run / "checkpoints" / str(step)).rglob("*")):
+        st = path.stat()
+        if path.is_file():
+            files.append((str(path.relative_to(run)), st.st_size, st.st_mtime_ns, st.st_ino))
+    return str(run), step, (run / "config.json").read_bytes(), tuple(files)
+
+
+def restore_model(
+    run_dir: str | Path, cfg: C.TrainConfig, step: int, abstract_model: Callable[[], Model]
+) -> nnx.Module:
+    """The model of ``run_dir``'s checkpoint ``step`` (its train state restored into ``abstract_model()``), on this
+    process's first device. A checkpoint restored before in this process, unchanged on disk, is not read again:
+    its arrays are copied from the host (every caller owns its arrays; a train step may donate them)."""
+    key = _fingerprint(run_dir, step)
+    hit = _RESTORED.get(key)
+    if hit is not None:
+        _RESTORED.move_to_end(key)
+        graphdef, host = hit
+        fresh = jax.tree.map(np.array, host)  # a new buffer per call: on CPU a device array may alias its source
+        return nnx.merge(graphdef, *jax.device_put(fresh, jax.local_devices()[0]))
+    model = abstract_model()
+    state = restore_state(run_dir, cfg, model, step)
+    parts = (state["params"], state["frozen"], state["rest"])
+    leaves = jax.tree.leaves(parts)
+    size = sum(x.nbytes for x in leaves)
+    if size <= RESTORED_BYTES and all(np.issubdtype(x.dtype, np.number) or x.dtype == bool for x in leaves):
+        _RESTORED[key] = (model.graphdef, jax.tree.map(np.array, parts))  # a copy: the caller may donate its arrays
+        while sum(sum(x.nbytes for x in jax.tree.leaves(h)) for _, h in _RESTORED.values()) > RESTORED_BYTES:
+            _RESTORED.popitem(last=False)
+    return model.merge(*parts)
 
 
 def param_hash(module: nnx.Module) -> str:

@@ -8,9 +8,6 @@ enter the program (paths, budgets, logging).
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
-
 import jax
 import numpy as np
 import optax
@@ -25,44 +22,7 @@ from jasmine.train.optim import (
     make_optimizer,
     schedule_values,
 )
-from jasmine.train.runs import Model, init_state
-
-# Fields that do not enter a step's program (paths, budgets, logging, the schedule's numbers, which the step takes as
-# data): :func:`program_config` clears them, so every run of one recipe in a process shares one compiled step.
-_OUTSIDE_PROGRAM = {
-    "data": None,
-    "out": None,
-    "steps": 0,
-    "seed": 0,
-    "resume": False,
-    "init_from": None,
-    "init_step": None,
-    "log_every": 1,
-    "val_every": 1,
-    "val_batches": 1,
-    "ckpt_every": 1,
-    "keep_last": 1,
-    "keep_every": 0,
-    "num_workers": 0,
-    "read_threads": 0,
-    "wandb": False,
-    "distributed": C.DistributedConfig(),
-    "tokenizer_step": None,
-    "tokenizer_hash": "",
-    "lam_step": None,
-    "lam_hash": "",
-}
-
-
-def program_config(cfg: C.TrainConfig) -> C.TrainConfig:
-    """``cfg`` with the fields that do not change the compiled train and eval steps set to fixed values."""
-    names = {f.name for f in dataclasses.fields(cfg)}
-    fixed = {k: v for k, v in _OUTSIDE_PROGRAM.items() if k in names}
-    for path in ("tokenizer", "lam"):  # only whether they are given matters inside a step
-        if getattr(cfg, path, None) is not None:
-            fixed[path] = Path(".")
-    optim = dataclasses.replace(cfg.optim, lr=0.0, end_lr=0.0, warmup_steps=0, decay_fraction=0.0)
-    return dataclasses.replace(cfg, **fixed, optim=optim)
+from jasmine.train.runs import Model, init_state, program_config
 
 
 def _train_step(component: Component, cfg: C.TrainConfig, graphdef, state, batch, schedule_values):

@@ -10,6 +10,7 @@ Dimension key: B batch, T frames, H/W/C frame height/width/channels.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from flax import nnx
 from jasmine.config import TrainConfig
 from jasmine.models.fidelity import frame_psnr_ssim
 from jasmine.models.nn import Precision
-from jasmine.train.runs import Model, resolve_step, restore_state, run_config
+from jasmine.train.runs import Model, program_config, resolve_step, restore_model, run_config
 
 COMPONENTS: dict[str, Component] = {}
 
@@ -141,9 +142,12 @@ def load_run(run_dir: str | Path, step: int | None = None) -> tuple[TrainConfig,
     """Rebuild a run's model from ``RUN/config.json`` with the params of its checkpoint ``step`` (default latest)."""
     cfg = run_config(run_dir)
     step = resolve_step(run_dir, step)
-    component = component_of(cfg)  # shapes only: the checkpoint supplies every value
-    model = Model.split(
-        nnx.eval_shape(lambda: component.build(cfg, nnx.Rngs(cfg.seed), pretrained=False)), component.trainable(cfg)
-    )
-    state = restore_state(run_dir, cfg, model, step)
-    return cfg, model.merge(state["params"], state["frozen"], state["rest"]), step
+    component = component_of(cfg)
+    return cfg, restore_model(run_dir, cfg, step, lambda: _shapes(component, program_config(cfg))), step
+
+
+@functools.lru_cache(maxsize=32)
+def _shapes(component: Component, cfg: TrainConfig) -> Model:
+    """A model's structure and shapes, traced once per recipe (``program_config``) in a process."""
+    abstract = nnx.eval_shape(lambda: component.build(cfg, nnx.Rngs(0), pretrained=False))
+    return Model.split(abstract, component.trainable(cfg))

@@ -92,6 +92,7 @@ class TrainConfig:
     log_every: int = 10
     val_every: int = 500
     val_batches: int = 4
+    """Batches per validation (0 = no validation: nothing is compiled for it)."""
     ckpt_every: int = 1000
     keep_last: int = 3
     """Checkpoints kept (most recent)."""
@@ -218,6 +219,8 @@ def validate(cfg: TrainConfig, num_devices: int = 1) -> None:
         raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {num_devices} devices")
     if cfg.seq_len < 1:
         raise ValueError(f"--seq-len must be >= 1, got {cfg.seq_len}")
+    if cfg.val_batches < 0:
+        raise ValueError(f"--val-batches must be >= 0 (0 = no validation), got {cfg.val_batches}")
     for name in ("log_every", "val_every", "ckpt_every", "keep_last"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")

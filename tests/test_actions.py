@@ -241,7 +241,7 @@ def square_run(kind: str, data, out, model_kw=None, steps=600, **kw):
     base = preset(kind, "micro")
     model = dataclasses.replace(base.model, patch_size=8, num_blocks=2, **(model_kw or {}))
     cfg = dataclasses.replace(base, data=data, out=out, image_size=(16, 16, 3), seq_len=2, steps=steps, batch_size=16,
-                              ckpt_every=steps, val_every=steps, log_every=100, model=model,
+                              ckpt_every=steps, val_batches=0, log_every=100, model=model,
                               optim=dataclasses.replace(base.optim, lr=3e-3, warmup_steps=20), **kw)  # fmt: skip
     train(cfg, COMPONENTS[kind], progress=False)
     return A.load_lam(out)

@@ -153,11 +153,12 @@ def test_two_processes_train_like_one_and_checkpoints_move_between_them(tmp_path
     assert_params(params(ref, 2), params(whole, 2), exact=False)  # 2 processes train like 1
 
     # Then, at once: 2 x 2 (env) continuing from step 2 of `whole`; 1 x 4 continuing from step 4 of `whole`
-    # (2 processes -> 1); 2 x 2 started as srun would continuing from step 6 of `ref` (1 -> 2).
+    # (2 processes -> 1); 2 x 2 started as srun would continuing from step 6 of `ref` (1 -> 2). Validation ran above.
+    novalidation = ("--val-batches", "0")
     outs = wait(
-        launch(data, again, 4, 2, "--init-from", str(whole), "--init-step", "2", how="env"),
-        launch(data, down, 6, 1, "--init-from", str(whole), "--init-step", "4"),
-        launch(data, up, 8, 2, "--init-from", str(ref), "--init-step", "6", how="slurm"),
+        launch(data, again, 4, 2, "--init-from", str(whole), "--init-step", "2", *novalidation, how="env"),
+        launch(data, down, 6, 1, "--init-from", str(whole), "--init-step", "4", *novalidation),
+        launch(data, up, 8, 2, "--init-from", str(ref), "--init-step", "6", *novalidation, how="slurm"),
     )
     assert "2 process(es), 4 device(s)" in outs[3]
     assert_params(params(whole, 4), params(again, 4), exact=True)  # the same steps 3-4, bitwise: deterministic
@@ -166,6 +167,8 @@ def test_two_processes_train_like_one_and_checkpoints_move_between_them(tmp_path
     for run, n in ((ref, 8), (again, 4), (down, 6), (up, 8)):  # one writer: every step logged once, by process 0
         steps = [line for line in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
         assert len(steps) == n, run
+    assert '"val"' in (whole / "metrics.jsonl").read_text()  # validated on 2 processes
+    assert '"val"' not in (again / "metrics.jsonl").read_text()  # --val-batches 0: no validation
 
 
 @pytest.mark.parametrize("processes", [2, 4])

@@ -194,7 +194,7 @@ def test_micro_sweep_interrupted_and_resumed_trains_nothing_twice(runs, tmp_path
     model = "".join(f"model.{k.replace('_', '-')} = {v}\n" for k, v in dims.items())
     spec = spec.replace(
         "steps = 3\n",
-        "steps = 6\nlog-every = 1\nimage-size = [16, 16, 3]\nbatch-size = 4\nseq-len = 4\nval-every = 6\n"
+        "steps = 6\nlog-every = 1\nimage-size = [16, 16, 3]\nbatch-size = 4\nseq-len = 4\nval-batches = 0\n"
         f"ckpt-every = 2\n{model}",
     )
     spec = spec.replace(

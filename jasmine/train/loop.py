@@ -260,7 +260,7 @@ def train(cfg: C.TrainConfig, component: Component, *, progress: bool = True) ->
                         f"loss became {metrics['loss']} at step {done}; see {out / 'metrics.jsonl'}"
                     )
             bar.update()
-            if done % cfg.val_every == 0 or done == cfg.steps:
+            if cfg.val_batches and (done % cfg.val_every == 0 or done == cfg.steps):
                 last_val = _validate(cfg, eval_fn, state, mesh, logger, out, done, align)
             due = done % cfg.ckpt_every == 0 or done == cfg.steps or done == stable_end
             if due:

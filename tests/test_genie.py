@@ -42,6 +42,15 @@ def test_mask_statistics_match_p_and_spare_frame_0():
     assert 0.12 < rate_B.std() < 0.17  # std of U[0.5, 1) is 0.144 (one p per batch would give ~0.05)
 
 
+def test_the_cosine_schedule_masks_over_the_whole_range_the_sampler_visits():
+    mask = np.asarray(sample_mask(jax.random.key(0), (4000, 2, 256), 0.5, schedule="cosine"))
+    assert not mask[:, 0].any()
+    rate_B = mask[:, 1].mean(axis=-1)
+    assert abs(rate_B.mean() - 2 / np.pi) < 0.02  # E[cos(pi/2 u)], u ~ U[0, 1): mask_limit does not apply
+    # P(p < 0.25) = 1 - (2/pi) arccos(0.25) = 0.161: the nearly unmasked frames of MaskGIT's last passes
+    assert abs((rate_B < 0.25).mean() - 0.161) < 0.03 and rate_B.max() > 0.97 and rate_B.min() < 0.03
+
+
 def test_clean_frames_shape_training_only_so_validation_compares_across_recipes():
     dyn = MaskGITDynamics(DYN_MODEL, Digits((16,)), 8, rngs=nnx.Rngs(0))
     ids = jax.random.randint(jax.random.key(1), (4, 5, 4), 0, 16)

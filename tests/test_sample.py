@@ -204,6 +204,40 @@ def test_demo_pipeline_runs_end_to_end_and_reuses_stages(micro_demo, capsys):
         assert f"[demo] {stage}: reusing" in log
 
 
+def test_teacher_forced_clean_context_masks_frame_t_after_clean_frames(micro_demo):
+    from jasmine.eval.teacher import teacher_forced_sums
+    from jasmine.models.dynamics import token_terms
+    from jasmine.sample.clips import read_clips
+
+    out, metrics = micro_demo
+    tf = metrics["teacher_forced"]  # eval reports it for MaskGIT
+    assert tf["ratios"] == [0.9, 0.5, 0.25, 0.1]
+    parts = ("clean", "masked", "masked_minus_clean")
+    assert all(np.isfinite(tf[c][str(r)]["mean"]) for c in parts for r in tf["ratios"])
+    cfg, genie = load_genie(out / "dynamics")
+    clips = read_clips(genie, out / "data", "test", 2, cfg.seq_len, 0, cfg.image_size)
+    ids = np.asarray(Rollout(genie, cfg.seq_len, SampleOptions()).encode(clips["frames"]))
+    sums = teacher_forced_sums(genie, clips, ids, jax.random.key(0), ratios=(1.0,))  # ratio 1: all of frame t
+    # the same by hand: frames < t as they are, frame t all masked, nothing after t given at all
+    a = genie.frame_conditioning({k: jnp.asarray(clips[k]) for k in ("frames", "actions")})[0]
+    graphdef, state = nnx.split(genie.dynamics)
+
+    @jax.jit
+    def frame_ce(ids_BTN, mask_BTN, a_BTA):
+        return token_terms(nnx.merge(graphdef, state)(ids_BTN, mask_BTN, a_BTA), ids_BTN, genie.dynamics.digits)[0]
+
+    B, T, N = ids.shape
+    expect = sum(
+        np.asarray(frame_ce(ids[:, : t + 1], jnp.zeros((B, t + 1, N), bool).at[:, t].set(True), a[:, : t + 1]))[
+            :, t
+        ].sum(-1)
+        for t in range(1, T)
+    )
+    np.testing.assert_allclose(sums["clean/1.0"][:, 0], expect, rtol=1e-5)
+    assert (sums["clean/1.0"][:, 1] == (T - 1) * N).all() and (sums["masked/1.0"][:, 1] == (T - 1) * N).all()
+    assert (sums["masked/1.0"][:, 0] != sums["clean/1.0"][:, 0]).all()  # masked context: another regime
+
+
 def test_sample_command_writes_videos_and_metrics(micro_demo):
     from jasmine.sample.command import SampleArgs, sample
 

@@ -39,6 +39,7 @@ from jasmine.eval.steering import (
     swap_action,
     video_shift,
 )
+from jasmine.eval.teacher import summarise, teacher_forced_sums
 from jasmine.models.digits import SamplingOptions
 from jasmine.sample.clips import check_lengths, choose_actions, load_genie, num_action_codes, read_clips
 from jasmine.sample.rollout import Rollout, sample_options
@@ -80,6 +81,9 @@ class EvalArgs(SamplingOptions):
     """Transitions measured per split for the latent-action figures and the code shares (see jasmine actions)."""
     permutations: int = 1000
     """Draws of the latent-action figures' permutation null."""
+    teacher_forced: bool = True
+    """MaskGIT: also the teacher-forced cross-entropy at fixed mask ratios with clean and masked context
+    (jasmine.eval.teacher)."""
     out: Path | None = None
     """Output directory (default RUN/eval)."""
 
@@ -103,7 +107,8 @@ def evaluate(args: EvalArgs) -> dict:
     key_shifts, random_shifts = {k: [] for k in direction_keys}, []
     t = args.delta_t
     scores = {k: [] for k in SOURCES}
-    previews, token_ids = [], []
+    previews, token_ids, teacher = [], [], {}
+    teacher_forced = args.teacher_forced and genie.dynamics.maskgit_options
     t0 = time.perf_counter()
     for lo in tqdm(range(0, args.clips, args.batch_size), desc="eval", unit="batch", dynamic_ncols=True):
         batch = {k: v[lo : lo + args.batch_size] for k, v in clips.items()}
@@ -116,6 +121,10 @@ def evaluate(args: EvalArgs) -> dict:
         def rollout(actions, ctx=ctx, key=key):
             return roll.decode(roll.run(ctx, actions, key, num_frames=args.frames - args.context))
 
+        if teacher_forced:
+            window = {k: v[:, : cfg.seq_len] for k, v in batch.items() if k in ("frames", "actions")}
+            sums = teacher_forced_sums(genie, window, ids_gt[:, : cfg.seq_len], jax.random.fold_in(key, 1))
+            teacher = {k: np.concatenate([teacher[k], v]) if k in teacher else v for k, v in sums.items()}
         actions = choose_actions(source, genie, batch, rng)
         swapped = swap_action(actions, t, shares, rng)
         videos = {
@@ -170,6 +179,7 @@ def evaluate(args: EvalArgs) -> dict:
             else None
         ),  # MAE latents have no codes
         **summarise_rollouts(psnr, ssim, context=args.context, delta_t=args.delta_t, seed=args.seed),
+        **({"teacher_forced": summarise(teacher, args.seed)} if teacher else {}),
         "per_clip": {
             "episode": clips["episode"].tolist(),
             "start": clips["start"].tolist(),

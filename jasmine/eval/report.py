@@ -116,7 +116,28 @@ def summary_lines(res: dict) -> list[str]:
             else []
         )
         + (action_lines(latent) if latent and "raw" in latent else [])
+        + teacher_lines(res.get("teacher_forced"))
     )
+
+
+def teacher_lines(tf: dict | None) -> list[str]:
+    """The teacher-forced cross-entropy table (MaskGIT), or nothing."""
+    if not tf:
+        return []
+
+    def cell(b):
+        return f"{b['mean']:.3f} [{b['lo']:.3f}, {b['hi']:.3f}]"
+
+    parts = ("clean", "masked", "masked_minus_clean")
+    rows = [f"| {r} | " + " | ".join(cell(tf[p][str(r)]) for p in parts) + " |" for r in tf["ratios"]]
+    return [
+        "",
+        "teacher-forced cross-entropy of the masked tokens (nats) at fixed mask ratios [95% CI over episodes]:",
+        "",
+        "| mask ratio | clean context (as sampled) | masked context (as trained) | masked − clean |",
+        "|---|---|---|---|",
+        *rows,
+    ]
 
 
 def sampling_text(res: dict) -> str:
@@ -175,6 +196,7 @@ the share each code has on the train split (positive: the inferred actions matte
 {chr(10).join("- " + line for line in controllability_lines(res))}
 {_latent_text(res.get("latent_actions"))}
 {_codes_text(res["tokenizer_codes"])}
+{chr(10).join(teacher_lines(res.get("teacher_forced")))}
 
 ## Per frame
 

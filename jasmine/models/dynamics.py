@@ -37,7 +37,10 @@ class DynamicsConfig:
     num_blocks: int = 6
     num_heads: int = 8
     mask_limit: float = 0.5
-    """Each sample masks tokens with probability p ~ U[mask_limit, 1)."""
+    """With ``mask_schedule`` uniform: each sample masks tokens with probability p ~ U[mask_limit, 1)."""
+    mask_schedule: Literal["uniform", "cosine"] = "uniform"
+    """uniform: p ~ U[mask_limit, 1) (the reference's); cosine: p = cos(pi/2 * u), u ~ U[0, 1), MaskGIT's
+    schedule over (0, 1], which covers the nearly unmasked frames the sampler's last passes see."""
     clean_frames: float = 0.0
     """Training only: each frame t >= 1 is left unmasked with this probability, so frames also learn from
     clean past frames, as in sampling (0 = mask every frame t >= 1, as the reference does)."""
@@ -55,6 +58,7 @@ class DynamicsConfig:
 
 MASKGIT_ONLY = (
     ("--model.mask-limit", "mask_limit"),
+    ("--model.mask-schedule", "mask_schedule"),
     ("--model.clean-frames", "clean_frames"),
     ("--model.context-noise", "context_noise"),
     ("--model.action-mode", "action_mode"),
@@ -69,11 +73,14 @@ def refuse_options(cfg: DynamicsConfig, options, why: str) -> None:
         raise ValueError(f"{', '.join(given)}: MaskGIT-only option(s); {why}")
 
 
-def sample_mask(rng, shape_BTN, mask_limit: float, clean_frames: float = 0.0):
-    """Per-sample p ~ U[mask_limit, 1), per-token Bernoulli(p); frame 0 never masked, and each later frame
-    left clean with probability ``clean_frames``."""
+def sample_mask(rng, shape_BTN, mask_limit: float, clean_frames: float = 0.0, schedule: str = "uniform"):
+    """Per-sample p (``DynamicsConfig.mask_schedule``), per-token Bernoulli(p); frame 0 never masked, and each
+    later frame left clean with probability ``clean_frames``."""
     k_p, k_m, k_c = jax.random.split(rng, 3)
-    p_B = jax.random.uniform(k_p, shape_BTN[:1], minval=mask_limit, maxval=1.0)
+    if schedule == "cosine":
+        p_B = jnp.cos(0.5 * jnp.pi * jax.random.uniform(k_p, shape_BTN[:1]))
+    else:
+        p_B = jax.random.uniform(k_p, shape_BTN[:1], minval=mask_limit, maxval=1.0)
     mask_BTN = jax.random.uniform(k_m, shape_BTN) < p_B[:, None, None]
     clean_BT = jax.random.uniform(k_c, shape_BTN[:2]) < clean_frames
     return (mask_BTN & ~clean_BT[..., None]).at[:, 0].set(False)
@@ -152,7 +159,7 @@ class MaskGITDynamics(TokenFamily, nnx.Module):
         """Masked-token cross-entropy; ``rng`` holds two keys: the mask's and the context noise's."""
         k_mask, k_noise = rng
         clean = self.cfg.clean_frames if training else 0.0  # validation is one protocol whatever the recipe
-        mask_BTN = sample_mask(k_mask, ids_BTN.shape, self.cfg.mask_limit, clean)
+        mask_BTN = sample_mask(k_mask, ids_BTN.shape, self.cfg.mask_limit, clean, self.cfg.mask_schedule)
         inputs_BTN = corrupt_context(
             k_noise, ids_BTN, mask_BTN, self.cfg.context_noise if training else 0.0, self.digits.vocab
         )
@@ -197,6 +204,16 @@ def masked_token_metrics(logits_BTNW, ids_BTN, mask_BTN, digits: Digits, z_loss_
     def mean(x_BTN):
         return (x_BTN * m).sum() / jnp.maximum(m.sum(), 1.0)
 
+    ce, z_loss, rank = token_terms(logits_BTNW, ids_BTN, digits)
+    metrics = {"cross_entropy": mean(ce), "z_loss": mean(z_loss), "top1_accuracy": mean(rank < 1)}
+    if len(digits.levels) == 1:
+        metrics |= {f"top{k}_accuracy": mean(rank < k) for k in (2, 5, 16)}
+    return metrics["cross_entropy"] + z_loss_weight * metrics["z_loss"], metrics
+
+
+def token_terms(logits_BTNW, ids_BTN, digits: Digits):
+    """Per token: cross-entropy (summed over digits), z-loss term, and rank of the true token (for several
+    digits, the worst digit's: how many values of it beat the true one)."""
     d_BTNK = digits.digits(ids_BTN)
     ce, z_loss, rank = 0.0, 0.0, 0
     for k, (o, v) in enumerate(zip(digits.offsets, digits.levels, strict=False)):
@@ -206,10 +223,7 @@ def masked_token_metrics(logits_BTNW, ids_BTN, mask_BTN, digits: Digits, z_loss_
         ce, z_loss = ce + logz - target, z_loss + logz**2
         beaten = (part > target[..., None]).sum(-1)  # how many values of this digit beat the true one
         rank = jnp.maximum(rank, beaten) if len(digits.levels) > 1 else beaten
-    metrics = {"cross_entropy": mean(ce), "z_loss": mean(z_loss), "top1_accuracy": mean(rank < 1)}
-    if len(digits.levels) == 1:
-        metrics |= {f"top{k}_accuracy": mean(rank < k) for k in (2, 5, 16)}
-    return metrics["cross_entropy"] + z_loss_weight * metrics["z_loss"], metrics
+    return ce, z_loss, rank
 
 
 def _drop_action_slot(cfg: DynamicsConfig, logits):

@@ -51,16 +51,19 @@ def test_the_cosine_schedule_masks_over_the_whole_range_the_sampler_visits():
     assert abs((rate_B < 0.25).mean() - 0.161) < 0.03 and rate_B.max() > 0.97 and rate_B.min() < 0.03
 
 
-def test_clean_frames_shape_training_only_so_validation_compares_across_recipes():
+def test_mask_recipes_shape_training_only_so_validation_compares_across_recipes():
     dyn = MaskGITDynamics(DYN_MODEL, Digits((16,)), 8, rngs=nnx.Rngs(0))
     ids = jax.random.randint(jax.random.key(1), (4, 5, 4), 0, 16)
     a = jnp.zeros((4, 5, 8))
     keys = (jax.random.key(2), jax.random.key(3))
     plain = dyn.loss(ids, a, keys, training=False)[1]
-    dyn.cfg = replace(DYN_MODEL, clean_frames=1.0)  # every frame after the first left clean in training
-    val = dyn.loss(ids, a, keys, training=False)[1]
-    assert all(np.asarray(val[k]) == np.asarray(plain[k]) for k in plain)
-    assert float(dyn.loss(ids, a, keys, training=True)[0]) == 0.0 < float(plain["cross_entropy"])  # nothing masked
+    for recipe in (dict(mask_schedule="cosine"), dict(mask_limit=0.1), dict(clean_frames=1.0)):
+        dyn.cfg = replace(DYN_MODEL, **recipe)
+        val = dyn.loss(ids, a, keys, training=False)[1]
+        assert all(np.asarray(val[k]) == np.asarray(plain[k]) for k in plain), recipe
+        assert float(dyn.loss(ids, a, keys, training=True)[1]["cross_entropy"]) != float(plain["cross_entropy"])
+    # clean frames 1.0: every frame after the first left clean in training, so nothing is masked
+    assert float(dyn.loss(ids, a, keys, training=True)[0]) == 0.0 < float(plain["cross_entropy"])
 
 
 @pytest.mark.parametrize("action_mode", ["prepend", "add"])

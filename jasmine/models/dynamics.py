@@ -73,6 +73,11 @@ def refuse_options(cfg: DynamicsConfig, options, why: str) -> None:
         raise ValueError(f"{', '.join(given)}: MaskGIT-only option(s); {why}")
 
 
+VALIDATION_MASK = (0.5, 0.0, "uniform")
+"""Validation's masks (mask_limit, clean_frames, mask_schedule): every frame t >= 1 at p ~ U[0.5, 1), the
+reference's training masks, whatever the run's own."""
+
+
 def sample_mask(rng, shape_BTN, mask_limit: float, clean_frames: float = 0.0, schedule: str = "uniform"):
     """Per-sample p (``DynamicsConfig.mask_schedule``), per-token Bernoulli(p); frame 0 never masked, and each
     later frame left clean with probability ``clean_frames``."""
@@ -158,8 +163,11 @@ class MaskGITDynamics(TokenFamily, nnx.Module):
     def loss(self, ids_BTN, a_BTA, rng, *, training: bool):
         """Masked-token cross-entropy; ``rng`` holds two keys: the mask's and the context noise's."""
         k_mask, k_noise = rng
-        clean = self.cfg.clean_frames if training else 0.0  # validation is one protocol whatever the recipe
-        mask_BTN = sample_mask(k_mask, ids_BTN.shape, self.cfg.mask_limit, clean, self.cfg.mask_schedule)
+        if training:
+            recipe = (self.cfg.mask_limit, self.cfg.clean_frames, self.cfg.mask_schedule)
+        else:  # validation is one protocol whatever the recipe (VALIDATION_MASK), so its numbers compare across them
+            recipe = VALIDATION_MASK
+        mask_BTN = sample_mask(k_mask, ids_BTN.shape, *recipe)
         inputs_BTN = corrupt_context(
             k_noise, ids_BTN, mask_BTN, self.cfg.context_noise if training else 0.0, self.digits.vocab
         )

@@ -22,7 +22,7 @@ demo: sync
 
 test: bootstrap
 	$(UV) sync --locked $(TEST_EXTRAS) --group dev --compile-bytecode
-	$(UV) run --locked $(TEST_EXTRAS) --group dev pytest -q -n auto --maxschedchunk 1
+	$(UV) run --locked $(TEST_EXTRAS) --group dev pytest -q -n auto --maxschedchunk 1 --durations 25
 
 lint: bootstrap
 	$(UV) sync --locked $(TEST_EXTRAS) --group dev --compile-bytecode

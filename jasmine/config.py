@@ -80,10 +80,13 @@ class TrainConfig:
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Compute dtype; auto = bfloat16 on GPU/TPU, float32 on CPU."""
     param_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Parameter (master weight) dtype. Training refuses bfloat16: with no float32 master copy most updates at
+    the presets' learning rates round away. --dtype bfloat16 already runs the matmuls in bf16."""
     attention: Attention = "auto"
     """auto = cuDNN flash attention on NVIDIA GPUs where shapes allow, XLA otherwise."""
     remat: Remat = "none"
-    """Activation checkpointing per block: none, full, or dots (save matmul outputs)."""
+    """Activation checkpointing per block: none, full (recompute), dots (save matmul outputs), or offload (save
+    matmul outputs in pinned host memory: device memory of full, recompute of dots, plus host transfers)."""
     sharding: Literal["dp", "fsdp", "hybrid"] = "dp"
     """dp: replicate params; fsdp: shard large params and their optimizer state over all devices; hybrid: the
     --mesh DPxFSDP (default: FSDP over each process's devices, DP across processes)."""
@@ -219,6 +222,13 @@ def validate(cfg: TrainConfig, num_devices: int = 1) -> None:
         raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {num_devices} devices")
     if cfg.seq_len < 1:
         raise ValueError(f"--seq-len must be >= 1, got {cfg.seq_len}")
+    if cfg.param_dtype != "float32":
+        raise ValueError(
+            f"--param-dtype {cfg.param_dtype}: training keeps no float32 master copy of bf16 weights, and an "
+            f"Adam step of about lr ({cfg.optim.lr:g}) is below half a bf16 ulp (2^-9 relative) of any weight "
+            f"larger than {cfg.optim.lr * 2**9:.2g}, so most updates would round away and training would silently "
+            "stall. Keep --param-dtype float32; --dtype bfloat16 already computes in bf16 (weights are cast per op)"
+        )
     if cfg.val_batches < 0:
         raise ValueError(f"--val-batches must be >= 0 (0 = no validation), got {cfg.val_batches}")
     for name in ("log_every", "val_every", "ckpt_every", "keep_last"):

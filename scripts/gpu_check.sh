@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # What only an NVIDIA GPU can show, in one place. It prints figures; no test depends on it.
-#   1. the cuDNN fused-attention path is taken in every component's bf16 train step;
+#   1. the cuDNN fused-attention path is taken in every component's bf16 train step (MAE and diffusion included);
 #   2. bf16 MFU of each component at the coinrun preset (against a bf16 matmul peak measured in-process);
-#   3. cached-sampler frames/s (MaskGIT and causal, batch 1 and 8) against the uncached sampler.
+#   3. the dynamics step's scratch bytes per device under each --remat policy (host offload included);
+#   4. cached against uncached samplers under cuDNN (the bf16 and cache tests, run on the GPU);
+#   5. cached-sampler frames/s (MaskGIT, causal, diffusion, batch 1 and 8) against the uncached sampler.
 # Usage: bash scripts/gpu_check.sh [BATCH]     (from the repository root; installs the cuda extra)
 # A dry run of the script itself on a CPU machine: EXTRA= PRESET=micro REQUIRE_GPU=0 bash scripts/gpu_check.sh 2
 set -euo pipefail
@@ -22,7 +24,7 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
 declare -A MFU CALLS
-for spec in tokenizer lam "dynamics" "dynamics --dynamics causal"; do
+for spec in tokenizer lam mae "dynamics" "dynamics --dynamics causal" "dynamics --dynamics diffusion"; do
   name=${spec// --dynamics /-}
   echo; echo "== bench train $spec ($PRESET, bf16, batch $BATCH)"
   out=$(run jasmine bench train $spec --preset "$PRESET" --dtype bfloat16 --batch-size "$BATCH" --timed-steps 20)
@@ -31,15 +33,32 @@ for spec in tokenizer lam "dynamics" "dynamics --dynamics causal"; do
   CALLS[$name]=$(sed -n 's/.*: \([0-9]*\) cuDNN fused-attention calls.*/\1/p' <<<"$out")
 done
 
-for family in maskgit causal; do
+echo; echo "== remat policies: bench train dynamics ($PRESET, bf16, batch $BATCH)"
+declare -A SCRATCH
+for remat in none full dots offload; do
+  out=$(run jasmine bench train dynamics --preset "$PRESET" --dtype bfloat16 --batch-size "$BATCH" --timed-steps 5 \
+    --remat "$remat")
+  SCRATCH[$remat]="$(sed -n 's/^  step time *\([0-9.]* s\).*/\1/p' <<<"$out") step, \
+$(sed -n 's/^  step scratch *\(.*host\).*/\1/p' <<<"$out")"
+  echo "  --remat $remat: ${SCRATCH[$remat]}"
+done
+
+echo; echo "== cached against uncached samplers under cuDNN (tests run on the GPU)"
+cache_status=0
+run python -m pytest -q -p no:cacheprovider tests/test_bf16.py tests/test_sample.py tests/test_causal.py \
+  tests/test_diffusion.py -k "cache or cached" || cache_status=1
+
+for family in maskgit causal diffusion; do
   echo; echo "== bench sample --dynamics $family ($PRESET, bf16)"
   run jasmine bench sample --preset "$PRESET" --dtype bfloat16 --dynamics "$family" --batch-sizes 1 8 --repeats 3
 done
 
 echo; echo "== summary"
 status=0
-for name in tokenizer lam dynamics dynamics-causal; do
+for name in tokenizer lam mae dynamics dynamics-causal dynamics-diffusion; do
   taken=yes; [ "${CALLS[$name]:-0}" -gt 0 ] || { taken=NO; status=1; }
   printf '  %-16s bf16 MFU %-7s cuDNN attention taken: %s (%s fused calls)\n' "$name" "${MFU[$name]}" "$taken" "${CALLS[$name]}"
 done
+for remat in none full dots offload; do printf '  --remat %-8s %s\n' "$remat" "${SCRATCH[$remat]}"; done
+[ $cache_status = 0 ] && echo "  cached = uncached under cuDNN: yes" || { echo "  cached = uncached under cuDNN: NO"; status=1; }
 exit $status

@@ -67,13 +67,27 @@ def test_bf16_train_step_matches_fp32_and_learns(name):
     assert np.isfinite(bf16).all() and min(bf16[-5:]) < 0.8 * bf16[0], bf16  # and it overfits the batch
 
 
+def genie(family: str, dtype):  # same seed, fp32 params either way: only the compute dtype differs
+    dyn = DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=2, num_heads=2)
+    return Genie(TOK, dyn, (16, 16, 3), lam_cfg=LAM, family=family, prec=Precision(dtype), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("family", ["maskgit", "causal"])
+def test_bf16_models_compute_their_logits_in_float32(family):
+    """The output head runs in float32: logits from a bf16 matmul would all lie on bf16's 8-bit-mantissa grid
+    (ties in the argmax and in MaskGIT's confidence ranking); here most of them do not."""
+    dyn = genie(family, jnp.bfloat16).dynamics
+    ids = jax.random.randint(jax.random.key(0), (2, 3, 16), 0, 16)
+    a = jax.random.normal(jax.random.key(1), (2, 3, LAM.code_dim))
+    logits = dyn(ids, jnp.zeros_like(ids, bool), a) if family == "maskgit" else dyn(ids, a)
+    assert logits.dtype == jnp.float32 and logits.shape[:3] == (2, 3, 16)
+    off_grid = np.asarray(logits != logits.astype(jnp.bfloat16).astype(jnp.float32))
+    assert off_grid.mean() > 0.9, off_grid.mean()
+
+
 @pytest.mark.parametrize("family", ["maskgit", "causal"])
 def test_bf16_cached_sampler_agrees_with_uncached_and_fp32(family):
-    def genie(dtype):  # same seed, fp32 params either way: only the compute dtype differs
-        dyn = DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=2, num_heads=2)
-        return Genie(TOK, dyn, (16, 16, 3), lam_cfg=LAM, family=family, prec=Precision(dtype), rngs=nnx.Rngs(0))
-
-    g16, g32 = genie(jnp.bfloat16), genie(jnp.float32)
+    g16, g32 = genie(family, jnp.bfloat16), genie(family, jnp.float32)
     ctx = jax.random.randint(jax.random.key(0), (2, 2, 16), 0, 16)
     acts = jax.random.randint(jax.random.key(1), (2, 9), 0, 4)
     zeros = jnp.zeros((2, 2, LAM.code_dim))

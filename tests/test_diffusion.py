@@ -9,7 +9,8 @@ from flax import nnx
 
 from jasmine.models.diffusion import DiffusionDynamics, denoise, noise, sample_levels
 from jasmine.models.digits import SamplingOptions
-from jasmine.models.dynamics import DynamicsConfig
+from jasmine.models.dynamics import DynamicsConfig, frame_actions
+from jasmine.models.genie import context_rng
 
 CFG = DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=2, num_heads=2, noise_levels=8)
 B, T, N, L, A = 2, 5, 6, 4, 3
@@ -92,7 +93,7 @@ def test_sampling_stays_on_the_training_grid_and_in_the_latent_range():
     with pytest.raises(ValueError, match="--steps 65 exceeds the 64 noise levels"):
         denoise(oracle, jnp.zeros((B, N, L)), 65, levels=64)
     dyn = model()
-    _, tau = dyn._context(jnp.zeros((B, 3, N, L)), 0, SamplingOptions(context_noise=0.1))
+    _, tau = dyn._context(jnp.zeros((B, 3, N, L)), 0, SamplingOptions(context_noise=0.1), jax.random.key(0))
     np.testing.assert_array_equal(np.asarray(tau), 7 / 8)  # 0.9 = 7.2/8 was never trained on
     dyn.transformer.proj_out.kernel.value = dyn.transformer.proj_out.kernel.value * 1e4  # x̂ far outside (-1, 1)
     z = jax.random.normal(jax.random.key(0), (B, 4, N, L))
@@ -109,7 +110,7 @@ def test_cache_gives_the_same_frames_and_seeds_decide_them():
 
     @jax.jit
     def cached(ctx, rng):
-        caches = dyn.prefill(ctx, a[:, :2], T, opts)
+        caches = dyn.prefill(ctx, a[:, :2], T, opts, context_rng(rng))
         frames = [ctx[:, 0], ctx[:, 1]]
         for pos in range(2, T):
             z, caches = dyn.next_frame(caches, pos, a[:, pos], jax.random.fold_in(rng, pos), opts, N)
@@ -120,7 +121,7 @@ def test_cache_gives_the_same_frames_and_seeds_decide_them():
     def uncached(ctx, rng):
         win = jnp.concatenate([ctx, jnp.zeros((B, T - 2, N, L))], 1)
         for pos in range(2, T):
-            win = win.at[:, pos].set(dyn.frame(win, a, pos, jax.random.fold_in(rng, pos), opts))
+            win = win.at[:, pos].set(dyn.frame(win, a, pos, jax.random.fold_in(rng, pos), opts, context_rng(rng)))
         return win
 
     a1, b1 = cached(ctx, jax.random.key(3)), uncached(ctx, jax.random.key(3))
@@ -128,6 +129,28 @@ def test_cache_gives_the_same_frames_and_seeds_decide_them():
     np.testing.assert_array_equal(np.asarray(a1[:, :2]), np.asarray(ctx))
     np.testing.assert_array_equal(np.asarray(cached(ctx, jax.random.key(3))), np.asarray(a1))
     assert not np.allclose(np.asarray(cached(ctx, jax.random.key(4))[:, 2:]), np.asarray(a1[:, 2:]))
+
+
+def test_context_noise_is_fresh_per_seed_and_clip():
+    """Past frames are noised with a draw per clip from the rollout's context key: two identical clips in a
+    batch, or one clip under two seeds, never share it (a shared draw makes eval's clips correlated and its
+    bootstrap interval too narrow); one key gives one draw, so a seed still decides its frames."""
+    dyn = model()
+    opts = SamplingOptions(steps=4, context_noise=0.5)
+    z = jnp.broadcast_to(jnp.tanh(jax.random.normal(jax.random.key(0), (1, T, N, L))), (B, T, N, L))
+    a = jnp.broadcast_to(jax.random.normal(jax.random.key(1), (1, T, A)), (B, T, A))
+    k1, k2 = context_rng(jax.random.key(3)), context_rng(jax.random.key(4))
+    noisy = np.asarray(dyn._context(z, 0, opts, k1)[0])
+    assert not np.allclose(noisy[0], noisy[1])  # identical clips, different noise
+    assert not np.allclose(noisy, np.asarray(dyn._context(z, 0, opts, k2)[0]))  # another seed, another draw
+    np.testing.assert_array_equal(noisy, np.asarray(dyn._context(z, 0, opts, k1)[0]))
+
+    def frame(ctx_key):  # the same frame key, so only the context noise can differ
+        return np.asarray(dyn.frame(z, a, 3, jax.random.key(5), opts, ctx_key))
+
+    same_eps = frame(k1)
+    np.testing.assert_array_equal(frame(k1), same_eps)
+    assert not np.allclose(frame(k2), same_eps)  # the frame depends on its context's draw
 
 
 def test_overfitting_one_batch_drives_the_loss_down():
@@ -250,6 +273,11 @@ def test_diffusion_dynamics_trains_resumes_and_rolls_out_past_its_window(mae_run
         out[cache] = np.asarray(roll.run(ctx, acts, jax.random.key(1), num_frames=7))
     assert out[True].shape == (2, 8, 16, 4)
     np.testing.assert_allclose(out[True], out[False], atol=1e-4)
+    # within one window, Genie.generate (the validation rollout) draws what Rollout draws for the same key:
+    # frame noise by frame and context noise from the key's context stream, in both
+    a_BTA = frame_actions(genie.action_vectors(jnp.asarray(acts[:, :4])))
+    gen = genie.generate(jnp.asarray(out[True][:, :1]), a_BTA, jax.random.key(1), SampleOptions(steps=3))
+    np.testing.assert_allclose(np.asarray(gen), out[True][:, :5], atol=1e-4)
 
 
 def test_families_refuse_the_other_kind_of_tokenizer(mae_run, tmp_path):

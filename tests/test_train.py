@@ -332,6 +332,7 @@ def test_config_round_trip_and_cli_overrides(tmp_path):
         ({"batch_size": 6}, 4, r"--batch-size 6 is not divisible by the 4 devices"),
         ({"model": replace(MODEL, num_heads=3)}, 1, r"--model.model-dim 32 is not divisible by --model.num-heads 3"),
         ({"val_batches": -1}, 1, r"--val-batches must be >= 0 \(0 = no validation\), got -1"),
+        ({"param_dtype": "bfloat16"}, 1, r"(?s)--param-dtype bfloat16: .*no float32 master.*round away.*float32"),
     ],
 )
 def test_bad_values_are_named(kw, devices, match):

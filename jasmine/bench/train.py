@@ -1,4 +1,4 @@
-"""`jasmine bench train`: step time, tokens/s, XLA and model FLOPs, MFU and train-state bytes per device."""
+"""`jasmine bench train`: step time, tokens/s, XLA and model FLOPs, MFU, train-state and scratch bytes per device."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ def bench_train(cfg, component, timed_steps: int = 10, inputs: str = "frames") -
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     xla_flops = float(cost.get("flops", 0.0)) * mesh.size  # the cost analysis is of one device's partition
     fused = compiled.as_text().count("__cudnn$fmha")  # cuDNN fused attention custom calls, forward and backward
+    scratch = step_scratch(compiled)
     times = []
     for i in range(2 + timed_steps):
         t0 = time.perf_counter()
@@ -67,6 +68,7 @@ def bench_train(cfg, component, timed_steps: int = 10, inputs: str = "frames") -
         "hfu": xla_flops / step_s / peak,
         "compile_s": compile_s,
         "cudnn_attention_calls": fused,
+        **scratch,
     }
     mem = state_memory(state)
     r.update({f"{k}_bytes": v for k, v in mem.items()})
@@ -99,7 +101,21 @@ def bench_train(cfg, component, timed_steps: int = 10, inputs: str = "frames") -
         f"{mesh.shape['fsdp']})"
     )
     print(f"  replicated (dp)  {line('dp_')}  -> this mesh holds {mem['total'] / mem['dp_total']:.2f}x")
+    if scratch:
+        print(
+            f"  step scratch     {mib(scratch['temp_bytes'])} device + {mib(scratch['host_temp_bytes'])} host "
+            f"(XLA's temporaries per device: activations kept for the backward pass; --remat {cfg.remat})"
+        )
     return r
+
+
+def step_scratch(compiled) -> dict[str, int]:
+    """XLA's temporary bytes per device for the compiled step (``temp_bytes``) and in host memory
+    (``host_temp_bytes``, where --remat offload keeps activations); empty where the backend does not say."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return {}
+    return {"temp_bytes": int(stats.temp_size_in_bytes), "host_temp_bytes": int(stats.host_temp_size_in_bytes)}
 
 
 def state_memory(state) -> dict[str, int]:

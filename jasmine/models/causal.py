@@ -39,6 +39,7 @@ from jasmine.models.nn import (
     cached_attention,
     dot_product_attention,
     linear_layers,
+    output_layers,
     positions,
     run_blocks,
 )
@@ -101,8 +102,7 @@ class CausalDynamics(TokenFamily, nnx.Module):
                 for _ in range(cfg.num_blocks)
             ]
         )
-        self.norm_out = LayerNorm32(D, prec=prec, rngs=rngs)
-        self.proj_out = lin(D, digits.width)
+        self.norm_out, self.proj_out = output_layers(D, digits.width, prec, rngs)
 
     # ------------------------------------------------------------------ inputs and outputs
 
@@ -120,7 +120,7 @@ class CausalDynamics(TokenFamily, nnx.Module):
         return x_BTLD.reshape(B, T * (N + 1), -1)
 
     def _head(self, h_BSD):
-        return self.proj_out(self.norm_out(h_BSD)).astype(jnp.float32)
+        return self.proj_out(self.norm_out(h_BSD))
 
     def __call__(self, ids_BTN, a_BTA):
         """Logits float32 [B, T, N, W]: token (t, k) from frames < t, tokens < k of t and actions <= t."""
@@ -141,7 +141,7 @@ class CausalDynamics(TokenFamily, nnx.Module):
 
     # ------------------------------------------------------------------ generation
 
-    def prefill(self, ids_BCN, a_BCA, window: int, opts: SamplingOptions | None = None):
+    def prefill(self, ids_BCN, a_BCA, window: int, opts: SamplingOptions | None = None, context_rng=None):
         """Per-block K/V caches [B, window * L, H, K] holding the slots of the known frames."""
         C, N = ids_BCN.shape[1:]
         x_BSD, caches = self.slots(ids_BCN, a_BCA), []
@@ -179,7 +179,7 @@ class CausalDynamics(TokenFamily, nnx.Module):
         _, caches = self._step(last_B1D, caches, pos * L + n)  # the last token's slot, for later frames
         return ids_BN, caches
 
-    def frame(self, ids_BWN, a_BWA, pos, rng, opts: SamplingOptions):
+    def frame(self, ids_BWN, a_BWA, pos, rng, opts: SamplingOptions, context_rng=None):
         """Uncached: frame ``pos`` of the window, one full forward per token (same draws as ``next_frame``)."""
         n = ids_BWN.shape[2]
 

@@ -16,10 +16,11 @@ per-frame MSE, weighted by the ramp w(τ) = 0.9·τ + 0.1 (``--model.ramp-weight
 x̂ = f(z_τk, τ_k), takes the noise it implies, ε̂ = (z_τk − τ_k·x̂)/(1 − τ_k), and moves to the
 next level *on the training path*: z_τk+1 = τ_k+1·x̂ + (1 − τ_k+1)·ε̂ (an Euler step of the flow;
 a clean prediction is never fed back as a noisy input). At τ_K = 1 the frame is x̂. Past
-frames enter at the context level τ_c = 1 − ``--context-noise`` (default 0.1), noised with a fixed noise
-per window position and tagged with exactly τ_c; that fixed choice makes the cached sampler
-(past frames' K/V kept, one-frame passes) and the uncached one (full window per step) see
-the same inputs.
+frames enter at the context level τ_c = 1 − ``--context-noise`` (default 0.1) on the training grid,
+tagged with exactly τ_c, and noised with a draw per clip and window position from the rollout's
+context key (``context_rng``: a fresh one per seed and batch, so eval's clips never share their
+noise). Drawn by position from one key, it makes the cached sampler (past frames' K/V kept,
+one-frame passes) and the uncached one (full window per step) see the same inputs.
 """
 
 from __future__ import annotations
@@ -78,9 +79,14 @@ def denoise(predict, eps, steps: int, levels: int | None = None):
     return jax.lax.fori_loop(0, steps, step, eps)
 
 
-def context_eps(pos, shape):
-    """The fixed noise of window position ``pos`` (may be traced) for past frames."""
-    return jax.random.normal(jax.random.fold_in(jax.random.key(CONTEXT_NOISE_SEED), pos), shape, jnp.float32)
+def context_eps(key, pos, shape_BNL):
+    """The noise [B, N, L] (a draw per clip) of past frames at window position ``pos`` (may be traced)."""
+    return jax.random.normal(jax.random.fold_in(key, pos), shape_BNL, jnp.float32)
+
+
+def context_key(context_rng):
+    """The rollout's context key, or a fixed one where a caller gives none."""
+    return jax.random.key(CONTEXT_NOISE_SEED) if context_rng is None else context_rng
 
 
 class DiffusionDynamics(nnx.Module):
@@ -194,19 +200,20 @@ class DiffusionDynamics(nnx.Module):
 
     # ------------------------------------------------------------------ generation
 
-    def _context(self, z_BTNL, start: int, opts: SamplingOptions):
+    def _context(self, z_BTNL, start: int, opts: SamplingOptions, key):
         """Past frames at window positions start.. noised to the context level, and that level per frame."""
-        T = z_BTNL.shape[1]
-        eps_TNL = jax.vmap(lambda p: context_eps(p, z_BTNL.shape[2:]))(start + jnp.arange(T))
+        B, T = z_BTNL.shape[:2]
+        eps_TBNL = jax.vmap(lambda p: context_eps(key, p, (B, *z_BTNL.shape[2:])))(start + jnp.arange(T))
         level = on_grid(jnp.float32(1.0 - opts.context_noise), self.cfg.noise_levels)  # a level training saw
         tau_BT = jnp.full(z_BTNL.shape[:2], level, jnp.float32)
-        return noise(z_BTNL, tau_BT, eps_TNL[None]), tau_BT
+        return noise(z_BTNL, tau_BT, jnp.swapaxes(eps_TBNL, 0, 1)), tau_BT
 
-    def prefill(self, z_BTNL, a_BTA, window: int, opts: SamplingOptions = SamplingOptions()):
-        """Temporal K/V caches (one window) of past frames, entered at the context level."""
-        opts = self.resolve_sampling(opts)
-        z_ctx, tau_BT = self._context(z_BTNL, 0, opts)
-        return self.transformer.prefill(self.embed(z_ctx, tau_BT, a_BTA), window)[1]
+    def prefill(self, z_BTNL, a_BTA, window: int, opts: SamplingOptions = SamplingOptions(), context_rng=None):
+        """Caches of past frames, entered at the context level: each block's temporal K/V (one window), and
+        the context key that ``next_frame`` noises the frames it writes with."""
+        opts, key = self.resolve_sampling(opts), context_key(context_rng)
+        z_ctx, tau_BT = self._context(z_BTNL, 0, opts, key)
+        return {"kv": self.transformer.prefill(self.embed(z_ctx, tau_BT, a_BTA), window)[1], "context_key": key}
 
     def _step(self, z_BNL, tau, a_BA, caches, pos):
         B = z_BNL.shape[0]
@@ -217,23 +224,23 @@ class DiffusionDynamics(nnx.Module):
     def next_frame(self, caches, pos, a_BA, rng, opts: SamplingOptions, n: int):
         """Generate the frame at window position ``pos`` (K one-frame passes), then write it to the caches at
         the context level (one more pass). Returns (latents_BNL, caches)."""
-        opts = self.resolve_sampling(opts)
+        opts, kv, key = self.resolve_sampling(opts), caches["kv"], caches["context_key"]
         eps = jax.random.normal(rng, (a_BA.shape[0], n, self.latent_dim), jnp.float32)
         z_BNL = denoise(
-            lambda z, tau: jnp.clip(self._step(z, tau, a_BA, caches, pos)[0], -1.0, 1.0),  # x̂ in the MAE's range
+            lambda z, tau: jnp.clip(self._step(z, tau, a_BA, kv, pos)[0], -1.0, 1.0),  # x̂ in the MAE's range
             eps,
             opts.steps,
             self.cfg.noise_levels,
         )
-        z_ctx, tau_ctx = self._context(z_BNL[:, None], pos, opts)
-        _, kvs = self._step(z_ctx[:, 0], tau_ctx[0, 0], a_BA, caches, pos)
-        return z_BNL, AxialTransformer.write_cache(caches, kvs, pos)
+        z_ctx, tau_ctx = self._context(z_BNL[:, None], pos, opts, key)
+        _, kvs = self._step(z_ctx[:, 0], tau_ctx[0, 0], a_BA, kv, pos)
+        return z_BNL, {"kv": AxialTransformer.write_cache(kv, kvs, pos), "context_key": key}
 
-    def frame(self, z_BWNL, a_BWA, pos, rng, opts: SamplingOptions):
+    def frame(self, z_BWNL, a_BWA, pos, rng, opts: SamplingOptions, context_rng=None):
         """Uncached: frame ``pos`` of the window, a full forward per step (the same draws as ``next_frame``)."""
         opts = self.resolve_sampling(opts)
         B, W, n, _ = z_BWNL.shape
-        ctx, tau_ctx = self._context(z_BWNL, 0, opts)
+        ctx, tau_ctx = self._context(z_BWNL, 0, opts, context_key(context_rng))
         before = (jnp.arange(W) < pos)[None, :, None, None]
 
         def predict(z_BNL, tau):

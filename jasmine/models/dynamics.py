@@ -175,8 +175,11 @@ class MaskGITDynamics(TokenFamily, nnx.Module):
             self(inputs_BTN, mask_BTN, a_BTA), ids_BTN, mask_BTN, self.digits, self.cfg.z_loss_weight
         )
 
-    def prefill(self, ids_BTN, actions_BTA, window: int, opts: SamplingOptions | None = None):
-        """Temporal K/V caches (one window) of fully known frames; see ``AxialTransformer.prefill``."""
+    def prefill(self, ids_BTN, actions_BTA, window: int, opts: SamplingOptions | None = None, context_rng=None):
+        """Temporal K/V caches (one window) of fully known frames; see ``AxialTransformer.prefill``.
+
+        ``context_rng`` (here and in ``frame``): the rollout's key for noise its family puts on past frames
+        (diffusion's context noise; unused by the token families)."""
         x = self.embed(ids_BTN, jnp.zeros(ids_BTN.shape, bool), actions_BTA)
         return self.transformer.prefill(x, window)[1]
 
@@ -190,7 +193,7 @@ class MaskGITDynamics(TokenFamily, nnx.Module):
         _, kvs = step_logits(self, ids_BN, jnp.zeros_like(ids_BN, bool), action_BA, caches, pos)
         return ids_BN, AxialTransformer.write_cache(caches, kvs, pos)
 
-    def frame(self, ids_BWN, a_BWA, pos, rng, opts: SamplingOptions):
+    def frame(self, ids_BWN, a_BWA, pos, rng, opts: SamplingOptions, context_rng=None):
         """Uncached: frame ``pos`` of the window, a full forward per MaskGIT step (same draws as ``next_frame``)."""
 
         def logits_fn(ids, mask):

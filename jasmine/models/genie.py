@@ -49,7 +49,13 @@ from jasmine.models.tokenizer import Tokenizer, TokenizerConfig
 ActionSource = Literal["lam", "gt"]
 DYNAMICS = {cls.family: cls for cls in (MaskGITDynamics, CausalDynamics, DiffusionDynamics)}
 """Dynamics families by name: each has the interface documented on ``MaskGITDynamics``."""
-__all__ = ["DYNAMICS", "Genie", "token_digits"]
+__all__ = ["DYNAMICS", "Genie", "context_rng", "token_digits"]
+
+
+def context_rng(rng):
+    """A rollout's context key (diffusion noises past frames with it), apart from its frame keys
+    ``fold_in(rng, t)``."""
+    return jax.random.fold_in(rng, 2**31 - 1)
 
 
 def check_tokenizer(family: str, tok_cfg) -> None:
@@ -205,9 +211,10 @@ class Genie(nnx.Module):
 
     # ------------------------------------------------------------------ generation
 
-    def prefill(self, ids_BCN, actions_BCA, window: int, opts: SamplingOptions = SamplingOptions()):
-        """K/V caches (``window`` frames) of the known frames; ``actions_BCA[:, 0]`` should be zeros."""
-        return self.dynamics.prefill(ids_BCN, actions_BCA, window, opts)
+    def prefill(self, ids_BCN, actions_BCA, window: int, opts: SamplingOptions = SamplingOptions(), context_rng=None):
+        """K/V caches (``window`` frames) of the known frames; ``actions_BCA[:, 0]`` should be zeros.
+        ``context_rng``: the rollout's :func:`context_rng`."""
+        return self.dynamics.prefill(ids_BCN, actions_BCA, window, opts, context_rng)
 
     def next_frame(self, caches, pos, action_BA, rng, opts: SamplingOptions):
         """Generate the frame at window position ``pos`` from the caches; returns (ids_BN, updated caches)."""
@@ -221,7 +228,7 @@ class Genie(nnx.Module):
         """
         B, C = ctx_BCN.shape[:2]
         T = a_BTA.shape[1]
-        caches = self.prefill(ctx_BCN, a_BTA[:, :C], T, opts)
+        caches = self.prefill(ctx_BCN, a_BTA[:, :C], T, opts, context_rng(rng))
         ids_BTN = jnp.zeros((B, T, *ctx_BCN.shape[2:]), ctx_BCN.dtype).at[:, :C].set(ctx_BCN)
 
         def body(t, carry):

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat, linear_layers
+from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat, linear_layers, output_linear
 from jasmine.models.quantize import make_quantizer
 from jasmine.models.tokenizer import TokenizerConfig, check_patch_size, patchify, unpatchify
 
@@ -76,7 +76,7 @@ class LatentActionModel(nnx.Module):
         if cfg.residual:  # starts as an exact copy of frame t-1 (ReZero-style gate at 0), then learns the change
             self.residual_gate = nnx.Param(jnp.zeros((), prec.param_dtype))
         if cfg.label_classes:  # a few labels: the quantised action classifies the real one (--action-labels)
-            self.label_head = linear_layers(prec, rngs)(cfg.code_dim, cfg.label_classes)
+            self.label_head = output_linear(prec, rngs)(cfg.code_dim, cfg.label_classes)
 
     def features(self, videos_BTHWC):
         """The encoder's output at the action token of frames 1..T-1 [B, T-1, L], before quantisation."""
@@ -142,7 +142,7 @@ class InverseDynamicsModel(nnx.Module):
             patch_dim, cfg.model_dim, cfg.ffn_dim, cfg.code_dim, cfg.num_blocks, cfg.num_heads,
             prec=prec, attention=attention, remat=remat, rngs=rngs,
         )  # fmt: skip
-        self.head = linear_layers(prec, rngs)(cfg.code_dim, num_classes)
+        self.head = output_linear(prec, rngs)(cfg.code_dim, num_classes)
 
     def features(self, videos_BTHWC):
         return action_features(self.action_token, self.encoder, self.cfg.patch_size, videos_BTHWC)

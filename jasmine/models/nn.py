@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-Remat = Literal["none", "full", "dots"]
+Remat = Literal["none", "full", "dots", "offload"]
 Attention = Literal["auto", "xla", "cudnn"]
 
 
@@ -63,6 +63,21 @@ class Linear(nnx.Linear):
 def linear_layers(prec: Precision, rngs: nnx.Rngs):
     """``Linear(in, out)`` in the compute/parameter dtypes of ``prec``."""
     return partial(Linear, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
+
+
+def output_linear(prec: Precision, rngs: nnx.Rngs):
+    """``Linear(in, out)`` for output heads: computed in float32 whatever the compute dtype.
+
+    Logits from a bf16 matmul keep 8 bits of mantissa: at 1024 classes that ties the argmax and MaskGIT's
+    confidence ranking. A head is one small matmul, so float32 costs little.
+    """
+    return linear_layers(Precision(dtype=jnp.float32, param_dtype=prec.param_dtype), rngs)
+
+
+def output_layers(dim: int, out_dim: int, prec: Precision, rngs: nnx.Rngs):
+    """The output head: LayerNorm and Linear ``dim`` → ``out_dim``, both in float32 (see :func:`output_linear`)."""
+    fp32 = Precision(dtype=jnp.float32, param_dtype=prec.param_dtype)
+    return LayerNorm32(dim, prec=fp32, rngs=rngs), output_linear(prec, rngs)(dim, out_dim)
 
 
 class MultiHeadAttention(nnx.Module):
@@ -189,7 +204,12 @@ def positions(t_T, n: int, dim: int) -> jax.Array:
     )
 
 
-REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the block in the backward pass
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs on the device
+    # keep matmul outputs in pinned host memory (copied out in the forward, back in the backward)
+    "offload": jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
+}
 
 
 class AxialTransformer(nnx.Module):
@@ -227,8 +247,7 @@ class AxialTransformer(nnx.Module):
                 for _ in range(num_blocks)
             ]
         )
-        self.norm_out = LayerNorm32(model_dim, prec=prec, rngs=rngs)
-        self.proj_out = lin(model_dim, out_dim)
+        self.norm_out, self.proj_out = output_layers(model_dim, out_dim, prec, rngs)
 
     def embed(self, x_BTNI, t_offset=0):
         """Input projection plus time (from frame ``t_offset``, may be traced) and space position codes."""

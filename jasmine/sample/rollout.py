@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from jasmine.models.digits import SamplingOptions
-from jasmine.models.genie import Genie
+from jasmine.models.genie import Genie, context_rng
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,17 @@ class Rollout:
         self.window, self.opts = window, type(dyn).resolve_sampling(opts)
         gd = self.graphdef
 
-        self._prefill = jax.jit(lambda state, ids, a: nnx.merge(gd, state).prefill(ids, a, window, self.opts))
+        self._prefill = jax.jit(
+            lambda state, ids, a, ctx_rng: nnx.merge(gd, state).prefill(ids, a, window, self.opts, ctx_rng)
+        )
         self._cached_frame = jax.jit(
             lambda state, caches, pos, a_BA, rng: nnx.merge(gd, state).next_frame(caches, pos, a_BA, rng, opts),
             donate_argnums=1,
         )
         self._full_frame = jax.jit(
-            lambda state, ids_BWN, a_BWA, pos, rng: nnx.merge(gd, state).dynamics.frame(ids_BWN, a_BWA, pos, rng, opts)
+            lambda state, ids_BWN, a_BWA, pos, rng, ctx_rng: nnx.merge(gd, state).dynamics.frame(
+                ids_BWN, a_BWA, pos, rng, opts, ctx_rng
+            )
         )
         self._vectors = jax.jit(lambda state, ids: nnx.merge(gd, state).action_vectors(ids))
         self._decode = jax.jit(lambda state, ids: nnx.merge(gd, state).decode(ids))
@@ -102,12 +106,14 @@ class Stream:
             raise ValueError(f"--context {C} must be between 1 and the model's seq_len - 1 ({roll.window - 1})")
         if np.shape(ctx_action_ids_BC1) != (B, C - 1):
             raise ValueError(f"need {C - 1} actions between the {C} context frames, got {np.shape(ctx_action_ids_BC1)}")
-        self.roll, self.rng, self.start = roll, rng, 0
+        self.roll, self.rng, self.context_rng, self.start = roll, rng, context_rng(rng), 0
         self.frames = [ctx_ids_BCN[:, c] for c in range(C)]
         a_BCA = roll._vectors(roll.state, jnp.asarray(ctx_action_ids_BC1, jnp.int32).reshape(B, C - 1))
         zero_BA = jnp.zeros((B, a_BCA.shape[-1]), a_BCA.dtype)
         self.actions = [zero_BA] + [a_BCA[:, c] for c in range(C - 1)]  # frame t's action latent
-        self.caches = roll._prefill(roll.state, ctx_ids_BCN, self._window_actions(0, C)) if roll.opts.cache else None
+        self.caches = None
+        if roll.opts.cache:
+            self.caches = roll._prefill(roll.state, ctx_ids_BCN, self._window_actions(0, C), self.context_rng)
 
     def _window_actions(self, lo: int, hi: int) -> jax.Array:
         """Action latents [B, hi - lo, A] of frames lo..hi-1; window position 0 gets none, as in training."""
@@ -123,7 +129,10 @@ class Stream:
             self.start += 1
             if roll.opts.cache:
                 self.caches = roll._prefill(
-                    roll.state, jnp.stack(self.frames[self.start : t], 1), self._window_actions(self.start, t)
+                    roll.state,
+                    jnp.stack(self.frames[self.start : t], 1),
+                    self._window_actions(self.start, t),
+                    self.context_rng,
                 )
         pos = t - self.start
         if roll.opts.cache:
@@ -131,6 +140,6 @@ class Stream:
         else:
             win_BWN = jnp.stack(self.frames[self.start : t] + [jnp.zeros_like(self.frames[0])] * (W - pos), 1)
             a_BWA = jnp.pad(self._window_actions(self.start, t + 1), ((0, 0), (0, W - pos - 1), (0, 0)))
-            ids_BN = roll._full_frame(roll.state, win_BWN, a_BWA, pos, key)
+            ids_BN = roll._full_frame(roll.state, win_BWN, a_BWA, pos, key, self.context_rng)
         self.frames.append(ids_BN)
         return ids_BN

@@ -19,7 +19,7 @@ from jasmine.config import DynamicsTrainConfig, LAMTrainConfig, MAETrainConfig, 
 from jasmine.data.dataset import DataError, read_metadata
 from jasmine.data.loader import record_arrays
 from jasmine.models.fidelity import frame_psnr_ssim
-from jasmine.models.genie import DYNAMICS, Genie, check_tokenizer, frame_alignment
+from jasmine.models.genie import DYNAMICS, Genie, check_tokenizer, context_rng, frame_alignment
 from jasmine.train.components.base import Component, image_metrics, load_run, precision, register, reset_codes, to_unit
 from jasmine.train.components.lam import lam_terms
 from jasmine.train.runs import describe, provenance, run_config
@@ -231,7 +231,8 @@ class DynamicsComponent(Component):
         ids_BTN = model.tokens(batch)
         a_BTA, _ = model.frame_conditioning(batch)
         t = ids_BTN.shape[1] - 1
-        return ids_BTN, ids_BTN.at[:, t].set(model.dynamics.frame(ids_BTN, a_BTA, t, rng, cfg.val_sampling))
+        frame_BN = model.dynamics.frame(ids_BTN, a_BTA, t, rng, cfg.val_sampling, context_rng(rng))
+        return ids_BTN, ids_BTN.at[:, t].set(frame_BN)
 
     def _rollout(self, model: Genie, batch, rng, cfg: DynamicsTrainConfig):
         """Tokens of one context frame and ``val_rollout_frames`` generated ones (actions from the clip)."""

@@ -57,7 +57,7 @@ echo; echo "== summary"
 status=0
 for name in tokenizer lam mae dynamics dynamics-causal dynamics-diffusion; do
   taken=yes; [ "${CALLS[$name]:-0}" -gt 0 ] || { taken=NO; status=1; }
-  printf '  %-16s bf16 MFU %-7s cuDNN attention taken: %s (%s fused calls)\n' "$name" "${MFU[$name]}" "$taken" "${CALLS[$name]}"
+  printf '  %-18s bf16 MFU %-7s cuDNN attention taken: %s (%s fused calls)\n' "$name" "${MFU[$name]}" "$taken" "${CALLS[$name]}"
 done
 for remat in none full dots offload; do printf '  --remat %-8s %s\n' "$remat" "${SCRATCH[$remat]}"; done
 [ $cache_status = 0 ] && echo "  cached = uncached under cuDNN: yes" || { echo "  cached = uncached under cuDNN: NO"; status=1; }

@@ -276,7 +276,8 @@ def test_diffusion_dynamics_trains_resumes_and_rolls_out_past_its_window(mae_run
     # within one window, Genie.generate (the validation rollout) draws what Rollout draws for the same key:
     # frame noise by frame and context noise from the key's context stream, in both
     a_BTA = frame_actions(genie.action_vectors(jnp.asarray(acts[:, :4])))
-    gen = genie.generate(jnp.asarray(out[True][:, :1]), a_BTA, jax.random.key(1), SampleOptions(steps=3))
+    generate = nnx.jit(lambda g, ctx, a, key: g.generate(ctx, a, key, SampleOptions(steps=3)))
+    gen = generate(genie, jnp.asarray(out[True][:, :1]), a_BTA, jax.random.key(1))
     np.testing.assert_allclose(np.asarray(gen), out[True][:, :5], atol=1e-4)
 
 

@@ -239,3 +239,17 @@ def test_a_short_last_chunk_encodes_and_decodes_as_if_padded_at_its_cost(window=
     ids_padded = jnp.pad(ids, [(0, 0), (0, -(-5 // window) * window - 5), (0, 0)])
     ref = tok.decode(ids_padded.reshape(-1, window, ids.shape[2])).reshape(2, -1, 16, 16, 3)[:, :5]
     np.testing.assert_allclose(frames, ref, atol=1e-5)
+
+    # `jasmine bench train dynamics` times both ways in one process (the padded one as steps ran before)
+    from jasmine.bench.train import encoder_padding
+    from jasmine.models.dynamics import DynamicsConfig
+    from jasmine.models.genie import Genie
+
+    genie = Genie(tok.cfg, DynamicsConfig(model_dim=16, ffn_dim=32, num_blocks=1, num_heads=2), (16, 16, 3),
+                  tokenizer_window=window, rngs=nnx.Rngs(0))  # fmt: skip
+    frames_u8 = (x * 255).astype(jnp.uint8)
+    r = encoder_padding(genie, frames_u8, step_s=1.0, repeats=1)
+    assert (r["frames"], r["window"], r["padded_frames"]) == (5, window, 6)
+    assert r["encode_s"] > 0 and r["padded_encode_s"] > 0
+    assert r["padded_step_s"] == 1.0 + r["padded_encode_s"] - r["encode_s"]
+    assert encoder_padding(genie, frames_u8[:, :window], step_s=1.0) == {}  # a clip that tiles: nothing to time

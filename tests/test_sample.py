@@ -63,9 +63,23 @@ def test_rollout_conditions_each_frame_on_the_action_training_pairs_with_it():
 
 
 @pytest.mark.parametrize("cache", [True, False])
-def test_sampler_never_changes_context_tokens(cache):
-    ctx, out = rollout(genie(), cache, ctx_len=3, frames=3)
-    np.testing.assert_array_equal(out[:, :3], ctx)
+def test_sampler_returns_its_context_and_conditions_on_every_context_frame(cache):
+    """The context comes back unchanged, and the frames after it depend on each of its frames: rollouts
+    from contexts that differ in one frame differ under the same draws (a sampler that dropped or shifted a
+    context frame, e.g. a prefill that skipped one, would give some equal)."""
+    g, ctx_len = genie(), 3
+    ctx = jax.random.randint(jax.random.key(0), (2, ctx_len, 16), 0, 16)
+    acts = jax.random.randint(jax.random.key(1), (2, ctx_len + 2), 0, 4)
+    r = Rollout(g, 5, SampleOptions(steps=4, temperature=1.0, cache=cache))  # random weights: argmax is flat
+
+    def run(c):
+        return np.asarray(r.run(c, acts, jax.random.key(3), num_frames=3))
+
+    out = run(ctx)
+    np.testing.assert_array_equal(out[:, :ctx_len], ctx)
+    for c in range(ctx_len):
+        other = ctx.at[:, c].set((ctx[:, c] + 1 + c) % 16)  # every token of context frame c changed
+        assert (run(other)[:, ctx_len:] != out[:, ctx_len:]).any(), f"context frame {c} is ignored"
 
 
 def test_fixed_seed_gives_identical_samples():

@@ -11,13 +11,21 @@ import numpy as np
 
 
 def with_frame_tokenizer(cfg, preset_name: str):
-    """A dynamics config whose family reads MAE latents gets the MAE preset's architecture (benchmarks build
-    untrained models, with no tokenizer run to take it from)."""
+    """A dynamics config with the frozen encoders' windows of the preset's tokenizer (or MAE) and LAM runs, and,
+    for a family that reads MAE latents, the MAE preset's architecture: benchmarks build untrained models, with
+    no run to take them from (the ``coinrun`` dynamics encodes its 17 frames in tokenizer chunks of 16)."""
     from jasmine.models.genie import DYNAMICS
     from jasmine.presets import preset
 
-    if DYNAMICS[cfg.dynamics].continuous and cfg.mae_model is None:
-        return dataclasses.replace(cfg, mae_model=preset("mae", preset_name).model)
+    continuous = DYNAMICS[cfg.dynamics].continuous
+    frame_tokenizer = preset("mae" if continuous else "tokenizer", preset_name)
+    cfg = dataclasses.replace(
+        cfg,
+        tokenizer_window=cfg.tokenizer_window or frame_tokenizer.seq_len,
+        lam_window=cfg.lam_window or preset("lam", preset_name).seq_len,
+    )
+    if continuous and cfg.mae_model is None:
+        return dataclasses.replace(cfg, mae_model=frame_tokenizer.model)
     return cfg
 
 

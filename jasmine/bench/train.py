@@ -51,6 +51,7 @@ def bench_train(cfg, component, timed_steps: int = 10, inputs: str = "frames") -
         if i >= 2:
             times.append(time.perf_counter() - t0)
     step_s = float(np.median(times))
+    padding = encoder_padding(nnx_module(model, state), batch.get("frames"), step_s)
     params = count_params(state["params"])
     tokens = component.tokens_per_batch(cfg)
     sizes = {**params_by_path(state["params"]), **params_by_path(state["frozen"])}
@@ -69,6 +70,7 @@ def bench_train(cfg, component, timed_steps: int = 10, inputs: str = "frames") -
         "compile_s": compile_s,
         "cudnn_attention_calls": fused,
         **scratch,
+        **padding,
     }
     mem = state_memory(state)
     r.update({f"{k}_bytes": v for k, v in mem.items()})
@@ -101,12 +103,65 @@ def bench_train(cfg, component, timed_steps: int = 10, inputs: str = "frames") -
         f"{mesh.shape['fsdp']})"
     )
     print(f"  replicated (dp)  {line('dp_')}  -> this mesh holds {mem['total'] / mem['dp_total']:.2f}x")
+    if padding:
+        print(
+            f"  frozen encoder   {padding['frames']} frames in chunks of {padding['window']}: "
+            f"{padding['encode_s']:.3f} s as the step runs it (last chunk unpadded), {padding['padded_encode_s']:.3f} s "
+            f"padded to {padding['padded_frames']} (as before): a padded step would take "
+            f"{padding['padded_step_s']:.3f} s ({padding['padded_step_s'] / step_s:.2f}x this one)"
+        )
     if scratch:
         print(
             f"  step scratch     {mib(scratch['temp_bytes'])} device + {mib(scratch['host_temp_bytes'])} host "
             f"(XLA's temporaries per device: activations kept for the backward pass; --remat {cfg.remat})"
         )
     return r
+
+
+def nnx_module(model, state):
+    """The run's module with the state's arrays (random weights time the same)."""
+    from flax import nnx
+
+    return nnx.merge(model.graphdef, state["params"], state["frozen"], state["rest"])
+
+
+def encoder_padding(module, frames_BTHWC, step_s: float, repeats: int = 3) -> dict[str, float]:
+    """The frozen tokenizer's encode of the batch's clip as the step runs it (a last, shorter chunk unpadded)
+    against the clip padded to whole chunks, as steps ran before (zero frames encoded and dropped), timed in
+    this process (best of ``repeats``); ``padded_step_s`` is the step plus the difference. Empty where the
+    clip tiles into chunks or the component encodes no frames."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    window = getattr(module, "tokenizer_window", None)
+    if frames_BTHWC is None or window is None or frames_BTHWC.shape[1] % window == 0:
+        return {}
+    T = frames_BTHWC.shape[1]
+    padded_T = -(-T // window) * window
+    pad = [(0, 0), (0, padded_T - T)] + [(0, 0)] * (frames_BTHWC.ndim - 2)
+    graphdef, st = nnx.split(module)
+    unpadded = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode(x))
+    padded = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode(jnp.pad(x, pad))[:, :T])
+
+    def best(fn):
+        jax.block_until_ready(fn(st, frames_BTHWC))
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(st, frames_BTHWC))
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    enc, enc_padded = best(unpadded), best(padded)
+    return {
+        "frames": T,
+        "window": window,
+        "padded_frames": padded_T,
+        "encode_s": enc,
+        "padded_encode_s": enc_padded,
+        "padded_step_s": step_s + enc_padded - enc,
+    }
 
 
 def step_scratch(compiled) -> dict[str, int]:

@@ -1,5 +1,7 @@
 """Diffusion-forcing dynamics: levels, shapes, causality by gradients, the oracle sampler, cache, seeds, overfit."""
 
+from dataclasses import replace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from jasmine.models.diffusion import DiffusionDynamics, denoise, noise, sample_levels
+from jasmine.models.diffusion import DiffusionDynamics, LatentStat, denoise, noise, sample_levels
 from jasmine.models.digits import SamplingOptions
 from jasmine.models.dynamics import DynamicsConfig, frame_actions
 from jasmine.models.genie import context_rng
@@ -16,8 +18,8 @@ CFG = DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=2, num_heads=2, noise_
 B, T, N, L, A = 2, 5, 6, 4, 3
 
 
-def model():
-    return DiffusionDynamics(CFG, L, A, rngs=nnx.Rngs(0))
+def model(**kw):
+    return DiffusionDynamics(replace(CFG, **kw), L, A, rngs=nnx.Rngs(0))
 
 
 def test_levels_cover_the_grid_with_both_ends():
@@ -153,6 +155,43 @@ def test_context_noise_is_fresh_per_seed_and_clip():
     assert not np.allclose(frame(k2), same_eps)  # the frame depends on its context's draw
 
 
+def test_latent_norm_tracks_the_clean_latents_and_samples_in_the_maes_range():
+    """--model.latent-norm: training steps keep a bias-corrected running mean and std of the clean latents per
+    channel (the loss never moves them: the train step tracks after its update); the noise path sees them
+    normalised; samples come back in the MAE's range (clipped there, not in the normalised space)."""
+    dyn = model(latent_norm=True)
+    mean, std = dyn.latent_stats()
+    np.testing.assert_array_equal(mean, 0.0)  # before any step
+    np.testing.assert_array_equal(std, 1.0)
+    shift, scale = jnp.array([0.5, -0.3, 0.0, 0.2]), jnp.array([0.05, 0.1, 0.3, 0.02])  # narrow tanh channels
+    a = jax.random.normal(jax.random.key(1), (B, T, A))
+
+    def batch(i):
+        return shift + scale * jax.random.normal(jax.random.key(10 + i), (B, T, N, L))
+
+    assert dyn.tracks_tokens and not model().tracks_tokens
+    dyn.track(batch(0))
+    first = batch(0).reshape(-1, L)
+    np.testing.assert_allclose(dyn.latent_stats()[0], first.mean(0), atol=1e-5)  # bias-corrected: one batch
+    np.testing.assert_allclose(dyn.latent_stats()[1], first.std(0), rtol=1e-3)
+    for i in range(1, 40):
+        dyn.track(batch(i))
+    frozen = jax.tree.map(np.asarray, nnx.state(dyn, LatentStat))
+    dyn.loss(batch(99) * 3, a, jax.random.split(jax.random.key(2)), training=True)  # the loss: no update
+    assert jax.tree.all(jax.tree.map(np.array_equal, frozen, jax.tree.map(np.asarray, nnx.state(dyn, LatentStat))))
+    mean, std = dyn.latent_stats()
+    np.testing.assert_allclose(mean, shift, atol=0.01)
+    np.testing.assert_allclose(std, scale, rtol=0.05)
+    held_out = jnp.concatenate([batch(i) for i in range(50, 60)])
+    np.testing.assert_allclose(dyn._norm(held_out).mean(axis=(0, 1, 2)), 0.0, atol=0.1)  # unit channels
+    np.testing.assert_allclose(dyn._norm(held_out).std(axis=(0, 1, 2)), 1.0, rtol=0.1)
+    np.testing.assert_allclose(dyn._raw(dyn._norm(batch(5))), batch(5), atol=1e-5)
+    dyn.transformer.proj_out.kernel.value = dyn.transformer.proj_out.kernel.value * 1e4  # x̂ far outside
+    out = np.asarray(dyn.frame(batch(0), a, 2, jax.random.key(1), SamplingOptions(steps=4)))
+    assert np.abs(out).max() <= 1.0 + 1e-6 and np.abs(out).max() > 0.99  # clipped in the MAE's range
+    assert not jax.tree.leaves(nnx.state(model(), LatentStat))  # without the option none (old runs load as before)
+
+
 def test_overfitting_one_batch_drives_the_loss_down():
     dyn = model()
     z = jnp.tanh(2 * jax.random.normal(jax.random.key(0), (B, T, N, L)))
@@ -252,17 +291,19 @@ def test_diffusion_dynamics_trains_resumes_and_rolls_out_past_its_window(mae_run
     from jasmine.train.logging import read_metrics
     from jasmine.train.loop import train
 
-    straight = train(dyn_cfg(mae_run, tmp_path / "s"), COMPONENTS["dynamics"], progress=False)
-    train(dyn_cfg(mae_run, tmp_path / "r", steps=2), COMPONENTS["dynamics"], progress=False)
-    resumed = train(dyn_cfg(mae_run, tmp_path / "r", resume=True), COMPONENTS["dynamics"], progress=False)
-    for a, b in zip(
-        jax.tree.leaves(straight["state"]["params"]), jax.tree.leaves(resumed["state"]["params"]), strict=False
-    ):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    norm = {"model": replace(CFG, latent_norm=True)}  # the running latent statistics resume too
+    straight = train(dyn_cfg(mae_run, tmp_path / "s", **norm), COMPONENTS["dynamics"], progress=False)
+    train(dyn_cfg(mae_run, tmp_path / "r", steps=2, **norm), COMPONENTS["dynamics"], progress=False)
+    resumed = train(dyn_cfg(mae_run, tmp_path / "r", resume=True, **norm), COMPONENTS["dynamics"], progress=False)
+    for part in ("params", "rest"):
+        for a, b in zip(jax.tree.leaves(straight["state"][part]), jax.tree.leaves(resumed["state"][part]), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     val = read_metrics(tmp_path / "s", "val")[-1]
     assert {"rollout_psnr", "full_frame_psnr", "mse_clean_level"} <= set(val) and "full_frame_token_accuracy" not in val
     cfg, genie = load_genie(tmp_path / "s")
     assert genie.dynamics.family == "diffusion" and cfg.mae_model is not None
+    mean, std = genie.dynamics.latent_stats()  # stored with the run: the MAE latents' running statistics
+    assert np.abs(np.asarray(mean)).max() > 0 and not np.allclose(std, 1.0)
     frames = jax.random.randint(jax.random.key(0), (2, 1, 16, 16, 3), 0, 256).astype(jnp.uint8)
     acts = np.array([[1, 2, 3, 4, 5, 6, 0]] * 2) % 7  # 1 + 7 frames: past seq_len 5, the window slides
     out = {}

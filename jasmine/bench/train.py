@@ -106,9 +106,9 @@ def bench_train(cfg, component, timed_steps: int = 10, inputs: str = "frames") -
     if padding:
         print(
             f"  frozen encoder   {padding['frames']} frames in chunks of {padding['window']}: "
-            f"{padding['encode_s']:.3f} s as the step runs it (last chunk unpadded), {padding['padded_encode_s']:.3f} s "
-            f"padded to {padding['padded_frames']} (as before): a padded step would take "
-            f"{padding['padded_step_s']:.3f} s ({padding['padded_step_s'] / step_s:.2f}x this one)"
+            f"{padding['encode_s']:.3f} s as the step runs it (last chunk unpadded), "
+            f"{padding['padded_encode_s']:.3f} s padded to {padding['padded_frames']} (as before): a padded step "
+            f"would take {padding['padded_step_s']:.3f} s ({padding['padded_step_s'] / step_s:.2f}x this one)"
         )
     if scratch:
         print(

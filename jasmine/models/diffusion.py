@@ -39,6 +39,14 @@ CONTEXT_NOISE_SEED = 17
 
 
 DEFAULT_STEPS, DEFAULT_CONTEXT_NOISE = 16, 0.1
+STATS_MOMENTUM = 0.99
+
+
+class LatentStat(nnx.Variable):
+    """A running statistic of the clean latents (``--model.latent-norm``): not trained, updated by training
+    steps, stored in the run."""
+
+
 _MASKGIT_ONLY = MASKGIT_ONLY + (("--model.z-loss-weight", "z_loss_weight"),)
 
 
@@ -156,6 +164,9 @@ class DiffusionDynamics(nnx.Module):
             lin(action_dim, cfg.model_dim),
             lin(cfg.model_dim, cfg.model_dim),
         )
+        if cfg.latent_norm:  # EMA accumulators of E[z] and E[z^2] per channel, and their total weight
+            self.stat_mean, self.stat_sq = LatentStat(jnp.zeros(latent_dim)), LatentStat(jnp.zeros(latent_dim))
+            self.stat_weight = LatentStat(jnp.zeros(()))
         self.transformer = AxialTransformer(
             cfg.model_dim,
             cfg.model_dim,
@@ -181,9 +192,53 @@ class DiffusionDynamics(nnx.Module):
         """Predicted clean latents float32 [B, T, N, L] of every frame."""
         return self.transformer(self.embed(z_BTNL, tau_BT, a_BTA))[:, :, 2:].astype(jnp.float32)
 
+    # ------------------------------------------------------------------ latent normalisation
+
+    def latent_stats(self):
+        """Per-channel mean and std [L] the noise path normalises with (0 and 1 without --model.latent-norm, or
+        before the first training step)."""
+        if not self.cfg.latent_norm:
+            return jnp.zeros(self.latent_dim), jnp.ones(self.latent_dim)
+        w = self.stat_weight[...]
+        seen = w > 0
+        mean = jnp.where(seen, self.stat_mean[...] / jnp.where(seen, w, 1.0), 0.0)
+        var = jnp.where(seen, self.stat_sq[...] / jnp.where(seen, w, 1.0) - mean**2, 1.0)
+        return mean, jnp.sqrt(jnp.maximum(var, 1e-6))
+
+    @property
+    def tracks_tokens(self) -> bool:
+        """Whether training steps pass their clean latents to :meth:`track` (after the update)."""
+        return self.cfg.latent_norm
+
+    def track(self, z_BTNL):
+        """Fold a training batch's clean latents into the running statistics (the train step calls it after the
+        optimizer update, outside the gradient)."""
+        z = jax.lax.stop_gradient(z_BTNL).reshape(-1, self.latent_dim)
+        m = STATS_MOMENTUM
+        self.stat_mean[...] = m * self.stat_mean[...] + (1 - m) * z.mean(0)
+        self.stat_sq[...] = m * self.stat_sq[...] + (1 - m) * (z**2).mean(0)
+        self.stat_weight[...] = m * self.stat_weight[...] + (1 - m)
+
+    def _norm(self, z):
+        if not self.cfg.latent_norm:
+            return z
+        mean, std = self.latent_stats()
+        return (z - mean) / std
+
+    def _raw(self, x):
+        if not self.cfg.latent_norm:
+            return x
+        mean, std = self.latent_stats()
+        return x * std + mean
+
+    def _clip(self, x_hat):
+        """x̂ clipped to the MAE's tanh range (-1, 1), in the normalised space the noise path runs in."""
+        return self._norm(jnp.clip(self._raw(x_hat), -1.0, 1.0))
+
     def loss(self, z_BTNL, a_BTA, rng, *, training: bool = True):
-        """Diffusion forcing: per-frame levels on the grid, x-prediction MSE (ramp-weighted); ``rng`` holds the
-        two keys of the levels and the noise."""
+        """Diffusion forcing: per-frame levels on the grid, x-prediction MSE (ramp-weighted) of the (normalised)
+        latents; ``rng`` holds the two keys of the levels and the noise."""
+        z_BTNL = self._norm(z_BTNL)
         k_tau, k_eps = rng
         tau_BT = sample_levels(k_tau, z_BTNL.shape[:2], self.cfg.noise_levels)
         eps = jax.random.normal(k_eps, z_BTNL.shape, jnp.float32)
@@ -206,7 +261,7 @@ class DiffusionDynamics(nnx.Module):
         eps_TBNL = jax.vmap(lambda p: context_eps(key, p, (B, *z_BTNL.shape[2:])))(start + jnp.arange(T))
         level = on_grid(jnp.float32(1.0 - opts.context_noise), self.cfg.noise_levels)  # a level training saw
         tau_BT = jnp.full(z_BTNL.shape[:2], level, jnp.float32)
-        return noise(z_BTNL, tau_BT, jnp.swapaxes(eps_TBNL, 0, 1)), tau_BT
+        return noise(self._norm(z_BTNL), tau_BT, jnp.swapaxes(eps_TBNL, 0, 1)), tau_BT
 
     def prefill(self, z_BTNL, a_BTA, window: int, opts: SamplingOptions = SamplingOptions(), context_rng=None):
         """Caches of past frames, entered at the context level: each block's temporal K/V (one window), and
@@ -226,11 +281,13 @@ class DiffusionDynamics(nnx.Module):
         the context level (one more pass). Returns (latents_BNL, caches)."""
         opts, kv, key = self.resolve_sampling(opts), caches["kv"], caches["context_key"]
         eps = jax.random.normal(rng, (a_BA.shape[0], n, self.latent_dim), jnp.float32)
-        z_BNL = denoise(
-            lambda z, tau: jnp.clip(self._step(z, tau, a_BA, kv, pos)[0], -1.0, 1.0),  # x̂ in the MAE's range
-            eps,
-            opts.steps,
-            self.cfg.noise_levels,
+        z_BNL = self._raw(
+            denoise(
+                lambda z, tau: self._clip(self._step(z, tau, a_BA, kv, pos)[0]),  # x̂ in the MAE's range
+                eps,
+                opts.steps,
+                self.cfg.noise_levels,
+            )
         )
         z_ctx, tau_ctx = self._context(z_BNL[:, None], pos, opts, key)
         _, kvs = self._step(z_ctx[:, 0], tau_ctx[0, 0], a_BA, kv, pos)
@@ -246,7 +303,7 @@ class DiffusionDynamics(nnx.Module):
         def predict(z_BNL, tau):
             z_in = jnp.where(before, ctx, jax.lax.dynamic_update_index_in_dim(jnp.zeros_like(ctx), z_BNL, pos, 1))
             tau_BW = jnp.where(before[..., 0, 0], tau_ctx, tau)
-            return jnp.clip(jnp.take(self(z_in, tau_BW, a_BWA), pos, axis=1), -1.0, 1.0)
+            return self._clip(jnp.take(self(z_in, tau_BW, a_BWA), pos, axis=1))
 
         eps = jax.random.normal(rng, (B, n, self.latent_dim), jnp.float32)
-        return denoise(predict, eps, opts.steps, self.cfg.noise_levels)
+        return self._raw(denoise(predict, eps, opts.steps, self.cfg.noise_levels))

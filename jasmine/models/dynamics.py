@@ -54,6 +54,10 @@ class DynamicsConfig:
     """Diffusion only: training draws each frame's signal level from {0, 1/S, ..., 1} (S = noise_levels)."""
     ramp_weight: bool = True
     """Diffusion only: weight each frame's loss by 0.9 * level + 0.1."""
+    latent_norm: bool = False
+    """Diffusion only: normalise each MAE latent channel to zero mean and unit variance before the noise path
+    (tanh latents are far narrower than the unit noise), with a running mean and variance of the clean
+    latents kept through training (bias-corrected EMA, momentum 0.99) and stored in the run."""
 
 
 MASKGIT_ONLY = (

@@ -186,10 +186,14 @@ class DynamicsComponent(Component):
             lam_loss_, lam_metrics, aux = lam_terms(lam_out["pred"], lam_out["target"], lam_out, cfg.lam_model, "lam_")
             loss = loss + cfg.lam_loss_weight * lam_loss_
             metrics |= lam_metrics
+        if training and getattr(model.dynamics, "tracks_tokens", False):
+            aux = {**aux, "tokens": ids_BTN}
         metrics["loss"] = loss
         return loss, metrics, aux
 
     def after_update(self, model: Genie, aux, rng, cfg: DynamicsTrainConfig):
+        if "tokens" in aux:  # a family's running statistics of the clean tokens (diffusion's --model.latent-norm)
+            model.dynamics.track(aux["tokens"])
         return (
             reset_codes(model.lam.vq, aux, rng, cfg.lam_model.dead_code_reset_steps, "lam_") if cfg.co_train_lam else {}
         )

@@ -51,7 +51,7 @@ def bench_train(cfg, component, timed_steps: int = 10, inputs: str = "frames") -
         if i >= 2:
             times.append(time.perf_counter() - t0)
     step_s = float(np.median(times))
-    padding = encoder_padding(nnx_module(model, state), batch.get("frames"), step_s)
+    padding = encoder_padding(model.merge(state["params"], state["frozen"], state["rest"]), batch.get("frames"), step_s)
     params = count_params(state["params"])
     tokens = component.tokens_per_batch(cfg)
     sizes = {**params_by_path(state["params"]), **params_by_path(state["frozen"])}
@@ -116,13 +116,6 @@ def bench_train(cfg, component, timed_steps: int = 10, inputs: str = "frames") -
             f"(XLA's temporaries per device: activations kept for the backward pass; --remat {cfg.remat})"
         )
     return r
-
-
-def nnx_module(model, state):
-    """The run's module with the state's arrays (random weights time the same)."""
-    from flax import nnx
-
-    return nnx.merge(model.graphdef, state["params"], state["frozen"], state["rest"])
 
 
 def encoder_padding(module, frames_BTHWC, step_s: float, repeats: int = 3) -> dict[str, float]:

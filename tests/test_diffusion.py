@@ -133,6 +133,30 @@ def test_cache_gives_the_same_frames_and_seeds_decide_them():
     assert not np.allclose(np.asarray(cached(ctx, jax.random.key(4))[:, 2:]), np.asarray(a1[:, 2:]))
 
 
+def test_rope_diffusion_rollouts_keep_the_ring_cache_past_the_window():
+    """With rotary time positions a diffusion rollout past its window (4 frames, 2 blocks) gives the same frames
+    through the ring cache as uncached over the banded receptive window, context noise drawn by time."""
+    from conftest import MICRO_LAM
+
+    from jasmine.models.genie import Genie
+    from jasmine.models.mae import MAEConfig
+    from jasmine.sample.rollout import Rollout, SampleOptions
+
+    mae = MAEConfig(patch_size=4, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=L)
+    g = Genie(
+        mae, replace(CFG, time_positions="rope"), (16, 16, 3), family="diffusion", lam_cfg=MICRO_LAM, tokenizer_window=2,
+        rngs=nnx.Rngs(0),
+    )
+    ctx = jnp.tanh(jax.random.normal(jax.random.key(0), (B, 2, 16, L)))
+    acts = jax.random.randint(jax.random.key(1), (B, 11), 0, 4)
+    runs = [
+        np.asarray(Rollout(g, 4, SampleOptions(steps=3, cache=c)).run(ctx, acts, jax.random.key(3), num_frames=10))
+        for c in (True, False)
+    ]
+    np.testing.assert_allclose(runs[0], runs[1], atol=5e-5)
+    assert np.abs(runs[0][:, 2:]).max() > 0.05
+
+
 def test_context_noise_is_fresh_per_seed_and_clip():
     """Past frames are noised with a draw per clip from the rollout's context key: two identical clips in a
     batch, or one clip under two seeds, never share it (a shared draw makes eval's clips correlated and its

@@ -67,6 +67,46 @@ def test_temporal_causality_by_gradient(remat):
         assert np.all(np.abs(np.asarray(g[:, : t + 1])).sum(axis=(0, 2, 3)) > 0), f"output {t} ignores its past"
 
 
+def test_rope_band_gives_each_frame_a_receptive_field_of_blocks_times_band_frames():
+    """With rotary time positions and an attention band of 3 frames, two blocks reach back 2 * (3 - 1) frames:
+    output t has nonzero gradient exactly w.r.t. inputs t - 4 .. t (causal, and nothing older)."""
+    model = AxialTransformer(6, 16, 32, 4, 2, 2, time_positions="rope", rngs=nnx.Rngs(0))
+    assert model.receptive_frames(3) == 5
+    x = jax.random.normal(jax.random.key(1), (1, 9, 3, 6))
+    jac = jax.jit(jax.jacrev(lambda x: model(x, 0, 3).sum(axis=(0, 2, 3))))(x)  # [T_out, B, T_in, N, I]
+    for t in range(9):
+        reach = np.abs(np.asarray(jac[t])).sum(axis=(0, 2, 3)) > 0
+        np.testing.assert_array_equal(reach, (np.arange(9) <= t) & (np.arange(9) >= t - 4), err_msg=f"output {t}")
+
+
+def test_rope_outputs_depend_on_time_differences_and_the_chunk_phase_only():
+    """A rope model's outputs are the same for a clip placed at time 0 or at any multiple of its phase (scores see
+    t - s, the input sees t mod phase), and differ one frame off the phase grid; absolute models refuse a
+    time offset or a band (their positions are the window's)."""
+    x = jax.random.normal(jax.random.key(1), (2, 5, 3, 6))
+    model = AxialTransformer(6, 16, 32, 4, 2, 2, time_positions="rope", phase=2, rngs=nnx.Rngs(0))
+    at0 = np.asarray(model(x))
+    np.testing.assert_allclose(np.asarray(model(x, 6)), at0, atol=2e-5)
+    np.testing.assert_allclose(np.asarray(model(x, 1000)), at0, atol=2e-4)
+    assert np.abs(np.asarray(model(x, 7)) - at0).max() > 1e-2  # off the chunk grid
+    absolute = AxialTransformer(6, 16, 32, 4, 2, 2, rngs=nnx.Rngs(0))
+    assert np.abs(np.asarray(absolute(x[:, 1:])) - np.asarray(absolute(x))[:, 1:]).max() > 1e-2
+    for kw in ({"t_offset": 2}, {"band": 3}):
+        with pytest.raises(ValueError, match="absolute time positions"):
+            absolute(x, **kw)
+    with pytest.raises(ValueError, match="even head width"):
+        AxialTransformer(6, 18, 32, 4, 2, 2, time_positions="rope", rngs=nnx.Rngs(0))
+    from jasmine.models.nn import rotary
+
+    q, k = jax.random.normal(jax.random.key(2), (2, 1, 1, 1, 8))
+
+    def score(t, s):
+        return float((rotary(q, jnp.array([t])) * rotary(k, jnp.array([s]))).sum())
+
+    assert score(3, 1) == pytest.approx(score(10, 8), abs=1e-5) == pytest.approx(score(503, 501), abs=1e-4)
+    assert abs(score(3, 1) - score(3, 2)) > 1e-2  # the distance is seen
+
+
 def test_remat_keeps_the_loss_and_every_parameter_gradient():
     """Recomputing activations in the backward pass must not change what is learned: same loss, same gradient
     for every parameter (not only for the inputs)."""

@@ -18,9 +18,11 @@ from jasmine.sample.rollout import Rollout, SampleOptions
 TOK, LAM = MICRO_TOK, MICRO_LAM
 
 
-def genie(action_mode="prepend", blocks=2):
-    dyn = DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=blocks, num_heads=2, action_mode=action_mode)
-    return Genie(TOK, dyn, (16, 16, 3), lam_cfg=LAM, rngs=nnx.Rngs(0))
+def genie(action_mode="prepend", blocks=2, time_positions="absolute", tokenizer_window=1):
+    dyn = DynamicsConfig(
+        model_dim=32, ffn_dim=64, num_blocks=blocks, num_heads=2, action_mode=action_mode, time_positions=time_positions
+    )
+    return Genie(TOK, dyn, (16, 16, 3), lam_cfg=LAM, tokenizer_window=tokenizer_window, rngs=nnx.Rngs(0))
 
 
 def rollout(g, cache, seed=3, frames=8, window=5, temperature=1.0, ctx_len=2):
@@ -30,13 +32,36 @@ def rollout(g, cache, seed=3, frames=8, window=5, temperature=1.0, ctx_len=2):
     return np.asarray(ctx), np.asarray(r.run(ctx, acts, jax.random.key(seed), num_frames=frames))
 
 
-@pytest.mark.parametrize("action_mode", ["prepend", "add"])
-def test_cache_gives_identical_tokens_also_past_the_window(action_mode):
-    g = genie(action_mode)
-    ctx, cached = rollout(g, True)  # 2 + 8 frames with a window of 5: slides 5 times
-    _, full = rollout(g, False)
+@pytest.mark.parametrize("action_mode,time_positions", [("prepend", "absolute"), ("add", "absolute"), ("prepend", "rope")])
+def test_cache_gives_identical_tokens_also_past_the_window(action_mode, time_positions):
+    """Absolute positions: the window slides by re-prefilling; rope: a ring cache against the uncached
+    banded window of receptive_frames (2 blocks: 9 frames), both past the window."""
+    g = genie(action_mode, time_positions=time_positions, tokenizer_window=2)
+    frames = 12 if time_positions == "rope" else 8
+    ctx, cached = rollout(g, True, frames=frames)  # 2 + 8 frames with a window of 5: slides 5 times
+    _, full = rollout(g, False, frames=frames)
     np.testing.assert_array_equal(cached, full)
-    assert cached.shape == (2, 10, 16)
+    assert cached.shape == (2, 2 + frames, 16)
+
+
+def test_rope_rollouts_past_the_window_follow_the_banded_forward_over_the_whole_sequence():
+    """Past seq_len, a rope rollout's greedy one-step frame t is the argmax of one banded forward from time 0 over
+    the whole rolled-out sequence with only frame t masked: the ring cache, the uncached window and its time
+    offset (chunk phase 2 here) agree with the model's own definition of a long sequence."""
+    g, W, T, B = genie(blocks=2, time_positions="rope", tokenizer_window=2), 4, 11, 2
+    ctx = jax.random.randint(jax.random.key(0), (B, 2, 16), 0, 16)
+    acts = jax.random.randint(jax.random.key(1), (B, T - 1), 0, 4)
+    a_BTA, _ = g.frame_conditioning({"latent_actions": jnp.pad(acts, ((0, 0), (1, 0)))})
+    ts = np.arange(W, T)  # every frame past the first window
+    forward = jax.jit(lambda i, m, a: g.dynamics(i, m, a, 0, W))
+    for cache in (True, False):
+        r = Rollout(g, W, SampleOptions(steps=1, temperature=0.0, cache=cache))
+        ids = r.run(ctx, acts, jax.random.key(2), num_frames=T - 2)
+        mask = jnp.broadcast_to((np.arange(T)[None, :] == ts[:, None])[:, None, :, None], (len(ts), B, T, 16))
+        logits = forward(jnp.tile(ids, (len(ts), 1, 1)), mask.reshape(-1, T, 16), jnp.tile(a_BTA, (len(ts), 1, 1)))
+        want = np.asarray(logits.argmax(-1)).reshape(len(ts), B, T, 16)
+        for i, t in enumerate(ts):
+            np.testing.assert_array_equal(np.asarray(ids[:, t]), want[i, :, t], err_msg=f"frame {t}, cache {cache}")
 
 
 def test_rollout_conditions_each_frame_on_the_action_training_pairs_with_it():

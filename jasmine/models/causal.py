@@ -66,7 +66,8 @@ class CausalBlock(nnx.Module):
     def step(self, x_B1D, k_cache_BMHK, v_cache_BMHK, slot):
         """One slot at cache position ``slot``, attending to slots <= ``slot``; returns the updated caches."""
         q, k, v = self.attn.qkv_heads(self.norm_a(x_B1D))
-        y, caches = cached_attention(q, k, v, k_cache_BMHK, v_cache_BMHK, slot, self.attn.attention)
+        valid_M = jnp.arange(k_cache_BMHK.shape[1]) <= slot
+        y, caches = cached_attention(q, k, v, k_cache_BMHK, v_cache_BMHK, slot, valid_M, self.attn.attention)
         return self._finish(x_B1D, y), caches
 
 
@@ -79,6 +80,8 @@ class CausalDynamics(TokenFamily, nnx.Module):
         refuse_options(
             cfg, MASKGIT_ONLY, "the causal dynamics masks nothing and gives each frame's action its own slot"
         )
+        if cfg.time_positions != "absolute":
+            raise ValueError("--model.time-positions rope: the causal family has absolute time positions only")
 
     def __init__(
         self,
@@ -89,6 +92,7 @@ class CausalDynamics(TokenFamily, nnx.Module):
         prec: Precision = Precision(),
         attention: Attention = "auto",
         remat: Remat = "none",
+        phase: int = 1,
         rngs: nnx.Rngs,
     ):
         self.cfg, self.digits, self.dtype, self.remat = cfg, digits, prec.dtype, remat

@@ -154,6 +154,7 @@ class DiffusionDynamics(nnx.Module):
         prec: Precision = Precision(),
         attention: Attention = "auto",
         remat: Remat = "none",
+        phase: int = 1,
         rngs: nnx.Rngs,
     ):
         self.check_config(cfg)
@@ -177,8 +178,14 @@ class DiffusionDynamics(nnx.Module):
             prec=prec,
             attention=attention,
             remat=remat,
+            time_positions=cfg.time_positions,
+            phase=phase,
             rngs=rngs,
         )
+
+    def receptive_frames(self, band: int) -> int:
+        """Frames (itself included) a frame's output depends on with an attention band of ``band`` frames."""
+        return self.transformer.receptive_frames(band)
 
     def embed(self, z_BTNL, tau_BT, a_BTA):
         """Tokens [B, T, 2 + N, D]: the action, the noise level (sinusoids of 1000·τ), the latents."""
@@ -188,9 +195,9 @@ class DiffusionDynamics(nnx.Module):
         l_BT1D = self.level_proj(level_BTD.astype(self.dtype))[:, :, None]
         return jnp.concatenate([a_BT1D, l_BT1D, self.latent_in(z_BTNL.astype(self.dtype))], axis=2)
 
-    def __call__(self, z_BTNL, tau_BT, a_BTA):
-        """Predicted clean latents float32 [B, T, N, L] of every frame."""
-        return self.transformer(self.embed(z_BTNL, tau_BT, a_BTA))[:, :, 2:].astype(jnp.float32)
+    def __call__(self, z_BTNL, tau_BT, a_BTA, t0=0, band: int | None = None):
+        """Predicted clean latents float32 [B, T, N, L] of every frame (``t0``, ``band``: see ``MaskGITDynamics``)."""
+        return self.transformer(self.embed(z_BTNL, tau_BT, a_BTA), t0, band)[:, :, 2:].astype(jnp.float32)
 
     # ------------------------------------------------------------------ latent normalisation
 
@@ -255,8 +262,8 @@ class DiffusionDynamics(nnx.Module):
 
     # ------------------------------------------------------------------ generation
 
-    def _context(self, z_BTNL, start: int, opts: SamplingOptions, key):
-        """Past frames at window positions start.. noised to the context level, and that level per frame."""
+    def _context(self, z_BTNL, start, opts: SamplingOptions, key):
+        """Past frames at window positions (rope: times) start.. noised to the context level, and that level per frame."""
         B, T = z_BTNL.shape[:2]
         eps_TBNL = jax.vmap(lambda p: context_eps(key, p, (B, *z_BTNL.shape[2:])))(start + jnp.arange(T))
         level = on_grid(jnp.float32(1.0 - opts.context_noise), self.cfg.noise_levels)  # a level training saw
@@ -293,17 +300,18 @@ class DiffusionDynamics(nnx.Module):
         _, kvs = self._step(z_ctx[:, 0], tau_ctx[0, 0], a_BA, kv, pos)
         return z_BNL, {"kv": AxialTransformer.write_cache(kv, kvs, pos), "context_key": key}
 
-    def frame(self, z_BWNL, a_BWA, pos, rng, opts: SamplingOptions, context_rng=None):
-        """Uncached: frame ``pos`` of the window, a full forward per step (the same draws as ``next_frame``)."""
+    def frame(self, z_BWNL, a_BWA, pos, rng, opts: SamplingOptions, context_rng=None, t0=0, band=None):
+        """Uncached: frame ``pos`` of the window, a full forward per step (the same draws as ``next_frame``);
+        ``t0``, ``band``: see ``MaskGITDynamics.frame``."""
         opts = self.resolve_sampling(opts)
         B, W, n, _ = z_BWNL.shape
-        ctx, tau_ctx = self._context(z_BWNL, 0, opts, context_key(context_rng))
+        ctx, tau_ctx = self._context(z_BWNL, t0, opts, context_key(context_rng))
         before = (jnp.arange(W) < pos)[None, :, None, None]
 
         def predict(z_BNL, tau):
             z_in = jnp.where(before, ctx, jax.lax.dynamic_update_index_in_dim(jnp.zeros_like(ctx), z_BNL, pos, 1))
             tau_BW = jnp.where(before[..., 0, 0], tau_ctx, tau)
-            return self._clip(jnp.take(self(z_in, tau_BW, a_BWA), pos, axis=1))
+            return self._clip(jnp.take(self(z_in, tau_BW, a_BWA, t0, band), pos, axis=1))
 
         eps = jax.random.normal(rng, (B, n, self.latent_dim), jnp.float32)
         return self._raw(denoise(predict, eps, opts.steps, self.cfg.noise_levels))

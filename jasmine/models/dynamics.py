@@ -25,7 +25,7 @@ from flax import nnx
 
 from jasmine.models.digits import Digits, SamplingOptions, TokenFamily
 from jasmine.models.maskgit import generate_frame, unmask_frame
-from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat, linear_layers
+from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat, TimePositions, linear_layers
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,11 @@ class DynamicsConfig:
     """Diffusion only: training draws each frame's signal level from {0, 1/S, ..., 1} (S = noise_levels)."""
     ramp_weight: bool = True
     """Diffusion only: weight each frame's loss by 0.9 * level + 0.1."""
+    time_positions: TimePositions = "absolute"
+    """absolute: sinusoids of the window position added to the input (the reference's), so a rollout past
+    seq_len re-prefills its window for every frame; rope: rotary positions in the temporal attention plus a
+    code of the tokenizer's chunk phase, so a rollout slides a ring of cached frames (an attention band of
+    seq_len frames) at the cost of one frame."""
     latent_norm: bool = False
     """Diffusion only: normalise each MAE latent channel to zero mean and unit variance before the noise path
     (tanh latents are far narrower than the unit noise), with a running mean and variance of the clean
@@ -127,6 +132,7 @@ class MaskGITDynamics(TokenFamily, nnx.Module):
         prec: Precision = Precision(),
         attention: Attention = "auto",
         remat: Remat = "none",
+        phase: int = 1,
         rngs: nnx.Rngs,
     ):
         self.cfg, self.digits, self.dtype = cfg, digits, prec.dtype
@@ -145,8 +151,14 @@ class MaskGITDynamics(TokenFamily, nnx.Module):
             prec=prec,
             attention=attention,
             remat=remat,
+            time_positions=cfg.time_positions,
+            phase=phase,
             rngs=rngs,
         )
+
+    def receptive_frames(self, band: int) -> int:
+        """Frames (itself included) a frame's output depends on with an attention band of ``band`` frames."""
+        return self.transformer.receptive_frames(band)
 
     def embed(self, ids_BTN, mask_BTN, actions_BTA):
         """Token embeddings (mask token where masked) with the action of each frame; [B, T, N(+1), D]."""
@@ -158,11 +170,11 @@ class MaskGITDynamics(TokenFamily, nnx.Module):
             return jnp.concatenate([a_BT1D, x_BTND], axis=2)
         return x_BTND + a_BT1D
 
-    def __call__(self, ids_BTN, mask_BTN, actions_BTA):
-        """Logits float32 [B, T, N, W] (every digit's) for every token position."""
-        return _drop_action_slot(
-            self.cfg, self.transformer(self.embed(ids_BTN, mask_BTN, actions_BTA)).astype(jnp.float32)
-        )
+    def __call__(self, ids_BTN, mask_BTN, actions_BTA, t0=0, band: int | None = None):
+        """Logits float32 [B, T, N, W] (every digit's) for every token position; ``t0`` and ``band`` (rope only):
+        the first frame's time and the attention band (see ``AxialTransformer``)."""
+        x = self.embed(ids_BTN, mask_BTN, actions_BTA)
+        return _drop_action_slot(self.cfg, self.transformer(x, t0, band).astype(jnp.float32))
 
     def loss(self, ids_BTN, a_BTA, rng, *, training: bool):
         """Masked-token cross-entropy; ``rng`` holds two keys: the mask's and the context noise's."""
@@ -188,7 +200,8 @@ class MaskGITDynamics(TokenFamily, nnx.Module):
         return self.transformer.prefill(x, window)[1]
 
     def next_frame(self, caches, pos, action_BA, rng, opts: SamplingOptions, n: int):
-        """Generate the frame at window position ``pos`` from the caches; returns (ids_BN, updated caches)."""
+        """Generate the frame at window position ``pos`` (with rope: at time ``pos``, the caches a ring) from the
+        caches; returns (ids_BN, updated caches)."""
 
         def frame_fn(ids_BN, mask_BN):
             return step_logits(self, ids_BN, mask_BN, action_BA, caches, pos)[0]
@@ -197,11 +210,14 @@ class MaskGITDynamics(TokenFamily, nnx.Module):
         _, kvs = step_logits(self, ids_BN, jnp.zeros_like(ids_BN, bool), action_BA, caches, pos)
         return ids_BN, AxialTransformer.write_cache(caches, kvs, pos)
 
-    def frame(self, ids_BWN, a_BWA, pos, rng, opts: SamplingOptions, context_rng=None):
-        """Uncached: frame ``pos`` of the window, a full forward per MaskGIT step (same draws as ``next_frame``)."""
+    def frame(self, ids_BWN, a_BWA, pos, rng, opts: SamplingOptions, context_rng=None, t0=0, band=None):
+        """Uncached: frame ``pos`` of the window, a full forward per MaskGIT step (same draws as ``next_frame``).
+
+        ``t0``, ``band`` (rope only): the window's first time and the attention band (a window of
+        ``receptive_frames(band)`` frames then gives what the ring cache gives)."""
 
         def logits_fn(ids, mask):
-            return self(ids, mask, a_BWA)
+            return self(ids, mask, a_BWA, t0, band)
 
         return jnp.take(generate_frame(logits_fn, ids_BWN, pos, rng, opts, self.digits), pos, axis=1)
 

@@ -140,7 +140,7 @@ class Genie(nnx.Module):
             self.action_embed = nnx.Embed(num_actions, lam_cfg.code_dim, param_dtype=prec.param_dtype, rngs=rngs)
         DYNAMICS[family].check_config(dyn_cfg)
         reads = tok_cfg.latent_dim if DYNAMICS[family].continuous else token_digits(tok_cfg)
-        self.dynamics = DYNAMICS[family](dyn_cfg, reads, lam_cfg.code_dim, **kw)
+        self.dynamics = DYNAMICS[family](dyn_cfg, reads, lam_cfg.code_dim, phase=self.align, **kw)
 
     @property
     def align(self) -> int:

@@ -20,6 +20,7 @@ from flax import nnx
 
 Remat = Literal["none", "full", "dots", "offload"]
 Attention = Literal["auto", "xla", "cudnn"]
+TimePositions = Literal["absolute", "rope"]
 
 
 @dataclass(frozen=True)
@@ -126,9 +127,10 @@ class AxialBlock(nnx.Module):
         spatial_causal: bool,
         prec: Precision,
         attention: Attention,
+        rope: bool = False,
         rngs: nnx.Rngs,
     ):
-        self.spatial_causal = spatial_causal
+        self.spatial_causal, self.rope = spatial_causal, rope
         self.norm_s, self.norm_t, self.norm_f = (LayerNorm32(dim, prec=prec, rngs=rngs) for _ in range(3))
         self.spatial = MultiHeadAttention(dim, heads, prec=prec, attention=attention, rngs=rngs)
         self.temporal = MultiHeadAttention(dim, heads, prec=prec, attention=attention, rngs=rngs)
@@ -140,45 +142,78 @@ class AxialBlock(nnx.Module):
         h_SND = self.norm_s(x_BTND).reshape(B * T, N, D)
         return x_BTND + self.spatial(h_SND, causal=self.spatial_causal).reshape(B, T, N, D)
 
-    def _temporal_qkv(self, x_BTND):
+    def _temporal_qkv(self, x_BTND, t_T):
         h_STD = einops.rearrange(self.norm_t(x_BTND), "b t n d -> (b n) t d")
-        return self.temporal.qkv_heads(h_STD)
+        q_STHK, k_STHK, v_STHK = self.temporal.qkv_heads(h_STD)
+        if self.rope:  # time enters the temporal attention only as rotations: scores see t - s
+            q_STHK, k_STHK = rotary(q_STHK, t_T), rotary(k_STHK, t_T)
+        return q_STHK, k_STHK, v_STHK
 
     def _finish(self, x_BTND, y_STHK):
         y_STD = self.temporal.out(einops.rearrange(y_STHK, "s t h k -> s t (h k)"))
         x_BTND = x_BTND + einops.rearrange(y_STD, "(b n) t d -> b t n d", b=x_BTND.shape[0])
         return x_BTND + self.ffn_out(jax.nn.gelu(self.ffn_in(self.norm_f(x_BTND))))
 
-    def __call__(self, x_BTND, *, return_kv: bool = False):
+    def __call__(self, x_BTND, *, t_T=None, band: int | None = None, return_kv: bool = False):
+        """``t_T``: the frames' times (default 0..T-1; rotary positions only); ``band``: each frame attends to
+        at most this many frames, itself included (None: all earlier frames)."""
+        T = x_BTND.shape[1]
+        t_T = jnp.arange(T) if t_T is None else t_T
         x_BTND = self._spatial(x_BTND)
-        q_STHK, k_STHK, v_STHK = self._temporal_qkv(x_BTND)
-        y_STHK = dot_product_attention(q_STHK, k_STHK, v_STHK, causal=True, implementation=self.temporal.attention)
+        q_STHK, k_STHK, v_STHK = self._temporal_qkv(x_BTND, t_T)
+        y_STHK = dot_product_attention(
+            q_STHK, k_STHK, v_STHK, causal=True, mask_SHLM=band_mask(T, band), implementation=self.temporal.attention
+        )
         out = self._finish(x_BTND, y_STHK)
         return (out, (k_STHK, v_STHK)) if return_kv else out
 
-    def step(self, x_B1ND, k_cache_SWHK, v_cache_SWHK, pos):
-        """One new frame at window position ``pos``, attending to cached frames [0, pos) and itself.
+    def step(self, x_B1ND, k_cache_SWHK, v_cache_SWHK, t):
+        """One new frame at time ``t``, attending to the cached frames before it and itself (see
+        :func:`cached_attention`).
 
         Returns the block output and this frame's temporal (k, v) [S, 1, H, K] for the cache.
         """
         x_B1ND = self._spatial(x_B1ND)
-        q_S1HK, k_S1HK, v_S1HK = self._temporal_qkv(x_B1ND)
-        y_S1HK, _ = cached_attention(q_S1HK, k_S1HK, v_S1HK, k_cache_SWHK, v_cache_SWHK, pos, self.temporal.attention)
+        q_S1HK, k_S1HK, v_S1HK = self._temporal_qkv(x_B1ND, jnp.reshape(t, (1,)))
+        W = k_cache_SWHK.shape[1]
+        y_S1HK, _ = cached_attention(
+            q_S1HK, k_S1HK, v_S1HK, k_cache_SWHK, v_cache_SWHK, t % W, jnp.arange(W) <= t, self.temporal.attention
+        )
         return self._finish(x_B1ND, y_S1HK), (k_S1HK, v_S1HK)
 
 
-def cached_attention(q_S1HK, k_S1HK, v_S1HK, k_cache_SWHK, v_cache_SWHK, pos, implementation: Attention):
-    """One query position ``pos`` attending to cached positions < ``pos`` and itself.
+def band_mask(T: int, band: int | None):
+    """Attention mask [1, 1, T, T] letting query t see keys s with t - s < ``band`` (None: no mask)."""
+    if band is None or band >= T:
+        return None
+    t_T = jnp.arange(T)
+    return ((t_T[:, None] - t_T[None, :]) < band)[None, None]
 
-    Returns the attention output and the caches with this position's (k, v) written in.
+
+def cached_attention(q_S1HK, k_S1HK, v_S1HK, k_cache_SMHK, v_cache_SMHK, slot, valid_M, implementation: Attention):
+    """One query attending to the cache slots where ``valid_M`` holds, after writing its own (k, v) at ``slot``.
+
+    A cache of M frames used as a ring (frame t at slot t mod M, valid: the frames within the last M) holds a
+    sliding window of any length with no re-prefill; with absolute positions t < M, slot = t and
+    valid = slots <= t. Returns the attention output and the caches with this position's (k, v) written in.
     """
-    k_SWHK = jax.lax.dynamic_update_slice_in_dim(k_cache_SWHK, k_S1HK, pos, axis=1)
-    v_SWHK = jax.lax.dynamic_update_slice_in_dim(v_cache_SWHK, v_S1HK, pos, axis=1)
-    mask_111W = (jnp.arange(k_SWHK.shape[1]) <= pos)[None, None, None, :]
+    k_SMHK = jax.lax.dynamic_update_slice_in_dim(k_cache_SMHK, k_S1HK, slot, axis=1)
+    v_SMHK = jax.lax.dynamic_update_slice_in_dim(v_cache_SMHK, v_S1HK, slot, axis=1)
     y_S1HK = dot_product_attention(
-        q_S1HK, k_SWHK, v_SWHK, causal=False, mask_SHLM=mask_111W, implementation=implementation
+        q_S1HK, k_SMHK, v_SMHK, causal=False, mask_SHLM=valid_M[None, None, None, :], implementation=implementation
     )
-    return y_S1HK, (k_SWHK, v_SWHK)
+    return y_S1HK, (k_SMHK, v_SMHK)
+
+
+def rotary(x_SLHK, t_L):
+    """Rotary position embedding (RoPE) by time: channel pairs (i, i + K/2) of every head rotated by angles
+    ``t * 10000^(-2i/K)``, so q_t · k_s depends on t - s only. Computed in float32 (angles of long rollouts)."""
+    half = x_SLHK.shape[-1] // 2
+    freq = jnp.exp(-math.log(10_000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+    ang_L1F = (jnp.asarray(t_L, jnp.float32)[:, None] * freq)[:, None, :]
+    cos, sin = jnp.cos(ang_L1F), jnp.sin(ang_L1F)
+    x1, x2 = jnp.split(x_SLHK.astype(jnp.float32), 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x_SLHK.dtype)
 
 
 def sinusoidal_rows(pos, dim: int) -> jax.Array:
@@ -213,7 +248,15 @@ REMAT_POLICIES = {
 
 
 class AxialTransformer(nnx.Module):
-    """x_BTNI → Linear → + time and space sinusoids → blocks → LayerNorm → Linear → y_BTNO."""
+    """x_BTNI → Linear → + time and space codes → blocks → LayerNorm → Linear → y_BTNO.
+
+    Time positions (``time_positions``): ``absolute`` adds sinusoids of the window position t to the input,
+    so the model runs on windows of its training length only; ``rope`` rotates the temporal attention's
+    queries and keys by t (:func:`rotary`: scores depend on t - s only) and adds sinusoids of the chunk phase
+    t mod ``phase`` instead (the tokenizer's window grid: what a frame's tokens depend on). A rope model
+    runs on any length with a band of the training window (``band``), so a rollout slides by keeping a
+    ring of cached frames instead of re-prefilling.
+    """
 
     def __init__(
         self,
@@ -228,10 +271,15 @@ class AxialTransformer(nnx.Module):
         prec: Precision = Precision(),
         attention: Attention = "auto",
         remat: Remat = "none",
+        time_positions: TimePositions = "absolute",
+        phase: int = 1,
         rngs: nnx.Rngs,
     ):
+        if time_positions == "rope" and (model_dim // num_heads) % 2:
+            raise ValueError(f"rotary positions need an even head width, got {model_dim} / {num_heads} heads")
         lin = linear_layers(prec, rngs)
         self.dtype, self.remat, self.model_dim = prec.dtype, remat, model_dim
+        self.rope, self.phase = time_positions == "rope", phase
         self.proj_in = lin(in_dim, model_dim)
         self.blocks = nnx.List(
             [
@@ -242,6 +290,7 @@ class AxialTransformer(nnx.Module):
                     spatial_causal=spatial_causal,
                     prec=prec,
                     attention=attention,
+                    rope=self.rope,
                     rngs=rngs,
                 )
                 for _ in range(num_blocks)
@@ -249,14 +298,20 @@ class AxialTransformer(nnx.Module):
         )
         self.norm_out, self.proj_out = output_layers(model_dim, out_dim, prec, rngs)
 
+    def receptive_frames(self, band: int) -> int:
+        """How many frames (itself included) the output of a frame depends on with attention ``band``."""
+        return len(self.blocks) * (band - 1) + 1
+
     def embed(self, x_BTNI, t_offset=0):
-        """Input projection plus time (from frame ``t_offset``, may be traced) and space position codes."""
+        """Input projection plus time (frames from ``t_offset``, may be traced) and space position codes."""
         _, T, N, _ = x_BTNI.shape
-        pe_TND = positions(t_offset + jnp.arange(T), N, self.model_dim)
+        t_T = t_offset + jnp.arange(T)
+        pe_TND = positions(t_T % self.phase if self.rope else t_T, N, self.model_dim)
         return self.proj_in(x_BTNI.astype(self.dtype)) + pe_TND.astype(self.dtype)
 
     def prefill(self, x_BTNI, window: int):
-        """Full causal forward that also returns each block's temporal K/V in caches of ``window`` frames.
+        """Full causal forward from time 0 that also returns each block's temporal K/V in caches of ``window``
+        frames.
 
         Caches are a list (one per block) of (k, v) with shape [B*N, window, H, K]; frames
         [0, T) are filled.
@@ -269,31 +324,43 @@ class AxialTransformer(nnx.Module):
             caches.append((jnp.pad(k_STHK, pad), jnp.pad(v_STHK, pad)))
         return self.proj_out(self.norm_out(x_BTND)), caches
 
-    def step(self, x_B1NI, caches, pos):
-        """Output for one frame at window position ``pos`` given caches of frames [0, pos).
+    def step(self, x_B1NI, caches, t):
+        """Output for one frame at time ``t`` given caches of the frames before it (window position t; with
+        rope, any t: a ring of the last ``window`` frames).
 
         Returns the output and the frame's per-block (k, v) (see :meth:`write_cache`).
         """
-        x_B1ND = self.embed(x_B1NI, pos)
+        x_B1ND = self.embed(x_B1NI, t)
         kvs = []
         for block, (k_c, v_c) in zip(self.blocks, caches, strict=False):
-            x_B1ND, kv = block.step(x_B1ND, k_c, v_c, pos)
+            x_B1ND, kv = block.step(x_B1ND, k_c, v_c, t)
             kvs.append(kv)
         return self.proj_out(self.norm_out(x_B1ND)), kvs
 
     @staticmethod
-    def write_cache(caches, kvs, pos):
-        """Caches with one frame's (k, v) written at window position ``pos``."""
+    def write_cache(caches, kvs, t):
+        """Caches with the (k, v) of the frame at time ``t`` written at its slot, t mod window."""
         return [
             (
-                jax.lax.dynamic_update_slice_in_dim(k_c, k, pos, axis=1),
-                jax.lax.dynamic_update_slice_in_dim(v_c, v, pos, axis=1),
+                jax.lax.dynamic_update_slice_in_dim(k_c, k, t % k_c.shape[1], axis=1),
+                jax.lax.dynamic_update_slice_in_dim(v_c, v, t % v_c.shape[1], axis=1),
             )
             for (k_c, v_c), (k, v) in zip(caches, kvs, strict=False)
         ]
 
-    def __call__(self, x_BTNI):
-        return self.proj_out(self.norm_out(run_blocks(self.blocks, self.embed(x_BTNI), self.remat)))
+    def __call__(self, x_BTNI, t_offset=0, band: int | None = None):
+        """Outputs of frames at times ``t_offset``.. (only rope models run past time 0), each attending to at
+        most ``band`` frames (None: every earlier one)."""
+        if not self.rope and (band is not None or not (isinstance(t_offset, int) and t_offset == 0)):
+            raise ValueError("absolute time positions run windows from time 0 only (time_positions='rope' slides)")
+        x_BTND = self.embed(x_BTNI, t_offset)
+        if band is None and isinstance(t_offset, int) and t_offset == 0:
+            x_BTND = run_blocks(self.blocks, x_BTND, self.remat)
+        else:  # inference over a sliding window
+            t_T = t_offset + jnp.arange(x_BTNI.shape[1])
+            for block in self.blocks:
+                x_BTND = block(x_BTND, t_T=t_T, band=band)
+        return self.proj_out(self.norm_out(x_BTND))
 
 
 def run_blocks(blocks, x, remat: Remat):

@@ -8,9 +8,13 @@ keys/values of what is already known are kept: for MaskGIT each block's temporal
 past frames (every unmasking step runs the transformer on the new frame only), for the
 causal family every slot's K/V (every token costs one slot's work). Without it, every
 step runs the whole window. Both paths draw the same random numbers (``fold_in(rng, frame)``) and so
-give the same tokens. Past ``W`` frames the window slides: it keeps the last ``W-1``
-frames, re-prefills their cache, and the frame at window position 0 gets no action
-(as in training).
+give the same tokens. Past ``W`` frames the window slides. With absolute time positions
+(the default) it keeps the last ``W-1`` frames, re-prefills their cache, and the frame at
+window position 0 gets no action (as in training). With rotary ones (``--model.time-positions
+rope``) nothing is re-run: the cache is a ring of the last ``W`` frames, every frame attends
+to at most ``W`` frames (itself included), and each generated frame costs what a frame inside
+the first window costs. The uncached path then runs the ``receptive_frames`` window that
+reaches back as far as the cached one does, with the same band.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class Rollout:
         type(dyn).check_sampling(opts, genie.tokenizer.cfg)
         self.graphdef, self.state = nnx.split(genie)
         self.window, self.opts = window, type(dyn).resolve_sampling(opts)
+        self.rope = dyn.cfg.time_positions == "rope"
+        self.receptive = dyn.receptive_frames(window) if self.rope else window
         gd = self.graphdef
 
         self._prefill = jax.jit(
@@ -58,6 +64,11 @@ class Rollout:
         self._full_frame = jax.jit(
             lambda state, ids_BWN, a_BWA, pos, rng, ctx_rng: nnx.merge(gd, state).dynamics.frame(
                 ids_BWN, a_BWA, pos, rng, opts, ctx_rng
+            )
+        )
+        self._banded_frame = jax.jit(  # rope: the receptive window from time t0, attention banded to ``window``
+            lambda state, ids_BRN, a_BRA, pos, rng, ctx_rng, t0: nnx.merge(gd, state).dynamics.frame(
+                ids_BRN, a_BRA, pos, rng, opts, ctx_rng, t0, window
             )
         )
         self._vectors = jax.jit(lambda state, ids: nnx.merge(gd, state).action_vectors(ids))
@@ -121,10 +132,16 @@ class Stream:
 
     def step(self, action_ids_B) -> jax.Array:
         """Generate the next frame after the given action ids [B]; returns its token ids [B, N]."""
-        roll, t, W = self.roll, len(self.frames), self.roll.window
+        roll, t = self.roll, len(self.frames)
         B = self.frames[0].shape[0]
         self.actions.append(roll._vectors(roll.state, jnp.asarray(action_ids_B, jnp.int32).reshape(B, 1))[:, 0])
         key = jax.random.fold_in(self.rng, t)
+        ids_BN = self._rope_step(t, key) if roll.rope else self._absolute_step(t, key)
+        self.frames.append(ids_BN)
+        return ids_BN
+
+    def _absolute_step(self, t: int, key) -> jax.Array:
+        roll, W = self.roll, self.roll.window
         if t - self.start == W:  # slide: keep the last W-1 frames
             self.start += 1
             if roll.opts.cache:
@@ -137,9 +154,20 @@ class Stream:
         pos = t - self.start
         if roll.opts.cache:
             ids_BN, self.caches = roll._cached_frame(roll.state, self.caches, pos, self.actions[t], key)
-        else:
-            win_BWN = jnp.stack(self.frames[self.start : t] + [jnp.zeros_like(self.frames[0])] * (W - pos), 1)
-            a_BWA = jnp.pad(self._window_actions(self.start, t + 1), ((0, 0), (0, W - pos - 1), (0, 0)))
-            ids_BN = roll._full_frame(roll.state, win_BWN, a_BWA, pos, key, self.context_rng)
-        self.frames.append(ids_BN)
-        return ids_BN
+            return ids_BN
+        win_BWN = jnp.stack(self.frames[self.start : t] + [jnp.zeros_like(self.frames[0])] * (W - pos), 1)
+        a_BWA = jnp.pad(self._window_actions(self.start, t + 1), ((0, 0), (0, W - pos - 1), (0, 0)))
+        return roll._full_frame(roll.state, win_BWN, a_BWA, pos, key, self.context_rng)
+
+    def _rope_step(self, t: int, key) -> jax.Array:
+        """Frame t at time t: through the ring cache, or uncached over the last ``receptive`` frames (every one
+        with its own action: only frame 0 of the rollout has none)."""
+        roll, R = self.roll, self.roll.receptive
+        if roll.opts.cache:
+            ids_BN, self.caches = roll._cached_frame(roll.state, self.caches, t, self.actions[t], key)
+            return ids_BN
+        lo = max(0, t + 1 - R)
+        pad = R - (t + 1 - lo)
+        win_BRN = jnp.stack(self.frames[lo:t] + [jnp.zeros_like(self.frames[0])] * (pad + 1), 1)
+        a_BRA = jnp.stack(self.actions[lo : t + 1] + [jnp.zeros_like(self.actions[0])] * pad, 1)
+        return roll._banded_frame(roll.state, win_BRN, a_BRA, t - lo, key, self.context_rng, lo)

@@ -93,6 +93,44 @@ def test_cached_and_uncached_tokens_are_identical_also_past_seq_len(runs, opts):
     np.testing.assert_array_equal(out[True][:, :1], ctx)
 
 
+def test_rope_causal_rollouts_keep_a_ring_of_slots_past_the_window():
+    """With rotary time positions the causal family's token cache is a ring of window frames' slots: past the
+    window (4 frames, 2 blocks) its rollout equals the uncached banded window, and greedy tokens equal the
+    argmax of one banded forward over the whole rolled-out sequence (chunk phase 2)."""
+    from conftest import MICRO_LAM, MICRO_TOK
+
+    from jasmine.models.genie import Genie
+
+    cfg = DynamicsConfig(model_dim=32, ffn_dim=64, num_blocks=2, num_heads=2, time_positions="rope")
+    g = Genie(MICRO_TOK, cfg, (16, 16, 3), lam_cfg=MICRO_LAM, family="causal", tokenizer_window=2, rngs=nnx.Rngs(0))
+    W, F = 4, 9
+    ctx = jax.random.randint(jax.random.key(0), (2, 2, g.tokens_per_frame), 0, 16)
+    acts = jax.random.randint(jax.random.key(1), (2, 1 + F), 0, 4)
+    for opts in (SampleOptions(temperature=1.0), SampleOptions(temperature=0.0)):
+        out = [
+            np.asarray(
+                Rollout(g, W, SampleOptions(**{**vars(opts), "cache": c})).run(
+                    ctx, acts, jax.random.key(2), num_frames=F
+                )
+            )
+            for c in (True, False)
+        ]
+        np.testing.assert_array_equal(out[0], out[1])
+    a_BTA, _ = g.frame_conditioning({"latent_actions": jnp.pad(acts, ((0, 0), (1, 0)))})
+    logits = g.dynamics(jnp.asarray(out[0]), a_BTA, 0, W)
+    np.testing.assert_array_equal(np.asarray(logits.argmax(-1))[:, W:], out[0][:, W:])  # greedy: the argmax
+    ids, at0 = jnp.asarray(out[0][:, :W]), np.asarray(g.dynamics(jnp.asarray(out[0][:, :W]), a_BTA[:, :W]))
+    np.testing.assert_allclose(np.asarray(g.dynamics(ids, a_BTA[:, :W], 6)), at0, atol=2e-5)  # relative + phase
+    assert np.abs(np.asarray(g.dynamics(ids, a_BTA[:, :W], 7)) - at0).max() > 1e-2  # off the chunk grid
+    x = jax.random.normal(jax.random.key(3), (1, 2, 32))
+    scores = [
+        np.asarray((q[:, 1] * k[:, 0]).sum(-1))
+        for q, k, _ in (g.dynamics.blocks[0]._qkv(x, jnp.array(t)) for t in ([0, 1], [5, 6], [0, 3]))
+    ]
+    np.testing.assert_allclose(scores[0], scores[1], atol=1e-4)  # attention sees the distance between frames
+    assert np.abs(scores[0] - scores[2]).max() > 1e-3
+
+
 def test_sampling_is_seeded_and_top_k_restricts_each_digit():
     d = Digits((5, 4))
     logits = jax.random.normal(jax.random.key(0), (4000, d.width))

@@ -144,7 +144,12 @@ def test_rope_diffusion_rollouts_keep_the_ring_cache_past_the_window():
 
     mae = MAEConfig(patch_size=4, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=L)
     g = Genie(
-        mae, replace(CFG, time_positions="rope"), (16, 16, 3), family="diffusion", lam_cfg=MICRO_LAM, tokenizer_window=2,
+        mae,
+        replace(CFG, time_positions="rope"),
+        (16, 16, 3),
+        family="diffusion",
+        lam_cfg=MICRO_LAM,
+        tokenizer_window=2,
         rngs=nnx.Rngs(0),
     )
     ctx = jnp.tanh(jax.random.normal(jax.random.key(0), (B, 2, 16, L)))

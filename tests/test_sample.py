@@ -32,7 +32,9 @@ def rollout(g, cache, seed=3, frames=8, window=5, temperature=1.0, ctx_len=2):
     return np.asarray(ctx), np.asarray(r.run(ctx, acts, jax.random.key(seed), num_frames=frames))
 
 
-@pytest.mark.parametrize("action_mode,time_positions", [("prepend", "absolute"), ("add", "absolute"), ("prepend", "rope")])
+@pytest.mark.parametrize(
+    "action_mode,time_positions", [("prepend", "absolute"), ("add", "absolute"), ("prepend", "rope")]
+)
 def test_cache_gives_identical_tokens_also_past_the_window(action_mode, time_positions):
     """Absolute positions: the window slides by re-prefilling; rope: a ring cache against the uncached
     banded window of receptive_frames (2 blocks: 9 frames), both past the window."""

@@ -6,6 +6,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -19,6 +20,8 @@ class BenchPlayArgs:
     """Dynamics run (default: an untrained model of --preset; the latency does not depend on the weights)."""
     preset: str = "tiny"
     """Dynamics preset when no --run is given."""
+    time_positions: Literal["absolute", "rope"] | None = None
+    """With --preset: override its ``--model.time-positions`` (rope slides the window without re-prefilling)."""
     steps: int = 100
     """Timed actions, after compiling; past the model's seq_len the window slides, as in long play."""
     websocket: bool = True
@@ -38,6 +41,8 @@ def _play_game(args: BenchPlayArgs):
     if args.run is not None:
         return load_game(args.run), f"run {args.run}"
     cfg = preset("dynamics", args.preset)
+    if args.time_positions is not None:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, time_positions=args.time_positions))
     genie = COMPONENTS["dynamics"].build(cfg, nnx.Rngs(0), pretrained=False)
     roll = Rollout(genie, cfg.seq_len, SampleOptions(**dataclasses.asdict(cfg.val_sampling)))
     game = Game(
@@ -87,7 +92,8 @@ def bench_play(args: BenchPlayArgs) -> dict[str, dict[str, float]]:
     first, slid = ms[: window - 1], ms[window - 1 :]
     print(f"    frames 1..{window - 1} (within the first window)   {_quantiles(first)}")
     if slid:
-        print(f"    later frames (window slides: cache re-prefilled)   {_quantiles(slid)}")
+        how = "ring cache" if game.roll.rope else "cache re-prefilled"
+        print(f"    later frames (window slides: {how})   {_quantiles(slid)}")
     if args.websocket:
         from websockets.sync.client import connect
 

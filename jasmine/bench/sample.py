@@ -28,6 +28,12 @@ class BenchSampleArgs:
     """Compute dtype (auto = the preset's: float32 on CPU, bfloat16 on GPU)."""
     repeats: int = 1
     """Timed rollouts per setting (after a one-frame warm-up that compiles); the best is reported."""
+    time_positions: Literal["absolute", "rope"] | None = None
+    """Override the preset's ``--model.time-positions`` (absolute re-prefills the window past seq_len; rope
+    keeps a ring cache)."""
+    long_frames: int = 0
+    """Also time a cached rollout of this many frames (past seq_len) and print its frames/s as a share of the
+    ``frames`` rollout's (0: skip)."""
 
 
 def pass_times(dyn, batch: int, window: int, n: int, action_dim: int, passes: int = 16) -> tuple[float, float]:
@@ -77,7 +83,9 @@ def _rollout_fps(genie, window: int, opts, ctx, acts, frames: int, repeats: int)
     from jasmine.sample.rollout import Rollout
 
     roll = Rollout(genie, window, opts)
-    jax.block_until_ready(roll.run(ctx, acts[:, : ctx.shape[1]], jax.random.key(2), num_frames=1))  # compile
+    C = ctx.shape[1]
+    warm = 1 if C + frames <= window else window - C + 1  # past seq_len: also compile the slide (a re-prefill)
+    jax.block_until_ready(roll.run(ctx, acts[:, : C + warm - 1], jax.random.key(2), num_frames=warm))  # compile
     best = float("inf")
     for i in range(repeats):
         t0 = time.perf_counter()
@@ -100,6 +108,8 @@ def bench_sample(args: BenchSampleArgs) -> dict[int, dict[str, float]]:
     cfg = with_frame_tokenizer(
         dataclasses.replace(preset("dynamics", args.preset), dtype=args.dtype, dynamics=args.dynamics), args.preset
     )
+    if args.time_positions is not None:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, time_positions=args.time_positions))
 
     def build(c):
         return COMPONENTS["dynamics"].build(c, nnx.Rngs(0), pretrained=False)
@@ -122,7 +132,8 @@ def bench_sample(args: BenchSampleArgs) -> dict[int, dict[str, float]]:
     )
     print(
         f"sampling {args.frames} frames after {args.context} context, {args.dynamics} dynamics, {how}, seq_len "
-        f"{cfg.seq_len}, {n} tokens/frame, {cfg.model.num_blocks}x{cfg.model.model_dim} on {jax.devices()[0].platform}"
+        f"{cfg.seq_len}, {n} tokens/frame, {cfg.model.num_blocks}x{cfg.model.model_dim}, {cfg.model.time_positions} "
+        f"time positions, on {jax.devices()[0].platform}"
     )
     if maskgit or continuous:
         k = passes if maskgit else K
@@ -155,6 +166,16 @@ def bench_sample(args: BenchSampleArgs) -> dict[int, dict[str, float]]:
                 f"  batch {b}  {'cached  ' if cache else 'uncached'}  {fps:8.2f} frames/s  ({best:.2f} s per rollout)"
             )
         speedup = r["cached"] / r["uncached"]
+        if args.long_frames:
+            long_acts = jax.random.randint(jax.random.key(1), (b, args.context + args.long_frames - 1), 0, 4)
+            r["long_cached"], best = _rollout_fps(
+                genie, cfg.seq_len, opts, ctx, long_acts, args.long_frames, args.repeats
+            )
+            how_long = "a ring cache" if cfg.model.time_positions == "rope" else "re-prefilling past seq_len"
+            print(
+                f"  batch {b}  cached {args.long_frames} frames {r['long_cached']:8.2f} frames/s ({best:.2f} s): "
+                f"{r['long_cached'] / r['cached']:.0%} of {args.frames} frames' ({how_long})"
+            )
         if other is not None:
             r["maskgit_cached"], best = _rollout_fps(
                 other, cfg.seq_len, SampleOptions(steps=steps), ids, acts, args.frames, args.repeats

@@ -263,7 +263,8 @@ class DiffusionDynamics(nnx.Module):
     # ------------------------------------------------------------------ generation
 
     def _context(self, z_BTNL, start, opts: SamplingOptions, key):
-        """Past frames at window positions (rope: times) start.. noised to the context level, and that level per frame."""
+        """Past frames at window positions (rope: times) start.. noised to the context level, and that level per
+        frame."""
         B, T = z_BTNL.shape[:2]
         eps_TBNL = jax.vmap(lambda p: context_eps(key, p, (B, *z_BTNL.shape[2:])))(start + jnp.arange(T))
         level = on_grid(jnp.float32(1.0 - opts.context_noise), self.cfg.noise_levels)  # a level training saw

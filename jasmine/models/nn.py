@@ -363,12 +363,14 @@ class AxialTransformer(nnx.Module):
         return self.proj_out(self.norm_out(x_BTND))
 
 
-def run_blocks(blocks, x, remat: Remat):
-    """Apply ``blocks`` in order, each rematerialised per ``remat``."""
+def run_blocks(blocks, x, remat: Remat, **kw):
+    """Apply ``blocks`` in order (with keyword arguments ``kw``), each rematerialised per ``remat``."""
     for block in blocks:
         if remat == "none":
-            x = block(x)
+            x = block(x, **kw)
         else:  # a pure function of the block's state, so it works under any outer transform
             graphdef, state = nnx.split(block)
-            x = jax.checkpoint(lambda s, x, g=graphdef: nnx.merge(g, s)(x), policy=REMAT_POLICIES[remat])(state, x)
+            x = jax.checkpoint(lambda s, x, g=graphdef: nnx.merge(g, s)(x, **kw), policy=REMAT_POLICIES[remat])(
+                state, x
+            )
     return x

@@ -137,10 +137,11 @@ class Game:
         }
 
     def warm_up(self) -> float:
-        """Compile everything a session runs (encode, first frames, the sliding window, decode); seconds taken."""
+        """Compile everything a session runs (encode, first frames, the sliding window, the decoder's chunk
+        lengths); seconds taken."""
         t0 = time.perf_counter()
         world = World(self, np.zeros((1, 1, *self.frame_shape), np.uint8), np.zeros((1, 0), np.int32), 0, "warm-up")
-        for t in range(self.roll.window + 1):
+        for t in range(max(self.roll.window, self.window) + 1):  # a slide, and every decoder chunk length
             world.step(t % self.num_codes)
         return time.perf_counter() - t0
 
@@ -265,10 +266,9 @@ class World:
         t0 = time.perf_counter()
         self.stream.step(np.array([code], np.int32))
         t, S = self.t + 1, self.game.window
-        lo = t - t % S
-        chunk = self.stream.frames[lo : t + 1]
-        chunk = chunk + [np.zeros_like(chunk[0])] * (S - len(chunk))
-        frame = (np.clip(self.game.roll.decode(np.stack(chunk, 1))[0, t - lo], 0, 1) * 255).round().astype(np.uint8)
+        lo = t - t % S  # the decoder is causal in time: its chunk up to frame t decodes t as the whole chunk would
+        chunk = np.stack(self.stream.frames[lo : t + 1], 1)
+        frame = (np.clip(self.game.roll.decode(chunk)[0, -1], 0, 1) * 255).round().astype(np.uint8)
         self.frames.append(frame)
         self.t = t
         self.codes = [*self.codes[-1:], code]

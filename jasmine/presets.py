@@ -170,7 +170,11 @@ PRESETS["dynamics"] = {
     "coinrun": DynamicsTrainConfig(  # 17 frames: the LAM's windows tile them and clips align to 16 frames
         **{**_COINRUN_RUN, "seq_len": 17},
         optim=OptimConfig(lr=3e-5, warmup_steps=5000, decay_fraction=0.1),
-        model=DynamicsConfig(model_dim=512, ffn_dim=2048, num_blocks=6, num_heads=8, mask_limit=0.5),
+        # rotary time positions: play and long rollouts slide past 17 frames at the cost of one frame (no
+        # re-prefill); as good as absolute ones at the tiny scale (docs/tuning.md)
+        model=DynamicsConfig(
+            model_dim=512, ffn_dim=2048, num_blocks=6, num_heads=8, mask_limit=0.5, time_positions="rope"
+        ),
         tokenizer_model=_COINRUN_TOKENIZER,
         lam_model=_COINRUN_LAM,
     ),

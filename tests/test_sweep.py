@@ -255,11 +255,11 @@ def test_micro_sweep_interrupted_and_resumed_trains_nothing_twice(runs, tmp_path
         assert (out / f"leaderboard.{ext}").stat().st_size > 0
 
 
-@pytest.mark.parametrize("name", ["prepend", "cotrain", "ffn", "families", "latent_norm"])
+@pytest.mark.parametrize("name", ["prepend", "cotrain", "ffn", "families", "latent_norm", "time_positions"])
 def test_documented_ablation_specs_plan_three_seeds_of_every_cell(name):
     spec = load_spec(Path(__file__).parents[1] / "docs" / "ablations" / f"{name}.toml")
     plan = build_plan(spec, parse)  # every run's command parses
-    data_runs = 0 if name == "latent_norm" else 1  # latent_norm reads make demo's data
+    data_runs = 0 if name in ("latent_norm", "time_positions") else 1  # these read make demo's data
     assert spec.seeds == (0, 1, 2) and plan.count("eval") == 3 * len(plan.cells) and plan.count("data") == data_runs
     assert {c for c, _ in plan.evals} == set(plan.cells) and plan.baseline in plan.cells
 

@@ -36,8 +36,11 @@ class BenchSampleArgs:
     ``frames`` rollout's (0: skip)."""
 
 
-def pass_times(dyn, batch: int, window: int, n: int, action_dim: int, passes: int = 16) -> tuple[float, float]:
-    """Seconds per model pass of ``dyn``: (one frame from a KV cache, the whole window without one).
+def pass_times(
+    dyn, batch: int, window: int, n: int, action_dim: int, passes: int = 16, span: int | None = None
+) -> tuple[float, float]:
+    """Seconds per model pass of ``dyn``: (one frame from a KV cache of ``window`` frames, the ``span`` frames
+    (default: the window) an uncached pass runs, without one).
 
     Each is timed as ``passes`` chained passes inside one jitted loop (best of 5), so
     dispatch overhead is excluded from both alike.
@@ -49,7 +52,8 @@ def pass_times(dyn, batch: int, window: int, n: int, action_dim: int, passes: in
     from jasmine.models.dynamics import step_logits
 
     gd, st = nnx.split(dyn)
-    ids_BWN, a_BWA = jnp.zeros((batch, window, n), jnp.int32), jnp.zeros((batch, window, action_dim))
+    span = span or window
+    ids_BWN, a_BWA = jnp.zeros((batch, span, n), jnp.int32), jnp.zeros((batch, span, action_dim))
     mask_BWN = jnp.zeros(ids_BWN.shape, bool)  # unmasked, so each pass depends on the last one's output
     caches = jax.jit(lambda s: nnx.merge(gd, s).prefill(ids_BWN[:, :1], a_BWA[:, :1], window))(st)
 
@@ -135,16 +139,16 @@ def bench_sample(args: BenchSampleArgs) -> dict[int, dict[str, float]]:
         f"{cfg.seq_len}, {n} tokens/frame, {cfg.model.num_blocks}x{cfg.model.model_dim}, {cfg.model.time_positions} "
         f"time positions, on {jax.devices()[0].platform}"
     )
+    rope = cfg.model.time_positions == "rope"
+    span = genie.dynamics.receptive_frames(cfg.seq_len) if rope else cfg.seq_len  # what one uncached pass runs
+    over = f"the {span} frames a frame depends on (rope: blocks x (seq_len - 1) + 1)" if rope else f"all {span} frames"
     if maskgit or continuous:
         k = passes if maskgit else K
-        print(
-            f"  per frame: cached = {k} one-frame passes + 1 to write the cache; uncached = {k} passes over all "
-            f"{cfg.seq_len} frames"
-        )
+        print(f"  per frame: cached = {k} one-frame passes + 1 to write the cache; uncached = {k} passes over {over}")
     else:
         print(
             f"  per frame: cached = {n + 1} one-slot passes ({n} tokens + 1 to write the last); uncached = {n} "
-            f"passes over all {cfg.seq_len} x {n + 1} slots"
+            f"passes over {over}, {n + 1} slots each"
         )
     other = None if maskgit else build(dataclasses.replace(cfg, dynamics="maskgit", mae_model=None))
     results = {}
@@ -185,11 +189,11 @@ def bench_sample(args: BenchSampleArgs) -> dict[int, dict[str, float]]:
                 f"{r['maskgit_cached']:.2f} frames/s ({best:.2f} s per rollout)"
             )
             continue
-        frame_s, whole_s = pass_times(genie.dynamics, b, cfg.seq_len, n, cfg.lam_model.code_dim)
+        frame_s, whole_s = pass_times(genie.dynamics, b, cfg.seq_len, n, cfg.lam_model.code_dim, span=span)
         r["bound"] = bound = passes * whole_s / ((passes + 1) * frame_s)
         print(
-            f"  batch {b}  one pass: 1 frame {frame_s * 1e3:.2f} ms, {cfg.seq_len} frames {whole_s * 1e3:.2f} ms "
-            f"({whole_s / frame_s:.1f}x for {cfg.seq_len}x the tokens)"
+            f"  batch {b}  one pass: 1 frame {frame_s * 1e3:.2f} ms, {span} frames {whole_s * 1e3:.2f} ms "
+            f"({whole_s / frame_s:.1f}x for {span}x the tokens)"
         )
         print(
             f"  batch {b}  cache speed-up {speedup:.1f}x  (pass-time bound {bound:.1f}x; {speedup / bound:.0%} of it)"

@@ -114,6 +114,8 @@ class DiffusionDynamics(nnx.Module):
         refuse_options(cfg, _MASKGIT_ONLY, "the diffusion dynamics noises latents instead of masking tokens")
         if cfg.noise_levels < 1:
             raise ValueError(f"--model.noise-levels must be >= 1, got {cfg.noise_levels}")
+        if not 0.0 <= cfg.latent_std_floor <= 1.0:
+            raise ValueError(f"--model.latent-std-floor must be in [0, 1], got {cfg.latent_std_floor}")
 
     @classmethod
     def check_sampling(cls, opts: SamplingOptions, tok_cfg=None) -> None:
@@ -210,7 +212,8 @@ class DiffusionDynamics(nnx.Module):
         seen = w > 0
         mean = jnp.where(seen, self.stat_mean[...] / jnp.where(seen, w, 1.0), 0.0)
         var = jnp.where(seen, self.stat_sq[...] / jnp.where(seen, w, 1.0) - mean**2, 1.0)
-        return mean, jnp.sqrt(jnp.maximum(var, 1e-6))
+        std = jnp.sqrt(jnp.maximum(var, 1e-6))
+        return mean, jnp.maximum(std, self.cfg.latent_std_floor * jnp.median(std))
 
     @property
     def tracks_tokens(self) -> bool:

@@ -63,6 +63,9 @@ class DynamicsConfig:
     """Diffusion only: normalise each MAE latent channel to zero mean and unit variance before the noise path
     (tanh latents are far narrower than the unit noise), with a running mean and variance of the clean
     latents kept through training (bias-corrected EMA, momentum 0.99) and stored in the run."""
+    latent_std_floor: float = 0.0
+    """Diffusion, with ``latent_norm``: each channel's std is at least this fraction of the median channel's, so a
+    (nearly) constant channel is not amplified into noise (0 = no floor)."""
 
 
 MASKGIT_ONLY = (

@@ -221,6 +221,24 @@ def test_latent_norm_tracks_the_clean_latents_and_samples_in_the_maes_range():
     assert not jax.tree.leaves(nnx.state(model(), LatentStat))  # without the option none (old runs load as before)
 
 
+def test_latent_std_floor_keeps_a_dead_channel_from_being_amplified():
+    """--model.latent-std-floor F: a channel's std is at least F x the median channel's; a constant (dead) channel
+    then stays near 0 after normalising instead of being blown up to unit variance; the others are unchanged."""
+    scale = jnp.array([0.2, 0.4, 0.3, 1e-4])  # channel 3 is dead
+    z = scale * jax.random.normal(jax.random.key(3), (B, T, N, L))
+    stds = {}
+    for floor in (0.0, 0.5):
+        dyn = model(latent_norm=True, latent_std_floor=floor)
+        dyn.track(z)
+        stds[floor] = np.asarray(dyn.latent_stats()[1])
+    median = np.median(stds[0.0])
+    np.testing.assert_allclose(stds[0.5][3], 0.5 * median, rtol=1e-5)
+    np.testing.assert_array_equal(stds[0.5][:3], stds[0.0][:3])
+    assert stds[0.0][3] < 2e-3  # without the floor the dead channel is divided by its own noise
+    with pytest.raises(ValueError, match="latent-std-floor"):
+        model(latent_norm=True, latent_std_floor=1.5)
+
+
 def test_overfitting_one_batch_drives_the_loss_down():
     dyn = model()
     z = jnp.tanh(2 * jax.random.normal(jax.random.key(0), (B, T, N, L)))

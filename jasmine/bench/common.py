@@ -78,3 +78,10 @@ def params_by_path(tree) -> dict[str, int]:
         "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path): int(np.prod(x.shape))
         for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
     }
+
+
+def with_time_positions(cfg, time_positions: str | None):
+    """A dynamics config with ``--model.time-positions`` overridden (None: the preset's own)."""
+    if time_positions is None:
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, time_positions=time_positions))

@@ -32,6 +32,7 @@ class BenchPlayArgs:
 def _play_game(args: BenchPlayArgs):
     from flax import nnx
 
+    from jasmine.bench.common import with_time_positions
     from jasmine.play.world import Bindings, Game, load_game
     from jasmine.presets import preset
     from jasmine.sample.clips import num_action_codes
@@ -41,8 +42,7 @@ def _play_game(args: BenchPlayArgs):
     if args.run is not None:
         return load_game(args.run), f"run {args.run}"
     cfg = preset("dynamics", args.preset)
-    if args.time_positions is not None:
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, time_positions=args.time_positions))
+    cfg = with_time_positions(cfg, args.time_positions)
     genie = COMPONENTS["dynamics"].build(cfg, nnx.Rngs(0), pretrained=False)
     roll = Rollout(genie, cfg.seq_len, SampleOptions(**dataclasses.asdict(cfg.val_sampling)))
     game = Game(

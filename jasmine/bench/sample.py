@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from jasmine.bench.common import with_frame_tokenizer
+from jasmine.bench.common import with_frame_tokenizer, with_time_positions
 
 
 @dataclass(frozen=True)
@@ -112,8 +112,7 @@ def bench_sample(args: BenchSampleArgs) -> dict[int, dict[str, float]]:
     cfg = with_frame_tokenizer(
         dataclasses.replace(preset("dynamics", args.preset), dtype=args.dtype, dynamics=args.dynamics), args.preset
     )
-    if args.time_positions is not None:
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, time_positions=args.time_positions))
+    cfg = with_time_positions(cfg, args.time_positions)
 
     def build(c):
         return COMPONENTS["dynamics"].build(c, nnx.Rngs(0), pretrained=False)

@@ -37,12 +37,15 @@ from jasmine.models.nn import (
     Precision,
     Remat,
     cached_attention,
+    check_window,
     dot_product_attention,
     linear_layers,
     output_layers,
     positions,
+    receptive_frames,
     rotary,
     run_blocks,
+    time_code,
 )
 
 
@@ -149,11 +152,11 @@ class CausalDynamics(TokenFamily, nnx.Module):
         return x_BTLD.reshape(B, T * (N + 1), -1)
 
     def _time_code(self, t):
-        return t % self.phase if self.rope else t
+        return time_code(t, self.rope, self.phase)
 
     def receptive_frames(self, band: int) -> int:
         """Frames (itself included) a frame's tokens depend on with an attention band of ``band`` frames."""
-        return len(self.blocks) * (band - 1) + 1
+        return receptive_frames(len(self.blocks), band)
 
     def _head(self, h_BSD):
         return self.proj_out(self.norm_out(h_BSD))
@@ -161,8 +164,7 @@ class CausalDynamics(TokenFamily, nnx.Module):
     def __call__(self, ids_BTN, a_BTA, t0=0, band: int | None = None):
         """Logits float32 [B, T, N, W]: token (t, k) from frames < t, tokens < k of t and actions <= t (``t0``,
         ``band``: the first frame's time and the attention band, rope only; see ``AxialTransformer``)."""
-        if not self.rope and (band is not None or not (isinstance(t0, int) and t0 == 0)):
-            raise ValueError("absolute time positions run windows from time 0 only (time_positions='rope' slides)")
+        check_window(self.rope, t0, band)
         return self.slot_logits(self.slots(ids_BTN, a_BTA, t0), ids_BTN.shape[2], t0, band)
 
     def slot_logits(self, x_BSD, n: int, t0=0, band: int | None = None):

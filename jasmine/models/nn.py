@@ -205,6 +205,24 @@ def cached_attention(q_S1HK, k_S1HK, v_S1HK, k_cache_SMHK, v_cache_SMHK, slot, v
     return y_S1HK, (k_SMHK, v_SMHK)
 
 
+def time_code(t, rope: bool, phase: int):
+    """What a frame's input position code encodes of its time t: t itself (absolute), or the chunk phase t mod
+    ``phase`` (rope, whose attention sees time differences)."""
+    return t % phase if rope else t
+
+
+def check_window(rope: bool, t0, band) -> None:
+    """Absolute time positions run windows from time 0 with no band; rope ones may start anywhere."""
+    if not rope and (band is not None or not (isinstance(t0, int) and t0 == 0)):
+        raise ValueError("absolute time positions run windows from time 0 only (time_positions='rope' slides)")
+
+
+def receptive_frames(num_blocks: int, band: int) -> int:
+    """Frames (itself included) a frame's output depends on when each of ``num_blocks`` blocks attends to a band of
+    ``band`` frames: the bands stack."""
+    return num_blocks * (band - 1) + 1
+
+
 def rotary(x_SLHK, t_L):
     """Rotary position embedding (RoPE) by time: channel pairs (i, i + K/2) of every head rotated by angles
     ``t * 10000^(-2i/K)``, so q_t · k_s depends on t - s only. Computed in float32 (angles of long rollouts)."""
@@ -299,14 +317,13 @@ class AxialTransformer(nnx.Module):
         self.norm_out, self.proj_out = output_layers(model_dim, out_dim, prec, rngs)
 
     def receptive_frames(self, band: int) -> int:
-        """How many frames (itself included) the output of a frame depends on with attention ``band``."""
-        return len(self.blocks) * (band - 1) + 1
+        return receptive_frames(len(self.blocks), band)
 
     def embed(self, x_BTNI, t_offset=0):
         """Input projection plus time (frames from ``t_offset``, may be traced) and space position codes."""
         _, T, N, _ = x_BTNI.shape
         t_T = t_offset + jnp.arange(T)
-        pe_TND = positions(t_T % self.phase if self.rope else t_T, N, self.model_dim)
+        pe_TND = positions(time_code(t_T, self.rope, self.phase), N, self.model_dim)
         return self.proj_in(x_BTNI.astype(self.dtype)) + pe_TND.astype(self.dtype)
 
     def prefill(self, x_BTNI, window: int):
@@ -351,15 +368,9 @@ class AxialTransformer(nnx.Module):
     def __call__(self, x_BTNI, t_offset=0, band: int | None = None):
         """Outputs of frames at times ``t_offset``.. (only rope models run past time 0), each attending to at
         most ``band`` frames (None: every earlier one)."""
-        if not self.rope and (band is not None or not (isinstance(t_offset, int) and t_offset == 0)):
-            raise ValueError("absolute time positions run windows from time 0 only (time_positions='rope' slides)")
-        x_BTND = self.embed(x_BTNI, t_offset)
-        if band is None and isinstance(t_offset, int) and t_offset == 0:
-            x_BTND = run_blocks(self.blocks, x_BTND, self.remat)
-        else:  # inference over a sliding window
-            t_T = t_offset + jnp.arange(x_BTNI.shape[1])
-            for block in self.blocks:
-                x_BTND = block(x_BTND, t_T=t_T, band=band)
+        check_window(self.rope, t_offset, band)
+        t_T = t_offset + jnp.arange(x_BTNI.shape[1])
+        x_BTND = run_blocks(self.blocks, self.embed(x_BTNI, t_offset), self.remat, t_T=t_T, band=band)
         return self.proj_out(self.norm_out(x_BTND))
 
 

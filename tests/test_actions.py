@@ -186,7 +186,9 @@ def test_actions_command_on_a_trained_lam(tmp_path, capsys):
     )
     res = json.loads((tmp_path / "lam" / "actions" / "actions.json").read_text())
     assert np.asarray(res["counts"]).shape == (4, 7) and res["transitions"] >= 60 and -1 <= res["raw"]["ami"]["value"]
-    assert "code  0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "code  0" in out and "next-frame PSNR of the LAM's decoder" in out
+    assert set(res["code_use"]) >= {"own_codes", "other_codes", "copy_last", "own_minus_other"}
 
 
 def test_random_and_swapped_actions_only_use_codes_the_dynamics_trained_on():
@@ -290,3 +292,43 @@ def test_labelled_transitions_are_a_fixed_share_of_frames():
         not np.asarray(labelled(jnp.asarray(frames), 0.0)).any()
         and np.asarray(labelled(jnp.asarray(frames), 1.0)).all()
     )
+
+
+def test_code_use_tells_a_decoder_that_reads_its_code_from_one_that_ignores_it():
+    """Frame t is frame t-1 shifted by the action (0 or 1 px); a decoder that shifts by its code gains over other
+    episodes' codes, one that ignores its code gains nothing and is called out. LAM windows of 3 frames check that
+    each code reaches its own transition."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jasmine.eval.code_use import code_use, code_use_line
+
+    class ShiftLAM(nnx.Module):
+        def __init__(self, reads_code: bool):
+            self.reads_code = reads_code
+
+        def action_latents(self, ids):
+            return ids.astype(jnp.float32)
+
+        def decode(self, x_KLHWC, z_KL1):
+            prev = x_KLHWC[:, :-1]
+            moved = jnp.roll(prev, 1, axis=3)
+            return jnp.where(z_KL1[..., None, None, None] > 0, moved, prev) if self.reads_code else prev
+
+    rng = np.random.default_rng(0)
+    B, T = 12, 7
+    acts = rng.integers(0, 2, (B, T - 1))
+    frames = [rng.integers(0, 256, (B, 8, 8, 3), dtype=np.uint8)]
+    for t in range(T - 1):
+        frames.append(np.where(acts[:, t, None, None, None] > 0, np.roll(frames[-1], 1, axis=2), frames[-1]))
+    frames = np.stack(frames, axis=1)
+    episode = np.arange(B) // 2
+    used = code_use(ShiftLAM(True), 3, frames, acts, episode)
+    assert used["own_codes"]["mean"] == pytest.approx(100.0)  # exact: PSNR capped at MSE 1e-10
+    assert used["own_minus_other"]["lo"] > 10 and used["copy_last"]["mean"] < 60  # half the steps move
+    assert "posterior collapse" not in code_use_line(used)
+    ignored = code_use(ShiftLAM(False), 3, frames, acts, episode)
+    assert ignored["own_minus_other"] == {"mean": 0.0, "lo": 0.0, "hi": 0.0}
+    assert "does not use its codes (posterior collapse)" in code_use_line(ignored)
+    with pytest.raises(ValueError, match="do not tile"):
+        code_use(ShiftLAM(True), 5, frames, acts, episode)

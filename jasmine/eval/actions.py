@@ -11,7 +11,7 @@ actions of a clip from another episode; a linear probe from the LAM's pre-quanti
 class (fit on the train split, scored on the test split) beside the majority-class rate; the K × A count matrix, a
 heatmap of P(action | code) and each code's dominant actions (the mapping ``jasmine play`` binds keys with); and
 each code's share of the train split's transitions (what the dynamics trained on: ``jasmine eval`` draws its random
-actions from it).
+actions from it); and, for a LAM, whether its decoder uses its codes at all (``jasmine.eval.code_use``).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from jasmine.config import DynamicsTrainConfig, LAMTrainConfig
 from jasmine.data.dataset import DataError, action_meanings, effective_actions, read_metadata
 from jasmine.data.loader import episode_windows
 from jasmine.eval.agreement import agreement, linear_probe
+from jasmine.eval.code_use import code_use, code_use_line
 from jasmine.models.genie import from_lam_windows, lam_windows
 from jasmine.train.runs import run_config
 
@@ -122,7 +123,13 @@ def split_codes(lam, window: int, data: Path, split: str, transitions: int, fram
     """Codes, features and real actions of ``transitions`` transitions of ``split`` (whole episodes)."""
     clips = episode_windows(data, split, window_frames(frames, window), transitions, seed, align=window - 1)
     codes, feats = latent_actions(lam, window, clips["frames"])
-    return {"codes": codes, "features": feats, "actions": clips.get("actions"), "episode": clips["episode"]}
+    return {
+        "codes": codes,
+        "features": feats,
+        "actions": clips.get("actions"),
+        "episode": clips["episode"],
+        "frames": clips["frames"],
+    }
 
 
 def measure(
@@ -159,6 +166,8 @@ def measure(
     else:
         res["share_split"] = probe_split
     ref = train or test
+    if hasattr(lam, "decode") and len(np.unique(test["episode"])) > 1:  # a LAM (an IDM has no decoder)
+        res["code_use"] = code_use(lam, window, test["frames"], test["codes"], test["episode"], seed=seed)
     res["train_code_share"] = (np.bincount(ref["codes"].ravel(), minlength=vocab) / ref["codes"].size).tolist()
     if not num_actions:
         return res
@@ -272,6 +281,8 @@ def summary_lines(res: dict) -> list[str]:
         ]
     elif res.get("probe_missing"):
         lines.append(f"  no linear probe: {res['probe_missing']}")
+    if res.get("code_use"):
+        lines.append(code_use_line(res["code_use"]))
     used = sum(s > 0 for s in res["train_code_share"])
     lines.append(f"  codes used on the {res['share_split']} split: {used} of {res['vocab']}")
     return lines

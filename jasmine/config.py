@@ -130,6 +130,9 @@ class LAMTrainConfig(TrainConfig):
     """Effective class of each real action id (filled from the data's metadata and recorded, with labels)."""
     class_names: tuple[str, ...] = ()
     """Names of the effective classes (filled from the data's metadata and recorded, with labels)."""
+    roll_augment: bool = False
+    """Roll each training window circularly by a random offset in height and width, the same for all its frames:
+    a code that names where things are (the paddle's column) stops paying, one that names the change keeps paying."""
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """`jasmine actions`: AMI/NMI with permutation nulls, effective classes, the linear probe, the mapping, errors."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -332,3 +333,31 @@ def test_code_use_tells_a_decoder_that_reads_its_code_from_one_that_ignores_it()
     assert "does not use its codes (posterior collapse)" in code_use_line(ignored)
     with pytest.raises(ValueError, match="do not tile"):
         code_use(ShiftLAM(True), 5, frames, acts, episode)
+
+
+def test_roll_augment_moves_each_training_window_as_one_and_only_in_training():
+    import jax
+    from conftest import MICRO_LAM
+    from flax import nnx
+
+    from jasmine.config import LAMTrainConfig
+    from jasmine.models.lam import LatentActionModel
+    from jasmine.train.components.lam import LAMComponent, roll_windows
+
+    x = np.random.default_rng(0).random((6, 3, 8, 8, 3)).astype(np.float32)
+    y = np.asarray(roll_windows(jax.random.key(1), x))
+    offsets = []
+    for b in range(len(x)):  # the one (dy, dx) that maps frame 0 onto its rolled copy moves every frame
+        ((dy, dx),) = [
+            (i, j) for i in range(8) for j in range(8) if np.array_equal(np.roll(x[b, 0], (i, j), (0, 1)), y[b, 0])
+        ]
+        assert np.array_equal(np.roll(x[b], (dy, dx), (1, 2)), y[b])
+        offsets.append((dy, dx))
+    assert len(set(offsets)) > 2  # each window its own offset
+    lam = LatentActionModel(MICRO_LAM, (16, 16, 3), rngs=nnx.Rngs(0))
+    batch = {"frames": np.random.default_rng(1).integers(0, 256, (2, 2, 16, 16, 3), dtype=np.uint8)}
+    comp, cfg = LAMComponent(), LAMTrainConfig(model=MICRO_LAM, image_size=(16, 16, 3))
+    on = dataclasses.replace(cfg, roll_augment=True)
+    rng = jax.random.key(2)
+    assert float(comp._terms(lam, batch, rng, on)[0]) != float(comp._terms(lam, batch, rng, cfg)[0])
+    assert float(comp._terms(lam, batch, None, on)[0]) == float(comp._terms(lam, batch, None, cfg)[0])  # validation

@@ -68,3 +68,19 @@ def test_bad_game_arguments_are_named(kind, kw, match, tmp_path):
     with pytest.raises(DataError, match=match):
         make(kind, tmp_path / "x", **kw)
     assert not (tmp_path / "x" / "metadata.json").exists()
+
+
+def test_minatar_palette_recolours_the_same_episodes(tmp_path):
+    """The bright palette paints the same cells (same episodes, same actions) in other, saturated colours."""
+    import numpy as np
+
+    own = make("minatar", tmp_path / "own", train_episodes=1, val_episodes=0, test_episodes=0)
+    bright = make("minatar", tmp_path / "bright", train_episodes=1, val_episodes=0, test_episodes=0, palette="bright")
+    assert bright["generator"]["palette"] == "bright" and own["generator"]["palette"] == "cubehelix"
+    (a, _), (b, _) = (next(iter_records(tmp_path / d, m, "train"))[:2] for d, m in (("own", own), ("bright", bright)))
+    assert np.array_equal(a["actions"], b["actions"])
+    assert np.array_equal(a["frames"].any(-1), b["frames"].any(-1))  # the same cells lit
+    lit = b["frames"].any(-1)
+    assert (
+        not np.array_equal(a["frames"], b["frames"]) and b["frames"][lit].max(-1).min() > a["frames"][lit].max(-1).min()
+    )

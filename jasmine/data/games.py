@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -66,6 +67,9 @@ class MinAtarArgs(GameArgs):
 
     sticky_actions: float = 0.1
     difficulty_ramping: bool = True
+    palette: Literal["cubehelix", "bright"] = "cubehelix"
+    """Channel colours: cubehelix (MinAtar's own; Breakout's paddle is dark teal, 5% of white's squared intensity,
+    so a pixel loss barely sees it) or seaborn's bright palette (every object saturated)."""
 
 
 class Atari:
@@ -125,8 +129,8 @@ class MinAtar:
         env = Environment(args.game, sticky_action_prob=args.sticky_actions, difficulty_ramping=args.difficulty_ramping)
         self.actions = list(env.minimal_action_set())
         self.meanings = [MINATAR_ACTIONS[a] for a in self.actions]
-        # MinAtar's own rendering: black background, channel k in the k-th cubehelix colour
-        palette = [(0.0, 0.0, 0.0)] + list(sns.color_palette("cubehelix", env.n_channels))
+        # MinAtar's own rendering: black background, channel k in the k-th colour of the palette (its own: cubehelix)
+        palette = [(0.0, 0.0, 0.0)] + list(sns.color_palette(args.palette, env.n_channels))
         self.palette = (np.asarray(palette) * 255).round().astype(np.uint8)
 
     def render(self, state_HWK) -> np.ndarray:

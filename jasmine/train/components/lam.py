@@ -65,6 +65,14 @@ def labelled(frames_BTHWC, fraction: float):
     return (h >> 8) % 10_000 < int(round(fraction * 10_000))
 
 
+def roll_windows(rng, x_BTHWC):
+    """Each window [T, H, W, C] rolled circularly by its own random (dy, dx), the same for all its frames."""
+    B, _, H, W, _ = x_BTHWC.shape
+    k_y, k_x = jax.random.split(rng)
+    dy_B, dx_B = jax.random.randint(k_y, (B,), 0, H), jax.random.randint(k_x, (B,), 0, W)
+    return jax.vmap(lambda x, dy, dx: jnp.roll(x, (dy, dx), axis=(1, 2)))(x_BTHWC, dy_B, dx_B)
+
+
 class LAMComponent(Component):
     name = "lam"
     config_cls = LAMTrainConfig
@@ -87,6 +95,9 @@ class LAMComponent(Component):
 
     def _terms(self, model: LatentActionModel, batch, rng, cfg: LAMTrainConfig):
         x_BTHWC = to_unit(batch["frames"])
+        if rng is not None and cfg.roll_augment:
+            rng, roll_rng = jax.random.split(rng)
+            x_BTHWC = roll_windows(roll_rng, x_BTHWC)
         pred_BT1HWC, _, z_BT1L, aux = model(x_BTHWC, rng=rng)
         loss, metrics, aux = lam_terms(pred_BT1HWC, x_BTHWC[:, 1:], aux, cfg.model)
         if cfg.action_labels:  # cross-entropy of the quantised action's class on the labelled transitions

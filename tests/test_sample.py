@@ -311,6 +311,25 @@ def test_bench_sample_reports_speed_up_and_its_pass_time_bound(capsys):
     assert "cache speed-up" in out and "pass-time bound" in out
 
 
+def test_bench_play_splits_a_frame_into_passes_and_their_weight_streaming(capsys):
+    import jax
+    from flax import nnx
+
+    from jasmine.bench.play import BenchPlayArgs, _play_game, bench_play
+
+    res = bench_play(BenchPlayArgs(preset="micro", steps=3, sampling_steps=3, websocket=False))
+    b = res["breakdown"]
+    assert b["passes"] == 1 + 3  # 3 MaskGIT steps over 16 tokens each fix some, + the cache write
+    game, _ = _play_game(BenchPlayArgs(preset="micro"))
+    dyn = nnx.merge(game.roll.graphdef, game.roll.state).dynamics
+    n_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(dyn, nnx.Param)))
+    assert b["weight_mib"] == pytest.approx(n_bytes / 2**20) and b["bandwidth_gbs"] > 0
+    assert b["weight_streaming_ms"] == pytest.approx(4 * n_bytes / (b["bandwidth_gbs"] * 1e9) * 1e3)
+    assert 0 < b["dynamics_ms"] <= res["in_process"]["median_ms"] * 1.5
+    out = capsys.readouterr().out
+    assert "steps=3" in out and "(4 passes," in out and "of weights: at" in out
+
+
 @pytest.mark.heavy(later=True)
 def test_causal_demo_sample_and_bench_share_the_tools(micro_demo, capsys):
     from jasmine.bench import BenchSampleArgs, bench_sample

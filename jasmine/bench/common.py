@@ -50,6 +50,24 @@ def matmul_peak(dtype="float32", n: int = 2048, repeats: int = 20) -> float:
     return 2 * n**3 / best
 
 
+@functools.lru_cache
+def memory_bandwidth(mib: int = 256, repeats: int = 10) -> float:
+    """Best-of-``repeats`` bytes/s of reading a ``mib`` MiB float32 array once (a jitted sum) on the default
+    device, measured once per process: what streaming a model's weights per pass can run at."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones((mib * 2**18,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    total(x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        total(x).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return x.nbytes / best
+
+
 def synthetic_batch(
     cfg, keys: tuple[str, ...], num_actions: int = 15, seed: int = 0, inputs: str = "frames"
 ) -> dict[str, np.ndarray]:

@@ -24,6 +24,9 @@ class BenchPlayArgs:
     """With --preset: override its ``--model.time-positions`` (rope slides the window without re-prefilling)."""
     steps: int = 100
     """Timed actions, after compiling; past the model's seq_len the window slides, as in long play."""
+    sampling_steps: int | None = None
+    """MaskGIT steps per frame, as ``jasmine play --steps`` (default: the run's or preset's sampling, 25): fewer
+    steps, fewer passes per frame."""
     websocket: bool = True
     """Also time the round trip through the play server (needs the play extra)."""
     seed: int = 0
@@ -40,11 +43,14 @@ def _play_game(args: BenchPlayArgs):
     from jasmine.train.components import COMPONENTS
 
     if args.run is not None:
-        return load_game(args.run), f"run {args.run}"
+        return load_game(args.run, steps=args.sampling_steps), f"run {args.run}"
     cfg = preset("dynamics", args.preset)
     cfg = with_time_positions(cfg, args.time_positions)
     genie = COMPONENTS["dynamics"].build(cfg, nnx.Rngs(0), pretrained=False)
-    roll = Rollout(genie, cfg.seq_len, SampleOptions(**dataclasses.asdict(cfg.val_sampling)))
+    opts = SampleOptions(**dataclasses.asdict(cfg.val_sampling))
+    if args.sampling_steps is not None:
+        opts = dataclasses.replace(opts, steps=args.sampling_steps)
+    roll = Rollout(genie, cfg.seq_len, opts)
     game = Game(
         roll,
         Bindings.for_codes(num_action_codes(genie)),
@@ -60,6 +66,38 @@ def _quantiles(ms: list[float]) -> str:
     return (
         f"median {np.median(ms):7.1f} ms   p95 {np.percentile(ms, 95):7.1f} ms   ({1000 / np.median(ms):.1f} frames/s)"
     )
+
+
+def _breakdown(game, dynamics_ms: float, total_ms: float) -> dict[str, float]:
+    """Where a frame's time goes: the dynamics' cached passes against streaming their weights from memory once
+    per pass at the bandwidth measured in this process (a pass over one frame's few tokens reads every weight)."""
+    import jax
+    from flax import nnx
+
+    from jasmine.bench.common import memory_bandwidth
+    from jasmine.models.maskgit import working_steps
+
+    genie = nnx.merge(game.roll.graphdef, game.roll.state)
+    dyn, n = genie.dynamics, genie.tokens_per_frame
+    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(dyn, nnx.Param)))
+    opts = game.roll.opts.resolved(dyn.maskgit_options)  # the family's defaults are filled in by the Rollout
+    # + 1: the pass that writes the new frame (or the last token) into the cache
+    passes = 1 + (len(working_steps(opts.steps, n)) if dyn.maskgit_options else opts.steps if dyn.continuous else n)
+    bw = memory_bandwidth()
+    floor_ms = passes * weight_bytes / bw * 1e3
+    print(
+        f"  per frame: dynamics {dynamics_ms:.1f} ms ({passes} passes, {dynamics_ms / passes:.1f} ms each), the rest "
+        f"(decode, PNG) {total_ms - dynamics_ms:.1f} ms; each pass reads the dynamics' {weight_bytes / 2**20:.1f} MiB "
+        f"of weights: at {bw / 1e9:.1f} GB/s (measured here) that alone takes {floor_ms:.1f} ms per frame "
+        f"({floor_ms / dynamics_ms:.0%} of the dynamics' time)"
+    )
+    return {
+        "dynamics_ms": dynamics_ms,
+        "passes": passes,
+        "weight_mib": weight_bytes / 2**20,
+        "bandwidth_gbs": bw / 1e9,
+        "weight_streaming_ms": floor_ms,
+    }
 
 
 def bench_play(args: BenchPlayArgs) -> dict[str, dict[str, float]]:
@@ -81,12 +119,13 @@ def bench_play(args: BenchPlayArgs) -> dict[str, dict[str, float]]:
     )
     print(f"  compiled (encode, frames, sliding window, decode) in {game.warm_up():.1f}s")
     world = World(game, frame[None, None], np.zeros((1, 0), np.int32), args.seed, "bench")
-    ms = []
+    ms, dyn_ms = [], []
     for code in codes:
         t0 = time.perf_counter()
         world.step(code)
         world.message()  # the PNG the page gets
         ms.append((time.perf_counter() - t0) * 1e3)
+        dyn_ms.append(world.dynamics_ms)
     results = {"in_process": {"median_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95))}}
     print(f"  in-process, {args.steps} actions   {_quantiles(ms)}")
     first, slid = ms[: window - 1], ms[window - 1 :]
@@ -94,6 +133,7 @@ def bench_play(args: BenchPlayArgs) -> dict[str, dict[str, float]]:
     if slid:
         how = "ring cache" if game.roll.rope else "cache re-prefilled"
         print(f"    later frames (window slides: {how})   {_quantiles(slid)}")
+    results["breakdown"] = _breakdown(game, float(np.median(dyn_ms)), float(np.median(ms)))
     if args.websocket:
         from websockets.sync.client import connect
 

@@ -257,14 +257,15 @@ class World:
         self.frames = collections.deque(self.ctx[0], maxlen=HISTORY)  # the last HISTORY frames (GIF download)
         self.t = C - 1  # index of the newest frame
         self.codes: list[int | None] = [None] * C
-        self.latency_ms = 0.0
+        self.latency_ms = self.dynamics_ms = 0.0  # the last step's: in all, and generating its tokens
 
     def step(self, code: int) -> np.ndarray:
         """Generate the frame after action ``code``; returns it uint8 [H, W, Ch]."""
         if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code < self.game.num_codes:
             raise PlayError(f"unknown action {code!r}: actions are integers 0..{self.game.num_codes - 1}")
         t0 = time.perf_counter()
-        self.stream.step(np.array([code], np.int32))
+        jax.block_until_ready(self.stream.step(np.array([code], np.int32)))
+        self.dynamics_ms = (time.perf_counter() - t0) * 1e3
         t, S = self.t + 1, self.game.window
         lo = t - t % S  # the decoder is causal in time: its chunk up to frame t decodes t as the whole chunk would
         chunk = np.stack(self.stream.frames[lo : t + 1], 1)

@@ -340,8 +340,9 @@ def test_roll_augment_moves_each_training_window_as_one_and_only_in_training():
     from conftest import MICRO_LAM
     from flax import nnx
 
-    from jasmine.config import LAMTrainConfig
+    from jasmine.config import IDMTrainConfig, LAMTrainConfig
     from jasmine.models.lam import LatentActionModel
+    from jasmine.train.components import COMPONENTS
     from jasmine.train.components.lam import LAMComponent, roll_windows
 
     x = np.random.default_rng(0).random((6, 3, 8, 8, 3)).astype(np.float32)
@@ -361,3 +362,14 @@ def test_roll_augment_moves_each_training_window_as_one_and_only_in_training():
     rng = jax.random.key(2)
     assert float(comp._terms(lam, batch, rng, on)[0]) != float(comp._terms(lam, batch, rng, cfg)[0])
     assert float(comp._terms(lam, batch, None, on)[0]) == float(comp._terms(lam, batch, None, cfg)[0])  # validation
+    idm, icfg = (
+        COMPONENTS["idm"],
+        IDMTrainConfig(model=MICRO_LAM, image_size=(16, 16, 3), action_classes=(0, 1), class_names=("a", "b")),
+    )
+    model = idm.build(icfg, nnx.Rngs(0))
+    batch["actions"] = np.array([[0, 1], [1, 0]], np.int32)
+    loss = {f: float(idm.loss(model, batch, rng, dataclasses.replace(icfg, roll_augment=f), training=True)[0])
+            for f in (False, True)}  # fmt: skip
+    assert (
+        np.isfinite(loss[False]) and loss[True] != loss[False]
+    )  # the ceiling trains on the LAM recipe's rolled windows too

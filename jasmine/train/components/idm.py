@@ -16,7 +16,7 @@ from flax import nnx
 from jasmine.config import IDMTrainConfig
 from jasmine.models.lam import InverseDynamicsModel
 from jasmine.train.components.base import precision, register, to_unit
-from jasmine.train.components.lam import LAMComponent, with_action_classes
+from jasmine.train.components.lam import LAMComponent, roll_windows, with_action_classes
 
 
 class IDMComponent(LAMComponent):
@@ -41,7 +41,10 @@ class IDMComponent(LAMComponent):
         )
 
     def loss(self, model: InverseDynamicsModel, batch, rng, cfg: IDMTrainConfig, *, training: bool):
-        logits_BT1C = model(to_unit(batch["frames"]))
+        x_BTHWC = to_unit(batch["frames"])
+        if training and cfg.roll_augment:  # the LAM recipe's augmentation, so the ceiling stays its ceiling
+            x_BTHWC = roll_windows(rng, x_BTHWC)
+        logits_BT1C = model(x_BTHWC)
         labels_BT1 = jnp.asarray(cfg.action_classes, jnp.int32)[batch["actions"][:, :-1]]  # the action into t
         loss = optax.softmax_cross_entropy_with_integer_labels(logits_BT1C, labels_BT1).mean()
         accuracy = (jnp.argmax(logits_BT1C, -1) == labels_BT1).mean()

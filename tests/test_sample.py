@@ -325,9 +325,10 @@ def test_bench_play_splits_a_frame_into_passes_and_their_weight_streaming(capsys
     n_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(dyn, nnx.Param)))
     assert b["weight_mib"] == pytest.approx(n_bytes / 2**20) and b["bandwidth_gbs"] > 0
     assert b["weight_streaming_ms"] == pytest.approx(4 * n_bytes / (b["bandwidth_gbs"] * 1e9) * 1e3)
+    assert b["matmul_ms"] == pytest.approx(4 * 2 * (n_bytes / 4) * 16 / (b["matmul_peak_gflops"] * 1e9) * 1e3)
     assert 0 < b["dynamics_ms"] <= res["in_process"]["median_ms"] * 1.5
     out = capsys.readouterr().out
-    assert "steps=3" in out and "(4 passes," in out and "of weights: at" in out
+    assert "steps=3" in out and "(4 passes," in out and "of weights: at" in out and "matmul peak" in out
 
 
 @pytest.mark.heavy(later=True)

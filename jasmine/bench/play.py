@@ -74,22 +74,26 @@ def _breakdown(game, dynamics_ms: float, total_ms: float) -> dict[str, float]:
     import jax
     from flax import nnx
 
-    from jasmine.bench.common import memory_bandwidth
+    from jasmine.bench.common import matmul_peak, memory_bandwidth
     from jasmine.models.maskgit import working_steps
 
     genie = nnx.merge(game.roll.graphdef, game.roll.state)
     dyn, n = genie.dynamics, genie.tokens_per_frame
-    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(dyn, nnx.Param)))
+    weights = jax.tree.leaves(nnx.state(dyn, nnx.Param))
+    weight_bytes, params = sum(x.nbytes for x in weights), sum(x.size for x in weights)
     opts = game.roll.opts.resolved(dyn.maskgit_options)  # the family's defaults are filled in by the Rollout
     # + 1: the pass that writes the new frame (or the last token) into the cache
     passes = 1 + (len(working_steps(opts.steps, n)) if dyn.maskgit_options else opts.steps if dyn.continuous else n)
-    bw = memory_bandwidth()
+    bw, peak = memory_bandwidth(), matmul_peak()
     floor_ms = passes * weight_bytes / bw * 1e3
+    flops_ms = passes * 2 * params * n / peak * 1e3  # a multiply-add per weight and token
     print(
         f"  per frame: dynamics {dynamics_ms:.1f} ms ({passes} passes, {dynamics_ms / passes:.1f} ms each), the rest "
-        f"(decode, PNG) {total_ms - dynamics_ms:.1f} ms; each pass reads the dynamics' {weight_bytes / 2**20:.1f} MiB "
-        f"of weights: at {bw / 1e9:.1f} GB/s (measured here) that alone takes {floor_ms:.1f} ms per frame "
-        f"({floor_ms / dynamics_ms:.0%} of the dynamics' time)"
+        f"(decode, PNG) {total_ms - dynamics_ms:.1f} ms\n"
+        f"    each pass reads the dynamics' {weight_bytes / 2**20:.1f} MiB of weights: at {bw / 1e9:.1f} GB/s "
+        f"(measured here) that takes {floor_ms:.1f} ms per frame; its matmuls over {n} tokens at the "
+        f"{peak / 1e9:.0f} GFLOP/s matmul peak (measured here) {flops_ms:.1f} ms: the larger is "
+        f"{max(floor_ms, flops_ms) / dynamics_ms:.0%} of the dynamics' time"
     )
     return {
         "dynamics_ms": dynamics_ms,
@@ -97,6 +101,8 @@ def _breakdown(game, dynamics_ms: float, total_ms: float) -> dict[str, float]:
         "weight_mib": weight_bytes / 2**20,
         "bandwidth_gbs": bw / 1e9,
         "weight_streaming_ms": floor_ms,
+        "matmul_peak_gflops": peak / 1e9,
+        "matmul_ms": flops_ms,
     }
 
 

@@ -7,15 +7,23 @@
 #   5. cached-sampler frames/s (MaskGIT, causal, diffusion, batch 1 and 8) against the uncached sampler.
 # Usage: bash scripts/gpu_check.sh [BATCH]     (from the repository root; installs the cuda extra)
 # A dry run of the script itself on a CPU machine: EXTRA= PRESET=micro REQUIRE_GPU=0 bash scripts/gpu_check.sh 2
+# Offline (a machine with JAX for its GPU already installed, no package index): NO_SYNC=1 runs everything with
+# $PYTHON from the source tree instead of a uv environment. The checks run cheapest first (4, 3, 1-2, 5), so a
+# run cut short still prints the numerics and the remat figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BATCH=${1:-8}
 PYTHON=${PYTHON:-python3}
 PRESET=${PRESET:-coinrun}
 EXTRA=${EXTRA---extra cuda}
-$PYTHON -m uv --version >/dev/null 2>&1 || $PYTHON -m pip install --quiet uv
-$PYTHON -m uv sync --locked $EXTRA --quiet
-run() { $PYTHON -m uv run --locked $EXTRA "$@"; }
+if [ "${NO_SYNC:-0}" = 1 ]; then
+  run() { local cmd=$1; shift; case $cmd in jasmine) PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} $PYTHON -m jasmine "$@" ;;
+    python) PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} $PYTHON "$@" ;; esac; }
+else
+  $PYTHON -m uv --version >/dev/null 2>&1 || $PYTHON -m pip install --quiet uv
+  $PYTHON -m uv sync --locked $EXTRA --quiet
+  run() { $PYTHON -m uv run --locked $EXTRA "$@"; }
+fi
 
 run python -c 'import jax; print(f"devices: {jax.devices()}")'
 if [ "${REQUIRE_GPU:-1}" = 1 ]; then
@@ -23,15 +31,11 @@ if [ "${REQUIRE_GPU:-1}" = 1 ]; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
-declare -A MFU CALLS
-for spec in tokenizer lam mae "dynamics" "dynamics --dynamics causal" "dynamics --dynamics diffusion"; do
-  name=${spec// --dynamics /-}
-  echo; echo "== bench train $spec ($PRESET, bf16, batch $BATCH)"
-  out=$(run jasmine bench train $spec --preset "$PRESET" --dtype bfloat16 --batch-size "$BATCH" --timed-steps 20)
-  echo "$out"
-  MFU[$name]=$(sed -n 's/^  MFU *\([0-9.]*%\).*/\1/p' <<<"$out")
-  CALLS[$name]=$(sed -n 's/.*: \([0-9]*\) cuDNN fused-attention calls.*/\1/p' <<<"$out")
-done
+echo; echo "== cached against uncached samplers under cuDNN (tests run on the GPU)"
+cache_status=0
+run python -m pytest -q -rA -p no:cacheprovider tests/test_bf16.py tests/test_sample.py tests/test_causal.py \
+  tests/test_diffusion.py -k "cache or cached" 2>&1 || cache_status=1
+echo "  pytest: $([ $cache_status = 0 ] && echo passed || echo FAILED)"
 
 echo; echo "== remat policies: bench train dynamics ($PRESET, bf16, batch $BATCH)"
 declare -A SCRATCH
@@ -43,10 +47,15 @@ $(sed -n 's/^  step scratch *\(.*host\).*/\1/p' <<<"$out")"
   echo "  --remat $remat: ${SCRATCH[$remat]}"
 done
 
-echo; echo "== cached against uncached samplers under cuDNN (tests run on the GPU)"
-cache_status=0
-run python -m pytest -q -p no:cacheprovider tests/test_bf16.py tests/test_sample.py tests/test_causal.py \
-  tests/test_diffusion.py -k "cache or cached" || cache_status=1
+declare -A MFU CALLS
+for spec in tokenizer lam mae "dynamics" "dynamics --dynamics causal" "dynamics --dynamics diffusion"; do
+  name=${spec// --dynamics /-}
+  echo; echo "== bench train $spec ($PRESET, bf16, batch $BATCH)"
+  out=$(run jasmine bench train $spec --preset "$PRESET" --dtype bfloat16 --batch-size "$BATCH" --timed-steps 20)
+  echo "$out"
+  MFU[$name]=$(sed -n 's/^  MFU *\([0-9.]*%\).*/\1/p' <<<"$out")
+  CALLS[$name]=$(sed -n 's/.*: \([0-9]*\) cuDNN fused-attention calls.*/\1/p' <<<"$out")
+done
 
 for family in maskgit causal diffusion; do
   echo; echo "== bench sample --dynamics $family ($PRESET, bf16)"

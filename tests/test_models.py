@@ -158,6 +158,21 @@ def test_attention_mask_is_honoured():
     assert not np.allclose(unmasked, dot_product_attention(q, k, v, causal=False, mask_SHLM=mask))
 
 
+@pytest.mark.parametrize(
+    "L, M, causal", [(17, 17, True), (17, 17, False), (17, 16, False), (1, 17, False), (16, 17, False)]
+)
+@pytest.mark.parametrize("masked", [False, True])
+def test_even_length_attention_equals_attention(L, M, causal, masked):
+    """cuDNN trains on even lengths only: the padded path (run here through XLA) must equal plain attention."""
+    from jasmine.models.nn import even_length_attention
+
+    q, k, v = (jax.random.normal(jax.random.key(i), (3, n, 2, 8)) for i, n in enumerate((L, M, M)))
+    mask = jax.random.bernoulli(jax.random.key(5), 0.6, (3, 1, L, M)).at[..., 0].set(True) if masked else None
+    want = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation="xla")
+    got = even_length_attention(q, k, v, causal=causal, mask_SHLM=mask, implementation="xla")
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_attention_backend_choice_on_cpu():
     assert attention_implementation("auto", jnp.bfloat16, 64) == "xla"  # no GPU here
     assert attention_implementation("cudnn", jnp.float32, 64) == "cudnn"  # explicit request is kept

@@ -47,7 +47,33 @@ def dot_product_attention(q_SLHK, k_SMHK, v_SMHK, *, causal: bool, mask_SHLM=Non
     ``causal`` and ``mask_SHLM`` (True = attend) are both always applied, on every path.
     """
     impl = attention_implementation(implementation, q_SLHK.dtype, q_SLHK.shape[-1])
+    L, M = q_SLHK.shape[1], k_SMHK.shape[1]
+    if impl == "cudnn" and (L % 2 or M % 2):  # cuDNN's flash attention trains on even lengths only (N+1 = 17)
+        return even_length_attention(q_SLHK, k_SMHK, v_SMHK, causal=causal, mask_SHLM=mask_SHLM, implementation=impl)
     return jax.nn.dot_product_attention(q_SLHK, k_SMHK, v_SMHK, mask=mask_SHLM, is_causal=causal, implementation=impl)
+
+
+def even_length_attention(q_SLHK, k_SMHK, v_SMHK, *, causal: bool, mask_SHLM=None, implementation="cudnn"):
+    """Attention with L and M padded to even lengths: padded keys are masked out (a causal mask already hides a
+    key padded after every query when L = M), padded queries are dropped. Equal to the unpadded attention."""
+    L, M = q_SLHK.shape[1], k_SMHK.shape[1]
+    pl, pm = L % 2, M % 2
+
+    def pad(x, n):
+        return jnp.pad(x, [(0, 0), (0, n), (0, 0), (0, 0)])
+
+    mask = None if mask_SHLM is None else jnp.broadcast_to(mask_SHLM, (*mask_SHLM.shape[:3], M))
+    if pm and mask is not None:
+        mask = jnp.pad(mask, [(0, 0)] * 3 + [(0, pm)])  # False: no query sees the padded key
+    elif pm and not (causal and L == M):
+        mask = (jnp.arange(M + pm) < M)[None, None, None, :]
+    if mask is not None and pl:
+        mask = jnp.pad(jnp.broadcast_to(mask, (*mask.shape[:2], L, mask.shape[3])), [(0, 0), (0, 0), (0, pl), (0, 0)],
+                       constant_values=True)  # fmt: skip
+    y = jax.nn.dot_product_attention(
+        pad(q_SLHK, pl), pad(k_SMHK, pm), pad(v_SMHK, pm), mask=mask, is_causal=causal, implementation=implementation
+    )
+    return y[:, :L]
 
 
 class Linear(nnx.Linear):

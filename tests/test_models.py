@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jasmine.models.nn import AxialTransformer, Linear, attention_implementation, dot_product_attention
+from jasmine.models.attention import attention_implementation, dot_product_attention
+from jasmine.models.nn import AxialTransformer, Linear
 from jasmine.models.quantize import VectorQuantizer
 from jasmine.models.tokenizer import Tokenizer, TokenizerConfig, patchify, unpatchify
 
@@ -164,7 +165,7 @@ def test_attention_mask_is_honoured():
 @pytest.mark.parametrize("masked", [False, True])
 def test_even_length_attention_equals_attention(L, M, causal, masked):
     """cuDNN trains on even lengths only: the padded path (run here through XLA) must equal plain attention."""
-    from jasmine.models.nn import even_length_attention
+    from jasmine.models.attention import even_length_attention
 
     q, k, v = (jax.random.normal(jax.random.key(i), (3, n, 2, 8)) for i, n in enumerate((L, M, M)))
     mask = jax.random.bernoulli(jax.random.key(5), 0.6, (3, 1, L, M)).at[..., 0].set(True) if masked else None

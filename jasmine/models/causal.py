@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jasmine.models.attention import cached_attention, dot_product_attention
 from jasmine.models.digits import Digits, SamplingOptions, TokenFamily
 from jasmine.models.dynamics import MASKGIT_ONLY, DynamicsConfig, masked_token_metrics, refuse_options
 from jasmine.models.nn import (
@@ -36,9 +37,7 @@ from jasmine.models.nn import (
     MultiHeadAttention,
     Precision,
     Remat,
-    cached_attention,
     check_window,
-    dot_product_attention,
     linear_layers,
     output_layers,
     positions,

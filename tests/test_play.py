@@ -257,6 +257,25 @@ def test_tabs_do_not_disturb_each_other_and_idle_ones_are_freed(game):
             assert len(app.state.sessions) == 0
 
 
+def test_a_session_being_answered_is_never_idle(game, monkeypatch):
+    """Idle time counts from the last reply: a reply that takes longer than idle_s (a slow machine) still arrives."""
+    from starlette.testclient import TestClient
+
+    from jasmine.play import server
+
+    def slow(self, msg, data, max_upload):
+        time.sleep(1.0)
+        return {"type": "frame", "image": "slow"}
+
+    monkeypatch.setattr(server.Session, "handle", slow)
+    app = server.make_app(game, idle_s=0.6, host="testserver")
+    with TestClient(app) as client, client.websocket_connect("/ws") as ws:
+        ws.receive_json()
+        ws.send_json({"type": "action", "code": 0})
+        assert ws.receive_json() == {"type": "frame", "image": "slow"}
+        assert len(app.state.sessions) == 1
+
+
 def test_connections_headers_and_clients_that_stop_reading_are_bounded(game):
     """A real server: connections beyond --max-sessions + slack get 503, and the page is served again once they
     close; a reply the client does not take in time closes its session and frees its world."""

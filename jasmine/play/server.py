@@ -21,6 +21,7 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import secrets
 import threading
 import time
@@ -165,7 +166,7 @@ def make_app(
                 msg = await ws.receive()
                 if msg["type"] == "websocket.disconnect":
                     break
-                session.last_active = time.monotonic()
+                session.last_active = math.inf  # being answered: never idle, however long the model takes
                 try:
                     data = msg.get("bytes")
                     parsed = None if data is not None else parse(msg.get("text") or "")  # before the lock: bounded
@@ -179,6 +180,7 @@ def make_app(
                     log.exception("play: request failed")
                     reply = {"type": "error", "message": f"internal error ({type(e).__name__}; see the server's log)"}
                 await asyncio.wait_for(ws.send_json(reply), send_timeout)  # a client that stops reading is dropped
+                session.last_active = time.monotonic()  # idle counts from the last reply
         except (WebSocketDisconnect, RuntimeError):  # the tab went away, or the reaper closed it
             pass
         except TimeoutError:

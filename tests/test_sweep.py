@@ -304,3 +304,38 @@ sys.exit(3 if {str(failing.out)!r} in sys.argv else 0)
     assert set(shares.values()) == {"0,1", "2,3"}
     events = [json.loads(line) for line in (tmp_path / "out" / "journal.jsonl").read_text().splitlines()]
     assert sum(e["event"] == "done" for e in events) == len(calls) - 1
+
+
+def test_runs_finished_by_an_older_jasmine_are_adopted_only_where_new_fields_sit_at_their_defaults(tmp_path):
+    from jasmine.config import to_dict
+    from jasmine.sweep.execute import _finish_job, is_done
+    from jasmine.sweep.plan import compatible
+
+    def older(command: str, flags: list[str]):  # an older jasmine: its dynamics config lacked two fields
+        cfg = parse(command, flags)
+        if command != "train dynamics":
+            return cfg
+        d = to_dict(cfg)
+        del d["val_rollout_frames"], d["model"]["latent_std_floor"]
+        return d
+
+    spec = load_spec(spec_file(tmp_path, BASE), tmp_path / "out")
+    old = build_plan(spec, older)
+    for job in old.jobs.values():  # every run finished under the older jasmine
+        job.out.mkdir(parents=True)
+        _finish_job(tmp_path / "out", old, job, 1.0)
+    new = build_plan(spec, parse)
+    dyn = [j for j in new.jobs.values() if j.stage == "dynamics"]
+    assert len(dyn) == 4 and all(j.adopted and j.key in old.jobs for j in dyn)
+    assert set(new.jobs) == set(old.jobs) and all(is_done(new, j) for j in new.jobs.values())  # nothing reruns
+    assert not any(j.adopted for j in new.jobs.values() if j.stage != "dynamics")  # the rest match exactly
+    # a new field set away from its default is a new run, and so is every run downstream of it
+    moved = build_plan(load_spec(spec_file(tmp_path, BASE + "[dynamics.model]\nlatent-std-floor = 0.5\n",
+                                           "moved.toml"), tmp_path / "out"), parse)  # fmt: skip
+    assert moved.count("dynamics") == 4 and not any(j.adopted for j in moved.jobs.values() if j.stage == "dynamics")
+    assert not {k for k, j in moved.jobs.items() if j.stage in ("dynamics", "eval")} & set(old.jobs)
+    # a value that differs, a field since removed, or a new field off its default: never the same run
+    assert compatible({"a": 1, "m": {"b": 2}}, {"a": 1, "m": {"b": 2, "c": 0}, "d": 3}, {"m": {"c": 0}, "d": 3})
+    assert not compatible({"a": 1}, {"a": 2}, {"a": 2})
+    assert not compatible({"a": 1, "gone": 0}, {"a": 1}, {"a": 1})
+    assert not compatible({"m": {"b": 2}}, {"m": {"b": 2, "c": 1}}, {"m": {"c": 0}})

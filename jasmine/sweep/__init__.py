@@ -77,7 +77,8 @@ def sweep(args: SweepArgs, parse: Parser, runner) -> dict | None:
     if args.dry_run:
         for job in plan.jobs.values():
             status = "done" if is_done(plan, job) else "resume" if job.out.exists() else "new"
-            print(f"  {status:6} {job.stage:9} {job.out.name}  used by {len(job.uses)} cell-seed(s)")
+            note = " (finished by an older jasmine; fields added since are at their defaults)" if job.adopted else ""
+            print(f"  {status:6} {job.stage:9} {job.out.name}  used by {len(job.uses)} cell-seed(s){note}")
             print(f"         {job.shell()}")
         return None
     if args.slurm:

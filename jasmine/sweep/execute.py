@@ -1,6 +1,7 @@
 """Running a sweep's plan: here (N workers, each with its share of CPU cores and GPUs), or on SLURM (submitit).
 
-A run is finished when ``OUT/jobs/KEY.json`` says so (written only after its command succeeded); an interrupted
+A run is finished when ``RUNS/finished/KEY.json`` says so (written only after its command succeeded, with the
+run's command and resolved config, so a later jasmine can adopt it: see :mod:`jasmine.sweep.plan`); an interrupted
 training run resumes from its last checkpoint (every training command gets ``--resume``, which starts afresh
 where there is none). Every start, end and failure is appended to ``OUT/journal.jsonl``.
 """
@@ -17,14 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jasmine.sweep.plan import Job, Plan
+from jasmine.sweep.plan import Job, Plan, marker
 
 Runner = Callable[[list[str]], None]
 """Runs one jasmine command line in this process (argv without the leading ``jasmine``)."""
-
-
-def marker(runs: Path, key: str) -> Path:
-    return Path(runs) / "finished" / f"{key}.json"
 
 
 def is_done(plan: Plan, job: Job) -> bool:
@@ -48,7 +45,7 @@ def launch_argv(job: Job) -> list[str]:
     return [*job.argv, *extra]
 
 
-def run_job(argv: list[str], out: str, runs: str, key: str, stage: str) -> None:
+def run_job(argv: list[str], out: str, runs: str, key: str, stage: str, command: str = "", config: Any = None) -> None:
     """One run as a child process; marks it finished on success. The function SLURM jobs execute."""
     journal(Path(out), key=key, stage=stage, event="start")
     t0 = time.time()
@@ -56,17 +53,26 @@ def run_job(argv: list[str], out: str, runs: str, key: str, stage: str) -> None:
     if rc != 0:
         journal(Path(out), key=key, stage=stage, event="failed", rc=rc)
         raise RuntimeError(f"`jasmine {' '.join(argv)}` failed with exit status {rc}")
-    _finish(Path(out), Path(runs), key, stage, argv, time.time() - t0)
+    _finish(Path(out), Path(runs), key, stage, argv, time.time() - t0, command, config)
 
 
-def _finish(out: Path, runs: Path, key: str, stage: str, argv: list[str], seconds: float) -> None:
+def _finish(
+    out: Path, runs: Path, key: str, stage: str, argv: list[str], seconds: float, command: str = "", config: Any = None
+) -> None:
     path = marker(runs, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     base = [a for a in argv if a not in ("--resume", "--overwrite")]
-    tmp.write_text(json.dumps({"key": key, "stage": stage, "argv": base, "seconds": round(seconds, 1)}) + "\n")
+    rec = {"key": key, "stage": stage, "argv": base, "seconds": round(seconds, 1)}
+    if config is not None:
+        rec |= {"command": command, "config": config}
+    tmp.write_text(json.dumps(rec) + "\n")
     os.replace(tmp, path)
     journal(out, key=key, stage=stage, event="done", seconds=round(seconds, 1))
+
+
+def _finish_job(out: Path, plan: Plan, job: Job, seconds: float) -> None:
+    _finish(out, plan.spec.runs, job.key, job.stage, launch_argv(job), seconds, job.command, job.config)
 
 
 def _failed(out: Path, job: Job, error: str) -> str:
@@ -125,7 +131,7 @@ def run_local(plan: Plan, workers: int, runner: Runner, gpus: tuple[int, ...] = 
             except Exception as e:  # a run's error fails that run and what depends on it, not the sweep
                 failed.append(_failed(out, job, f"{type(e).__name__}: {e}"))
                 continue
-            _finish(out, plan.spec.runs, job.key, job.stage, launch_argv(job), time.time() - ts)
+            _finish_job(out, plan, job, time.time() - ts)
             done.add(job.key)
             report(job, "done ")
         return failed
@@ -142,7 +148,7 @@ def run_local(plan: Plan, workers: int, runner: Runner, gpus: tuple[int, ...] = 
                     continue
                 del running[slot]
                 if proc.returncode == 0:
-                    _finish(out, plan.spec.runs, job.key, job.stage, launch_argv(job), time.time() - ts)
+                    _finish_job(out, plan, job, time.time() - ts)
                     done.add(job.key)
                     report(job, "done ")
                 else:
@@ -218,7 +224,8 @@ def submit_slurm(plan: Plan, params: dict[str, Any], folder: Path, leaderboard: 
             job_name=f"jasmine-{job.stage}-{job.key}",
             dependency=f"afterok:{':'.join(deps)}" if deps else None,
         )
-        submitted = executor.submit(run_job, launch_argv(job), str(out), str(plan.spec.runs), job.key, job.stage)
+        args = (str(out), str(plan.spec.runs), job.key, job.stage, job.command, job.config)
+        submitted = executor.submit(run_job, launch_argv(job), *args)
         ids[job.key] = str(submitted.job_id)
         print(
             f"[sweep] submitted {job.stage} {job.out.name} as job {submitted.job_id}"

@@ -5,6 +5,10 @@ real actions) → dynamics → eval. A run's key hashes its command, its flags a
 cell and seed that agrees on a run shares it: varying a dynamics flag never retrains the tokenizer, and an
 unseeded stage (``seeded = false``) is trained once for all seeds. Runs live in ``RUNS/STAGE-KEY`` (the spec's
 ``runs``, default ``OUT/runs``): sweeps that name the same ``runs`` share every run they agree on.
+
+A finished run's marker (``RUNS/finished/KEY.json``) keeps its resolved config, so a run finished by an older
+jasmine is adopted when the only difference is config fields added since, each at its default (a new field's
+default keeps the old behaviour); any other difference, a changed default included, is a new run.
 """
 
 from __future__ import annotations
@@ -42,6 +46,10 @@ class Job:
     deps: tuple[str, ...]
     uses: list[tuple[str, int]] = field(default_factory=list)
     """The (cell, seed) pairs that need this run."""
+    config: Any = None
+    """Its resolved config (JSON types; ``--out`` left out), kept in its finished marker."""
+    adopted: bool = False
+    """Finished by an older jasmine under another key: its config lacks only fields now at their defaults."""
 
     @property
     def argv(self) -> list[str]:
@@ -80,14 +88,61 @@ def render(flags: dict[str, Any]) -> list[str]:
     return argv
 
 
-def _key(stage: str, command: str, config: Any) -> str:
-    """A run's key: its stage, command and whole resolved config (upstream run directories included, its own
-    ``--out`` not), so two spellings of one recipe (a preset's default written out, or left out) are one run."""
+def marker(runs: Path, key: str) -> Path:
+    """The file that says run ``key`` finished (written only after its command succeeded)."""
+    return Path(runs) / "finished" / f"{key}.json"
+
+
+def _plain(config: Any) -> Any:
+    """A parsed config as JSON types, ``--out`` left out (a run's key and its marker's record)."""
     cfg = to_dict(config) if dataclasses.is_dataclass(config) else config
     if isinstance(cfg, dict):
         cfg = {k: v for k, v in cfg.items() if k != "out"}
+    return json.loads(json.dumps(cfg, sort_keys=True, default=str))
+
+
+def _defaults(config: Any) -> Any:
+    """The config class's own defaults as JSON types, or None where it has no default instance."""
+    try:
+        return _plain(type(config)()) if dataclasses.is_dataclass(config) else None
+    except TypeError:
+        return None
+
+
+def _key(stage: str, command: str, cfg: Any) -> str:
+    """A run's key: its stage, command and whole resolved config (upstream run directories included, its own
+    ``--out`` not), so two spellings of one recipe (a preset's default written out, or left out) are one run."""
     blob = json.dumps([stage, command, cfg], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+_ABSENT = object()
+
+
+def compatible(old: Any, new: Any, default: Any) -> bool:
+    """Whether a finished run's config ``old`` is ``new`` but for fields added since, each at its ``default``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        if set(old) - set(new):
+            return False  # a field since removed or renamed: what the run did cannot be read in today's terms
+        defaults = default if isinstance(default, dict) else {}
+        return all(
+            compatible(old[k], v, defaults.get(k, _ABSENT)) if k in old else defaults.get(k, _ABSENT) == v
+            for k, v in new.items()
+        )
+    return old == new
+
+
+def finished_configs(runs: Path) -> dict[tuple[str, str], list[tuple[str, Any]]]:
+    """(stage, command) -> [(key, config)] of the finished runs whose markers keep their config."""
+    found: dict[tuple[str, str], list[tuple[str, Any]]] = {}
+    for path in sorted((Path(runs) / "finished").glob("*.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and rec.get("key") == path.stem and "config" in rec and "command" in rec:
+            found.setdefault((str(rec.get("stage")), str(rec["command"])), []).append((path.stem, rec["config"]))
+    return found
 
 
 def cells_of(spec: Spec) -> dict[str, dict[str, dict[str, Any]]]:
@@ -117,16 +172,25 @@ def build_plan(spec: Spec, parse: Parser) -> Plan:
         raise SpecError(f"{spec.line('baseline')}: baseline {baseline!r} is not a cell (cells: {', '.join(cells)})")
     jobs: dict[str, Job] = {}
     evals: dict[tuple[str, int], str] = {}
+    older = finished_configs(spec.runs)
 
     def add(stage: str, command: str, flags: dict[str, Any], upstream: dict[str, str], where: str) -> str:
         ups = [a for k, v in upstream.items() for a in (f"--{k}", str(jobs[v].out if v in jobs else v))]
         argv = [*ups, *render(dict(sorted(flags.items())))]
         probe = Job("", stage, command, [*argv, "--out", str(spec.runs / stage)], spec.runs / stage, ())
-        key = _key(stage, command, _check(parse, probe, spec, where))
+        parsed = _check(parse, probe, spec, where)
+        cfg = _plain(parsed)
+        key, adopted = _key(stage, command, cfg), False
+        if key not in jobs and not marker(spec.runs, key).exists():
+            default = _defaults(parsed)
+            for old, old_cfg in older.get((stage, command), []):
+                if old != key and compatible(old_cfg, cfg, default):
+                    key, adopted = old, True
+                    break
         if key not in jobs:
             out = spec.runs / f"{stage}-{key}"
             deps = tuple(u for u in upstream.values() if u in jobs)
-            jobs[key] = Job(key, stage, command, [*argv, "--out", str(out)], out, deps)
+            jobs[key] = Job(key, stage, command, [*argv, "--out", str(out)], out, deps, config=cfg, adopted=adopted)
         return key
 
     data_stage = spec.stages["data"]

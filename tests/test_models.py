@@ -313,3 +313,29 @@ def test_a_short_last_chunk_encodes_and_decodes_as_if_padded_at_its_cost(window=
     assert r["encode_s"] > 0 and r["padded_encode_s"] > 0
     assert r["padded_step_s"] == 1.0 + r["padded_encode_s"] - r["encode_s"]
     assert encoder_padding(genie, frames_u8[:, :window], step_s=1.0) == {}  # a clip that tiles: nothing to time
+
+
+def test_space_rope_sees_where_patches_are_relative_to_each_other_never_where_they_are():
+    """2D rotary space positions: scores depend on the (row, col) offset only; a frame of identical patches gives
+    the same output everywhere (absolute codes make them differ); the patches left and right of a lone bright
+    one differ (the direction is seen), and a head width not divisible by 4 is refused."""
+    from jasmine.models.nn import rotary2d
+
+    grid = (3, 4)
+    q, k = jax.random.normal(jax.random.key(2), (2, 1, 1, 1, 8))
+    qN, kN = (rotary2d(jnp.broadcast_to(a, (1, 12, 1, 8)), grid)[0, :, 0] for a in (q, k))
+    S = np.asarray(qN @ kN.T)  # S[i, j]: patch i's query on patch j's key; i = row * 4 + col
+    assert S[0 * 4 + 0, 1 * 4 + 2] == pytest.approx(S[1 * 4 + 1, 2 * 4 + 3], abs=1e-5)  # offset (+1, +2)
+    assert S[2 * 4 + 3, 1 * 4 + 1] == pytest.approx(S[1 * 4 + 2, 0 * 4 + 0], abs=1e-5)  # offset (-1, -2)
+    assert abs(S[0, 1] - S[0, 4]) > 1e-2 and abs(S[0, 1] - S[1, 0]) > 1e-2  # rows and columns told apart
+    model = AxialTransformer(6, 16, 32, 4, 2, 2, space_positions="rope", grid=grid, rngs=nnx.Rngs(0))
+    uniform = jnp.broadcast_to(jax.random.normal(jax.random.key(3), (6,)), (1, 2, 12, 6))
+    out = np.asarray(model(uniform))
+    np.testing.assert_allclose(out, np.broadcast_to(out[:, :, :1], out.shape), atol=1e-5)
+    absolute = AxialTransformer(6, 16, 32, 4, 2, 2, rngs=nnx.Rngs(0))
+    assert np.abs(np.asarray(absolute(uniform)) - np.asarray(absolute(uniform))[:, :, :1]).max() > 1e-2
+    lone = jnp.zeros((1, 2, 12, 6)).at[:, :, 1 * 4 + 1].set(3.0)
+    out = np.asarray(model(lone))
+    assert np.abs(out[:, :, 1 * 4 + 0] - out[:, :, 1 * 4 + 2]).max() > 1e-3  # left and right neighbours differ
+    with pytest.raises(ValueError, match="divisible by 4"):
+        AxialTransformer(6, 12, 32, 4, 2, 2, space_positions="rope", grid=grid, rngs=nnx.Rngs(0))

@@ -14,6 +14,7 @@ predicts the change from frame t-1).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +39,14 @@ class LAMConfig(TokenizerConfig):
     residual: bool = False
     """The decoder predicts the change from the previous frame (frame t-1 + its output), so copying is free and
     the action has to explain what differs; off: it predicts frame t itself (Genie's LAM)."""
+    decoder_positions: Literal["absolute", "rope"] = "absolute"
+    """How the decoder knows where a patch is: ``absolute`` sinusoids of its index (Genie's), or ``rope``: 2D
+    rotary positions in its spatial attention, relative only, so a code can name a change ("the paddle moves
+    one cell left") but not a place ("the paddle ends at column 3")."""
+    encoder_positions: Literal["absolute", "none"] = "absolute"
+    """How the encoder (and the IDM's) knows where a patch is: ``absolute`` sinusoids (Genie's), or ``none``: each
+    patch sees its own place in earlier frames (temporal attention) but not where it is, so the action token pools
+    a bag of local changes and a code cannot name a place in the frame."""
 
 
 def action_features(action_token, encoder, patch_size: int, videos_BTHWC):
@@ -66,13 +75,16 @@ class LatentActionModel(nnx.Module):
         kw = dict(prec=prec, attention=attention, remat=remat, rngs=rngs)
         self.action_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (patch_dim,), prec.param_dtype))
         self.encoder = AxialTransformer(
-            patch_dim, cfg.model_dim, cfg.ffn_dim, cfg.code_dim, cfg.num_blocks, cfg.num_heads, **kw
-        )
+            patch_dim, cfg.model_dim, cfg.ffn_dim, cfg.code_dim, cfg.num_blocks, cfg.num_heads,
+            space_positions=cfg.encoder_positions, **kw,
+        )  # fmt: skip
         self.vq = make_quantizer(cfg, param_dtype=prec.param_dtype, rngs=rngs)
         self.action_up = linear_layers(prec, rngs)(cfg.code_dim, patch_dim)
+        grid = (image_shape[0] // cfg.patch_size, image_shape[1] // cfg.patch_size)
         self.decoder = AxialTransformer(
-            patch_dim, cfg.model_dim, cfg.ffn_dim, patch_dim, cfg.num_blocks, cfg.num_heads, **kw
-        )
+            patch_dim, cfg.model_dim, cfg.ffn_dim, patch_dim, cfg.num_blocks, cfg.num_heads,
+            space_positions=cfg.decoder_positions, grid=grid, **kw,
+        )  # fmt: skip
         if cfg.residual:  # starts as an exact copy of frame t-1 (ReZero-style gate at 0), then learns the change
             self.residual_gate = nnx.Param(jnp.zeros((), prec.param_dtype))
         if cfg.label_classes:  # a few labels: the quantised action classifies the real one (--action-labels)
@@ -140,7 +152,7 @@ class InverseDynamicsModel(nnx.Module):
         self.action_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (patch_dim,), prec.param_dtype))
         self.encoder = AxialTransformer(
             patch_dim, cfg.model_dim, cfg.ffn_dim, cfg.code_dim, cfg.num_blocks, cfg.num_heads,
-            prec=prec, attention=attention, remat=remat, rngs=rngs,
+            space_positions=cfg.encoder_positions, prec=prec, attention=attention, remat=remat, rngs=rngs,
         )  # fmt: skip
         self.head = output_linear(prec, rngs)(cfg.code_dim, num_classes)
 

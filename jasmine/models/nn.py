@@ -22,6 +22,7 @@ from jasmine.models.attention import Attention, band_mask, cached_attention, dot
 
 Remat = Literal["none", "full", "dots", "offload"]
 TimePositions = Literal["absolute", "rope"]
+SpacePositions = Literal["absolute", "rope", "none"]
 
 
 @dataclass(frozen=True)
@@ -110,9 +111,10 @@ class AxialBlock(nnx.Module):
         prec: Precision,
         attention: Attention,
         rope: bool = False,
+        grid: tuple[int, int] | None = None,
         rngs: nnx.Rngs,
     ):
-        self.spatial_causal, self.rope = spatial_causal, rope
+        self.spatial_causal, self.rope, self.grid = spatial_causal, rope, grid
         self.norm_s, self.norm_t, self.norm_f = (LayerNorm32(dim, prec=prec, rngs=rngs) for _ in range(3))
         self.spatial = MultiHeadAttention(dim, heads, prec=prec, attention=attention, rngs=rngs)
         self.temporal = MultiHeadAttention(dim, heads, prec=prec, attention=attention, rngs=rngs)
@@ -122,7 +124,15 @@ class AxialBlock(nnx.Module):
     def _spatial(self, x_BTND):
         B, T, N, D = x_BTND.shape
         h_SND = self.norm_s(x_BTND).reshape(B * T, N, D)
-        return x_BTND + self.spatial(h_SND, causal=self.spatial_causal).reshape(B, T, N, D)
+        if self.grid is None:
+            return x_BTND + self.spatial(h_SND, causal=self.spatial_causal).reshape(B, T, N, D)
+        # 2D rotary positions: spatial scores see (row - row', col - col') only, never where a patch is
+        q_SNHK, k_SNHK, v_SNHK = self.spatial.qkv_heads(h_SND)
+        q_SNHK, k_SNHK = (rotary2d(a, self.grid) for a in (q_SNHK, k_SNHK))
+        y_SNHK = dot_product_attention(
+            q_SNHK, k_SNHK, v_SNHK, causal=self.spatial_causal, implementation=self.spatial.attention
+        )
+        return x_BTND + self.spatial.out(einops.rearrange(y_SNHK, "s n h k -> s n (h k)")).reshape(B, T, N, D)
 
     def _temporal_qkv(self, x_BTND, t_T):
         h_STD = einops.rearrange(self.norm_t(x_BTND), "b t n d -> (b n) t d")
@@ -193,6 +203,14 @@ def rotary(x_SLHK, t_L):
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x_SLHK.dtype)
 
 
+def rotary2d(x_SNHK, grid: tuple[int, int]):
+    """2D RoPE over a row-major ``grid`` of N patches: the first half of each head's channels rotated by the
+    patch's row, the second half by its column (:func:`rotary` on each), so q · k depends on the offset only."""
+    rows_N, cols_N = jnp.divmod(jnp.arange(grid[0] * grid[1]), grid[1])
+    half = x_SNHK.shape[-1] // 2
+    return jnp.concatenate([rotary(x_SNHK[..., :half], rows_N), rotary(x_SNHK[..., half:], cols_N)], axis=-1)
+
+
 def sinusoidal_rows(pos, dim: int) -> jax.Array:
     """Sine/cosine codes [len(pos), dim] (float32) of positions ``pos`` (may be traced)."""
     freq = jnp.exp(-math.log(10_000.0) * jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
@@ -233,6 +251,11 @@ class AxialTransformer(nnx.Module):
     t mod ``phase`` instead (the tokenizer's window grid: what a frame's tokens depend on). A rope model
     runs on any length with a band of the training window (``band``), so a rollout slides by keeping a
     ring of cached frames instead of re-prefilling.
+
+    Space positions (``space_positions``): ``absolute`` adds sinusoids of the patch index; ``rope`` rotates the
+    spatial attention's queries and keys by the patch's row and column on ``grid`` (:func:`rotary2d`), so the
+    model knows where patches are relative to each other, never where they are in the frame; ``none`` gives no
+    space positions at all (spatial attention is then permutation-equivariant over the frame's tokens).
     """
 
     def __init__(
@@ -250,10 +273,16 @@ class AxialTransformer(nnx.Module):
         remat: Remat = "none",
         time_positions: TimePositions = "absolute",
         phase: int = 1,
+        space_positions: SpacePositions = "absolute",
+        grid: tuple[int, int] | None = None,
         rngs: nnx.Rngs,
     ):
         if time_positions == "rope" and (model_dim // num_heads) % 2:
             raise ValueError(f"rotary positions need an even head width, got {model_dim} / {num_heads} heads")
+        if space_positions == "rope" and ((model_dim // num_heads) % 4 or grid is None):
+            raise ValueError(f"2D rotary positions need a grid and a head width divisible by 4, got {model_dim} / "
+                             f"{num_heads} heads")  # fmt: skip
+        self.space_rope, self.space_codes = space_positions == "rope", space_positions == "absolute"
         lin = linear_layers(prec, rngs)
         self.dtype, self.remat, self.model_dim = prec.dtype, remat, model_dim
         self.rope, self.phase = time_positions == "rope", phase
@@ -268,6 +297,7 @@ class AxialTransformer(nnx.Module):
                     prec=prec,
                     attention=attention,
                     rope=self.rope,
+                    grid=tuple(grid) if self.space_rope else None,
                     rngs=rngs,
                 )
                 for _ in range(num_blocks)
@@ -283,6 +313,8 @@ class AxialTransformer(nnx.Module):
         _, T, N, _ = x_BTNI.shape
         t_T = t_offset + jnp.arange(T)
         pe_TND = positions(time_code(t_T, self.rope, self.phase), N, self.model_dim)
+        if not self.space_codes:  # time codes only: space enters as rotations (rope), or not at all
+            pe_TND = pe_TND.at[..., self.model_dim // 2 :].set(0.0)
         return self.proj_in(x_BTNI.astype(self.dtype)) + pe_TND.astype(self.dtype)
 
     def prefill(self, x_BTNI, window: int):

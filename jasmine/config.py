@@ -133,6 +133,12 @@ class LAMTrainConfig(TrainConfig):
     roll_augment: bool = False
     """Roll each training window circularly by a random offset in height and width, the same for all its frames:
     a code that names where things are (the paddle's column) stops paying, one that names the change keeps paying."""
+    state_adversary: float = 0.0
+    """Weight of a state adversary (0: off; VQ only): a small head learns to guess each code from frame t-1
+    alone, and the encoder minimises an estimate of the codes' mutual information with frame t-1 (the entropy of
+    their batch marginal minus the head's cross-entropy). When play does not look at the frame (a random
+    policy), the real action is independent of frame t-1, while a code naming the outcome ("the paddle ends at
+    column 3") is not."""
 
 
 @dataclass(frozen=True)

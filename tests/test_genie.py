@@ -94,31 +94,6 @@ def test_lam_action_between_t_minus_1_and_t_sees_frames_up_to_t_only():
     assert ids.shape == (1, 4) and ids.dtype == jnp.int32
 
 
-def test_lam_position_options_keep_places_out_of_the_codes():
-    """``encoder_positions="none"``: the encoder's features are a bag of local changes, the same when the frame's
-    patches are shuffled (one shuffle for every frame), which changes them with absolute positions; the IDM's
-    encoder follows. ``decoder_positions="rope"`` builds its decoder with 2D rotary positions on the patch grid
-    (their behaviour: tests/test_models.py)."""
-    from jasmine.models.lam import InverseDynamicsModel
-    from jasmine.models.tokenizer import patchify, unpatchify
-
-    cfg = replace(LAM_MODEL, patch_size=4, num_heads=2)
-    x = jax.random.uniform(jax.random.key(0), (2, 3, 16, 16, 3))
-    perm = np.random.default_rng(0).permutation(16)
-    shuffled = unpatchify(patchify(x, 4)[:, :, perm], 4, 16, 16)
-    for encoder, same in (("none", True), ("absolute", False)):
-        for model in (
-            LatentActionModel(replace(cfg, encoder_positions=encoder), (16, 16, 3), rngs=nnx.Rngs(0)),
-            InverseDynamicsModel(replace(cfg, encoder_positions=encoder), (16, 16, 3), 3, rngs=nnx.Rngs(0)),
-        ):
-            gap = float(jnp.abs(model.features(shuffled) - model.features(x)).max())
-            assert (gap < 1e-4) if same else (gap > 1e-3), (type(model).__name__, encoder, gap)
-    lam = LatentActionModel(replace(cfg, decoder_positions="rope"), (16, 16, 3), rngs=nnx.Rngs(0))
-    pred, ids, _, _ = lam(x)
-    assert pred.shape == (2, 2, 16, 16, 3) and ids.shape == (2, 2)
-    assert lam.decoder.blocks[0].grid == (4, 4) and lam.decoder.space_rope and not lam.decoder.space_codes
-
-
 def test_gt_actions_are_aligned_with_the_frame_they_lead_to():
     from jasmine.models.genie import Genie
 

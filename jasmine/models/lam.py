@@ -43,6 +43,9 @@ class LAMConfig(TokenizerConfig):
     """How the decoder knows where a patch is: ``absolute`` sinusoids of its index (Genie's), or ``rope``: 2D
     rotary positions in its spatial attention, relative only, so a code can name a change ("the paddle moves
     one cell left") but not a place ("the paddle ends at column 3")."""
+    adversary: bool = False
+    """A small head that guesses the code into frame t from frame t-1 alone (set by the LAM's --state-adversary;
+    see :meth:`LatentActionModel.guess_codes`)."""
     encoder_positions: Literal["absolute", "none"] = "absolute"
     """How the encoder (and the IDM's) knows where a patch is: ``absolute`` sinusoids (Genie's), or ``none``: each
     patch sees its own place in earlier frames (temporal attention) but not where it is, so the action token pools
@@ -87,6 +90,11 @@ class LatentActionModel(nnx.Module):
         )  # fmt: skip
         if cfg.residual:  # starts as an exact copy of frame t-1 (ReZero-style gate at 0), then learns the change
             self.residual_gate = nnx.Param(jnp.zeros((), prec.param_dtype))
+        if cfg.adversary:  # per-patch features of frame t-1, flattened in place order, through an MLP
+            n = (image_shape[0] // cfg.patch_size) * (image_shape[1] // cfg.patch_size)
+            lin = linear_layers(prec, rngs)
+            self.adv_patch, self.adv_hidden = lin(patch_dim, 32), lin(32 * n, 256)
+            self.adv_out = output_linear(prec, rngs)(256, cfg.vocab_size)
         if cfg.label_classes:  # a few labels: the quantised action classifies the real one (--action-labels)
             self.label_head = output_linear(prec, rngs)(cfg.code_dim, cfg.label_classes)
 
@@ -117,6 +125,12 @@ class LatentActionModel(nnx.Module):
         else:
             out_BT1NI = jax.nn.sigmoid(out_BT1NI)
         return unpatchify(out_BT1NI, self.cfg.patch_size, h, w)
+
+    def guess_codes(self, videos_BTHWC):
+        """The adversary's logits [B, T-1, A] for the code into frame t, from frame t-1 alone (frames 0..T-2)."""
+        h_BT1NE = jax.nn.gelu(self.adv_patch(patchify(videos_BTHWC[:, :-1], self.cfg.patch_size)))
+        h_BT1F = jax.nn.gelu(self.adv_hidden(h_BT1NE.reshape(*h_BT1NE.shape[:2], -1)))
+        return self.adv_out(h_BT1F).astype(jnp.float32)
 
     def __call__(self, videos_BTHWC, *, rng=None):
         """Returns (predicted frames 1..T-1, action ids [B, T-1], z_q [B, T-1, L], VQ aux)."""

@@ -57,6 +57,7 @@ class VectorQuantizer(nnx.Module):
             "code_counts": jnp.zeros(self.num_codes, jnp.int32).at[ids_X.reshape(-1)].add(1),
             "inputs": jax.lax.stop_gradient(x_XL),
             "best_sim": jax.lax.stop_gradient(jnp.max(x_XL @ cb_CL.T, axis=-1)),
+            "sims": x_XL @ jax.lax.stop_gradient(cb_CL).T,  # differentiable in x only (a soft assignment's)
         }
         z_q_XL = x_XL + jax.lax.stop_gradient(z_XL - x_XL)
         return z_q_XL, ids_X, aux

@@ -24,6 +24,8 @@ class IDMComponent(LAMComponent):
     config_cls = IDMTrainConfig
 
     def prepare(self, cfg: IDMTrainConfig) -> IDMTrainConfig:
+        if cfg.state_adversary:
+            raise ValueError("--state-adversary trains a LAM's codes; the IDM has labels (leave it at 0)")
         return with_action_classes(cfg)
 
     def batch_keys(self, cfg: IDMTrainConfig) -> tuple[str, ...]:

@@ -44,6 +44,27 @@ def lam_terms(pred, target, aux, mcfg, prefix: str = ""):
     return loss, metrics, {**keep, "pred": pred}
 
 
+ADVERSARY_TEMPERATURE = 0.1
+"""Temperature of the encoder's soft code assignment, softmax(cosine similarity / T), in the state adversary."""
+
+
+def state_adversary_terms(model: LatentActionModel, x_BTHWC, ids_BT1, sims_BT1A):
+    """(the adversary's cross-entropy guessing each code from frame t-1 alone, which trains only the adversary;
+    an estimate of the mutual information between the codes and frame t-1, which trains only the encoder).
+
+    The estimate is the entropy of the batch's mean soft code assignment minus the adversary's cross-entropy on
+    the soft assignment: a code that names the move under a random policy costs nothing (frame t-1 says nothing
+    of it), one that names where the paddle ends up costs what frame t-1 tells of it, although both are equally
+    hard to guess (one of three either way)."""
+    logits_BT1A = model.guess_codes(jax.lax.stop_gradient(x_BTHWC))
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits_BT1A, jax.lax.stop_gradient(ids_BT1)).mean()
+    soft_BT1A = jax.nn.softmax(sims_BT1A.astype(jnp.float32) / ADVERSARY_TEMPERATURE, axis=-1)
+    log_guess_BT1A = jax.lax.stop_gradient(jax.nn.log_softmax(logits_BT1A, axis=-1))
+    mean_A = soft_BT1A.reshape(-1, soft_BT1A.shape[-1]).mean(axis=0)
+    marginal_entropy = -jnp.sum(mean_A * jnp.log(mean_A + 1e-9))
+    return ce, marginal_entropy + jnp.sum(soft_BT1A * log_guess_BT1A, axis=-1).mean()
+
+
 def with_action_classes(cfg: LAMTrainConfig) -> LAMTrainConfig:
     """``cfg`` with the data's effective action classes recorded (``action_classes``, ``class_names``)."""
     table = effective_actions(read_metadata(cfg.data), Path(cfg.data) / "metadata.json")
@@ -80,6 +101,13 @@ class LAMComponent(Component):
     def prepare(self, cfg: LAMTrainConfig) -> LAMTrainConfig:
         if not 0 <= cfg.action_labels <= 1:
             raise ValueError(f"--action-labels must be a fraction in [0, 1], got {cfg.action_labels}")
+        if cfg.state_adversary < 0 or (cfg.state_adversary and cfg.model.quantizer != "vq"):
+            raise ValueError(
+                f"--state-adversary must be >= 0 and needs --model.quantizer vq, got {cfg.state_adversary} with "
+                f"{cfg.model.quantizer}"
+            )
+        if cfg.state_adversary and not cfg.model.adversary:
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, adversary=True))
         if not cfg.action_labels:
             return cfg
         cfg = with_action_classes(cfg)
@@ -98,8 +126,12 @@ class LAMComponent(Component):
         if rng is not None and cfg.roll_augment:
             rng, roll_rng = jax.random.split(rng)
             x_BTHWC = roll_windows(roll_rng, x_BTHWC)
-        pred_BT1HWC, _, z_BT1L, aux = model(x_BTHWC, rng=rng)
-        loss, metrics, aux = lam_terms(pred_BT1HWC, x_BTHWC[:, 1:], aux, cfg.model)
+        pred_BT1HWC, ids_BT1, z_BT1L, vq_aux = model(x_BTHWC, rng=rng)
+        loss, metrics, aux = lam_terms(pred_BT1HWC, x_BTHWC[:, 1:], vq_aux, cfg.model)
+        if cfg.state_adversary:
+            adv_loss, mi = state_adversary_terms(model, x_BTHWC, ids_BT1, vq_aux["sims"])
+            loss = loss + adv_loss + cfg.state_adversary * mi
+            metrics = {**metrics, "loss": loss, "adversary_ce": adv_loss, "adversary_mi": mi}
         if cfg.action_labels:  # cross-entropy of the quantised action's class on the labelled transitions
             labels_BT1 = jnp.asarray(cfg.action_classes, jnp.int32)[batch["actions"][:, :-1]]
             logits_BT1C = model.label_head(z_BT1L).astype(jnp.float32)

@@ -2,6 +2,7 @@
 adversary (gradient routing, and its errors)."""
 
 from dataclasses import replace
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -52,21 +53,22 @@ def test_the_state_adversary_trains_its_head_to_guess_and_the_encoder_to_be_ungu
     lam = comp.build(cfg, nnx.Rngs(0))
     x = jax.random.uniform(jax.random.key(0), (2, 3, 16, 16, 3))
 
-    def grads(term: int):
-        def f(m):
+    @nnx.jit
+    def both(m):  # the gradients of both terms, in one compiled program
+        def term(m, i: int):
             _, ids, _, aux = m(x)
-            return state_adversary_terms(m, x, ids, aux["sims"])[term]
+            return state_adversary_terms(m, x, ids, aux["sims"])[i]
 
-        g = nnx.state(nnx.grad(f)(lam), nnx.Param)
-        return {"/".join(map(str, k)): float(jnp.abs(v[...]).sum()) for k, v in nnx.to_flat_state(g)}
+        return [nnx.state(nnx.grad(partial(term, i=i))(m), nnx.Param) for i in (0, 1)]
 
+    flat = [{"/".join(map(str, k)): float(jnp.abs(v[...]).sum()) for k, v in nnx.to_flat_state(g)} for g in both(lam)]
     for term, owners in ((0, ("adv_",)), (1, ("encoder", "action_token"))):
-        g = grads(term)
+        g = flat[term]
         reached = {k for k, v in g.items() if v > 0}
         assert reached and all(k.startswith(owners) for k in reached), (term, sorted(reached)[:5])
         assert any(k.startswith(owners[0]) for k in reached)
     batch = {"frames": np.random.default_rng(1).integers(0, 256, (2, 3, 16, 16, 3), dtype=np.uint8)}
-    loss, metrics, _ = comp._terms(lam, batch, None, cfg)
+    loss, metrics, _ = nnx.jit(lambda m, b: comp._terms(m, b, None, cfg))(lam, batch)
     assert float(loss) == pytest.approx(
         float(metrics["mse"] + metrics["codebook_loss"] + LAM_MODEL.commitment_weight * metrics["commitment_loss"]
               + metrics["adversary_ce"] + 0.5 * metrics["adversary_mi"]), rel=1e-5)  # fmt: skip

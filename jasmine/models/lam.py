@@ -41,15 +41,17 @@ class LAMConfig(TokenizerConfig):
     the action has to explain what differs; off: it predicts frame t itself (Genie's LAM)."""
     decoder_positions: Literal["absolute", "rope"] = "absolute"
     """How the decoder knows where a patch is: ``absolute`` sinusoids of its index (Genie's), or ``rope``: 2D
-    rotary positions in its spatial attention, relative only, so a code can name a change ("the paddle moves
-    one cell left") but not a place ("the paddle ends at column 3")."""
+    rotary positions in its spatial attention, relative only, so a change ("the paddle moves one cell left") is
+    easier to decode than a place ("the paddle ends at column 3"), which reaches it only through the frame's
+    edges (measured on Breakout: docs/tuning.md)."""
     adversary: bool = False
     """A small head that guesses the code into frame t from frame t-1 alone (set by the LAM's --state-adversary;
     see :meth:`LatentActionModel.guess_codes`)."""
     encoder_positions: Literal["absolute", "none"] = "absolute"
     """How the encoder (and the IDM's) knows where a patch is: ``absolute`` sinusoids (Genie's), or ``none``: each
     patch sees its own place in earlier frames (temporal attention) but not where it is, so the action token pools
-    a bag of local changes and a code cannot name a place in the frame."""
+    a bag of local changes; a place reaches the codes only through what a patch shows (a small object's offset
+    inside its patch)."""
 
 
 def action_features(action_token, encoder, patch_size: int, videos_BTHWC):

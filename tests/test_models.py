@@ -1,3 +1,5 @@
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -337,5 +339,12 @@ def test_space_rope_sees_where_patches_are_relative_to_each_other_never_where_th
     lone = jnp.zeros((1, 2, 12, 6)).at[:, :, 1 * 4 + 1].set(3.0)
     out = np.asarray(model(lone))
     assert np.abs(out[:, :, 1 * 4 + 0] - out[:, :, 1 * 4 + 2]).max() > 1e-3  # left and right neighbours differ
+    # the spatial attention rotates queries and keys alike: equal to attention over the rotated q and k
+    mha = model.blocks[0].spatial
+    h = jax.random.normal(jax.random.key(4), (2, 12, 16))
+    q, k, v = mha.qkv_heads(h)
+    rot = partial(rotary2d, grid=grid)
+    want = mha.out(jax.nn.dot_product_attention(rot(q), rot(k), v).reshape(2, 12, 16))
+    np.testing.assert_allclose(np.asarray(mha(h, causal=False, rotate=rot)), np.asarray(want), atol=1e-5)
     with pytest.raises(ValueError, match="divisible by 4"):
         AxialTransformer(6, 12, 32, 4, 2, 2, space_positions="rope", grid=grid, rngs=nnx.Rngs(0))

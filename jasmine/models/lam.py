@@ -77,6 +77,7 @@ class LatentActionModel(nnx.Module):
         check_patch_size(image_shape, cfg.patch_size, "--lam-model.patch-size")
         self.cfg, self.image_shape = cfg, tuple(image_shape)
         patch_dim = cfg.patch_size**2 * image_shape[2]
+        grid = (image_shape[0] // cfg.patch_size, image_shape[1] // cfg.patch_size)
         kw = dict(prec=prec, attention=attention, remat=remat, rngs=rngs)
         self.action_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (patch_dim,), prec.param_dtype))
         self.encoder = AxialTransformer(
@@ -85,7 +86,6 @@ class LatentActionModel(nnx.Module):
         )  # fmt: skip
         self.vq = make_quantizer(cfg, param_dtype=prec.param_dtype, rngs=rngs)
         self.action_up = linear_layers(prec, rngs)(cfg.code_dim, patch_dim)
-        grid = (image_shape[0] // cfg.patch_size, image_shape[1] // cfg.patch_size)
         self.decoder = AxialTransformer(
             patch_dim, cfg.model_dim, cfg.ffn_dim, patch_dim, cfg.num_blocks, cfg.num_heads,
             space_positions=cfg.decoder_positions, grid=grid, **kw,
@@ -93,9 +93,8 @@ class LatentActionModel(nnx.Module):
         if cfg.residual:  # starts as an exact copy of frame t-1 (ReZero-style gate at 0), then learns the change
             self.residual_gate = nnx.Param(jnp.zeros((), prec.param_dtype))
         if cfg.adversary:  # per-patch features of frame t-1, flattened in place order, through an MLP
-            n = (image_shape[0] // cfg.patch_size) * (image_shape[1] // cfg.patch_size)
             lin = linear_layers(prec, rngs)
-            self.adv_patch, self.adv_hidden = lin(patch_dim, 32), lin(32 * n, 256)
+            self.adv_patch, self.adv_hidden = lin(patch_dim, 32), lin(32 * grid[0] * grid[1], 256)
             self.adv_out = output_linear(prec, rngs)(256, cfg.vocab_size)
         if cfg.label_classes:  # a few labels: the quantised action classifies the real one (--action-labels)
             self.label_head = output_linear(prec, rngs)(cfg.code_dim, cfg.label_classes)

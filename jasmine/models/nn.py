@@ -79,8 +79,11 @@ class MultiHeadAttention(nnx.Module):
         q, k, v = jnp.split(self.qkv(x_SLD), 3, axis=-1)
         return (einops.rearrange(a, "s l (h k) -> s l h k", h=self.heads) for a in (q, k, v))
 
-    def __call__(self, x_SLD, *, causal: bool, mask_SHLM=None):
+    def __call__(self, x_SLD, *, causal: bool, mask_SHLM=None, rotate=None):
+        """``rotate``: applied to queries and keys (rotary positions), or None."""
         q_SLHK, k_SLHK, v_SLHK = self.qkv_heads(x_SLD)
+        if rotate is not None:
+            q_SLHK, k_SLHK = rotate(q_SLHK), rotate(k_SLHK)
         y_SLHK = dot_product_attention(
             q_SLHK, k_SLHK, v_SLHK, causal=causal, mask_SHLM=mask_SHLM, implementation=self.attention
         )
@@ -124,15 +127,8 @@ class AxialBlock(nnx.Module):
     def _spatial(self, x_BTND):
         B, T, N, D = x_BTND.shape
         h_SND = self.norm_s(x_BTND).reshape(B * T, N, D)
-        if self.grid is None:
-            return x_BTND + self.spatial(h_SND, causal=self.spatial_causal).reshape(B, T, N, D)
-        # 2D rotary positions: spatial scores see (row - row', col - col') only, never where a patch is
-        q_SNHK, k_SNHK, v_SNHK = self.spatial.qkv_heads(h_SND)
-        q_SNHK, k_SNHK = (rotary2d(a, self.grid) for a in (q_SNHK, k_SNHK))
-        y_SNHK = dot_product_attention(
-            q_SNHK, k_SNHK, v_SNHK, causal=self.spatial_causal, implementation=self.spatial.attention
-        )
-        return x_BTND + self.spatial.out(einops.rearrange(y_SNHK, "s n h k -> s n (h k)")).reshape(B, T, N, D)
+        rotate = None if self.grid is None else partial(rotary2d, grid=self.grid)  # scores see offsets only
+        return x_BTND + self.spatial(h_SND, causal=self.spatial_causal, rotate=rotate).reshape(B, T, N, D)
 
     def _temporal_qkv(self, x_BTND, t_T):
         h_STD = einops.rearrange(self.norm_t(x_BTND), "b t n d -> (b n) t d")

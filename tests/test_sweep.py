@@ -19,7 +19,7 @@ from conftest import MICRO_DYN, cli
 
 from jasmine.cli import parse_command as parse
 from jasmine.sweep import SpecError, build_plan, load_spec
-from jasmine.sweep.leaderboard import hierarchical_bootstrap, leaderboard, paired_values
+from jasmine.sweep.leaderboard import hierarchical_bootstrap, leaderboard, markdown, paired_values
 
 BASE = """
 seeds = [0, 1]
@@ -141,6 +141,21 @@ def test_paired_differences_match_hand_computed_values():
     row = next(r for r in board["rows"] if r["cell"] == "a")
     assert row["psnr_vs_baseline"]["mean"] == pytest.approx(d["mean"])
     assert row["psnr"]["mean"] == pytest.approx((11.0 + 11.0) / 2)
+
+
+def test_episode_figures_put_the_model_against_both_copies_per_episode():
+    """Generated frames only (after the context); copy-last is the raw frame, copy-last tokens its reconstruction."""
+    from jasmine.sweep.leaderboard import episode_figures
+
+    psnr = {"model": [[99, 20, 22], [99, 18, 18]], "random_actions": [[99, 19, 20], [99, 18, 17]],
+            "copy_last": [[50, 19, 19], [50, 17, 19]], "copy_last_tokens": [[40, 18, 18], [40, 16, 16]]}  # fmt: skip
+    metrics = {"context": 1, "delta_t": 2, "per_clip": {"episode": [7, 3], "psnr": psnr, "ssim": psnr}}
+    f = episode_figures(metrics)
+    assert f["minus_copy"] == {7: 2.0, 3: 0.0} and f["minus_copy_tokens"] == {7: 3.0, 3: 2.0}
+    assert f["psnr"] == {7: 21.0, 3: 18.0} and f["delta_psnr"] == {7: 2.0, 3: 1.0}
+    board = leaderboard({"a": {0: f}}, "a", seeds=1, rounds=50)
+    assert board["rows"][0]["minus_copy"]["mean"] == 1.0
+    assert "model − copy-last (dB)" in markdown(board) and "+1.00 [" in markdown(board)
 
 
 def test_slurm_submits_each_unfinished_run_after_its_upstream_jobs(tmp_path, monkeypatch):

@@ -15,13 +15,16 @@ import numpy as np
 
 METRICS = {
     "psnr": "model PSNR (dB)",
+    "minus_copy": "model − copy-last (dB)",
     "copy_tokens_psnr": "copy-last tokens PSNR (dB)",
     "minus_copy_tokens": "model − copy-last tokens (dB)",
     "delta_psnr": "ΔtPSNR (dB)",
     "delta_psnr_swap": "ΔtPSNR, swapped action (dB)",
     "ssim": "model SSIM",
 }
-"""Per-episode figures read from each eval's metrics.json (``per_clip``); chance for the last three is 0."""
+"""Per-episode figures read from each eval's metrics.json (``per_clip``). Copy-last repeats the last real context
+frame; copy-last tokens repeats its tokenizer reconstruction, so model − copy-last tokens is the dynamics against
+copying with the tokenizer's error on both sides. Chance for the differences and ΔtPSNR is 0."""
 PAIRED = ("psnr", "minus_copy_tokens", "delta_psnr")
 
 
@@ -36,6 +39,8 @@ def episode_figures(metrics: dict) -> dict[str, dict[int, float]]:
         "ssim": ssim["model"][:, c:].mean(1),
         "delta_psnr": psnr["model"][:, t] - psnr["random_actions"][:, t],
     }
+    if "copy_last" in psnr:
+        per["minus_copy"] = per["psnr"] - psnr["copy_last"][:, c:].mean(1)
     if "copy_last_tokens" in psnr:
         per["copy_tokens_psnr"] = psnr["copy_last_tokens"][:, c:].mean(1)
         per["minus_copy_tokens"] = per["psnr"] - per["copy_tokens_psnr"]
@@ -110,16 +115,14 @@ def _ci(d: dict | None, digits: int = 2, signed: bool = True) -> str:
 
 
 def markdown(board: dict) -> str:
-    head = ["cell", "seeds", *(METRICS[m] for m in ("psnr", "copy_tokens_psnr", "minus_copy_tokens", "delta_psnr"))]
+    shown = ("psnr", "minus_copy", "minus_copy_tokens", "delta_psnr")
+    head = ["cell", "seeds", *(METRICS[m] for m in shown)]
     head += [f"{METRICS[m].split(' (')[0]} vs baseline" for m in PAIRED]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in board["rows"]:
         name = f"**{r['cell']}** (baseline)" if r["cell"] == board["baseline"] else r["cell"]
         cells = [name, f"{len(r['seeds'])}/{r['of_seeds']}"]
-        cells += [
-            _ci(r.get(m), signed=m not in ("psnr", "copy_tokens_psnr"))
-            for m in ("psnr", "copy_tokens_psnr", "minus_copy_tokens", "delta_psnr")
-        ]
+        cells += [_ci(r.get(m), signed=m != "psnr") for m in shown]
         cells += [_ci(r.get(f"{m}_vs_baseline")) if r["cell"] != board["baseline"] else "·" for m in PAIRED]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [

@@ -133,6 +133,15 @@ class LAMTrainConfig(TrainConfig):
     roll_augment: bool = False
     """Roll each training window circularly by a random offset in height and width, the same for all its frames:
     a code that names where things are (the paddle's column) stops paying, one that names the change keeps paying."""
+    roll_decoder: int = 0
+    """Up to this many pixels (each way, in height and width; 0: off): the decoder sees and predicts the window
+    rolled circularly by its own random offset, while the encoder sees it unrolled. A code must then hold under
+    a shift of the frame, so one that names where things end up (the paddle's column) stops reconstructing and
+    one that names the change still does. Half the frame's size or more: any offset. From step 0 the decoder
+    stops using the codes (measured on Breakout): start it later with --roll-decoder-from."""
+    roll_decoder_from: int = 0
+    """Training step from which --roll-decoder applies; before it the decoder sees what the encoder sees, so the
+    codes first learn to draw what the action moves, then the roll leaves only what holds under a shift."""
     state_adversary: float = 0.0
     """Weight of a state adversary (0: off; VQ only): a small head learns to guess each code from frame t-1
     alone, and the encoder minimises an estimate of the codes' mutual information with frame t-1 (the entropy of

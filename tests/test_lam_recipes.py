@@ -1,5 +1,5 @@
-"""LAM recipe options that keep places out of the codes: position-free encoders, rotary decoders, and the state
-adversary (gradient routing, and its errors)."""
+"""LAM recipe options that keep places out of the codes: position-free encoders, rotary decoders, the state
+adversary (gradient routing, and its errors), and the decoder's own roll."""
 
 from dataclasses import replace
 from functools import partial
@@ -89,3 +89,61 @@ def test_the_state_adversary_trains_its_head_to_guess_and_the_encoder_to_be_ungu
         comp.prepare(replace(cfg, state_adversary=-1.0))
     with pytest.raises(ValueError, match="the IDM has labels"):
         COMPONENTS["idm"].prepare(IDMTrainConfig(model=LAM_MODEL, image_size=(16, 16, 3), state_adversary=0.5))
+
+
+def test_roll_decoder_rolls_what_the_decoder_sees_and_predicts_never_what_the_encoder_sees():
+    """In training the encoder sees each window as it is, the decoder sees it (and is scored on it) rolled by the
+    window's own offset; validation rolls nothing; the IDM, which has no decoder, refuses the flag."""
+    from jasmine.train.components.base import to_unit
+    from jasmine.train.components.lam import LAMComponent
+
+    comp = LAMComponent()
+    cfg = comp.prepare(LAMTrainConfig(model=LAM_MODEL, image_size=(16, 16, 3), roll_decoder=3))
+    lam = comp.build(cfg, nnx.Rngs(0))
+    seen, encode, decode = {}, lam.encode, lam.decode
+    lam.encode = lambda v, rng=None: (seen.__setitem__("enc", np.asarray(v)), encode(v, rng=rng))[1]
+    lam.decode = lambda v, z: (seen.__setitem__("dec", np.asarray(v)), decode(v, z))[1]
+    batch = {"frames": np.random.default_rng(1).integers(0, 256, (6, 3, 16, 16, 3), dtype=np.uint8)}
+    x = np.asarray(to_unit(batch["frames"]))
+    _, metrics, aux = comp._terms(lam, batch, jax.random.key(2), cfg)
+    assert np.array_equal(seen["enc"], x)
+    offsets = set()
+    for b in range(len(x)):  # one (dy, dx) moves the whole window onto what the decoder saw
+        ((dy, dx),) = [(i, j) for i in range(16) for j in range(16)
+                       if np.array_equal(np.roll(x[b], (i, j), (1, 2)), seen["dec"][b])]  # fmt: skip
+        offsets.add(((dy + 8) % 16 - 8, (dx + 8) % 16 - 8))
+    assert len(offsets) > 2 and offsets != {(0, 0)} and max(max(map(abs, o)) for o in offsets) <= 3
+    target = seen["dec"][:, 1:]
+    assert float(metrics["mse"]) == pytest.approx(float(np.mean((np.asarray(aux["pred"]) - target) ** 2)), rel=1e-5)
+    comp._terms(lam, batch, None, cfg)  # validation: as it is
+    assert np.array_equal(seen["dec"], x) and np.array_equal(seen["enc"], x)
+    with pytest.raises(ValueError, match="the IDM has no decoder"):
+        COMPONENTS["idm"].prepare(IDMTrainConfig(model=LAM_MODEL, image_size=(16, 16, 3), roll_decoder=8))
+
+
+def test_the_train_step_rolls_the_decoder_from_roll_decoder_from_on():
+    """The optimizer step reaches the loss: with --roll-decoder-from 1 step 0 is the unrolled recipe's step 0
+    (bitwise), step 1 is rolled; bad values are refused."""
+    from jasmine.bench import synthetic_batch
+    from jasmine.config import OptimConfig
+    from jasmine.presets import preset
+    from jasmine.train.mesh import global_batch, make_mesh
+    from jasmine.train.step import setup
+
+    comp, mesh = COMPONENTS["lam"], make_mesh((1, 1))
+    base = replace(preset("lam", "micro"), optim=OptimConfig(lr=3e-3, warmup_steps=1, decay_fraction=0.0))
+
+    def mse(cfg, steps=2):
+        _, state, _, step = setup(comp.prepare(cfg), comp, mesh, pretrained=False)
+        batch = global_batch(synthetic_batch(cfg, comp.batch_keys(cfg), 3), mesh)
+        out = []
+        for _ in range(steps):
+            state, m = step(state, batch)
+            out.append(float(m["mse"]))
+        return out
+
+    off, later = mse(base), mse(replace(base, roll_decoder=3, roll_decoder_from=1))
+    assert later[0] == off[0] and later[1] != off[1]
+    for bad in ({"roll_decoder": -1}, {"roll_decoder_from": 5}, {"roll_decoder": 2, "roll_decoder_from": -1}):
+        with pytest.raises(ValueError, match="--roll-decoder-from"):
+            comp.prepare(replace(base, **bad))

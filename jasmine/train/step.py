@@ -34,7 +34,7 @@ def _train_step(component: Component, cfg: C.TrainConfig, graphdef, state, batch
 
     def loss_fn(params):
         module = nnx.merge(graphdef, params, state["frozen"], state["rest"])
-        loss, metrics, aux = component.loss(module, batch, k_loss, cfg, training=True)
+        loss, metrics, aux = component.loss(module, batch, k_loss, cfg, training=True, step=state["step"])
         return loss, (metrics, aux, nnx.state(module, nnx.Not(nnx.Param)))
 
     (_, (metrics, aux, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])

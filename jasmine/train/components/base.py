@@ -96,8 +96,9 @@ class Component:
         """nnx filter of the parameters the optimizer updates (the rest are frozen)."""
         return nnx.Param
 
-    def loss(self, model, batch: dict[str, jax.Array], rng, cfg: TrainConfig, *, training: bool):
-        """Returns (scalar loss, metrics dict of scalars, aux for ``after_update``)."""
+    def loss(self, model, batch: dict[str, jax.Array], rng, cfg: TrainConfig, *, training: bool, step=None):
+        """Returns (scalar loss, metrics dict of scalars, aux for ``after_update``). ``step``: the optimizer step
+        (traced) in training, for a loss that changes over training; None in validation."""
         raise NotImplementedError
 
     def after_update(self, model, aux: dict[str, Any], rng, cfg: TrainConfig) -> dict[str, jax.Array]:

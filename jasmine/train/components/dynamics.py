@@ -174,7 +174,7 @@ class DynamicsComponent(Component):
         )
         return lambda path, value: isinstance(value, nnx.Param) and path[0] in roots
 
-    def loss(self, model: Genie, batch, rng, cfg: DynamicsTrainConfig, *, training: bool):
+    def loss(self, model: Genie, batch, rng, cfg: DynamicsTrainConfig, *, training: bool, step=None):
         k_mask, k_lam, k_noise = jax.random.split(rng, 3)
         ids_BTN = model.tokens(batch)
         a_BTA, lam_out = model.frame_conditioning(

@@ -26,6 +26,8 @@ class IDMComponent(LAMComponent):
     def prepare(self, cfg: IDMTrainConfig) -> IDMTrainConfig:
         if cfg.state_adversary:
             raise ValueError("--state-adversary trains a LAM's codes; the IDM has labels (leave it at 0)")
+        if cfg.roll_decoder:
+            raise ValueError("--roll-decoder rolls what a LAM's decoder sees; the IDM has no decoder (leave it at 0)")
         return with_action_classes(cfg)
 
     def batch_keys(self, cfg: IDMTrainConfig) -> tuple[str, ...]:
@@ -42,7 +44,7 @@ class IDMComponent(LAMComponent):
             rngs=rngs,
         )
 
-    def loss(self, model: InverseDynamicsModel, batch, rng, cfg: IDMTrainConfig, *, training: bool):
+    def loss(self, model: InverseDynamicsModel, batch, rng, cfg: IDMTrainConfig, *, training: bool, step=None):
         x_BTHWC = to_unit(batch["frames"])
         if training and cfg.roll_augment:  # the LAM recipe's augmentation, so the ceiling stays its ceiling
             x_BTHWC = roll_windows(rng, x_BTHWC)

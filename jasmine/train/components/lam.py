@@ -86,11 +86,18 @@ def labelled(frames_BTHWC, fraction: float):
     return (h >> 8) % 10_000 < int(round(fraction * 10_000))
 
 
-def roll_windows(rng, x_BTHWC):
-    """Each window [T, H, W, C] rolled circularly by its own random (dy, dx), the same for all its frames."""
+def roll_windows(rng, x_BTHWC, max_shift: int | None = None):
+    """Each window [T, H, W, C] rolled circularly by its own random (dy, dx), the same for all its frames: each
+    uniform over every offset, or over -max_shift..max_shift pixels."""
     B, _, H, W, _ = x_BTHWC.shape
+
+    def offsets(key, n: int):
+        if max_shift is None or 2 * max_shift + 1 >= n:
+            return jax.random.randint(key, (B,), 0, n)
+        return jax.random.randint(key, (B,), -max_shift, max_shift + 1)
+
     k_y, k_x = jax.random.split(rng)
-    dy_B, dx_B = jax.random.randint(k_y, (B,), 0, H), jax.random.randint(k_x, (B,), 0, W)
+    dy_B, dx_B = offsets(k_y, H), offsets(k_x, W)
     return jax.vmap(lambda x, dy, dx: jnp.roll(x, (dy, dx), axis=(1, 2)))(x_BTHWC, dy_B, dx_B)
 
 
@@ -105,6 +112,11 @@ class LAMComponent(Component):
             raise ValueError(
                 f"--state-adversary must be >= 0 and needs --model.quantizer vq, got {cfg.state_adversary} with "
                 f"{cfg.model.quantizer}"
+            )
+        if cfg.roll_decoder < 0 or cfg.roll_decoder_from < 0 or (cfg.roll_decoder_from and not cfg.roll_decoder):
+            raise ValueError(
+                f"--roll-decoder (pixels) and --roll-decoder-from (a step) must be >= 0, the step only with a roll; "
+                f"got {cfg.roll_decoder} and {cfg.roll_decoder_from}"
             )
         if cfg.state_adversary and not cfg.model.adversary:
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, adversary=True))
@@ -121,13 +133,20 @@ class LAMComponent(Component):
             cfg.model, cfg.image_size, prec=precision(cfg), attention=cfg.attention, remat=cfg.remat, rngs=rngs
         )
 
-    def _terms(self, model: LatentActionModel, batch, rng, cfg: LAMTrainConfig):
+    def _terms(self, model: LatentActionModel, batch, rng, cfg: LAMTrainConfig, step=None):
         x_BTHWC = to_unit(batch["frames"])
         if rng is not None and cfg.roll_augment:
             rng, roll_rng = jax.random.split(rng)
             x_BTHWC = roll_windows(roll_rng, x_BTHWC)
-        pred_BT1HWC, ids_BT1, z_BT1L, vq_aux = model(x_BTHWC, rng=rng)
-        loss, metrics, aux = lam_terms(pred_BT1HWC, x_BTHWC[:, 1:], vq_aux, cfg.model)
+        dec_BTHWC = x_BTHWC  # what the decoder sees and predicts
+        if rng is not None and cfg.roll_decoder:
+            rng, roll_rng = jax.random.split(rng)
+            dec_BTHWC = roll_windows(roll_rng, x_BTHWC, cfg.roll_decoder)
+            if step is not None and cfg.roll_decoder_from:  # a curriculum: unrolled until that step
+                dec_BTHWC = jnp.where(step >= cfg.roll_decoder_from, dec_BTHWC, x_BTHWC)
+        z_BT1L, ids_BT1, vq_aux = model.encode(x_BTHWC, rng=rng)
+        pred_BT1HWC = model.decode(dec_BTHWC, z_BT1L)
+        loss, metrics, aux = lam_terms(pred_BT1HWC, dec_BTHWC[:, 1:], vq_aux, cfg.model)
         if cfg.state_adversary:
             adv_loss, mi = state_adversary_terms(model, x_BTHWC, ids_BT1, vq_aux["sims"])
             loss = loss + adv_loss + cfg.state_adversary * mi
@@ -142,8 +161,8 @@ class LAMComponent(Component):
             metrics = {**metrics, "loss": loss, "label_loss": label_loss, "labelled": mask.mean()}
         return loss, metrics, aux
 
-    def loss(self, model: LatentActionModel, batch, rng, cfg: LAMTrainConfig, *, training: bool):
-        return self._terms(model, batch, rng if training else None, cfg)
+    def loss(self, model: LatentActionModel, batch, rng, cfg: LAMTrainConfig, *, training: bool, step=None):
+        return self._terms(model, batch, rng if training else None, cfg, step)
 
     def after_update(self, model: LatentActionModel, aux, rng, cfg: LAMTrainConfig):
         return reset_codes(model.vq, aux, rng, cfg.model.dead_code_reset_steps)

@@ -22,7 +22,7 @@ class MAEComponent(Component):
             cfg.model, cfg.image_size, prec=precision(cfg), attention=cfg.attention, remat=cfg.remat, rngs=rngs
         )
 
-    def loss(self, model: MAETokenizer, batch, rng, cfg: MAETrainConfig, *, training: bool):
+    def loss(self, model: MAETokenizer, batch, rng, cfg: MAETrainConfig, *, training: bool, step=None):
         x_BTHWC = to_unit(batch["frames"])
         recon_BTHWC, z_BTNL, mask_BTN = model(x_BTHWC, rng=rng if training else None)
         mse = jnp.mean((recon_BTHWC - x_BTHWC) ** 2)

@@ -45,7 +45,7 @@ class TokenizerComponent(Component):
         }
         return loss, metrics, aux, x_BTHWC, recon_BTHWC
 
-    def loss(self, model: Tokenizer, batch, rng, cfg: TokenizerTrainConfig, *, training: bool):
+    def loss(self, model: Tokenizer, batch, rng, cfg: TokenizerTrainConfig, *, training: bool, step=None):
         loss, metrics, aux, _, _ = self._forward(model, batch, rng if training else None, cfg)
         return loss, metrics, {k: aux[k] for k in ("code_counts", "inputs", "best_sim") if k in aux}
 

@@ -60,6 +60,27 @@ SIZES = {  # preset → data and eval sizes
 MINATAR_EPISODES = {"train_episodes": 5, "val_episodes": 2.5, "test_episodes": 11}
 """MinAtar's random-policy episodes are short (~20 frames in Breakout): more of them, for about 40k training
 frames and enough held-out episodes for 10,000 test transitions' worth of latent-action figures."""
+MINATAR_LAM = dict(steps=2.0, roll_decoder=8, roll_decoder_from=0.4, residual=True)
+"""The MinAtar demo's LAM (docs/tuning.md, Breakout): twice the preset's steps, the decoder predicting the change,
+and from 40% of training on its window rolled by up to 8 px (1.25 cells) away from the encoder's, so the codes
+name the move rather than where the player ends up. The frames use the bright palette: with MinAtar's colours
+the paddle is too faint for the pixel loss and the LAM's codes go unused."""
+
+
+def lam_config(args: DemoArgs, base: dict) -> C.LAMTrainConfig:
+    """The LAM stage's config: the preset's, with the MinAtar recipe above for a MinAtar game."""
+    cfg = replace(preset("lam", args.preset), out=args.out / "lam", **base)
+    if not args.env.startswith("minatar:"):
+        return cfg
+    r = MINATAR_LAM
+    steps = int(cfg.steps * r["steps"])
+    return replace(
+        cfg,
+        steps=steps,
+        roll_decoder=r["roll_decoder"],
+        roll_decoder_from=int(steps * r["roll_decoder_from"]),
+        model=replace(cfg.model, residual=r["residual"]),
+    )
 
 
 @dataclass(frozen=True)
@@ -87,7 +108,7 @@ def _data_stage(args: DemoArgs, sizes: dict) -> Path:
         gen, make = CoinRunArgs(out=data, seed=args.seed, overwrite=True, **counts), generate
     elif kind == "minatar" and game:
         scale = {k: int(v * MINATAR_EPISODES.get(k, 1)) for k, v in counts.items()}
-        gen = MinAtarArgs(game=game, out=data, seed=args.seed, overwrite=True, **scale)
+        gen = MinAtarArgs(game=game, out=data, seed=args.seed, overwrite=True, palette="bright", **scale)
         make = partial(generate_game, kind="minatar")
     else:
         raise ValueError(f"--env {args.env!r}: use coinrun or minatar:GAME")
@@ -151,7 +172,7 @@ def demo(args: DemoArgs) -> dict:
     family = DYNAMICS[args.dynamics]
     tok_name = "mae" if family.continuous else "tokenizer"  # what the family's dynamics reads
     tok = _train_stage(tok_name, replace(preset(tok_name, args.preset), out=args.out / tok_name, **base))
-    lam = _train_stage("lam", replace(preset("lam", args.preset), out=args.out / "lam", **base))
+    lam = _train_stage("lam", lam_config(args, base))
     suffix = "" if args.dynamics == DemoArgs.dynamics else f"-{args.dynamics}"
     dyn = _train_stage(
         "dynamics",

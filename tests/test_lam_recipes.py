@@ -147,3 +147,29 @@ def test_the_train_step_rolls_the_decoder_from_roll_decoder_from_on():
     for bad in ({"roll_decoder": -1}, {"roll_decoder_from": 5}, {"roll_decoder": 2, "roll_decoder_from": -1}):
         with pytest.raises(ValueError, match="--roll-decoder-from"):
             comp.prepare(replace(base, **bad))
+
+
+def test_the_minatar_demo_trains_the_breakout_recipe_on_bright_frames(tmp_path, monkeypatch):
+    """The MinAtar demo's LAM: twice the preset's steps, the change decoder, the decoder's roll from 40% of
+    training; its data in the bright palette. CoinRun keeps the preset."""
+    from jasmine import demo as D
+    from jasmine.presets import preset
+
+    lam = D.lam_config(D.DemoArgs(env="minatar:breakout", out=tmp_path), {"seed": 3})
+    tiny = preset("lam", "tiny")
+    assert (lam.steps, lam.roll_decoder, lam.roll_decoder_from) == (2 * tiny.steps, 8, int(0.8 * tiny.steps))
+    assert lam.model.residual and lam.seed == 3 and lam.out == tmp_path / "lam"
+    assert D.lam_config(D.DemoArgs(out=tmp_path), {}) == replace(tiny, out=tmp_path / "lam")
+    made = []
+
+    class Given(Exception):
+        """What the generator was given is all this test needs."""
+
+    def record(gen, kind):
+        made.append(gen)
+        raise Given
+
+    monkeypatch.setattr(D, "generate_game", record)
+    with pytest.raises(Given):
+        D._data_stage(D.DemoArgs(env="minatar:breakout", out=tmp_path), D.SIZES["micro"])
+    assert made[0].palette == "bright" and made[0].game == "breakout"

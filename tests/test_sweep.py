@@ -270,7 +270,9 @@ def test_micro_sweep_interrupted_and_resumed_trains_nothing_twice(runs, tmp_path
         assert (out / f"leaderboard.{ext}").stat().st_size > 0
 
 
-@pytest.mark.parametrize("name", ["prepend", "cotrain", "ffn", "families", "latent_norm", "time_positions"])
+@pytest.mark.parametrize(
+    "name", ["prepend", "cotrain", "ffn", "families", "latent_norm", "time_positions", "demo_recipe"]
+)
 def test_documented_ablation_specs_plan_three_seeds_of_every_cell(name):
     spec = load_spec(Path(__file__).parents[1] / "docs" / "ablations" / f"{name}.toml")
     plan = build_plan(spec, parse)  # every run's command parses

@@ -120,6 +120,12 @@ def _data_stage(args: DemoArgs, sizes: dict) -> Path:
         if all(old.get(k) == v for k, v in want.items()):
             print(f"[demo] data: reusing {data}")
             return data
+        trained = [p.name for p in sorted(args.out.iterdir()) if p.is_dir() and any(p.glob("checkpoints/*"))]
+        if trained:  # a run's config names the data's path, not its content: it would be reused on other data
+            raise ValueError(
+                f"--out {args.out}: its data was made with other arguments (this jasmine's demo makes it "
+                f"differently) and {', '.join(trained)} trained on it; pass another --out, or remove those runs"
+            )
     print(f"[demo] data: generating {args.env} into {data}")
     make(gen)
     inspect(InspectArgs(dir=data, out=args.out / "inspect"))

@@ -403,3 +403,21 @@ def test_diffusion_demo_sample_eval_and_bench_share_the_tools(micro_demo, capsys
     text = capsys.readouterr().out
     assert "3 denoising steps" in text and "MaskGIT (25 steps, cached) beside it" in text
     assert all(r[1][k] > 0 for k in ("cached", "uncached", "maskgit_cached"))
+
+
+def test_demo_refuses_to_regenerate_data_its_runs_trained_on(micro_demo, tmp_path):
+    """Data made with other arguments (an older jasmine's demo) is never replaced under runs trained on it."""
+    import shutil
+
+    from jasmine.demo import DemoArgs, demo
+
+    out = tmp_path / "demo"
+    for part in ("data", "tokenizer"):
+        shutil.copytree(micro_demo[0] / part, out / part)
+    meta = out / "data" / "metadata.json"
+    old = json.loads(meta.read_text())
+    old["generator"]["args"]["seed"] = 7  # made with another seed
+    meta.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="tokenizer trained on it"):
+        demo(DemoArgs(out=out, preset="micro"))
+    assert json.loads(meta.read_text()) == old  # untouched

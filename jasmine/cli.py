@@ -44,12 +44,20 @@ def _pop_flag(argv: list[str], flag: str, default: str) -> tuple[str, list[str]]
     return default, argv
 
 
+def _family(component: str, argv: list[str]) -> str | None:
+    """The dynamics family named by ``--dynamics`` (left in ``argv``): it picks the preset's family values."""
+    if component != "dynamics":
+        return None
+    family, _ = _pop_flag(argv, "--dynamics", "")
+    return family or None
+
+
 def _train_parse(component: str) -> Parse:
     def parse(argv: list[str], prog: str):
         from jasmine.presets import PRESETS, preset
 
         name, rest = _pop_flag(argv, "--preset", "tiny")
-        base = preset(component, name)
+        base = preset(component, name, _family(component, rest))
         desc = (
             f"Train the {component}. --preset NAME picks the defaults shown below "
             f"({', '.join(PRESETS[component])}; default tiny); every field can be overridden."
@@ -88,7 +96,7 @@ def _bench_train_parse(argv: list[str], prog: str):
     name, argv = _pop_flag(argv, "--preset", "coinrun")
     timed, argv = _pop_flag(argv, "--timed-steps", "10")
     inputs, argv = _pop_flag(argv, "--inputs", "frames")
-    base = preset(component, name)
+    base = preset(component, name, _family(component, argv))
     desc = (
         f"Benchmark one {component} train step on synthetic data: step time, tokens/s, XLA and model FLOPs, "
         f"MFU. --preset NAME (default coinrun), --timed-steps N (default 10), --inputs frames|tokens (dynamics: "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -38,9 +38,7 @@ SIZES = {  # preset → data and eval sizes
         max_episode_len=1000,
         clips=32,
         frames=16,
-        steps=25,
-        temperature=0.0,
-        ordinal=True,
+        maskgit_sampling={},  # eval samples as the run validates (its preset's val_sampling)
     ),
     "micro": dict(
         train_episodes=6,
@@ -49,9 +47,7 @@ SIZES = {  # preset → data and eval sizes
         max_episode_len=60,
         clips=2,
         frames=6,
-        steps=2,
-        temperature=1.0,
-        ordinal=False,
+        maskgit_sampling={"steps": 2},
         permutations=100,
     ),
 }
@@ -180,29 +176,24 @@ def demo(args: DemoArgs) -> dict:
     tok = _train_stage(tok_name, replace(preset(tok_name, args.preset), out=args.out / tok_name, **base))
     lam = _train_stage("lam", lam_config(args, base))
     suffix = "" if args.dynamics == DemoArgs.dynamics else f"-{args.dynamics}"
-    dyn = _train_stage(
-        "dynamics",
-        replace(
-            preset("dynamics", args.preset),
-            out=args.out / f"dynamics{suffix}",
-            tokenizer=tok,
-            lam=lam,
-            dynamics=args.dynamics,
-            **base,
-            **({"val_sampling": C.SamplingOptions()} if family.continuous else {}),
-        ),
+    dyn_cfg = replace(
+        preset("dynamics", args.preset, args.dynamics),
+        out=args.out / f"dynamics{suffix}",
+        tokenizer=tok,
+        lam=lam,
+        **base,
     )
+    dyn = _train_stage("dynamics", dyn_cfg)
     print("[demo] eval: rollouts on held-out clips")
     ev = args.out / f"eval{suffix}"
+    sampling = replace(dyn_cfg.val_sampling, **(sizes["maskgit_sampling"] if family.maskgit_options else {}))
     res = evaluate(
         EvalArgs(
+            **asdict(sampling),
             run=dyn,
             data=data,
             clips=sizes["clips"],
             frames=sizes["frames"],
-            steps=sizes["steps"] if family.maskgit_options else None,
-            temperature=1.0 if family.continuous else sizes["temperature"],
-            ordinal=sizes["ordinal"] and not family.continuous,
             delta_t=min(4, sizes["frames"] - 1),
             seed=args.seed,
             out=ev,

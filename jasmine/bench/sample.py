@@ -110,7 +110,7 @@ def bench_sample(args: BenchSampleArgs) -> dict[int, dict[str, float]]:
     from jasmine.train.components import COMPONENTS
 
     cfg = with_frame_tokenizer(
-        dataclasses.replace(preset("dynamics", args.preset), dtype=args.dtype, dynamics=args.dynamics), args.preset
+        dataclasses.replace(preset("dynamics", args.preset, args.dynamics), dtype=args.dtype), args.preset
     )
     cfg = with_time_positions(cfg, args.time_positions)
 

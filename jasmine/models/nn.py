@@ -251,8 +251,8 @@ class AxialTransformer(nnx.Module):
     Space positions (``space_positions``): ``absolute`` adds sinusoids of the patch index; ``rope`` rotates the
     spatial attention's queries and keys by the patch's row and column on ``grid`` (:func:`rotary2d`), so the
     model knows where patches are relative to each other, and where they are in the frame only through its edges;
-    ``none`` gives no
-    space positions at all (spatial attention is then permutation-equivariant over the frame's tokens).
+    ``none`` gives no space positions at all (spatial attention is then permutation-equivariant over the frame's
+    tokens).
     """
 
     def __init__(

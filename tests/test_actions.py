@@ -275,8 +275,9 @@ def test_a_few_labels_tie_the_lams_codes_to_the_actions(squares, tmp_path):
     )
     assert 0.1 < labelled_share < 0.5  # about 30% of the transitions carry a label
     res = A.measure(lam, 2, squares / "sq", permutations=50)
-    # the same LAM without labels reaches AMI 0.05 here (0.20 after 3000 steps; docs/tuning.md)
-    assert res["effective"]["ami"]["value"] > 0.4 > 0.05 > res["effective"]["ami"]["null_p99"]
+    # the same LAM without labels reaches AMI 0.05 here (0.20 after 3000 steps; docs/tuning.md); with them 0.38-0.5
+    # depending on the CPU's float rounding, so the bound leaves room below that and far above 0.05
+    assert res["effective"]["ami"]["value"] > 0.3 > 0.05 > res["effective"]["ami"]["null_p99"]
 
 
 def test_labelled_transitions_are_a_fixed_share_of_frames():

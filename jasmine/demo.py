@@ -61,6 +61,19 @@ MINATAR_LAM = dict(steps=2.0, roll_decoder=8, roll_decoder_from=0.4, residual=Tr
 and from 40% of training on its window rolled by up to 8 px (1.25 cells) away from the encoder's, so the codes
 name the move rather than where the player ends up. The frames use the bright palette: with MinAtar's colours
 the paddle is too faint for the pixel loss and the LAM's codes go unused."""
+MINATAR_TOKENIZER_STEPS = 0.4
+"""The MinAtar demo's tokenizer trains 40% of the preset's steps (1,280): MinAtar's frames are a few flat-coloured
+cells, reconstructed at 40.3 dB there against 50.9 at the full 3,200 on Breakout's held-out frames, and the 1.7
+minutes saved bring the demo under 10 minutes on 2 cores."""
+
+
+def tokenizer_config(args: DemoArgs, name: str, base: dict) -> C.TrainConfig:
+    """The tokenizer stage's config (``name``: tokenizer, or mae for diffusion): the preset's; for a MinAtar game
+    the FSQ tokenizer trains ``MINATAR_TOKENIZER_STEPS`` of its steps."""
+    cfg = replace(preset(name, args.preset), out=args.out / name, **base)
+    if not args.env.startswith("minatar:") or name != "tokenizer":
+        return cfg
+    return replace(cfg, steps=int(cfg.steps * MINATAR_TOKENIZER_STEPS))
 
 
 def lam_config(args: DemoArgs, base: dict) -> C.LAMTrainConfig:
@@ -173,7 +186,7 @@ def demo(args: DemoArgs) -> dict:
     base = dict(data=data, seed=args.seed)
     family = DYNAMICS[args.dynamics]
     tok_name = "mae" if family.continuous else "tokenizer"  # what the family's dynamics reads
-    tok = _train_stage(tok_name, replace(preset(tok_name, args.preset), out=args.out / tok_name, **base))
+    tok = _train_stage(tok_name, tokenizer_config(args, tok_name, base))
     lam = _train_stage("lam", lam_config(args, base))
     suffix = "" if args.dynamics == DemoArgs.dynamics else f"-{args.dynamics}"
     dyn_cfg = replace(

@@ -151,7 +151,7 @@ def test_the_train_step_rolls_the_decoder_from_roll_decoder_from_on():
 
 def test_the_minatar_demo_trains_the_breakout_recipe_on_bright_frames(tmp_path, monkeypatch):
     """The MinAtar demo's LAM: twice the preset's steps, the change decoder, the decoder's roll from 40% of
-    training; its data in the bright palette. CoinRun keeps the preset."""
+    training; its tokenizer 40% of the preset's steps; its data in the bright palette. CoinRun keeps the presets."""
     from jasmine import demo as D
     from jasmine.presets import preset
 
@@ -160,6 +160,16 @@ def test_the_minatar_demo_trains_the_breakout_recipe_on_bright_frames(tmp_path, 
     assert (lam.steps, lam.roll_decoder, lam.roll_decoder_from) == (2 * tiny.steps, 8, int(0.8 * tiny.steps))
     assert lam.model.residual and lam.seed == 3 and lam.out == tmp_path / "lam"
     assert D.lam_config(D.DemoArgs(out=tmp_path), {}) == replace(tiny, out=tmp_path / "lam")
+    tok, tiny_tok = (
+        D.tokenizer_config(D.DemoArgs(env="minatar:breakout", out=tmp_path), "tokenizer", {}),
+        preset("tokenizer", "tiny"),
+    )
+    assert tok.steps == int(0.4 * tiny_tok.steps) and tok.out == tmp_path / "tokenizer"
+    assert D.tokenizer_config(D.DemoArgs(out=tmp_path), "tokenizer", {}) == replace(
+        tiny_tok, out=tmp_path / "tokenizer"
+    )
+    mae = D.tokenizer_config(D.DemoArgs(env="minatar:breakout", out=tmp_path), "mae", {})
+    assert mae == replace(preset("mae", "tiny"), out=tmp_path / "mae")  # measured for the FSQ tokenizer only
     made = []
 
     class Given(Exception):

@@ -199,8 +199,8 @@ PRESETS["dynamics"] = {
 
 
 FAMILY_VALUES: dict[str, dict[str, dict[str, Any]]] = {
-    # docs/ablations.md (demo_recipe.toml, 3 seeds): the action added to every token and 4 steps per frame beat
-    # the reference's prepended action and 25 steps by +0.39 dB [+0.11, +0.67] over copy-last at the tiny scale.
+    # docs/ablations.md (prepend.toml, demo_recipe.toml, 3 seeds): the action added to every token beats the
+    # reference's prepended one (+0.22 dB [+0.01, +0.45]), and 4 steps per frame cost it nothing (+0.01 dB).
     "maskgit": {"tiny": {"model.action_mode": "add", "val_sampling.steps": 4}},
     # diffusion samples each frame from noise: at temperature 0 every seed would give the same frame
     "diffusion": {"tiny": {"val_sampling.temperature": 1.0, "val_sampling.ordinal": False}},

@@ -64,7 +64,7 @@ the paddle is too faint for the pixel loss and the LAM's codes go unused."""
 MINATAR_TOKENIZER_STEPS = 0.4
 """The MinAtar demo's tokenizer trains 40% of the preset's steps (1,280): MinAtar's frames are a few flat-coloured
 cells, reconstructed at 40.3 dB there against 50.9 at the full 3,200 on Breakout's held-out frames, and the 1.7
-minutes saved bring the demo under 10 minutes on 2 cores."""
+minutes saved bring the demo to about 10 minutes on 2 cores (10.1 measured, from 11.3; docs/evaluation.md)."""
 
 
 def tokenizer_config(args: DemoArgs, name: str, base: dict) -> C.TrainConfig:

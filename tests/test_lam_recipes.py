@@ -160,10 +160,8 @@ def test_the_minatar_demo_trains_the_breakout_recipe_on_bright_frames(tmp_path, 
     assert (lam.steps, lam.roll_decoder, lam.roll_decoder_from) == (2 * tiny.steps, 8, int(0.8 * tiny.steps))
     assert lam.model.residual and lam.seed == 3 and lam.out == tmp_path / "lam"
     assert D.lam_config(D.DemoArgs(out=tmp_path), {}) == replace(tiny, out=tmp_path / "lam")
-    tok, tiny_tok = (
-        D.tokenizer_config(D.DemoArgs(env="minatar:breakout", out=tmp_path), "tokenizer", {}),
-        preset("tokenizer", "tiny"),
-    )
+    tok = D.tokenizer_config(D.DemoArgs(env="minatar:breakout", out=tmp_path), "tokenizer", {})
+    tiny_tok = preset("tokenizer", "tiny")
     assert tok.steps == int(0.4 * tiny_tok.steps) and tok.out == tmp_path / "tokenizer"
     assert D.tokenizer_config(D.DemoArgs(out=tmp_path), "tokenizer", {}) == replace(
         tiny_tok, out=tmp_path / "tokenizer"

@@ -10,7 +10,7 @@ from conftest import write_synthetic
 from jasmine.data.dataset import DataError
 from jasmine.eval import actions as A
 from jasmine.eval.actions import count_matrix
-from jasmine.eval.agreement import agreement, linear_probe, null_draws
+from jasmine.eval.agreement import agreement, kmeans_codes, linear_probe, null_draws
 
 
 def test_ami_and_its_null_on_hand_made_tables():
@@ -82,6 +82,23 @@ def test_a_linear_probe_reads_an_obvious_action_and_not_a_shuffled_one():
     assert bad["accuracy"] < 0.4
 
 
+def test_kmeans_codes_find_clusters_that_carry_the_action_and_nothing_else():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 8)) * 3
+
+    def feats(y, informative=True):  # features around each action's centre, or around one shared point
+        return (centres[y] if informative else 0) + rng.normal(size=(len(y), 8))
+
+    y_train, y_test = rng.integers(0, 4, 800), rng.integers(0, 4, 400)
+    codes = kmeans_codes(feats(y_train), feats(y_test), 4)
+    assert codes.shape == (400,) and set(np.unique(codes)) <= set(range(4))
+    assert agreement(codes.reshape(40, 10), y_test.reshape(40, 10), permutations=50)["ami"]["value"] > 0.8
+    blind = kmeans_codes(feats(y_train, False), feats(y_test, False), 4)
+    assert abs(agreement(blind.reshape(40, 10), y_test.reshape(40, 10), permutations=50)["ami"]["value"]) < 0.02
+    with pytest.raises(ValueError, match="k-means needs"):
+        kmeans_codes(feats(y_train), feats(y_test), 0)
+
+
 def test_effective_classes_are_recorded_checked_and_inferred_for_older_datasets():
     from jasmine.data.actions import COINRUN_ACTION_MEANINGS
     from jasmine.data.dataset import effective_actions
@@ -142,7 +159,10 @@ def test_actions_errors_are_named(tmp_path, monkeypatch):
         A.actions_report(A.ActionsArgs(run=tmp_path / "tok", data=tmp_path / "noact"))
 
 
-def test_actions_command_on_a_trained_lam(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "quantizer", [{}, {"quantizer": "fsq", "fsq_levels": (4, 4, 3)}, {"quantizer": "continuous"}], ids=str
+)
+def test_actions_command_on_a_trained_lam(tmp_path, capsys, quantizer):
     from jasmine.cli import main
     from jasmine.config import LAMTrainConfig, OptimConfig
     from jasmine.models.lam import LAMConfig
@@ -150,7 +170,9 @@ def test_actions_command_on_a_trained_lam(tmp_path, capsys):
     from jasmine.train.loop import train
 
     write_synthetic(tmp_path / "ds", lengths=(40, 33, 25, 60), frame_shape=(16, 16, 3))
-    lam = LAMConfig(patch_size=8, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=8, num_latents=4)
+    lam = LAMConfig(
+        patch_size=8, model_dim=32, ffn_dim=64, num_blocks=1, num_heads=2, latent_dim=8, num_latents=4, **quantizer
+    )
     train(
         LAMTrainConfig(
             data=tmp_path / "ds",
@@ -183,13 +205,26 @@ def test_actions_command_on_a_trained_lam(tmp_path, capsys):
             "20",
             "--frames",
             "7",
+            *(["--kmeans", "3"] if quantizer.get("quantizer") == "continuous" else []),
         ]
     )
     res = json.loads((tmp_path / "lam" / "actions" / "actions.json").read_text())
-    assert np.asarray(res["counts"]).shape == (4, 7) and res["transitions"] >= 60 and -1 <= res["raw"]["ami"]["value"]
+    vocab = {"fsq": 48, "continuous": 1}.get(quantizer.get("quantizer"), 4)
+    assert np.asarray(res["counts"]).shape == (vocab, 7) and res["transitions"] >= 60
+    assert -1 <= res["raw"]["ami"]["value"]
     out = capsys.readouterr().out
-    assert "code  0" in out and "next-frame PSNR of the LAM's decoder" in out
-    assert set(res["code_use"]) >= {"own_codes", "other_codes", "copy_last", "own_minus_other"}
+    assert "code  0" in out
+    # whether the decoder reads its code (a continuous LAM has one code: nothing to swap)
+    assert ("next-frame PSNR of the LAM's decoder" in out) == (vocab > 1) == ("code_use" in res)
+    # codes by clustering the features (fit on the train split), one cluster per effective class unless asked
+    k = 3 if quantizer.get("quantizer") == "continuous" else len(res["effective_names"])
+    assert res["kmeans"]["k"] == k and res["kmeans"]["transitions"] == res["transitions"]
+    assert f"k-means codes ({k} clusters" in out
+    # thousands of FSQ codes: the 32 most used are listed (and drawn), not every code
+    listed = [line for line in out.splitlines() if line.startswith("  code ")]
+    assert len(listed) == min(vocab, A.MAX_SHOWN)
+    assert ("most used codes shown" in out) == (vocab > A.MAX_SHOWN)
+    assert vocab == 1 or set(res["code_use"]) >= {"own_codes", "other_codes", "copy_last", "own_minus_other"}
 
 
 def test_random_and_swapped_actions_only_use_codes_the_dynamics_trained_on():

@@ -236,6 +236,17 @@ def test_pretokenized_data_trains_and_matches_the_tokenizer(runs, tmp_path):
         )
 
 
+def test_a_continuous_lam_is_refused_as_the_dynamics_action_source(runs, tmp_path):
+    lam_model = replace(LAM_MODEL, quantizer="continuous")
+    with pytest.raises(ValueError, match="continuous LAM .* has no codes"):
+        train(
+            dyn_cfg(runs / "data", tmp_path / "d", runs / "tok", co_train_lam=True, lam_model=lam_model),
+            COMPONENTS["dynamics"],
+            progress=False,
+        )
+    assert not (tmp_path / "d").exists()
+
+
 def test_maskgit_frame_generation_touches_only_its_frame():
     from jasmine.models.maskgit import mask_schedule, unmask_step
 

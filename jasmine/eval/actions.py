@@ -9,7 +9,9 @@ NMI and AMI against the raw actions and against the environment's *effective* ac
 alike share a class, recorded by each generator), with a permutation null that pairs each clip's codes with the
 actions of a clip from another episode; a linear probe from the LAM's pre-quantisation output to the effective
 class (fit on the train split, scored on the test split) beside the majority-class rate; the K × A count matrix, a
-heatmap of P(action | code) and each code's dominant actions (the mapping ``jasmine play`` binds keys with); and
+heatmap of P(action | code) and each code's dominant actions (the mapping ``jasmine play`` binds keys with); the
+same agreement for codes found by k-means on the LAM's features (fit on the train split: the keys a LAM with more
+capacity than keys, or a continuous one, would give); and
 each code's share of the train split's transitions (what the dynamics trained on: ``jasmine eval`` draws its random
 actions from it); and, for a LAM, whether its decoder uses its codes at all (``jasmine.eval.code_use``).
 """
@@ -29,7 +31,7 @@ from flax import nnx
 from jasmine.config import DynamicsTrainConfig, LAMTrainConfig
 from jasmine.data.dataset import DataError, action_meanings, effective_actions, read_metadata
 from jasmine.data.loader import episode_windows
-from jasmine.eval.agreement import agreement, linear_probe
+from jasmine.eval.agreement import agreement, kmeans_codes, linear_probe
 from jasmine.eval.code_use import code_use, code_use_line
 from jasmine.models.genie import from_lam_windows, lam_windows
 from jasmine.train.runs import run_config
@@ -57,6 +59,9 @@ class ActionsArgs:
     seed: int = 0
     top: int = 3
     """Dominant real actions listed per code."""
+    kmeans: int | None = None
+    """Clusters of the LAM's features (k-means fit on --probe-split), scored against the effective classes like the
+    codes are. None: one per effective class; 0: off."""
     out: Path | None = None
     """Output directory (default RUN/actions)."""
 
@@ -143,6 +148,7 @@ def measure(
     frames: int = 16,
     permutations: int = 1000,
     seed: int = 0,
+    kmeans: int | None = None,
 ) -> dict:
     """Every latent-action figure of ``jasmine actions`` (see the module docstring), as a dict.
 
@@ -166,7 +172,7 @@ def measure(
     else:
         res["share_split"] = probe_split
     ref = train or test
-    if hasattr(lam, "decode") and len(np.unique(test["episode"])) > 1:  # a LAM (an IDM has no decoder)
+    if hasattr(lam, "decode") and vocab > 1 and len(np.unique(test["episode"])) > 1:  # a LAM with codes to swap
         res["code_use"] = code_use(lam, window, test["frames"], test["codes"], test["episode"], seed=seed)
     res["train_code_share"] = (np.bincount(ref["codes"].ravel(), minlength=vocab) / ref["codes"].size).tolist()
     if not num_actions:
@@ -206,6 +212,15 @@ def measure(
             )
         except ValueError as e:
             res["probe_missing"] = str(e)
+        k = len(names) if kmeans is None else kmeans
+        if k:
+            codes = kmeans_codes(
+                train["features"].reshape(-1, F), test["features"].reshape(-1, F), k, seed=seed
+            ).reshape(test["codes"].shape)
+            res["kmeans"] = {
+                "k": k,
+                **agreement(codes, of_action[real], episode_B=test["episode"], permutations=permutations, seed=seed),
+            }
     return res
 
 
@@ -231,6 +246,17 @@ def action_mapping(counts: np.ndarray, top: int = 3, meanings: list[str] | None 
     return rows
 
 
+MAX_SHOWN = 32
+"""Codes listed and drawn: all of a small vocabulary, else the most used (an FSQ LAM has thousands)."""
+
+
+def shown_codes(counts_KA: np.ndarray) -> np.ndarray:
+    """Every code when there are at most ``MAX_SHOWN``, else the ``MAX_SHOWN`` most used, most used first."""
+    if len(counts_KA) <= MAX_SHOWN:
+        return np.arange(len(counts_KA))
+    return np.argsort(-counts_KA.sum(1), kind="stable")[:MAX_SHOWN]
+
+
 def plot_heatmap(path: Path, res: dict) -> None:
     """P(action | code) against the raw actions and against the effective classes, side by side."""
     import matplotlib
@@ -238,14 +264,15 @@ def plot_heatmap(path: Path, res: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    shown = shown_codes(np.asarray(res["counts"]))
     panels = [("counts", "action_meanings", "raw"), ("effective_counts", "effective_names", "effective")]
     widths = [len(res[names]) for _, names, _ in panels]
-    fig, axes = plt.subplots(1, 2, figsize=(4 + 0.45 * sum(widths), 1.5 + 0.45 * res["vocab"]), width_ratios=widths)
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 0.45 * sum(widths), 1.5 + 0.45 * len(shown)), width_ratios=widths)
     for ax, (key, names, part) in zip(axes, panels, strict=True):
-        counts = np.asarray(res[key])
+        counts = np.asarray(res[key])[shown]
         im = ax.imshow(counts / np.maximum(counts.sum(1, keepdims=True), 1), cmap="viridis", vmin=0, vmax=1)
         ax.set_xticks(range(counts.shape[1]), res[names], rotation=90)
-        ax.set_yticks(range(counts.shape[0]), [f"{k} (n={int(n)})" for k, n in enumerate(counts.sum(1))])
+        ax.set_yticks(range(counts.shape[0]), [f"{k} (n={int(n)})" for k, n in zip(shown, counts.sum(1), strict=True)])
         ax.set_xlabel(f"{part} action")
         ax.set_ylabel("LAM code")
         a = res[part]["ami"]
@@ -281,6 +308,13 @@ def summary_lines(res: dict) -> list[str]:
         ]
     elif res.get("probe_missing"):
         lines.append(f"  no linear probe: {res['probe_missing']}")
+    if res.get("kmeans"):
+        km, n = res["kmeans"], len(res["effective_names"])
+        lines.append(
+            f"  k-means codes ({km['k']} clusters of the LAM features, fit on {res['share_split']}), effective "
+            f"({n} classes): AMI {km['ami']['value']:.3f} (null p99 {km['ami']['null_p99']:.3f}), NMI "
+            f"{km['nmi']['value']:.3f} (null p99 {km['nmi']['null_p99']:.3f})"
+        )
     if res.get("code_use"):
         lines.append(code_use_line(res["code_use"]))
     used = sum(s > 0 for s in res["train_code_share"])
@@ -293,10 +327,10 @@ def actions_report(args: ActionsArgs) -> dict:
     meta = read_metadata(args.data)
     if meta["num_actions"] <= 0:
         raise DataError(f"{args.data / 'metadata.json'}: the dataset has no ground-truth actions to compare with")
-    if args.frames < 2 or args.transitions < 1 or args.permutations < 1:
+    if args.frames < 2 or args.transitions < 1 or args.permutations < 1 or (args.kmeans or 0) < 0:
         raise ValueError(
-            f"need --frames >= 2, --transitions >= 1 and --permutations >= 1 "
-            f"(got {args.frames}, {args.transitions}, {args.permutations})"
+            f"need --frames >= 2, --transitions >= 1, --permutations >= 1 and --kmeans >= 0 "
+            f"(got {args.frames}, {args.transitions}, {args.permutations}, {args.kmeans})"
         )
     res = measure(
         lam,
@@ -308,6 +342,7 @@ def actions_report(args: ActionsArgs) -> dict:
         frames=args.frames,
         permutations=args.permutations,
         seed=args.seed,
+        kmeans=args.kmeans,
     )
     res = {"run": str(args.run), "data": str(args.data), **res}
     res["codes"] = action_mapping(np.asarray(res["counts"]), args.top, res["action_meanings"])
@@ -317,9 +352,14 @@ def actions_report(args: ActionsArgs) -> dict:
     (out / "actions.json").write_text(json.dumps(res, indent=2) + "\n")
     plot_heatmap(out / "actions.png", res)
     print("\n".join(summary_lines(res)))
-    for row, eff in zip(res["codes"], res["codes_effective"], strict=True):
+    shown = shown_codes(np.asarray(res["counts"]))
+    for k in shown:
+        row, eff = res["codes"][k], res["codes_effective"][k]
         acts = ", ".join(f"{a['name']} {a['p']:.0%}" for a in row["actions"]) or "-"
         effs = ", ".join(f"{a['name']} {a['p']:.0%}" for a in eff["actions"]) or "-"
         print(f"  code {row['code']:2d}  {row['share']:6.1%} of transitions  {effs}  |  {acts}")
+    if len(shown) < res["vocab"]:
+        used = int((np.asarray(res["counts"]).sum(1) > 0).sum())
+        print(f"  ({len(shown)} most used codes shown; {used} of {res['vocab']} in use on the {res['split']} split)")
     print(f"wrote {out / 'actions.json'}\nwrote {out / 'actions.png'}")
     return res

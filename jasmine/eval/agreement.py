@@ -152,3 +152,17 @@ def linear_probe(
         "train_transitions": len(train_y_N),
         "test_transitions": len(test_y_N),
     }
+
+
+def kmeans_codes(train_x_NF: np.ndarray, test_x_NF: np.ndarray, k: int, *, seed: int = 0) -> np.ndarray:
+    """Codes by clustering: k-means (scikit-learn, on standardised features) fit on the train transitions' features;
+    the test transitions' nearest cluster ids [N] (what a LAM with more capacity than keys, or a continuous one,
+    would bind keys to)."""
+    from sklearn.cluster import KMeans
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if not 1 <= k <= len(train_x_NF):
+        raise ValueError(f"k-means needs 1 <= k <= {len(train_x_NF)} train transitions, got k={k}")
+    km = make_pipeline(StandardScaler(), KMeans(k, n_init=4, random_state=seed)).fit(train_x_NF)
+    return km.predict(test_x_NF).astype(np.int64)

@@ -31,11 +31,17 @@ class LAMConfig(TokenizerConfig):
 
     num_latents: int = 6
     """Number of latent actions (Genie: 6 for CoinRun; 8 in general)."""
+    quantizer: Literal["vq", "fsq", "continuous"] = "vq"
+    """vq: a learned codebook of ``num_latents`` actions (Genie's); fsq: a fixed grid of prod(fsq_levels) actions;
+    continuous: no quantisation at all (the latent, unit-normalised, goes to the decoder): a measurement of what
+    unbounded action capacity finds, read by clustering (``jasmine actions --kmeans``), not a LAM to train dynamics
+    with (it has one code)."""
     codebook_dropout: float = 0.0
     dead_code_reset_steps: int = 50
     label_classes: int = 0
     """Classes of a linear head on the quantised action, trained on labelled transitions (set by the LAM's
     --action-labels from the data's effective classes; 0: no head)."""
+
     residual: bool = False
     """The decoder predicts the change from the previous frame (frame t-1 + its output), so copying is free and
     the action has to explain what differs; off: it predicts frame t itself (Genie's LAM)."""
@@ -52,6 +58,11 @@ class LAMConfig(TokenizerConfig):
     patch sees its own place in earlier frames (temporal attention) but not where it is, so the action token pools
     a bag of local changes; a place reaches the codes only through what a patch shows (a small object's offset
     inside its patch)."""
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of distinct actions (a continuous LAM: one, its single id)."""
+        return 1 if self.quantizer == "continuous" else super().vocab_size
 
 
 def action_features(action_token, encoder, patch_size: int, videos_BTHWC):

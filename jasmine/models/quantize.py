@@ -132,8 +132,28 @@ class FiniteScalarQuantizer(nnx.Module):
         return (digits - half) / half
 
 
+class ContinuousLatent(nnx.Module):
+    """No quantisation (a LAM's ``continuous`` option): the latent, L2-normalised as VQ's inputs are, passes as it is.
+
+    Every input gets id 0 (one "code"): what such a LAM's latents mean is measured by clustering them (``jasmine
+    actions --kmeans``); no dynamics can be conditioned on it.
+    """
+
+    num_codes = 1
+
+    def __call__(self, x_XL, *, rng=None):
+        x_XL = x_XL.astype(jnp.float32)
+        z_XL = x_XL / jnp.linalg.norm(x_XL, axis=-1, keepdims=True).clip(1e-6)
+        ids_X = jnp.zeros(x_XL.shape[:-1], jnp.int32)
+        zero = jnp.zeros((), jnp.float32)
+        aux = {"codebook_loss": zero, "commitment_loss": zero, "code_counts": jnp.full((1,), ids_X.size, jnp.int32)}
+        return z_XL, ids_X, aux
+
+
 def make_quantizer(cfg, *, param_dtype=jnp.float32, rngs: nnx.Rngs):
-    """The quantizer a tokenizer/LAM config asks for (``cfg.quantizer``: vq or fsq)."""
+    """The quantizer a tokenizer/LAM config asks for (``cfg.quantizer``: vq, fsq, or a LAM's continuous)."""
+    if cfg.quantizer == "continuous":
+        return ContinuousLatent()
     if cfg.quantizer == "fsq":
         return FiniteScalarQuantizer(cfg.fsq_levels)
     return VectorQuantizer(

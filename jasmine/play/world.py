@@ -194,7 +194,13 @@ def load_game(
     if not gt and meta.get("num_actions", 0) > 0:
         try:  # the codes' meaning, with its chance levels; keys bind by the train split's counts, as eval scores
             m = measure(
-                genie.lam, genie.lam_window, data, split=split, transitions=mapping_transitions, permutations=200
+                genie.lam,
+                genie.lam_window,
+                data,
+                split=split,
+                transitions=mapping_transitions,
+                permutations=200,
+                kmeans=0,
             )
         except DataError as e:
             warnings.warn(f"no action mapping (number keys only): {e}", stacklevel=2)

@@ -118,6 +118,12 @@ class DynamicsComponent(Component):
             )
         elif mode == "co-train":
             cfg = dataclasses.replace(cfg, lam_window=cfg.lam_window or cfg.seq_len)
+        if mode != "gt" and cfg.lam_model.quantizer == "continuous":
+            raise ValueError(
+                f"{'--lam ' + str(cfg.lam) if cfg.lam is not None else '--lam-model'}: a continuous LAM "
+                f"(quantizer continuous) has no codes to condition the dynamics on; it is for `jasmine actions "
+                f"--kmeans`. Train the LAM with --model.quantizer vq or fsq"
+            )
         if mode == "co-train" and (cfg.lam_window < 2 or (cfg.seq_len - 1) % (cfg.lam_window - 1)):
             raise ValueError(
                 f"--co-train-lam: the LAM's windows of {cfg.lam_window} frames (its seq_len) must tile the "

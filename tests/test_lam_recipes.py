@@ -151,7 +151,7 @@ def test_the_train_step_rolls_the_decoder_from_roll_decoder_from_on():
 
 def test_the_minatar_demo_trains_the_breakout_recipe_on_bright_frames(tmp_path, monkeypatch):
     """The MinAtar demo's LAM: twice the preset's steps, the change decoder, the decoder's roll from 40% of
-    training; its tokenizer 40% of the preset's steps; its data in the bright palette. CoinRun keeps the presets."""
+    training; its tokenizer a quarter of the preset's steps; its data in the bright palette. CoinRun keeps the presets."""
     from jasmine import demo as D
     from jasmine.presets import preset
 
@@ -162,7 +162,7 @@ def test_the_minatar_demo_trains_the_breakout_recipe_on_bright_frames(tmp_path, 
     assert D.lam_config(D.DemoArgs(out=tmp_path), {}) == replace(tiny, out=tmp_path / "lam")
     tok = D.tokenizer_config(D.DemoArgs(env="minatar:breakout", out=tmp_path), "tokenizer", {})
     tiny_tok = preset("tokenizer", "tiny")
-    assert tok.steps == int(0.4 * tiny_tok.steps) and tok.out == tmp_path / "tokenizer"
+    assert tok.steps == int(0.25 * tiny_tok.steps) and tok.out == tmp_path / "tokenizer"
     assert D.tokenizer_config(D.DemoArgs(out=tmp_path), "tokenizer", {}) == replace(
         tiny_tok, out=tmp_path / "tokenizer"
     )

@@ -151,7 +151,8 @@ def test_the_train_step_rolls_the_decoder_from_roll_decoder_from_on():
 
 def test_the_minatar_demo_trains_the_breakout_recipe_on_bright_frames(tmp_path, monkeypatch):
     """The MinAtar demo's LAM: twice the preset's steps, the change decoder, the decoder's roll from 40% of
-    training; its tokenizer a quarter of the preset's steps; its data in the bright palette. CoinRun keeps the presets."""
+    training; its tokenizer a quarter of the preset's steps; its data in the bright palette. CoinRun keeps the
+    presets."""
     from jasmine import demo as D
     from jasmine.presets import preset
 

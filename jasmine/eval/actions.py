@@ -247,14 +247,16 @@ def action_mapping(counts: np.ndarray, top: int = 3, meanings: list[str] | None 
 
 
 MAX_SHOWN = 32
-"""Codes listed and drawn: all of a small vocabulary, else the most used (an FSQ LAM has thousands)."""
+"""Codes listed and drawn: all of a small vocabulary, else the most used of those in use (an FSQ LAM has
+thousands)."""
 
 
 def shown_codes(counts_KA: np.ndarray) -> np.ndarray:
-    """Every code when there are at most ``MAX_SHOWN``, else the ``MAX_SHOWN`` most used, most used first."""
+    """Every code when there are at most ``MAX_SHOWN``, else the used codes, most used first, at most ``MAX_SHOWN``."""
     if len(counts_KA) <= MAX_SHOWN:
         return np.arange(len(counts_KA))
-    return np.argsort(-counts_KA.sum(1), kind="stable")[:MAX_SHOWN]
+    n_K = counts_KA.sum(1)
+    return np.argsort(-n_K, kind="stable")[: max(1, min(MAX_SHOWN, int((n_K > 0).sum())))]
 
 
 def plot_heatmap(path: Path, res: dict) -> None:

@@ -149,6 +149,22 @@ def test_the_train_step_rolls_the_decoder_from_roll_decoder_from_on():
             comp.prepare(replace(base, **bad))
 
 
+def test_the_coinrun_demo_trains_its_maskgit_longer_and_nothing_else(tmp_path):
+    """3,200 MaskGIT steps for CoinRun's `tiny` demo (measured over 3 seeds); every other demo keeps its preset."""
+    from jasmine import demo as D
+    from jasmine.presets import preset
+
+    fields = {"out": tmp_path / "dynamics", "seed": 2}
+    dyn = D.dynamics_config(D.DemoArgs(out=tmp_path), fields)
+    assert dyn == replace(preset("dynamics", "tiny"), steps=3200, **fields) and dyn.dynamics == "maskgit"
+    for args in (
+        D.DemoArgs(env="minatar:breakout", out=tmp_path),
+        D.DemoArgs(preset="micro", out=tmp_path),
+        D.DemoArgs(dynamics="causal", out=tmp_path),
+    ):
+        assert D.dynamics_config(args, fields) == replace(preset("dynamics", args.preset, args.dynamics), **fields)
+
+
 def test_the_minatar_demo_trains_the_breakout_recipe_on_bright_frames(tmp_path, monkeypatch):
     """The MinAtar demo's LAM: twice the preset's steps, the change decoder, the decoder's roll from 40% of
     training; its tokenizer a quarter of the preset's steps; its data in the bright palette. CoinRun keeps the

@@ -271,7 +271,7 @@ def test_micro_sweep_interrupted_and_resumed_trains_nothing_twice(runs, tmp_path
 
 
 @pytest.mark.parametrize(
-    "name", ["prepend", "cotrain", "ffn", "families", "latent_norm", "time_positions", "demo_recipe"]
+    "name", ["prepend", "cotrain", "ffn", "families", "latent_norm", "time_positions", "demo_recipe", "dynamics_steps"]
 )
 def test_documented_ablation_specs_plan_three_seeds_of_every_cell(name):
     spec = load_spec(Path(__file__).parents[1] / "docs" / "ablations" / f"{name}.toml")

@@ -63,9 +63,9 @@ name the move rather than where the player ends up. The frames use the bright pa
 the paddle is too faint for the pixel loss and the LAM's codes go unused."""
 MINATAR_TOKENIZER_STEPS = 0.25
 """The MinAtar demo's tokenizer trains a quarter of the preset's steps (800): MinAtar's frames are a few
-flat-coloured cells, reconstructed at 40.3 dB on Breakout's held-out frames after 1,280 steps and 50.9 after the full
-3,200, far above what the dynamics reaches (about 21 dB); the minutes saved keep the demo within 10 minutes on 2
-cores (docs/evaluation.md)."""
+flat-coloured cells, reconstructed at 36.1 dB on the demo's test clips (50.9 on Breakout's held-out frames after the
+full 3,200), far above what the dynamics reaches (about 22 dB); the demo then takes 9.6 minutes on 2 cores, from a
+fresh clone (docs/evaluation.md)."""
 
 
 def tokenizer_config(args: DemoArgs, name: str, base: dict) -> C.TrainConfig:

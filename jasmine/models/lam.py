@@ -41,7 +41,6 @@ class LAMConfig(TokenizerConfig):
     label_classes: int = 0
     """Classes of a linear head on the quantised action, trained on labelled transitions (set by the LAM's
     --action-labels from the data's effective classes; 0: no head)."""
-
     residual: bool = False
     """The decoder predicts the change from the previous frame (frame t-1 + its output), so copying is free and
     the action has to explain what differs; off: it predicts frame t itself (Genie's LAM)."""

@@ -1,6 +1,7 @@
 """Sampling (MaskGIT + frame-level KV cache), metrics, the eval/sample commands and the demo pipeline."""
 
 import json
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -403,6 +404,19 @@ def test_diffusion_demo_sample_eval_and_bench_share_the_tools(micro_demo, capsys
     text = capsys.readouterr().out
     assert "3 denoising steps" in text and "MaskGIT (25 steps, cached) beside it" in text
     assert all(r[1][k] > 0 for k in ("cached", "uncached", "maskgit_cached"))
+
+
+def test_demo_refuses_a_stage_run_trained_with_another_config_and_leaves_it(micro_demo, monkeypatch):
+    """A re-run whose dynamics recipe changed (as the CoinRun demo's steps did) names the run and stops."""
+    from jasmine import demo as D
+
+    out = micro_demo[0]
+    before = {p: p.stat().st_mtime_ns for p in (out / "dynamics").rglob("*")}
+    made = D.dynamics_config
+    monkeypatch.setattr(D, "dynamics_config", lambda args, fields: replace(made(args, fields), steps=99))
+    with pytest.raises(ValueError, match=r"dynamics holds a dynamics run with another config"):
+        D.demo(D.DemoArgs(out=out, preset="micro"))
+    assert {p: p.stat().st_mtime_ns for p in (out / "dynamics").rglob("*")} == before  # untouched
 
 
 def test_demo_refuses_to_regenerate_data_its_runs_trained_on(micro_demo, tmp_path):

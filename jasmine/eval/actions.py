@@ -259,14 +259,14 @@ def shown_codes(counts_KA: np.ndarray) -> np.ndarray:
     return np.argsort(-n_K, kind="stable")[: max(1, min(MAX_SHOWN, int((n_K > 0).sum())))]
 
 
-def plot_heatmap(path: Path, res: dict) -> None:
-    """P(action | code) against the raw actions and against the effective classes, side by side."""
+def plot_heatmap(path: Path, res: dict, shown: np.ndarray) -> None:
+    """P(action | code) against the raw actions and against the effective classes, side by side, for the codes
+    ``shown`` (``shown_codes``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = shown_codes(np.asarray(res["counts"]))
     panels = [("counts", "action_meanings", "raw"), ("effective_counts", "effective_names", "effective")]
     widths = [len(res[names]) for _, names, _ in panels]
     fig, axes = plt.subplots(1, 2, figsize=(4 + 0.45 * sum(widths), 1.5 + 0.45 * len(shown)), width_ratios=widths)
@@ -352,9 +352,9 @@ def actions_report(args: ActionsArgs) -> dict:
     out = args.out or Path(args.run) / "actions"
     out.mkdir(parents=True, exist_ok=True)
     (out / "actions.json").write_text(json.dumps(res, indent=2) + "\n")
-    plot_heatmap(out / "actions.png", res)
-    print("\n".join(summary_lines(res)))
     shown = shown_codes(np.asarray(res["counts"]))
+    plot_heatmap(out / "actions.png", res, shown)
+    print("\n".join(summary_lines(res)))
     for k in shown:
         row, eff = res["codes"][k], res["codes_effective"][k]
         acts = ", ".join(f"{a['name']} {a['p']:.0%}" for a in row["actions"]) or "-"

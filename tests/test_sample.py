@@ -328,8 +328,10 @@ def test_bench_play_splits_a_frame_into_passes_and_their_weight_streaming(capsys
     assert b["weight_streaming_ms"] == pytest.approx(4 * n_bytes / (b["bandwidth_gbs"] * 1e9) * 1e3)
     assert b["matmul_ms"] == pytest.approx(4 * 2 * (n_bytes / 4) * 16 / (b["matmul_peak_gflops"] * 1e9) * 1e3)
     assert 0 < b["dynamics_ms"] <= res["in_process"]["median_ms"] * 1.5
+    assert b["thin_matmul_rows"] == 16 + 1 and b["thin_matmul_ms"] > 0  # a frame's tokens + the action token
     out = capsys.readouterr().out
     assert "steps=3" in out and "(4 passes," in out and "of weights: at" in out and "matmul peak" in out
+    assert "17 rows by each of the" in out
 
 
 @pytest.mark.heavy(later=True)

@@ -68,6 +68,33 @@ def memory_bandwidth(mib: int = 256, repeats: int = 10) -> float:
     return x.nbytes / best
 
 
+def matmul_chain_seconds(shapes: list[tuple[int, int]], rows: int, repeats: int = 20) -> float:
+    """Best-of-``repeats`` seconds of ``rows`` x in @ in x out products, one per ``(in, out)`` in ``shapes``, run in
+    order in one jitted call on the default device (each waits on the one before, as a model's layers do): a
+    pass's matmuls alone, at the rate the backend reaches for products this thin (on XLA:CPU far below the
+    square-matmul peak when ``rows`` is a frame's few tokens)."""
+    import jax
+    import jax.numpy as jnp
+
+    keys = jax.random.split(jax.random.key(0), len(shapes))
+    mats = [jax.random.normal(k, s, jnp.float32) for k, s in zip(keys, shapes, strict=True)]
+
+    @jax.jit
+    def chain(mats):
+        dep = jnp.zeros((), jnp.float32)
+        for w in mats:  # the next product waits on this one through a scalar that adds nothing
+            dep = 1e-30 * jnp.mean((jnp.ones((rows, w.shape[0]), jnp.float32) + dep) @ w)
+        return dep
+
+    chain(mats).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        chain(mats).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def synthetic_batch(
     cfg, keys: tuple[str, ...], num_actions: int = 15, seed: int = 0, inputs: str = "frames"
 ) -> dict[str, np.ndarray]:

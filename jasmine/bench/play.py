@@ -74,7 +74,7 @@ def _breakdown(game, dynamics_ms: float, total_ms: float) -> dict[str, float]:
     import jax
     from flax import nnx
 
-    from jasmine.bench.common import matmul_peak, memory_bandwidth
+    from jasmine.bench.common import matmul_chain_seconds, matmul_peak, memory_bandwidth
     from jasmine.models.maskgit import working_steps
 
     genie = nnx.merge(game.roll.graphdef, game.roll.state)
@@ -87,13 +87,24 @@ def _breakdown(game, dynamics_ms: float, total_ms: float) -> dict[str, float]:
     bw, peak = memory_bandwidth(), matmul_peak()
     floor_ms = passes * weight_bytes / bw * 1e3
     flops_ms = passes * 2 * params * n / peak * 1e3  # a multiply-add per weight and token
+    # the same products at the width a pass really has (a frame's tokens, + the action token where it is one;
+    # the causal family's passes are one token wide), timed as a chain of the dynamics' own kernel shapes
+    kernels = [
+        x.shape
+        for p, x in jax.tree_util.tree_leaves_with_path(nnx.state(dyn, nnx.Param))
+        if x.ndim == 2 and "kernel" in jax.tree_util.keystr(p)
+    ]
+    rows = (n if dyn.maskgit_options or dyn.continuous else 1) + (getattr(dyn.cfg, "action_mode", "") == "prepend")
+    thin_ms = passes * matmul_chain_seconds(kernels, rows) * 1e3
     print(
         f"  per frame: dynamics {dynamics_ms:.1f} ms ({passes} passes, {dynamics_ms / passes:.1f} ms each), the rest "
         f"(decode, PNG) {total_ms - dynamics_ms:.1f} ms\n"
         f"    each pass reads the dynamics' {weight_bytes / 2**20:.1f} MiB of weights: at {bw / 1e9:.1f} GB/s "
         f"(measured here) that takes {floor_ms:.1f} ms per frame; its matmuls over {n} tokens at the "
         f"{peak / 1e9:.0f} GFLOP/s matmul peak (measured here) {flops_ms:.1f} ms: the larger is "
-        f"{max(floor_ms, flops_ms) / dynamics_ms:.0%} of the dynamics' time"
+        f"{max(floor_ms, flops_ms) / dynamics_ms:.0%} of the dynamics' time\n"
+        f"    those matmuls as thin as a pass makes them ({rows} rows by each of the {len(kernels)} kernels, chained,"
+        f" timed here): {thin_ms:.1f} ms per frame, {thin_ms / dynamics_ms:.0%} of the dynamics' time"
     )
     return {
         "dynamics_ms": dynamics_ms,
@@ -103,6 +114,8 @@ def _breakdown(game, dynamics_ms: float, total_ms: float) -> dict[str, float]:
         "weight_streaming_ms": floor_ms,
         "matmul_peak_gflops": peak / 1e9,
         "matmul_ms": flops_ms,
+        "thin_matmul_rows": rows,
+        "thin_matmul_ms": thin_ms,
     }
 
 

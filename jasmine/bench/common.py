@@ -29,6 +29,19 @@ def with_frame_tokenizer(cfg, preset_name: str):
     return cfg
 
 
+def best_seconds(fn, args: tuple, repeats: int) -> float:
+    """Best-of-``repeats`` wall seconds of the jitted ``fn(*args)`` to a ready result, after one call to compile."""
+    import jax
+
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 @functools.lru_cache
 def matmul_peak(dtype="float32", n: int = 2048, repeats: int = 20) -> float:
     """Best-of-``repeats`` FLOP/s of an n x n matmul on the default device (the MFU denominator), measured once
@@ -41,13 +54,7 @@ def matmul_peak(dtype="float32", n: int = 2048, repeats: int = 20) -> float:
     # half-precision inputs accumulate in float32: the fastest path (on AVX512-BF16 CPUs about 2x
     # bf16 -> bf16), so bf16 MFU is measured against the highest peak
     mm = jax.jit(lambda a, b: jax.lax.dot(a, b, preferred_element_type=jnp.float32))
-    mm(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        mm(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+    return 2 * n**3 / best_seconds(mm, (a, b), repeats)
 
 
 @functools.lru_cache
@@ -59,13 +66,7 @@ def memory_bandwidth(mib: int = 256, repeats: int = 10) -> float:
 
     x = jnp.ones((mib * 2**18,), jnp.float32)
     total = jax.jit(jnp.sum)
-    total(x).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        total(x).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return x.nbytes / best
+    return x.nbytes / best_seconds(total, (x,), repeats)
 
 
 def matmul_chain_seconds(shapes: list[tuple[int, int]], rows: int, repeats: int = 20) -> float:
@@ -86,13 +87,7 @@ def matmul_chain_seconds(shapes: list[tuple[int, int]], rows: int, repeats: int 
             dep = 1e-30 * jnp.mean((jnp.ones((rows, w.shape[0]), jnp.float32) + dep) @ w)
         return dep
 
-    chain(mats).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        chain(mats).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_seconds(chain, (mats,), repeats)
 
 
 def synthetic_batch(

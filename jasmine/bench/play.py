@@ -86,24 +86,23 @@ def _breakdown(game, dynamics_ms: float, total_ms: float) -> dict[str, float]:
     passes = 1 + (len(working_steps(opts.steps, n)) if dyn.maskgit_options else opts.steps if dyn.continuous else n)
     bw, peak = memory_bandwidth(), matmul_peak()
     floor_ms = passes * weight_bytes / bw * 1e3
-    flops_ms = passes * 2 * params * n / peak * 1e3  # a multiply-add per weight and token
-    # the same products at the width a pass really has (a frame's tokens, + the action token where it is one;
-    # the causal family's passes are one token wide), timed as a chain of the dynamics' own kernel shapes
+    rows = dyn.slots_per_pass(n)  # the rows of a pass's matmuls: its tokens, with any action or level slot
+    flops_ms = passes * 2 * params * rows / peak * 1e3  # a multiply-add per weight and row
+    # the same products timed at that width, as a chain of the dynamics' own kernel shapes
     kernels = [
         x.shape
         for p, x in jax.tree_util.tree_leaves_with_path(nnx.state(dyn, nnx.Param))
         if x.ndim == 2 and "kernel" in jax.tree_util.keystr(p)
     ]
-    rows = (n if dyn.maskgit_options or dyn.continuous else 1) + (getattr(dyn.cfg, "action_mode", "") == "prepend")
     thin_ms = passes * matmul_chain_seconds(kernels, rows) * 1e3
     print(
         f"  per frame: dynamics {dynamics_ms:.1f} ms ({passes} passes, {dynamics_ms / passes:.1f} ms each), the rest "
         f"(decode, PNG) {total_ms - dynamics_ms:.1f} ms\n"
         f"    each pass reads the dynamics' {weight_bytes / 2**20:.1f} MiB of weights: at {bw / 1e9:.1f} GB/s "
-        f"(measured here) that takes {floor_ms:.1f} ms per frame; its matmuls over {n} tokens at the "
+        f"(measured here) that takes {floor_ms:.1f} ms per frame; its matmuls over {rows} row{'s' * (rows != 1)} at the "
         f"{peak / 1e9:.0f} GFLOP/s matmul peak (measured here) {flops_ms:.1f} ms: the larger is "
         f"{max(floor_ms, flops_ms) / dynamics_ms:.0%} of the dynamics' time\n"
-        f"    those matmuls as thin as a pass makes them ({rows} rows by each of the {len(kernels)} kernels, chained,"
+        f"    those matmuls as thin as a pass makes them ({rows} row{'s' * (rows != 1)} by each of the {len(kernels)} kernels, chained,"
         f" timed here): {thin_ms:.1f} ms per frame, {thin_ms / dynamics_ms:.0%} of the dynamics' time"
     )
     return {

@@ -98,6 +98,10 @@ class CausalDynamics(TokenFamily, nnx.Module):
     family = "causal"
     maskgit_options = False
 
+    def slots_per_pass(self, n: int) -> int:
+        """Slots one cached sampling pass runs (the rows of its matmuls): one token's."""
+        return 1
+
     @staticmethod
     def check_config(cfg: DynamicsConfig) -> None:
         refuse_options(

@@ -109,6 +109,10 @@ class DiffusionDynamics(nnx.Module):
     continuous = True
     maskgit_options = False
 
+    def slots_per_pass(self, n: int) -> int:
+        """Slots one cached sampling pass runs (the rows of its matmuls): the frame's latents, action and level."""
+        return n + 2
+
     @staticmethod
     def check_config(cfg: DynamicsConfig) -> None:
         refuse_options(cfg, _MASKGIT_ONLY, "the diffusion dynamics noises latents instead of masking tokens")

@@ -121,6 +121,10 @@ class MaskGITDynamics(TokenFamily, nnx.Module):
     family = "maskgit"
     maskgit_options = True
 
+    def slots_per_pass(self, n: int) -> int:
+        """Slots one cached sampling pass runs (the rows of its matmuls): the frame's tokens, + its action's."""
+        return n + (self.cfg.action_mode == "prepend")
+
     @staticmethod
     def check_config(cfg: DynamicsConfig) -> None:
         if not 0 <= cfg.mask_limit < 1:

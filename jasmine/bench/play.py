@@ -95,14 +95,15 @@ def _breakdown(game, dynamics_ms: float, total_ms: float) -> dict[str, float]:
         if x.ndim == 2 and "kernel" in jax.tree_util.keystr(p)
     ]
     thin_ms = passes * matmul_chain_seconds(kernels, rows) * 1e3
+    row_s = f"{rows} row" + "s" * (rows != 1)
     print(
         f"  per frame: dynamics {dynamics_ms:.1f} ms ({passes} passes, {dynamics_ms / passes:.1f} ms each), the rest "
         f"(decode, PNG) {total_ms - dynamics_ms:.1f} ms\n"
         f"    each pass reads the dynamics' {weight_bytes / 2**20:.1f} MiB of weights: at {bw / 1e9:.1f} GB/s "
-        f"(measured here) that takes {floor_ms:.1f} ms per frame; its matmuls over {rows} row{'s' * (rows != 1)} at the "
+        f"(measured here) that takes {floor_ms:.1f} ms per frame; its matmuls over {row_s} at the "
         f"{peak / 1e9:.0f} GFLOP/s matmul peak (measured here) {flops_ms:.1f} ms: the larger is "
         f"{max(floor_ms, flops_ms) / dynamics_ms:.0%} of the dynamics' time\n"
-        f"    those matmuls as thin as a pass makes them ({rows} row{'s' * (rows != 1)} by each of the {len(kernels)} kernels, chained,"
+        f"    those matmuls as thin as a pass makes them ({row_s} by each of the {len(kernels)} kernels, chained,"
         f" timed here): {thin_ms:.1f} ms per frame, {thin_ms / dynamics_ms:.0%} of the dynamics' time"
     )
     return {

@@ -239,6 +239,9 @@ def test_demo_pipeline_runs_end_to_end_and_reuses_stages(micro_demo, capsys):
     assert shares.sum() == pytest.approx(1) and shares.tolist() == latent["train_code_share"]
     assert latent["raw"]["ami"]["null_p99"] >= latent["raw"]["ami"]["null_p95"] and latent["share_split"] == "train"
     assert "AMI, effective" in (out / "eval" / "report.md").read_text()
+    real = metrics["steering"]["real_directions"]  # the real game's way, over as many frames as a key is held
+    assert real and {d["horizon"] for d in real.values()} == {metrics["frames"] - metrics["context"]}
+    assert f"each key held {metrics['frames'] - metrics['context']} frames" in (out / "eval" / "report.md").read_text()
     capsys.readouterr()
     demo(DemoArgs(out=out, preset="micro"))
     log = capsys.readouterr().out

@@ -46,6 +46,35 @@ def test_real_directions_are_read_off_the_data():
     assert real_directions(np.stack(clips), np.zeros((6, 9), int), meanings) == {}  # never taken: no direction
 
 
+def test_a_held_key_is_read_off_its_effect_over_the_frames_it_is_held():
+    """LEFT jolts the view 1 px right in the frame it leads into, then moves it 1 px left in each of the 3 after
+    (CoinRun's camera catching up): held for 6 frames the view goes left, while its first frame says right."""
+    rng = np.random.default_rng(2)
+    meanings = ["NOOP", "LEFT", "RIGHT", "UP"]
+    effect = {1: [1, -1, -1, -1], 2: [-1, 1, 1, 1]}  # dx of frames t+1 .. t+4 caused by the action at t
+    clips, acts = [], []
+    for _ in range(80):
+        a = rng.integers(0, 4, 16)
+        frames = [scene(rng)]
+        for t in range(15):
+            dx = sum(effect[int(a[t - m])][m] for m in range(4) if t - m >= 0 and int(a[t - m]) in effect)
+            dy = -1 if a[t] == 3 else 0
+            frames.append(np.roll(frames[-1], (dy, dx), axis=(0, 1)))
+        clips.append(np.stack(frames))
+        acts.append(a)
+    clips, acts = np.stack(clips), np.stack(acts)
+    first = real_directions(clips, acts, meanings)
+    held = real_directions(clips, acts, meanings, horizon=6)
+    assert (first["ArrowLeft"]["sign"], first["ArrowRight"]["sign"]) == (1, -1)
+    assert (held["ArrowLeft"]["sign"], held["ArrowRight"]["sign"], held["ArrowUp"]["sign"]) == (-1, 1, -1)
+    e = 4 / 3  # against the other actions, a third of them RIGHT with the opposite effect
+    assert held["ArrowLeft"]["lags"] == pytest.approx([e, -e, -e, -e, 0, 0], abs=0.3)
+    # frame k of the hold carries the presses 0..k before it: 6 e(0) + 5 e(1) + 4 e(2) + 3 e(3)
+    assert held["ArrowLeft"]["shift"] == pytest.approx(e * (6 - 5 - 4 - 3), abs=2.0)  # unweighted: -2.7
+    assert held["ArrowLeft"]["horizon"] == 6
+    assert real_directions(clips, acts, meanings, horizon=99)["ArrowLeft"]["horizon"] == 15  # capped at the clips
+
+
 def test_direction_scores_count_rollouts_moving_the_real_way():
     expected = {"ArrowLeft": {"axis": "x", "sign": -1}, "ArrowUp": {"axis": "y", "sign": -1}}
     shifts = {

@@ -102,7 +102,8 @@ def evaluate(args: EvalArgs) -> dict:
     mapping = action_codes(counts) if counts is not None else None  # play's binding of every real action
     meanings = action_meanings(read_metadata(args.data))
     bound = bind_keys(meanings, num_action_codes(genie), counts_KA=counts, gt_actions=genie.lam is None)
-    expected = real_directions_of(args.data, meanings, args.action_transitions, args.seed) if bound else {}
+    horizon = args.frames - args.context  # the rollouts hold each key over every generated frame
+    expected = real_directions_of(args.data, meanings, args.action_transitions, args.seed, horizon) if bound else {}
     direction_keys = {k: c for k, c in bound.items() if k in expected and expected[k]["sign"] != 0}
     key_shifts, random_shifts = {k: [] for k in direction_keys}, []
     t = args.delta_t

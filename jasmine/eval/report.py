@@ -83,6 +83,17 @@ def controllability_lines(res: dict) -> list[str]:
     if steering.get("bindings"):
         keys = ", ".join(f"{KEY_NAMES.get(k, k)}→{c}" for k, c in steering["bindings"].items())
         lines.append(f"keys bind to codes: {keys}")
+    real = steering.get("real_directions") or {}
+    if real:
+        parts = [
+            f"{KEY_NAMES.get(k, k)} {d['axis']} {d['shift']:+.2f} ± {2 * d['se']:.2f} px"
+            + ("" if d["sign"] else " (not clearly either way: not scored)")
+            for k, d in real.items()
+        ]
+        h = next(iter(real.values()))["horizon"]
+        lines.append(
+            f"the real game, each key held {h} frames (train split, its per-frame effects summed): " + ", ".join(parts)
+        )
     for key, d in (steering.get("directions") or {}).items():
         way = {("x", 1): "right", ("x", -1): "left", ("y", 1): "down", ("y", -1): "up"}[(d["axis"], d["real_sign"])]
         lines.append(

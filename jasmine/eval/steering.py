@@ -8,8 +8,9 @@ Dimension key: B clips, T frames, H/W/C frame shape, K codes, A real actions.
   each real action of a held-out clip (:func:`action_codes`).
 * **Direction**: the global shift between two frames by phase correlation (:func:`global_shift`, sub-pixel,
   Hann-windowed, so the centre of the view, where CoinRun's camera keeps the agent, weighs most). Which way each
-  key moves the real game's view is measured on real transitions with the same estimator
-  (:func:`real_directions`), never assumed; a rollout holding the key is correct when its view shifts that way.
+  key moves the real game's view is measured on real transitions with the same estimator, over as many frames as
+  the rollout holds the key (:func:`real_directions`), never assumed; a rollout holding the key is correct when
+  its view shifts that way.
 """
 
 from __future__ import annotations
@@ -111,29 +112,47 @@ def video_shift(video_THWC: np.ndarray) -> np.ndarray:
     return np.sum([global_shift(a, b) for a, b in zip(video_THWC[:-1], video_THWC[1:], strict=True)], axis=0)
 
 
-def real_directions(frames_BTHWC: np.ndarray, actions_BT: np.ndarray, meanings: list[str] | None) -> dict[str, dict]:
-    """Which way each direction key moves the real game: the mean shift after transitions taking the key's action
-    minus the mean shift after all other transitions, on its axis (``sign``: +1 down/right, -1 up/left, 0 when
-    the difference is not clearly apart from zero, |mean| < 2 standard errors)."""
+def real_directions(
+    frames_BTHWC: np.ndarray, actions_BT: np.ndarray, meanings: list[str] | None, horizon: int = 1
+) -> dict[str, dict]:
+    """Which way holding each direction key for ``horizon`` frames moves the real game's view, on its axis.
+
+    Under the data's policy, e(m) is the mean shift m frames after a transition taking the key's action minus
+    after all others; a key held for h frames shifts the view by sum_{m<h} (h - m) e(m) (frame k carries the
+    effects of the presses 0..k before it). ``shift`` is that sum, ``se`` its standard error (the lags' combined
+    as if independent), ``sign`` +1 down/right, -1 up/left, 0 when |shift| < 2 se; ``lags`` lists e(m). The
+    first frame alone can point the other way: in CoinRun the agent moves against the view in the frame its key
+    leads into, and the camera follows it from the next frame on. ``horizon`` is capped at the clips' length.
+    """
     shifts = np.array(
         [[global_shift(a, b) for a, b in zip(clip[:-1], clip[1:], strict=True)] for clip in frames_BTHWC]
     )  # [B, T-1, 2]
-    acts = actions_BT[:, :-1]
+    h = max(1, min(horizon, shifts.shape[1]))
     out = {}
     for key, action in key_actions(meanings).items():
         if key not in DIRECTION_KEYS:
             continue
         axis = 0 if DIRECTION_KEYS[key] == "y" else 1
-        on, off = shifts[acts == action][:, axis], shifts[acts != action][:, axis]
-        if len(on) < 2 or len(off) < 2:
+        lags, variances = [], []
+        for m in range(h):  # shift of transition t + m against the action of transition t
+            after_BT, acts_BT = shifts[:, m:, axis], actions_BT[:, : shifts.shape[1] - m]
+            on, off = after_BT[acts_BT == action], after_BT[acts_BT != action]
+            if len(on) < 2 or len(off) < 2:
+                break
+            lags.append(float(on.mean() - off.mean()))
+            variances.append(on.var(ddof=1) / len(on) + off.var(ddof=1) / len(off))
+        if len(lags) < h:
             continue
-        diff = float(on.mean() - off.mean())
-        se = float(np.sqrt(on.var(ddof=1) / len(on) + off.var(ddof=1) / len(off)))
+        weights = h - np.arange(h)
+        diff = float(weights @ np.asarray(lags))
+        se = float(np.sqrt(weights**2 @ np.asarray(variances)))
         out[key] = {
             "axis": DIRECTION_KEYS[key],
             "shift": diff,
             "se": se,
             "sign": int(np.sign(diff)) if abs(diff) > 2 * se else 0,
+            "horizon": h,
+            "lags": lags,
         }
     return out
 
@@ -170,13 +189,15 @@ def direction_scores(
     return out
 
 
-def real_directions_of(data: Path, meanings: list[str] | None, transitions: int, seed: int) -> dict[str, dict]:
+def real_directions_of(
+    data: Path, meanings: list[str] | None, transitions: int, seed: int, horizon: int = 1
+) -> dict[str, dict]:
     """:func:`real_directions` on ``transitions`` transitions of the train split (none without one, or actions)."""
     try:
         clips = episode_windows(data, "train", 16, transitions, seed)
     except DataError:
         return {}
-    return real_directions(clips["frames"], clips["actions"], meanings) if "actions" in clips else {}
+    return real_directions(clips["frames"], clips["actions"], meanings, horizon) if "actions" in clips else {}
 
 
 def swap_action(actions_BT: np.ndarray, t: int, shares: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:

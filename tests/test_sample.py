@@ -337,6 +337,17 @@ def test_bench_play_splits_a_frame_into_passes_and_their_weight_streaming(capsys
     assert "17 rows by each of the" in out
 
 
+def _play_rows(run):
+    """(rows of a cached pass's matmuls in `bench play`'s breakdown, tokens per frame) of a run."""
+    from flax import nnx
+
+    from jasmine.bench.play import BenchPlayArgs, _play_game, bench_play
+
+    res = bench_play(BenchPlayArgs(run=run, steps=2, websocket=False))
+    game, _ = _play_game(BenchPlayArgs(run=run))
+    return res["breakdown"]["thin_matmul_rows"], nnx.merge(game.roll.graphdef, game.roll.state).tokens_per_frame
+
+
 @pytest.mark.heavy(later=True)
 def test_causal_demo_sample_and_bench_share_the_tools(micro_demo, capsys):
     from jasmine.bench import BenchSampleArgs, bench_sample
@@ -360,6 +371,7 @@ def test_causal_demo_sample_and_bench_share_the_tools(micro_demo, capsys):
     text = capsys.readouterr().out
     assert "17 one-slot passes" in text and "MaskGIT (25 steps, cached) beside it" in text
     assert all(r[1][k] > 0 for k in ("cached", "uncached", "maskgit_cached"))
+    assert _play_rows(out / "dynamics-causal") == (1, 16)  # a cached pass runs one slot, not a frame
 
 
 @pytest.mark.heavy(later=True)
@@ -409,6 +421,8 @@ def test_diffusion_demo_sample_eval_and_bench_share_the_tools(micro_demo, capsys
     text = capsys.readouterr().out
     assert "3 denoising steps" in text and "MaskGIT (25 steps, cached) beside it" in text
     assert all(r[1][k] > 0 for k in ("cached", "uncached", "maskgit_cached"))
+    rows, n = _play_rows(out / "dynamics-diffusion")
+    assert rows == n + 2  # a frame's latents, its action and its noise level
 
 
 def test_demo_refuses_a_stage_run_trained_with_another_config_and_leaves_it(micro_demo, monkeypatch):

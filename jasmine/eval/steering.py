@@ -122,7 +122,9 @@ def real_directions(
     effects of the presses 0..k before it). ``shift`` is that sum, ``se`` its standard error (the lags' combined
     as if independent), ``sign`` +1 down/right, -1 up/left, 0 when |shift| < 2 se; ``lags`` lists e(m). The
     first frame alone can point the other way: in CoinRun the agent moves against the view in the frame its key
-    leads into, and the camera follows it from the next frame on. ``horizon`` is capped at the clips' length.
+    leads into, and the camera follows it from the next frame on. The sum assumes later actions independent of
+    this one (a fresh random action each step); where the data holds keys, e(m) already contains the repeats and
+    the sum overstates the size, not the way. ``horizon`` is capped at the clips' length.
     """
     shifts = np.array(
         [[global_shift(a, b) for a, b in zip(clip[:-1], clip[1:], strict=True)] for clip in frames_BTHWC]

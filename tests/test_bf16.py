@@ -105,3 +105,23 @@ def test_bf16_cached_sampler_agrees_with_uncached_and_fp32(family):
         assert (cached == uncached).mean() >= 0.95, (cached != uncached).sum()
         if temperature == 0.0:
             assert (cached == run(g32, True)).mean() >= 0.9
+
+
+def test_bf16_matmuls_accumulate_in_float32_on_cpu_and_round_once():
+    """XLA:CPU's bf16 x bf16 -> bf16 dot is ~5x slower than asking for a float32 result (docs/benchmarks.md): a bf16
+    layer asks for float32 and rounds its output to bf16 once, after the bias."""
+    from jasmine.models.nn import linear_layers
+
+    lin = linear_layers(Precision(jnp.bfloat16, jnp.bfloat16), nnx.Rngs(0))(16, 8)
+    lin.bias.value = jax.random.normal(jax.random.key(2), (8,), jnp.bfloat16)
+    x = jax.random.normal(jax.random.key(1), (3, 5, 16))
+    (dot,) = [e for e in jax.make_jaxpr(lin)(x).eqns if e.primitive.name == "dot_general"]
+    assert dot.params["preferred_element_type"] == jnp.float32
+    y = lin(x)
+    assert y.dtype == jnp.bfloat16 and y.shape == (3, 5, 8)
+    f32 = jnp.float32
+    want = (x.astype(jnp.bfloat16).astype(f32) @ lin.kernel.value.astype(f32) + lin.bias.value.astype(f32)).astype(
+        jnp.bfloat16
+    )
+    np.testing.assert_allclose(np.asarray(y, f32), np.asarray(want, f32), rtol=2**-8)
+    assert (y == want).mean() > 0.9  # one rounding: mostly the same bf16 value

@@ -176,6 +176,25 @@ def test_even_length_attention_equals_attention(L, M, causal, masked):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.parametrize("t", [0, 3, 4, 6, 9])  # a window of 5 slots: filling, full, wrapped around
+def test_one_query_over_a_ring_cache_and_itself_equals_writing_itself_in_and_attending(t, W=5):
+    """The sampling pass's attention: the cache read in place (laid out [S, H, W, K]) and the query's own (k, v)
+    apart, against writing the own (k, v) into its ring slot t mod W and attending to every written slot."""
+    from jasmine.models.attention import attend_cache_and_self, ring_visible
+
+    q, k, v = (jax.random.normal(jax.random.key(i), (3, 1, 2, 8)) for i in range(3))
+    k_c, v_c = (jax.random.normal(jax.random.key(i), (3, W, 2, 8)) for i in (3, 4))  # unwritten slots: noise
+    slot = t % W
+    want = jax.nn.dot_product_attention(
+        q,
+        k_c.at[:, slot].set(k[:, 0]),
+        v_c.at[:, slot].set(v[:, 0]),
+        mask=(jnp.arange(W) <= t)[None, None, None],
+    )
+    got = attend_cache_and_self(q, k, v, jnp.swapaxes(k_c, 1, 2), jnp.swapaxes(v_c, 1, 2), ring_visible(t, W))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_attention_backend_choice_on_cpu():
     assert attention_implementation("auto", jnp.bfloat16, 64) == "xla"  # no GPU here
     assert attention_implementation("cudnn", jnp.float32, 64) == "cudnn"  # explicit request is kept

@@ -334,7 +334,10 @@ def test_bench_play_splits_a_frame_into_passes_and_their_weight_streaming(capsys
     assert b["thin_matmul_rows"] == 16 + 1 and b["thin_matmul_ms"] > 0  # a frame's tokens + the action token
     out = capsys.readouterr().out
     assert "steps=3" in out and "(4 passes," in out and "of weights: at" in out and "matmul peak" in out
-    assert "17 rows by each of the" in out
+    assert "17 rows by each of the" in out and "dynamics computing in float32" in out
+    g16, _ = _play_game(BenchPlayArgs(preset="micro", dtype="bfloat16"))  # as `jasmine play --dtype bfloat16`
+    w16 = jax.tree.leaves(nnx.state(nnx.merge(g16.roll.graphdef, g16.roll.state).dynamics, nnx.Param))
+    assert g16.dtype == "bfloat16" and game.dtype == "float32" and sum(x.nbytes for x in w16) == n_bytes // 2
 
 
 def _play_rows(run):
@@ -454,3 +457,37 @@ def test_demo_refuses_to_regenerate_data_its_runs_trained_on(micro_demo, tmp_pat
     with pytest.raises(ValueError, match="tokenizer trained on it"):
         demo(DemoArgs(out=out, preset="micro"))
     assert json.loads(meta.read_text()) == old  # untouched
+
+
+def test_a_run_samples_in_bf16_on_request_close_to_its_own_float32(micro_demo, tmp_path):
+    """``--dtype bfloat16`` (play, sample, eval, bench play): the weights stored in bf16 and the matmuls in bf16,
+    the logits still float32; greedy rollouts mostly pick the float32 model's tokens; eval records the dtype."""
+    from jasmine.eval.evaluate import EvalArgs, evaluate
+    from jasmine.models.nn import Linear
+
+    out, metrics = micro_demo
+    assert metrics["dtype"] == "float32"  # the demo's eval: the run's own (auto: float32 on CPU)
+    _, g32 = load_genie(out / "dynamics")
+    cfg, g16 = load_genie(out / "dynamics", "bfloat16")
+    assert load_genie(out / "dynamics", "float32")[1] is not None
+    for g, dt in ((g32, jnp.float32), (g16, jnp.bfloat16)):
+        floats = [x for x in jax.tree.leaves(nnx.state(g, nnx.Param)) if jnp.issubdtype(x.dtype, jnp.floating)]
+        assert floats and all(x.dtype == dt for x in floats)
+        assert jnp.dtype(dt) in {jnp.dtype(m.dtype) for _, m in nnx.iter_graph(g) if isinstance(m, Linear)}
+    n = g32.tokens_per_frame
+    ctx = jax.random.randint(jax.random.key(0), (2, 2, n), 0, g32.tokenizer.cfg.vocab_size)
+    acts = jax.random.randint(jax.random.key(1), (2, 7), 0, 2)
+    ids = [
+        np.asarray(
+            Rollout(g, cfg.seq_len, SampleOptions(steps=2, temperature=0.0)).run(
+                ctx, acts, jax.random.key(3), num_frames=6
+            )
+        )
+        for g in (g32, g16)
+    ]
+    assert (ids[0] == ids[1]).mean() >= 0.8, (ids[0] != ids[1]).mean()
+    res = evaluate(
+        EvalArgs(run=out / "dynamics", data=out / "data", clips=2, frames=4, gifs=1, action_transitions=64,
+                 permutations=10, teacher_forced=False, dtype="bfloat16", out=tmp_path, steps=2, delta_t=2)
+    )  # fmt: skip
+    assert res["dtype"] == "bfloat16" and "computed in bfloat16" in (tmp_path / "report.md").read_text()

@@ -27,6 +27,9 @@ class BenchPlayArgs:
     sampling_steps: int | None = None
     """MaskGIT steps per frame, as ``jasmine play --steps`` (default: the run's or preset's sampling, 25): fewer
     steps, fewer passes per frame."""
+    dtype: Literal["run", "float32", "bfloat16"] = "run"
+    """What the model computes in, as ``jasmine play --dtype``: run (the run's or preset's --dtype; auto: bf16 on
+    GPU, float32 on CPU) | float32 | bfloat16 (weights stored in bf16)."""
     websocket: bool = True
     """Also time the round trip through the play server (needs the play extra)."""
     seed: int = 0
@@ -38,14 +41,16 @@ def _play_game(args: BenchPlayArgs):
     from jasmine.bench.common import with_time_positions
     from jasmine.play.world import Bindings, Game, load_game
     from jasmine.presets import preset
-    from jasmine.sample.clips import num_action_codes
+    from jasmine.sample.clips import compute_dtype, num_action_codes
     from jasmine.sample.rollout import Rollout, SampleOptions
     from jasmine.train.components import COMPONENTS
 
     if args.run is not None:
-        return load_game(args.run, steps=args.sampling_steps), f"run {args.run}"
+        return load_game(args.run, steps=args.sampling_steps, dtype=args.dtype), f"run {args.run}"
     cfg = preset("dynamics", args.preset)
     cfg = with_time_positions(cfg, args.time_positions)
+    if args.dtype != "run":
+        cfg = dataclasses.replace(cfg, dtype=args.dtype, param_dtype=args.dtype)  # untrained: no update to round away
     genie = COMPONENTS["dynamics"].build(cfg, nnx.Rngs(0), pretrained=False)
     opts = SampleOptions(**dataclasses.asdict(cfg.val_sampling))
     if args.sampling_steps is not None:
@@ -58,6 +63,7 @@ def _play_game(args: BenchPlayArgs):
         tokenizer_window=genie.tokenizer_window,
         family=genie.dynamics.family,
         name=f"{args.preset} preset",
+        dtype=compute_dtype(cfg, "run"),  # the preset's, with any --dtype already in it
     )
     return game, f"untrained {args.preset} preset"
 
@@ -84,7 +90,7 @@ def _breakdown(game, dynamics_ms: float, total_ms: float) -> dict[str, float]:
     opts = game.roll.opts.resolved(dyn.maskgit_options)  # the family's defaults are filled in by the Rollout
     # + 1: the pass that writes the new frame (or the last token) into the cache
     passes = 1 + (len(working_steps(opts.steps, n)) if dyn.maskgit_options else opts.steps if dyn.continuous else n)
-    bw, peak = memory_bandwidth(), matmul_peak()
+    bw, peak = memory_bandwidth(), matmul_peak(str(weights[0].dtype))
     floor_ms = passes * weight_bytes / bw * 1e3
     rows = dyn.slots_per_pass(n)  # the rows of a pass's matmuls: its tokens, with any action or level slot
     flops_ms = passes * 2 * params * rows / peak * 1e3  # a multiply-add per weight and row
@@ -94,7 +100,7 @@ def _breakdown(game, dynamics_ms: float, total_ms: float) -> dict[str, float]:
         for p, x in jax.tree_util.tree_leaves_with_path(nnx.state(dyn, nnx.Param))
         if x.ndim == 2 and "kernel" in jax.tree_util.keystr(p)
     ]
-    thin_ms = passes * matmul_chain_seconds(kernels, rows) * 1e3
+    thin_ms = passes * matmul_chain_seconds(kernels, rows, dtype=weights[0].dtype) * 1e3
     row_s = f"{rows} row" + "s" * (rows != 1)
     print(
         f"  per frame: dynamics {dynamics_ms:.1f} ms ({passes} passes, {dynamics_ms / passes:.1f} ms each), the rest "
@@ -103,13 +109,15 @@ def _breakdown(game, dynamics_ms: float, total_ms: float) -> dict[str, float]:
         f"(measured here) that takes {floor_ms:.1f} ms per frame; its matmuls over {row_s} at the "
         f"{peak / 1e9:.0f} GFLOP/s matmul peak (measured here) {flops_ms:.1f} ms: the larger is "
         f"{max(floor_ms, flops_ms) / dynamics_ms:.0%} of the dynamics' time\n"
-        f"    those matmuls as thin as a pass makes them ({row_s} by each of the {len(kernels)} kernels, chained,"
+        f"    those matmuls as thin as a pass makes them ({row_s} by each of the {len(kernels)} {weights[0].dtype} "
+        f"kernels, chained,"
         f" timed here): {thin_ms:.1f} ms per frame, {thin_ms / dynamics_ms:.0%} of the dynamics' time"
     )
     return {
         "dynamics_ms": dynamics_ms,
         "passes": passes,
         "weight_mib": weight_bytes / 2**20,
+        "weight_dtype": str(weights[0].dtype),
         "bandwidth_gbs": bw / 1e9,
         "weight_streaming_ms": floor_ms,
         "matmul_peak_gflops": peak / 1e9,
@@ -133,8 +141,8 @@ def bench_play(args: BenchPlayArgs) -> dict[str, dict[str, float]]:
     codes = rng.integers(0, game.num_codes, args.steps).tolist()
     window = game.roll.window
     print(
-        f"play latency, {what}: {game.family} dynamics, {h}x{w}x{c} frames, seq_len {window}, "
-        f"{game.num_codes} actions, sampling {game.roll.opts}"
+        f"play latency, {what}: {game.family} dynamics computing in {game.dtype}, {h}x{w}x{c} frames, "
+        f"seq_len {window}, {game.num_codes} actions, sampling {game.roll.opts}"
     )
     print(f"  compiled (encode, frames, sliding window, decode) in {game.warm_up():.1f}s")
     world = World(game, frame[None, None], np.zeros((1, 0), np.int32), args.seed, "bench")

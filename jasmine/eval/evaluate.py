@@ -41,7 +41,15 @@ from jasmine.eval.steering import (
 )
 from jasmine.eval.teacher import summarise, teacher_forced_sums
 from jasmine.models.digits import SamplingOptions
-from jasmine.sample.clips import check_lengths, choose_actions, load_genie, num_action_codes, read_clips
+from jasmine.sample.clips import (
+    InferenceDtype,
+    check_lengths,
+    choose_actions,
+    compute_dtype,
+    load_genie,
+    num_action_codes,
+    read_clips,
+)
 from jasmine.sample.rollout import Rollout, sample_options
 from jasmine.viz import side_by_side, stack_rows, write_gif
 
@@ -84,12 +92,15 @@ class EvalArgs(SamplingOptions):
     teacher_forced: bool = True
     """MaskGIT: also the teacher-forced cross-entropy at fixed mask ratios with clean and masked context
     (jasmine.eval.teacher)."""
+    dtype: InferenceDtype = "run"
+    """What the model computes in: run (its training --dtype; auto: bf16 on GPU, float32 on CPU) | float32 |
+    bfloat16 (weights stored in bf16; on CPU ~20% faster sampling; figures move slightly: docs/benchmarks.md)."""
     out: Path | None = None
     """Output directory (default RUN/eval)."""
 
 
 def evaluate(args: EvalArgs) -> dict:
-    cfg, genie = load_genie(args.run)
+    cfg, genie = load_genie(args.run, args.dtype)
     check_lengths(args.context, args.frames, cfg.seq_len)
     if not args.context <= args.delta_t < args.frames:
         raise ValueError(f"--delta-t {args.delta_t} must index a generated frame: {args.context} <= t < {args.frames}")
@@ -158,6 +169,7 @@ def evaluate(args: EvalArgs) -> dict:
         "context": args.context,
         "frames": args.frames,
         "dynamics": genie.dynamics.family,
+        "dtype": compute_dtype(cfg, args.dtype),
         **{
             k: getattr(roll.opts, k)
             for k in ("steps", "temperature", "choice_temperature", "ordinal", "top_k", "context_noise")

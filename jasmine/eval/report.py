@@ -169,6 +169,7 @@ def sampling_text(res: dict) -> str:
         + (f", top-{res['top_k']}" if res.get("top_k") else "")
         + (", ordinal decoding" if res.get("ordinal") else "")
         + ")"
+        + (f", computed in {res['dtype']}" if res.get("dtype") else "")
     )
 
 

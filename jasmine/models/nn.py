@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jasmine.models.attention import Attention, band_mask, cached_attention, dot_product_attention
+from jasmine.models.attention import Attention, attend_cache_and_self, band_mask, dot_product_attention, ring_visible
 
 Remat = Literal["none", "full", "dots", "offload"]
 TimePositions = Literal["absolute", "rope"]
@@ -37,16 +37,33 @@ class Linear(nnx.Linear):
     """``nnx.Linear`` applied as one 2-D matmul over the flattened leading axes.
 
     Same parameters; on XLA:CPU the weight gradient of an N-D dot (contracting B, T and N)
-    runs about 25% slower than the 2-D one.
+    runs about 25% slower than the 2-D one. Half-precision products accumulate and come out in float32, then are
+    rounded to the compute dtype (see :func:`linear_layers`).
     """
 
     def __call__(self, x):
-        return super().__call__(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], self.out_features)
+        y = super().__call__(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], self.out_features)
+        return y if self.dtype is None else y.astype(self.dtype)
+
+
+def half_dot_accumulator(dtype) -> jnp.dtype | None:
+    """The output type a ``dtype`` matmul asks for: float32 for half precision on XLA:CPU, whose bf16 x bf16 →
+    bf16 dot runs ~5x slower than bf16 x bf16 → float32 (which, streaming half the bytes, beats float32 x
+    float32 by ~1.5x at a sampling pass's few rows; ``docs/benchmarks.md``); elsewhere the backend's own (GPUs
+    accumulate in float32 inside the product anyway)."""
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return jnp.float32 if half and jax.default_backend() == "cpu" else None
 
 
 def linear_layers(prec: Precision, rngs: nnx.Rngs):
     """``Linear(in, out)`` in the compute/parameter dtypes of ``prec``."""
-    return partial(Linear, dtype=prec.dtype, param_dtype=prec.param_dtype, rngs=rngs)
+    return partial(
+        Linear,
+        dtype=prec.dtype,
+        param_dtype=prec.param_dtype,
+        preferred_element_type=half_dot_accumulator(prec.dtype),
+        rngs=rngs,
+    )
 
 
 def output_linear(prec: Precision, rngs: nnx.Rngs):
@@ -155,18 +172,16 @@ class AxialBlock(nnx.Module):
         out = self._finish(x_BTND, y_STHK)
         return (out, (k_STHK, v_STHK)) if return_kv else out
 
-    def step(self, x_B1ND, k_cache_SWHK, v_cache_SWHK, t):
+    def step(self, x_B1ND, k_cache_SHWK, v_cache_SHWK, t):
         """One new frame at time ``t``, attending to the cached frames before it and itself (see
-        :func:`cached_attention`).
+        :func:`attend_cache_and_self`) through a ring of W slots (:func:`ring_visible`).
 
         Returns the block output and this frame's temporal (k, v) [S, 1, H, K] for the cache.
         """
         x_B1ND = self._spatial(x_B1ND)
         q_S1HK, k_S1HK, v_S1HK = self._temporal_qkv(x_B1ND, jnp.reshape(t, (1,)))
-        W = k_cache_SWHK.shape[1]
-        y_S1HK, _ = cached_attention(
-            q_S1HK, k_S1HK, v_S1HK, k_cache_SWHK, v_cache_SWHK, t % W, jnp.arange(W) <= t, self.temporal.attention
-        )
+        visible_W = ring_visible(t, k_cache_SHWK.shape[2])
+        y_S1HK = attend_cache_and_self(q_S1HK, k_S1HK, v_S1HK, k_cache_SHWK, v_cache_SHWK, visible_W)
         return self._finish(x_B1ND, y_S1HK), (k_S1HK, v_S1HK)
 
 
@@ -318,15 +333,15 @@ class AxialTransformer(nnx.Module):
         """Full causal forward from time 0 that also returns each block's temporal K/V in caches of ``window``
         frames.
 
-        Caches are a list (one per block) of (k, v) with shape [B*N, window, H, K]; frames
-        [0, T) are filled.
+        Caches are a list (one per block) of (k, v) with shape [B*N, H, window, K] (the layout
+        :func:`attend_cache_and_self` reads in place); frames [0, T) are filled.
         """
         x_BTND = self.embed(x_BTNI)
         caches = []
         for block in self.blocks:
             x_BTND, (k_STHK, v_STHK) = block(x_BTND, return_kv=True)
-            pad = ((0, 0), (0, window - k_STHK.shape[1]), (0, 0), (0, 0))
-            caches.append((jnp.pad(k_STHK, pad), jnp.pad(v_STHK, pad)))
+            pad = ((0, 0), (0, 0), (0, window - k_STHK.shape[1]), (0, 0))
+            caches.append(tuple(jnp.pad(jnp.swapaxes(c, 1, 2), pad) for c in (k_STHK, v_STHK)))
         return self.proj_out(self.norm_out(x_BTND)), caches
 
     def step(self, x_B1NI, caches, t):
@@ -344,13 +359,13 @@ class AxialTransformer(nnx.Module):
 
     @staticmethod
     def write_cache(caches, kvs, t):
-        """Caches with the (k, v) of the frame at time ``t`` written at its slot, t mod window."""
+        """Caches with the (k, v) [S, 1, H, K] of the frame at time ``t`` written at its slot, t mod window."""
         return [
-            (
-                jax.lax.dynamic_update_slice_in_dim(k_c, k, t % k_c.shape[1], axis=1),
-                jax.lax.dynamic_update_slice_in_dim(v_c, v, t % v_c.shape[1], axis=1),
+            tuple(
+                jax.lax.dynamic_update_slice_in_dim(c, jnp.swapaxes(x, 1, 2), t % c.shape[2], axis=2)
+                for c, x in zip(cache, kv, strict=True)
             )
-            for (k_c, v_c), (k, v) in zip(caches, kvs, strict=False)
+            for cache, kv in zip(caches, kvs, strict=False)
         ]
 
     def __call__(self, x_BTNI, t_offset=0, band: int | None = None):

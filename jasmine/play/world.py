@@ -28,7 +28,7 @@ from jasmine.data.dataset import DataError, action_meanings, read_metadata
 from jasmine.data.loader import EpisodeIndex
 from jasmine.eval.actions import action_mapping, measure, summary_lines
 from jasmine.eval.steering import bind_keys
-from jasmine.sample.clips import infer_actions, load_genie, num_action_codes
+from jasmine.sample.clips import InferenceDtype, compute_dtype, infer_actions, load_genie, num_action_codes
 from jasmine.sample.rollout import Rollout, SampleOptions
 from jasmine.viz import write_gif
 
@@ -118,9 +118,11 @@ class Game:
         infer_actions=None,
         family: str = "maskgit",
         name: str = "",
+        dtype: str = "float32",
     ):
         self.roll, self.bindings, self.levels, self.frame_shape = roll, bindings, levels, tuple(frame_shape)
         self.window, self.family, self.name = tokenizer_window, family, name
+        self.dtype = dtype  # what the model computes in
         self.infer_actions = infer_actions  # frames [1, C, ...] -> LAM ids [1, C-1]; None for gt-actions runs
         self.num_codes = len(bindings.labels)
 
@@ -171,6 +173,7 @@ def load_game(
     temperature: float | None = None,
     steps: int | None = None,
     mapping_transitions: int = 2000,
+    dtype: InferenceDtype = "run",
 ) -> Game:
     """The ``Game`` of a dynamics run: its sampler, levels from ``data``'s ``split`` and its key bindings.
 
@@ -179,7 +182,7 @@ def load_game(
     actions, it prints how well the codes match them (``jasmine actions``' figures on ``mapping_transitions``
     transitions of ``split``) and binds keys by the train split's code × action counts.
     """
-    cfg, genie = load_genie(run)
+    cfg, genie = load_genie(run, dtype)
     data = data if data is not None else (Path(cfg.data) if Path(cfg.data, "metadata.json").exists() else None)
     if not 1 <= context < cfg.seq_len:
         raise ValueError(f"--context {context} must be between 1 and the model's seq_len - 1 ({cfg.seq_len - 1})")
@@ -219,6 +222,7 @@ def load_game(
         infer_actions=infer,
         family=genie.dynamics.family,
         name=Path(run).name,  # clients get the run's name, never a path on this machine
+        dtype=compute_dtype(cfg, dtype),
     )
 
 

@@ -5,8 +5,10 @@ Dimension key: B clips, T frames (context + generated), H/W/C frame shape.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -16,14 +18,19 @@ from flax import nnx
 from jasmine.config import DynamicsTrainConfig
 from jasmine.data.loader import episode_clips
 from jasmine.models.genie import Genie
-from jasmine.train.components import load_run
+from jasmine.train.components import COMPONENTS, load_run
+from jasmine.train.components.base import precision
 from jasmine.train.runs import run_config
 
 ACTION_SOURCES = ("lam", "gt", "random", "fixed:K", "list:A,B,...")
 
+InferenceDtype = Literal["run", "float32", "bfloat16"]
+"""What a loaded model computes in: its run's ``--dtype`` (auto: bf16 on GPU, float32 on CPU), or one given."""
 
-def load_genie(run_dir: str | Path) -> tuple[DynamicsTrainConfig, Genie]:
-    """The Genie model of a dynamics run (tokenizer, action source and dynamics from its checkpoint)."""
+
+def load_genie(run_dir: str | Path, dtype: InferenceDtype = "run") -> tuple[DynamicsTrainConfig, Genie]:
+    """The Genie model of a dynamics run (tokenizer, action source and dynamics from its checkpoint), computing in
+    ``dtype`` (see :func:`with_dtype`)."""
     cfg = run_config(run_dir)
     if not isinstance(cfg, DynamicsTrainConfig):
         raise ValueError(f"--run {run_dir} is a {type(cfg).__name__} run; sampling needs a dynamics run")
@@ -31,7 +38,28 @@ def load_genie(run_dir: str | Path) -> tuple[DynamicsTrainConfig, Genie]:
         _, genie, _ = load_run(run_dir)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"--run {run_dir} has no dynamics checkpoint yet (train it first): {e}") from e
-    return cfg, genie
+    return cfg, with_dtype(cfg, genie, dtype)
+
+
+def compute_dtype(cfg: DynamicsTrainConfig, dtype: InferenceDtype) -> str:
+    """The dtype a model loaded with ``dtype`` computes in on this backend (``run``: its run's, resolved)."""
+    return str(precision(cfg).dtype) if dtype == "run" else dtype
+
+
+def with_dtype(cfg: DynamicsTrainConfig, genie: Genie, dtype: InferenceDtype) -> Genie:
+    """``genie`` computing in ``dtype`` (``run``: unchanged): with bfloat16, its weights are stored in bf16 (half the
+    bytes each sampling pass streams) and its matmuls take bf16 inputs, as a run trained with ``--dtype bfloat16``
+    computes; norms, softmaxes and output heads stay in float32. On XLA:CPU the products accumulate in float32
+    (``jasmine.models.nn.half_dot_accumulator``), which makes a ``coinrun``-preset play frame ~20% faster
+    (docs/benchmarks.md). Sampling is then no longer bitwise the run's own: ``jasmine eval --dtype`` measures what
+    it changes."""
+    if dtype == "run":
+        return genie
+    recast = dataclasses.replace(cfg, dtype=dtype, param_dtype=dtype)  # inference only: no update to round away
+    build = COMPONENTS["dynamics"].build
+    graphdef, target = nnx.split(nnx.eval_shape(lambda: build(recast, nnx.Rngs(0), pretrained=False)))
+    state = jax.tree.map(lambda t, x: x if t.dtype == x.dtype else x.astype(t.dtype), target, nnx.state(genie))
+    return nnx.merge(graphdef, state)
 
 
 def read_clips(

@@ -62,6 +62,9 @@ for family in maskgit causal diffusion; do
   run jasmine bench sample --preset "$PRESET" --dtype bfloat16 --dynamics "$family" --batch-sizes 1 8 --repeats 3
 done
 
+echo; echo "== bench play ($PRESET): the GPU's default bf16 against float32 weights, alternating in one process"
+run jasmine bench play --preset "$PRESET" --steps 40 --no-websocket --against float32
+
 echo; echo "== summary"
 status=0
 for name in tokenizer lam mae dynamics dynamics-causal dynamics-diffusion; do

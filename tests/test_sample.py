@@ -321,8 +321,9 @@ def test_bench_play_splits_a_frame_into_passes_and_their_weight_streaming(capsys
 
     from jasmine.bench.play import BenchPlayArgs, _play_game, bench_play
 
-    res = bench_play(BenchPlayArgs(preset="micro", steps=3, sampling_steps=3, websocket=False))
+    res = bench_play(BenchPlayArgs(preset="micro", steps=3, sampling_steps=3, websocket=False, against="bfloat16"))
     b = res["breakdown"]
+    assert res["against"]["dtype"] == "bfloat16" and res["against"]["ratio"] > 0  # timed in this process
     assert b["passes"] == 1 + 3  # 3 MaskGIT steps over 16 tokens each fix some, + the cache write
     game, _ = _play_game(BenchPlayArgs(preset="micro"))
     dyn = nnx.merge(game.roll.graphdef, game.roll.state).dynamics
@@ -334,7 +335,7 @@ def test_bench_play_splits_a_frame_into_passes_and_their_weight_streaming(capsys
     assert b["thin_matmul_rows"] == 16 + 1 and b["thin_matmul_ms"] > 0  # a frame's tokens + the action token
     out = capsys.readouterr().out
     assert "steps=3" in out and "(4 passes," in out and "of weights: at" in out and "matmul peak" in out
-    assert "17 rows by each of the" in out and "dynamics computing in float32" in out
+    assert "17 rows by each of the" in out and "dynamics computing in float32" in out and "against bfloat16" in out
     g16, _ = _play_game(BenchPlayArgs(preset="micro", dtype="bfloat16"))  # as `jasmine play --dtype bfloat16`
     w16 = jax.tree.leaves(nnx.state(nnx.merge(g16.roll.graphdef, g16.roll.state).dynamics, nnx.Param))
     assert g16.dtype == "bfloat16" and game.dtype == "float32" and sum(x.nbytes for x in w16) == n_bytes // 2

@@ -30,6 +30,9 @@ class BenchPlayArgs:
     dtype: Literal["run", "float32", "bfloat16"] = "run"
     """What the model computes in, as ``jasmine play --dtype``: run (the run's or preset's --dtype; auto: bf16 on
     GPU, float32 on CPU) | float32 | bfloat16 (weights stored in bf16)."""
+    against: Literal["float32", "bfloat16"] | None = None
+    """Also load the model computing in this dtype and time both on the same actions, alternating frame by frame in
+    this process: their latency ratio, with the machine's drift cancelled (e.g. --against bfloat16)."""
     websocket: bool = True
     """Also time the round trip through the play server (needs the play extra)."""
     seed: int = 0
@@ -127,6 +130,31 @@ def _breakdown(game, dynamics_ms: float, total_ms: float) -> dict[str, float]:
     }
 
 
+def _against(args: BenchPlayArgs, game, frame: np.ndarray, codes: list[int]) -> dict[str, float]:
+    """The same actions on ``game`` and on the model loaded in ``args.against``, alternating which goes first:
+    each one's median latency and the median of the per-action ratios."""
+    from jasmine.play.world import World
+
+    other, _ = _play_game(dataclasses.replace(args, dtype=args.against))
+    other.warm_up()
+    worlds = [World(g, frame[None, None], np.zeros((1, 0), np.int32), args.seed, "bench") for g in (game, other)]
+    ms = [[], []]
+    for i, code in enumerate(codes):
+        for j in (0, 1) if i % 2 == 0 else (1, 0):
+            t0 = time.perf_counter()
+            worlds[j].step(code)
+            worlds[j].message()
+            ms[j].append((time.perf_counter() - t0) * 1e3)
+    ratio = float(np.median(np.asarray(ms[1]) / np.asarray(ms[0])))
+    print(
+        f"  against {other.dtype}, the same {len(codes)} actions alternating: {game.dtype} median "
+        f"{np.median(ms[0]):.1f} ms, {other.dtype} {np.median(ms[1]):.1f} ms; {other.dtype} / {game.dtype} "
+        f"{ratio:.2f} (median of per-action ratios)"
+    )
+    return {"dtype": other.dtype, "median_ms": float(np.median(ms[0])), "against_ms": float(np.median(ms[1])),
+            "ratio": ratio}  # fmt: skip
+
+
 def bench_play(args: BenchPlayArgs) -> dict[str, dict[str, float]]:
     import io
 
@@ -161,6 +189,8 @@ def bench_play(args: BenchPlayArgs) -> dict[str, dict[str, float]]:
         how = "ring cache" if game.roll.rope else "cache re-prefilled"
         print(f"    later frames (window slides: {how})   {_quantiles(slid)}")
     results["breakdown"] = _breakdown(game, float(np.median(dyn_ms)), float(np.median(ms)))
+    if args.against is not None:
+        results["against"] = _against(args, game, frame, codes)
     if args.websocket:
         from websockets.sync.client import connect
 

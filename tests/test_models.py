@@ -367,3 +367,31 @@ def test_space_rope_sees_where_patches_are_relative_to_each_other_never_where_th
     np.testing.assert_allclose(np.asarray(mha(h, causal=False, rotate=rot)), np.asarray(want), atol=1e-5)
     with pytest.raises(ValueError, match="divisible by 4"):
         AxialTransformer(6, 12, 32, 4, 2, 2, space_positions="rope", grid=grid, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("kind", ["tokenizer", "mae"])
+def test_decoding_a_chunk_a_frame_at_a_time_from_cached_keys_gives_the_whole_chunks_frames(kind, window=4):
+    """Play decodes frame t from the decoder's K/V of its chunk's frames before t (one frame's cost), never the
+    chunk again: each frame as decoding the chunk gives it, across a chunk boundary, and from a mid-chunk start."""
+    from jasmine.models.genie import in_chunks
+    from jasmine.models.mae import MAEConfig, MAETokenizer
+
+    if kind == "tokenizer":
+        tok = Tokenizer(TINY, (16, 16, 3), rngs=nnx.Rngs(0))
+        x = jax.random.randint(jax.random.key(1), (2, 7, 16), 0, TINY.vocab_size)
+    else:
+        tok = MAETokenizer(MAEConfig(patch_size=4, model_dim=32, ffn_dim=64, num_blocks=2, num_heads=2, latent_dim=8),
+                           (16, 16, 3), rngs=nnx.Rngs(0))  # fmt: skip
+        x = jnp.tanh(jax.random.normal(jax.random.key(1), (2, 7, 16, 8)))
+    want = np.asarray(in_chunks(tok.decode, x, window))  # [2, 7, 16, 16, 3], chunks of 4 frames + 3
+    caches = None
+    for t in range(7):
+        p = t % window
+        if p == 0:
+            frame, caches = tok.decode_start(x[:, t : t + 1], window)
+        else:
+            frame, caches = tok.decode_next(x[:, t : t + 1], caches, p)
+        np.testing.assert_allclose(frame[:, 0], want[:, t], atol=1e-5, err_msg=f"frame {t}")
+    frames, caches = tok.decode_start(x[:, 4:6], window)  # a stream joined mid-chunk: frames 4, 5 at once
+    np.testing.assert_allclose(frames, want[:, 4:6], atol=1e-5)
+    np.testing.assert_allclose(tok.decode_next(x[:, 6:7], caches, 2)[0][:, 0], want[:, 6], atol=1e-5)

@@ -41,7 +41,7 @@ class BenchPlayArgs:
 def _play_game(args: BenchPlayArgs):
     from flax import nnx
 
-    from jasmine.bench.common import with_time_positions
+    from jasmine.bench.common import with_frame_tokenizer, with_time_positions
     from jasmine.play.world import Bindings, Game, load_game
     from jasmine.presets import preset
     from jasmine.sample.clips import compute_dtype, num_action_codes
@@ -50,8 +50,8 @@ def _play_game(args: BenchPlayArgs):
 
     if args.run is not None:
         return load_game(args.run, steps=args.sampling_steps, dtype=args.dtype), f"run {args.run}"
-    cfg = preset("dynamics", args.preset)
-    cfg = with_time_positions(cfg, args.time_positions)
+    # the preset's tokenizer chunks (16 frames at coinrun): play decodes each frame within its chunk
+    cfg = with_time_positions(with_frame_tokenizer(preset("dynamics", args.preset), args.preset), args.time_positions)
     if args.dtype != "run":
         cfg = dataclasses.replace(cfg, dtype=args.dtype, param_dtype=args.dtype)  # untrained: no update to round away
     genie = COMPONENTS["dynamics"].build(cfg, nnx.Rngs(0), pretrained=False)

@@ -164,6 +164,16 @@ class Genie(nnx.Module):
         """Frames float32 [B, T, H, W, C] in [0, 1] of the tokens (ids or latents) of an aligned clip."""
         return in_chunks(self.tokenizer.decode, ids_BTN, self.tokenizer_window)
 
+    def decode_start(self, ids_BTN):
+        """Frames of the first T frames of a tokenizer chunk and the decoder's K/V caches holding them, for
+        :meth:`decode_next`: a chunk decoded one frame at a time, each at one frame's cost, as ``decode`` gives it."""
+        return self.tokenizer.decode_start(ids_BTN, self.tokenizer_window)
+
+    def decode_next(self, ids_B1N, caches, t):
+        """Frame ``t`` (0 < t < tokenizer_window) of the chunk from the caches of its frames before it; the caches
+        with it written in."""
+        return self.tokenizer.decode_next(ids_B1N, caches, t)
+
     def infer_actions(self, frames_BTHWC):
         """LAM action ids int32 [B, T-1] of an aligned clip; entry t-1 leads to frame t."""
         x = frames_BTHWC.astype(jnp.float32) / 255.0

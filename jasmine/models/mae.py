@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat
-from jasmine.models.tokenizer import VideoAutoencoderConfig, check_patch_size, patchify, unpatchify
+from jasmine.models.tokenizer import FrameDecoding, VideoAutoencoderConfig, check_patch_size, patchify
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def mae_mask(rng, shape_BTN, max_mask: float):
     return jax.random.uniform(k_m, shape_BTN) < r_BT[..., None]
 
 
-class MAETokenizer(nnx.Module):
+class MAETokenizer(FrameDecoding, nnx.Module):
     """frames in [0,1] → patches (some replaced by the mask patch) → encoder → tanh → decoder → frames."""
 
     def __init__(
@@ -82,8 +82,5 @@ class MAETokenizer(nnx.Module):
         """Latents float32 [B, T, N, L] in (-1, 1) of unmasked frames in [0, 1]."""
         return jnp.tanh(self.encoder(patchify(videos_BTHWC, self.cfg.patch_size)).astype(jnp.float32))
 
-    def decode(self, z_BTNL):
-        """Frames float32 [B, T, H, W, C] in [0, 1]."""
-        h, w, _ = self.image_shape
-        patches_BTNI = jax.nn.sigmoid(self.decoder(z_BTNL).astype(jnp.float32))
-        return unpatchify(patches_BTNI, self.cfg.patch_size, h, w)
+    def _decoder_inputs(self, z_BTNL):
+        return z_BTNL

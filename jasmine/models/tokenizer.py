@@ -74,7 +74,35 @@ def check_patch_size(image_shape: tuple[int, int, int], p: int, flag: str = "--m
         raise ValueError(f"{flag} {p} does not divide the {h}x{w} frames; pick a divisor of both")
 
 
-class Tokenizer(nnx.Module):
+class FrameDecoding:
+    """Decoding tokens to frames, for a frame autoencoder with a ``decoder`` (an :class:`AxialTransformer`, causal
+    in time), ``cfg.patch_size`` and ``image_shape``; ``_decoder_inputs`` maps tokens (ids or latents) to its input.
+
+    ``decode`` runs a whole chunk; ``decode_start`` and ``decode_next`` run one a frame at a time with the
+    decoder's temporal K/V cached, each frame at one frame's cost (a chunk's frame t decoded whole costs t + 1
+    frames: at the ``coinrun`` preset's 16-frame chunks, most of a play frame), giving what the whole chunk gives.
+    """
+
+    def _pixels(self, out_BTNI):
+        h, w, _ = self.image_shape
+        return unpatchify(jax.nn.sigmoid(out_BTNI.astype(jnp.float32)), self.cfg.patch_size, h, w)
+
+    def decode(self, x_BTN):
+        """Frames float32 [B, T, H, W, C] in [0, 1]."""
+        return self._pixels(self.decoder(self._decoder_inputs(x_BTN)))
+
+    def decode_start(self, x_BTN, window: int):
+        """The first T frames of a chunk of ``window`` frames, and the decoder's K/V caches holding them."""
+        out_BTNI, caches = self.decoder.prefill(self._decoder_inputs(x_BTN), window)
+        return self._pixels(out_BTNI), caches
+
+    def decode_next(self, x_B1N, caches, t):
+        """Frame ``t`` of the chunk [B, 1, H, W, C] from the caches of its frames before t; the caches with it."""
+        out_B1NI, kvs = self.decoder.step(self._decoder_inputs(x_B1N), caches, t)
+        return self._pixels(out_B1NI), self.decoder.write_cache(caches, kvs, t)
+
+
+class Tokenizer(FrameDecoding, nnx.Module):
     """frames in [0,1] → patches → encoder (causal in time) → VQ → decoder → sigmoid → frames."""
 
     def __init__(
@@ -103,18 +131,12 @@ class Tokenizer(nnx.Module):
         """Reconstruct; returns (recon_BTHWC float32 in [0,1], ids_BTN, VQ aux)."""
         z_BTNL = self.encoder(patchify(videos_BTHWC, self.cfg.patch_size))
         zq_BTNL, ids_BTN, aux = self.vq(z_BTNL, rng=rng)
-        return self._decode_latents(zq_BTNL), ids_BTN, aux
+        return self._pixels(self.decoder(zq_BTNL)), ids_BTN, aux
 
-    def _decode_latents(self, zq_BTNL):
-        h, w, _ = self.image_shape
-        patches_BTNI = jax.nn.sigmoid(self.decoder(zq_BTNL).astype(jnp.float32))
-        return unpatchify(patches_BTNI, self.cfg.patch_size, h, w)
+    def _decoder_inputs(self, ids_BTN):
+        return self.vq.lookup(ids_BTN)
 
     def encode(self, videos_BTHWC):
         """Token ids int32 [B, T, N]."""
         _, ids_BTN, _ = self.vq(self.encoder(patchify(videos_BTHWC, self.cfg.patch_size)))
         return ids_BTN.astype(jnp.int32)
-
-    def decode(self, ids_BTN):
-        """Frames float32 [B, T, H, W, C] in [0, 1]."""
-        return self._decode_latents(self.vq.lookup(ids_BTN))

@@ -268,6 +268,7 @@ class World:
         self.t = C - 1  # index of the newest frame
         self.codes: list[int | None] = [None] * C
         self.latency_ms = self.dynamics_ms = 0.0  # the last step's: in all, and generating its tokens
+        self.decoder_caches = None  # the tokenizer decoder's K/V of the newest frame's chunk
 
     def step(self, code: int) -> np.ndarray:
         """Generate the frame after action ``code``; returns it uint8 [H, W, Ch]."""
@@ -276,10 +277,9 @@ class World:
         t0 = time.perf_counter()
         jax.block_until_ready(self.stream.step(np.array([code], np.int32)))
         self.dynamics_ms = (time.perf_counter() - t0) * 1e3
-        t, S = self.t + 1, self.game.window
-        lo = t - t % S  # the decoder is causal in time: its chunk up to frame t decodes t as the whole chunk would
-        chunk = np.stack(self.stream.frames[lo : t + 1], 1)
-        frame = (np.clip(self.game.roll.decode(chunk)[0, -1], 0, 1) * 255).round().astype(np.uint8)
+        t = self.t + 1  # the decoder is causal in time: frame t decodes from its chunk's frames up to t, cached
+        x_BHWC, self.decoder_caches = self.game.roll.decode_frame(self.stream.frames, t, self.decoder_caches)
+        frame = (np.clip(x_BHWC[0], 0, 1) * 255).round().astype(np.uint8)
         self.frames.append(frame)
         self.t = t
         self.codes = [*self.codes[-1:], code]

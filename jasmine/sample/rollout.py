@@ -73,6 +73,11 @@ class Rollout:
         )
         self._vectors = jax.jit(lambda state, ids: nnx.merge(gd, state).action_vectors(ids))
         self._decode = jax.jit(lambda state, ids: nnx.merge(gd, state).decode(ids))
+        self.tokenizer_window = genie.tokenizer_window
+        self._decode_start = jax.jit(lambda state, ids: nnx.merge(gd, state).decode_start(ids))
+        self._decode_next = jax.jit(
+            lambda state, ids, caches, t: nnx.merge(gd, state).decode_next(ids, caches, t), donate_argnums=2
+        )
         self._encode = jax.jit(lambda state, x: nnx.merge(gd, state).encode(x))
 
     def encode(self, frames_BTHWC: np.ndarray) -> jax.Array:
@@ -82,6 +87,17 @@ class Rollout:
     def decode(self, ids_BTN) -> np.ndarray:
         """Frames float32 [B, T, H, W, C] in [0, 1] of the tokens of an aligned clip."""
         return np.asarray(self._decode(self.state, ids_BTN))
+
+    def decode_frame(self, frames: list, t: int, caches=None) -> tuple[np.ndarray, list]:
+        """Frame ``t`` of a stream's token ``frames`` (one [B, N] per frame), float32 [B, H, W, C] in [0, 1], as
+        :meth:`decode` of its tokenizer chunk gives it, and the decoder caches to pass for frame t + 1. With the
+        caches of frame t - 1 in the same chunk it costs one frame; without (None), the chunk's frames up to t."""
+        p = t % self.tokenizer_window
+        if p == 0 or caches is None:
+            x_BTHWC, caches = self._decode_start(self.state, jnp.stack(frames[t - p : t + 1], 1))
+        else:
+            x_BTHWC, caches = self._decode_next(self.state, frames[t][:, None], caches, p)
+        return np.asarray(x_BTHWC[:, -1]), caches
 
     def run(self, ctx_ids_BCN, action_ids_BT1, rng, *, num_frames: int) -> jax.Array:
         """Generate ``num_frames`` frames after the context; ``action_ids_BT1[:, t-1]`` leads to frame t.

@@ -42,7 +42,12 @@ class Linear(nnx.Linear):
     """
 
     def __call__(self, x):
-        y = super().__call__(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], self.out_features)
+        x_RI = x.reshape(-1, x.shape[-1])
+        if x_RI.shape[0] == 1 and self.preferred_element_type is not None:  # see half_dot_accumulator
+            y_RO = super().__call__(jnp.pad(x_RI, ((0, 1), (0, 0))))[:1]
+        else:
+            y_RO = super().__call__(x_RI)
+        y = y_RO.reshape(*x.shape[:-1], self.out_features)
         return y if self.dtype is None else y.astype(self.dtype)
 
 
@@ -50,7 +55,8 @@ def half_dot_accumulator(dtype) -> jnp.dtype | None:
     """The output type a ``dtype`` matmul asks for: float32 for half precision on XLA:CPU, whose bf16 x bf16 →
     bf16 dot runs ~5x slower than bf16 x bf16 → float32 (which, streaming half the bytes, beats float32 x
     float32 by ~1.5x at a sampling pass's few rows; ``docs/benchmarks.md``); elsewhere the backend's own (GPUs
-    accumulate in float32 inside the product anyway)."""
+    accumulate in float32 inside the product anyway). A one-row product (the causal sampler's one-token pass)
+    takes a path ~8x slower than two rows' there, so :class:`Linear` pads it to two."""
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     return jnp.float32 if half and jax.default_backend() == "cpu" else None
 

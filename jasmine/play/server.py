@@ -61,7 +61,8 @@ class PlayArgs:
     """Sampling seed: the same level and actions give the same frames."""
     dtype: InferenceDtype = "run"
     """What the model computes in: run (its training --dtype; auto: bf16 on GPU, float32 on CPU) | float32 |
-    bfloat16 (weights stored in bf16; on CPU frames 16-19% faster; figures within noise: docs/benchmarks.md)."""
+    bfloat16 (weights stored in bf16: on CPU MaskGIT and diffusion frames ~20% faster, causal ones not; figures
+    within noise: docs/benchmarks.md)."""
     max_sessions: int = 16
     """Tabs served at once."""
     idle_minutes: float = 10.0

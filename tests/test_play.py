@@ -147,9 +147,7 @@ def test_other_families_with_ground_truth_actions_play_the_rollouts_frames(famil
     )
     roll = Rollout(genie, 4, SampleOptions(steps=3) if family == "diffusion" else SampleOptions())
     meanings = ["NOOP", "LEFT", "RIGHT", "UP", "FIRE"]
-    game = Game(
-        roll, Bindings.for_codes(5, meanings=meanings, gt_actions=True), (16, 16, 3), tokenizer_window=2, family=family
-    )
+    game = Game(roll, Bindings.for_codes(5, meanings=meanings, gt_actions=True), (16, 16, 3), family=family)
     assert game.bindings.keys["ArrowRight"] == 2 and game.bindings.keys[" "] == 4
     ctx = np.random.default_rng(0).integers(0, 256, (1, 1, 16, 16, 3), dtype=np.uint8)
     codes = [2, 4, 1, 0, 3]  # past the window of 4

@@ -324,6 +324,8 @@ def test_bench_play_splits_a_frame_into_passes_and_their_weight_streaming(capsys
     res = bench_play(BenchPlayArgs(preset="micro", steps=3, sampling_steps=3, websocket=False, against="bfloat16"))
     b = res["breakdown"]
     assert res["against"]["dtype"] == "bfloat16" and res["against"]["ratio"] > 0  # timed in this process
+    d = res["decode"]  # the micro tokenizer's 4-frame chunks, decoded as play does and again whole
+    assert d["chunk"] == 4 and min(d["cached_ms"], d["whole_chunk_ms"], d["whole_chunk_last_ms"]) > 0
     assert b["passes"] == 1 + 3  # 3 MaskGIT steps over 16 tokens each fix some, + the cache write
     game, _ = _play_game(BenchPlayArgs(preset="micro"))
     dyn = nnx.merge(game.roll.graphdef, game.roll.state).dynamics
@@ -339,6 +341,8 @@ def test_bench_play_splits_a_frame_into_passes_and_their_weight_streaming(capsys
     g16, _ = _play_game(BenchPlayArgs(preset="micro", dtype="bfloat16"))  # as `jasmine play --dtype bfloat16`
     w16 = jax.tree.leaves(nnx.state(nnx.merge(g16.roll.graphdef, g16.roll.state).dynamics, nnx.Param))
     assert g16.dtype == "bfloat16" and game.dtype == "float32" and sum(x.nbytes for x in w16) == n_bytes // 2
+    assert "decoding in the tokenizer's 4-frame chunks" in out
+    assert _play_game(BenchPlayArgs(preset="micro", dynamics="causal"))[0].family == "causal"
 
 
 def _play_rows(run):

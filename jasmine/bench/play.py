@@ -20,6 +20,8 @@ class BenchPlayArgs:
     """Dynamics run (default: an untrained model of --preset; the latency does not depend on the weights)."""
     preset: str = "tiny"
     """Dynamics preset when no --run is given."""
+    dynamics: Literal["maskgit", "causal", "diffusion"] = "maskgit"
+    """With --preset: the dynamics family of that preset timed."""
     time_positions: Literal["absolute", "rope"] | None = None
     """With --preset: override its ``--model.time-positions`` (rope slides the window without re-prefilling)."""
     steps: int = 100
@@ -51,7 +53,8 @@ def _play_game(args: BenchPlayArgs):
     if args.run is not None:
         return load_game(args.run, steps=args.sampling_steps, dtype=args.dtype), f"run {args.run}"
     # the preset's tokenizer chunks (16 frames at coinrun): play decodes each frame within its chunk
-    cfg = with_time_positions(with_frame_tokenizer(preset("dynamics", args.preset), args.preset), args.time_positions)
+    cfg = preset("dynamics", args.preset, args.dynamics)
+    cfg = with_time_positions(with_frame_tokenizer(cfg, args.preset), args.time_positions)
     if args.dtype != "run":
         cfg = dataclasses.replace(cfg, dtype=args.dtype, param_dtype=args.dtype)  # untrained: no update to round away
     genie = COMPONENTS["dynamics"].build(cfg, nnx.Rngs(0), pretrained=False)
@@ -63,7 +66,6 @@ def _play_game(args: BenchPlayArgs):
         roll,
         Bindings.for_codes(num_action_codes(genie)),
         genie.tokenizer.image_shape,
-        tokenizer_window=genie.tokenizer_window,
         family=genie.dynamics.family,
         name=f"{args.preset} preset",
         dtype=compute_dtype(cfg, "run"),  # the preset's, with any --dtype already in it
@@ -130,6 +132,38 @@ def _breakdown(game, dynamics_ms: float, total_ms: float) -> dict[str, float]:
     }
 
 
+def decode_cost(game, repeats: int = 2) -> dict[str, float] | None:
+    """Decoding each frame of a tokenizer chunk (longer than a frame) as play does, from the decoder's cached K/V of
+    the chunk's earlier frames, against decoding the chunk up to the frame again: ms per frame, best of
+    ``repeats`` at each position, averaged over the chunk's positions (and the chunk's last frame's)."""
+    import jax
+
+    roll, S = game.roll, game.roll.tokenizer_window
+    if S == 1:
+        return None
+    x = np.random.default_rng(0).integers(0, 256, (1, S, *game.frame_shape), dtype=np.uint8)
+    tokens = roll.encode(x)
+    frames = [tokens[:, t] for t in range(S)]
+    cached, whole = np.full(S, np.inf), np.full(S, np.inf)
+    for _ in range(repeats + 1):  # the first round compiles every chunk length
+        caches = None
+        for t in range(S):
+            t0 = time.perf_counter()
+            _, caches = roll.decode_frame(frames, t, caches)
+            cached[t] = min(cached[t], time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            jax.block_until_ready(roll.decode(tokens[:, : t + 1]))
+            whole[t] = min(whole[t], time.perf_counter() - t0)
+    res = {"chunk": S, "cached_ms": 1e3 * cached.mean(), "whole_chunk_ms": 1e3 * whole.mean(),
+           "whole_chunk_last_ms": 1e3 * whole[-1]}  # fmt: skip
+    print(
+        f"  decoding in the tokenizer's {S}-frame chunks: from the cached K/V {res['cached_ms']:.1f} ms a frame, "
+        f"re-decoding the chunk up to it {res['whole_chunk_ms']:.1f} ms (mean over the chunk; "
+        f"{res['whole_chunk_last_ms']:.1f} ms at its last frame)"
+    )
+    return res
+
+
 def _against(args: BenchPlayArgs, game, frame: np.ndarray, codes: list[int]) -> dict[str, float]:
     """The same actions on ``game`` and on the model loaded in ``args.against``, alternating which goes first:
     each one's median latency and the median of the per-action ratios."""
@@ -189,6 +223,7 @@ def bench_play(args: BenchPlayArgs) -> dict[str, dict[str, float]]:
         how = "ring cache" if game.roll.rope else "cache re-prefilled"
         print(f"    later frames (window slides: {how})   {_quantiles(slid)}")
     results["breakdown"] = _breakdown(game, float(np.median(dyn_ms)), float(np.median(ms)))
+    results["decode"] = decode_cost(game)
     if args.against is not None:
         results["against"] = _against(args, game, frame, codes)
     if args.websocket:

@@ -94,7 +94,7 @@ class EvalArgs(SamplingOptions):
     (jasmine.eval.teacher)."""
     dtype: InferenceDtype = "run"
     """What the model computes in: run (its training --dtype; auto: bf16 on GPU, float32 on CPU) | float32 |
-    bfloat16 (weights stored in bf16: on CPU MaskGIT and diffusion frames ~20% faster, causal ones not; figures
+    bfloat16 (weights stored in bf16: on CPU MaskGIT and diffusion frames ~20% faster, causal ~5%; figures
     within noise: docs/benchmarks.md)."""
     out: Path | None = None
     """Output directory (default RUN/eval)."""

@@ -61,7 +61,7 @@ class PlayArgs:
     """Sampling seed: the same level and actions give the same frames."""
     dtype: InferenceDtype = "run"
     """What the model computes in: run (its training --dtype; auto: bf16 on GPU, float32 on CPU) | float32 |
-    bfloat16 (weights stored in bf16: on CPU MaskGIT and diffusion frames ~20% faster, causal ones not; figures
+    bfloat16 (weights stored in bf16: on CPU MaskGIT and diffusion frames ~20% faster, causal ~5%; figures
     within noise: docs/benchmarks.md)."""
     max_sessions: int = 16
     """Tabs served at once."""

@@ -114,17 +114,21 @@ class Game:
         frame_shape: tuple[int, int, int],
         *,
         levels: Levels | None = None,
-        tokenizer_window: int = 1,
         infer_actions=None,
         family: str = "maskgit",
         name: str = "",
         dtype: str = "float32",
     ):
         self.roll, self.bindings, self.levels, self.frame_shape = roll, bindings, levels, tuple(frame_shape)
-        self.window, self.family, self.name = tokenizer_window, family, name
+        self.family, self.name = family, name
         self.dtype = dtype  # what the model computes in
         self.infer_actions = infer_actions  # frames [1, C, ...] -> LAM ids [1, C-1]; None for gt-actions runs
         self.num_codes = len(bindings.labels)
+
+    @property
+    def window(self) -> int:
+        """The tokenizer's chunk: frames it encodes and decodes together."""
+        return self.roll.tokenizer_window
 
     def info(self) -> dict:
         h, w, c = self.frame_shape
@@ -218,7 +222,6 @@ def load_game(
         bindings,
         genie.tokenizer.image_shape,
         levels=levels,
-        tokenizer_window=genie.tokenizer_window,
         infer_actions=infer,
         family=genie.dynamics.family,
         name=Path(run).name,  # clients get the run's name, never a path on this machine

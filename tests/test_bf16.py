@@ -17,7 +17,7 @@ from jasmine.bench import synthetic_batch
 from jasmine.config import OptimConfig
 from jasmine.models.dynamics import DynamicsConfig
 from jasmine.models.genie import Genie
-from jasmine.models.nn import Precision
+from jasmine.models.linear import Precision
 from jasmine.presets import preset
 from jasmine.sample.rollout import Rollout, SampleOptions
 from jasmine.train.components import COMPONENTS
@@ -110,7 +110,7 @@ def test_bf16_cached_sampler_agrees_with_uncached_and_fp32(family):
 def test_bf16_matmuls_accumulate_in_float32_on_cpu_and_round_once():
     """XLA:CPU's bf16 x bf16 -> bf16 dot is ~5x slower than asking for a float32 result (docs/benchmarks.md): a bf16
     layer asks for float32 and rounds its output to bf16 once, after the bias."""
-    from jasmine.models.nn import linear_layers
+    from jasmine.models.linear import linear_layers
 
     lin = linear_layers(Precision(jnp.bfloat16, jnp.bfloat16), nnx.Rngs(0))(16, 8)
     lin.bias.value = jax.random.normal(jax.random.key(2), (8,), jnp.bfloat16)
@@ -129,3 +129,46 @@ def test_bf16_matmuls_accumulate_in_float32_on_cpu_and_round_once():
     (dot,) = [e for e in jax.make_jaxpr(lin)(x[:1, :1]).eqns if e.primitive.name == "dot_general"]
     assert dot.invars[0].aval.shape == (2, 16)
     np.testing.assert_array_equal(np.asarray(lin(x[:1, :1]), f32), np.asarray(y[:1, :1], f32))
+
+
+def test_sampling_stores_cpu_bf16_kernels_out_in_in_a_copy_with_the_same_values(monkeypatch):
+    """On XLA:CPU a bf16 product over a pass's few rows runs faster against an [out, in] kernel (docs/benchmarks.md):
+    sampling's copy stores them so, the model itself keeps nnx's [in, out], and outputs and rollouts are unchanged;
+    float32 models are used as they are."""
+    from jasmine.models.linear import Linear, serving_layout
+
+    g16 = genie("maskgit", jnp.bfloat16)
+    for i, (_, m) in enumerate(nnx.iter_graph(g16)):  # biases too (an untrained model's are 0)
+        if isinstance(m, Linear):
+            m.bias.value = 0.1 * jax.random.normal(jax.random.key(i), m.bias.value.shape, m.bias.value.dtype)
+    served = serving_layout(g16)
+    layers = [{p: m for p, m in nnx.iter_graph(g) if isinstance(m, Linear)} for g in (g16, served)]
+    assert layers[0].keys() == layers[1].keys()
+    pairs = [(a, layers[1][p]) for p, a in layers[0].items()]
+    flipped = [(a, b) for a, b in pairs if b.out_in]
+    assert flipped and all(a.preferred_element_type == jnp.float32 for a, _ in flipped)
+    for a, b in pairs:
+        assert not a.out_in and a.kernel.value.shape == (a.in_features, a.out_features)
+        np.testing.assert_array_equal(np.asarray(b.kernel.value.T if b.out_in else b.kernel.value, np.float32),
+                                      np.asarray(a.kernel.value, np.float32))  # fmt: skip
+    a, b = flipped[0]
+    x = jax.random.normal(jax.random.key(1), (3, 17, a.in_features))
+    (dot,) = [e for e in jax.make_jaxpr(b)(x).eqns if e.primitive.name == "dot_general"]
+    assert dot.invars[1].aval.shape == (a.out_features, a.in_features)
+    np.testing.assert_array_equal(np.asarray(b(x), np.float32), np.asarray(a(x), np.float32))
+    np.testing.assert_array_equal(np.asarray(b(x[:1, :1]), np.float32), np.asarray(a(x[:1, :1]), np.float32))
+    ctx = jax.random.randint(jax.random.key(0), (2, 2, 16), 0, 16)
+    acts = jax.random.randint(jax.random.key(1), (2, 7), 0, 4)
+    roll = Rollout(g16, 5, SampleOptions(steps=4, temperature=0.0))
+    assert any(m.out_in for _, m in nnx.iter_graph(nnx.merge(roll.graphdef, roll.state)) if isinstance(m, Linear))
+    from jasmine.sample import rollout
+
+    monkeypatch.setattr(rollout, "serving_layout", lambda g: g)
+    want = Rollout(g16, 5, SampleOptions(steps=4, temperature=0.0))  # the same rollout on nnx's layout
+    assert not any(m.out_in for _, m in nnx.iter_graph(nnx.merge(want.graphdef, want.state)) if isinstance(m, Linear))
+    np.testing.assert_array_equal(
+        np.asarray(roll.run(ctx, acts, jax.random.key(3), num_frames=6)),
+        np.asarray(want.run(ctx, acts, jax.random.key(3), num_frames=6)),
+    )
+    g32 = genie("maskgit", jnp.float32)
+    assert serving_layout(g32) is g32

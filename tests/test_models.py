@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from jasmine.models.attention import attention_implementation, dot_product_attention
-from jasmine.models.nn import AxialTransformer, Linear
+from jasmine.models.linear import Linear
+from jasmine.models.nn import AxialTransformer
 from jasmine.models.quantize import VectorQuantizer
 from jasmine.models.tokenizer import Tokenizer, TokenizerConfig, patchify, unpatchify
 

@@ -274,6 +274,40 @@ def test_a_session_being_answered_is_never_idle(game, monkeypatch):
         assert len(app.state.sessions) == 1
 
 
+def test_the_server_writes_a_frame_into_the_caches_after_sending_it(game, monkeypatch):
+    """The reply to an action goes out before the frame is written into the dynamics' caches (``World.settle``,
+    a pass play's latency need not wait for), and the write happens before the next action."""
+    import threading
+
+    from starlette.testclient import TestClient
+
+    from jasmine.play import server
+
+    replied, seen, settle = threading.Event(), [], World.settle
+
+    def settle_after_the_reply(self):
+        if self.stream.unsettled:
+            seen.append(replied.wait(10.0))  # True: the test had the reply before the write began
+        return settle(self)
+
+    monkeypatch.setattr(World, "settle", settle_after_the_reply)
+    app = server.make_app(game, host="testserver")
+    with TestClient(app) as client, client.websocket_connect("/ws") as ws:
+        ws.receive_json()
+        ws.send_json({"type": "level", "index": 0})
+        assert ws.receive_json()["type"] == "frame" and seen == []  # nothing drawn: nothing to write
+        ws.send_json({"type": "action", "code": 1})
+        assert ws.receive_json()["t"] == 1
+        replied.set()
+        world = next(iter(app.state.sessions.values())).world
+        deadline = time.monotonic() + 10
+        while world.stream.unsettled and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == [True] and not world.stream.unsettled
+        ws.send_json({"type": "action", "code": 2})
+        assert ws.receive_json()["t"] == 2 and seen in ([True], [True, True])  # its step had nothing left to write
+
+
 def test_connections_headers_and_clients_that_stop_reading_are_bounded(game):
     """A real server: connections beyond --max-sessions + slack get 503, and the page is served again once they
     close; a reply the client does not take in time closes its session and frees its world."""

@@ -69,27 +69,31 @@ def memory_bandwidth(mib: int = 256, repeats: int = 10) -> float:
     return x.nbytes / best_seconds(total, (x,), repeats)
 
 
-def matmul_chain_seconds(shapes: list[tuple[int, int]], rows: int, repeats: int = 20, dtype="float32") -> float:
+def matmul_chain_seconds(
+    shapes: list[tuple[int, int]], rows: int, repeats: int = 20, dtype="float32", out_in: bool = False
+) -> float:
     """Best-of-``repeats`` seconds of ``rows`` x in @ in x out products, one per ``(in, out)`` in ``shapes``, run in
     order in one jitted call on the default device (each waits on the one before, as a model's layers do): a
     pass's matmuls alone, at the rate the backend reaches for products this thin (on XLA:CPU far below the
     square-matmul peak when ``rows`` is a frame's few tokens). In ``dtype``, accumulating as the models' layers do
-    (``jasmine.models.nn.half_dot_accumulator``)."""
+    (``jasmine.models.linear.half_dot_accumulator``); ``out_in``: each matrix stored [out, in], as
+    ``jasmine.models.linear.serving_layout`` stores sampling's half-precision kernels on CPU."""
     import jax
     import jax.numpy as jnp
 
-    from jasmine.models.nn import half_dot_accumulator
+    from jasmine.models.linear import half_dot_accumulator
 
     dtype, acc = jnp.dtype(dtype), half_dot_accumulator(dtype)
     keys = jax.random.split(jax.random.key(0), len(shapes))
-    mats = [jax.random.normal(k, s, dtype) for k, s in zip(keys, shapes, strict=True)]
+    mats = [jax.random.normal(k, s[::-1] if out_in else s, dtype) for k, s in zip(keys, shapes, strict=True)]
+    contract = (((1,), (1 if out_in else 0,)), ((), ()))
 
     @jax.jit
     def chain(mats):
         dep = jnp.zeros((), jnp.float32)
-        for w in mats:  # the next product waits on this one through a scalar that adds nothing
-            x = (jnp.ones((rows, w.shape[0]), jnp.float32) + dep).astype(dtype)
-            dep = 1e-30 * jnp.mean(jax.lax.dot(x, w, preferred_element_type=acc).astype(jnp.float32))
+        for w, (i, _) in zip(mats, shapes, strict=True):  # each product waits on the last through a scalar adding 0
+            x = (jnp.ones((rows, i), jnp.float32) + dep).astype(dtype)
+            dep = 1e-30 * jnp.mean(jax.lax.dot_general(x, w, contract, preferred_element_type=acc).astype(jnp.float32))
         return dep
 
     return best_seconds(chain, (mats,), repeats)

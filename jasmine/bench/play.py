@@ -37,6 +37,9 @@ class BenchPlayArgs:
     this process: their latency ratio, with the machine's drift cancelled (e.g. --against bfloat16)."""
     websocket: bool = True
     """Also time the round trip through the play server (needs the play extra)."""
+    think_ms: float = 100.0
+    """Pause between actions in the WebSocket run, as a player's keys are spaced: the server writes each frame
+    into the caches after sending it, within the pause (0: back to back, the write inside the next round trip)."""
     seed: int = 0
 
 
@@ -86,6 +89,7 @@ def _breakdown(game, dynamics_ms: float, total_ms: float) -> dict[str, float]:
     from flax import nnx
 
     from jasmine.bench.common import matmul_chain_seconds, matmul_peak, memory_bandwidth
+    from jasmine.models.linear import Linear
     from jasmine.models.maskgit import working_steps
 
     genie = nnx.merge(game.roll.graphdef, game.roll.state)
@@ -93,19 +97,17 @@ def _breakdown(game, dynamics_ms: float, total_ms: float) -> dict[str, float]:
     weights = jax.tree.leaves(nnx.state(dyn, nnx.Param))
     weight_bytes, params = sum(x.nbytes for x in weights), sum(x.size for x in weights)
     opts = game.roll.opts.resolved(dyn.maskgit_options)  # the family's defaults are filled in by the Rollout
-    # + 1: the pass that writes the new frame (or the last token) into the cache
-    passes = 1 + (len(working_steps(opts.steps, n)) if dyn.maskgit_options else opts.steps if dyn.continuous else n)
+    # the passes that draw the frame: writing it into the caches (one more) waits until it is out (Stream.settle)
+    passes = len(working_steps(opts.steps, n)) if dyn.maskgit_options else opts.steps if dyn.continuous else n
     bw, peak = memory_bandwidth(), matmul_peak(str(weights[0].dtype))
     floor_ms = passes * weight_bytes / bw * 1e3
     rows = dyn.slots_per_pass(n)  # the rows of a pass's matmuls: its tokens, with any action or level slot
     flops_ms = passes * 2 * params * rows / peak * 1e3  # a multiply-add per weight and row
     # the same products timed at that width, as a chain of the dynamics' own kernel shapes
-    kernels = [
-        x.shape
-        for p, x in jax.tree_util.tree_leaves_with_path(nnx.state(dyn, nnx.Param))
-        if x.ndim == 2 and "kernel" in jax.tree_util.keystr(p)
-    ]
-    thin_ms = passes * matmul_chain_seconds(kernels, rows, dtype=weights[0].dtype) * 1e3
+    layers = [m for _, m in nnx.iter_graph(dyn) if isinstance(m, Linear)]
+    kernels = [(m.in_features, m.out_features) for m in layers]
+    out_in = any(m.out_in for m in layers)  # the layout sampling stores them in (serving_layout)
+    thin_ms = passes * matmul_chain_seconds(kernels, rows, dtype=weights[0].dtype, out_in=out_in) * 1e3
     row_s = f"{rows} row" + "s" * (rows != 1)
     print(
         f"  per frame: dynamics {dynamics_ms:.1f} ms ({passes} passes, {dynamics_ms / passes:.1f} ms each), the rest "
@@ -179,6 +181,7 @@ def _against(args: BenchPlayArgs, game, frame: np.ndarray, codes: list[int]) -> 
             worlds[j].step(code)
             worlds[j].message()
             ms[j].append((time.perf_counter() - t0) * 1e3)
+            worlds[j].settle()  # after the frame is out, as play does
     ratio = float(np.median(np.asarray(ms[1]) / np.asarray(ms[0])))
     print(
         f"  against {other.dtype}, the same {len(codes)} actions alternating: {game.dtype} median "
@@ -208,15 +211,24 @@ def bench_play(args: BenchPlayArgs) -> dict[str, dict[str, float]]:
     )
     print(f"  compiled (encode, frames, sliding window, decode) in {game.warm_up():.1f}s")
     world = World(game, frame[None, None], np.zeros((1, 0), np.int32), args.seed, "bench")
-    ms, dyn_ms = [], []
+    ms, dyn_ms, settle_ms = [], [], []
     for code in codes:
         t0 = time.perf_counter()
         world.step(code)
         world.message()  # the PNG the page gets
         ms.append((time.perf_counter() - t0) * 1e3)
         dyn_ms.append(world.dynamics_ms)
-    results = {"in_process": {"median_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95))}}
-    print(f"  in-process, {args.steps} actions   {_quantiles(ms)}")
+        settle_ms.append(world.settle())  # the frame written into the caches, after it is out (as play does)
+    frame_ms = np.add(ms, settle_ms)
+    results = {
+        "in_process": {"median_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95))},
+        "frame_time": {"median_ms": float(np.median(frame_ms)), "settle_median_ms": float(np.median(settle_ms))},
+    }
+    print(f"  in-process, {args.steps} actions, action to frame   {_quantiles(ms)}")
+    print(
+        f"    then writing the frame into the caches (play does it once the frame is out) {np.median(settle_ms):.1f} "
+        f"ms: a frame every {np.median(frame_ms):.1f} ms with actions back to back"
+    )
     first, slid = ms[: window - 1], ms[window - 1 :]
     print(f"    frames 1..{window - 1} (within the first window)   {_quantiles(first)}")
     if slid:
@@ -239,10 +251,15 @@ def bench_play(args: BenchPlayArgs) -> dict[str, dict[str, float]]:
             ws.recv()
             ms = []
             for code in codes:
+                time.sleep(args.think_ms / 1e3)
                 t0 = time.perf_counter()
                 ws.send(f'{{"type": "action", "code": {code}}}')
                 ws.recv()
                 ms.append((time.perf_counter() - t0) * 1e3)
-        results["websocket"] = {"median_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95))}
-        print(f"  WebSocket round trip, {args.steps} actions   {_quantiles(ms)}")
+        results["websocket"] = {
+            "median_ms": float(np.median(ms)),
+            "p95_ms": float(np.percentile(ms, 95)),
+            "think_ms": args.think_ms,
+        }
+        print(f"  WebSocket round trip, {args.steps} actions {args.think_ms:g} ms apart   {_quantiles(ms)}")
     return results

@@ -30,16 +30,13 @@ from flax import nnx
 
 from jasmine.models.attention import cached_attention, dot_product_attention
 from jasmine.models.digits import Digits, SamplingOptions, TokenFamily
-from jasmine.models.dynamics import MASKGIT_ONLY, DynamicsConfig, masked_token_metrics, refuse_options
+from jasmine.models.dynamics import MASKGIT_ONLY, CachedFrames, DynamicsConfig, masked_token_metrics, refuse_options
+from jasmine.models.linear import LayerNorm32, Precision, linear_layers, output_layers
 from jasmine.models.nn import (
     Attention,
-    LayerNorm32,
     MultiHeadAttention,
-    Precision,
     Remat,
     check_window,
-    linear_layers,
-    output_layers,
     positions,
     receptive_frames,
     rotary,
@@ -94,7 +91,7 @@ class CausalBlock(nnx.Module):
         return self._finish(x_B1D, y), caches
 
 
-class CausalDynamics(TokenFamily, nnx.Module):
+class CausalDynamics(CachedFrames, TokenFamily, nnx.Module):
     family = "causal"
     maskgit_options = False
 
@@ -210,11 +207,15 @@ class CausalDynamics(TokenFamily, nnx.Module):
             new.append(kv)
         return self._head(x_B1D)[:, 0], new
 
-    def next_frame(self, caches, pos, action_BA, rng, opts: SamplingOptions, n: int):
-        """Frame at window position ``pos`` (rope: at time ``pos``), token by token through the caches; returns
-        (ids_BN, caches)."""
-        L = n + 1
-        pe_LD = positions(jnp.reshape(self._time_code(pos), (1,)), L, self.cfg.model_dim)[0].astype(self.dtype)
+    def _token_positions(self, pos, n: int):
+        """Position codes [n + 1, D] of the action slot and the n token slots of the frame at ``pos``."""
+        t_1 = jnp.reshape(self._time_code(pos), (1,))
+        return positions(t_1, n + 1, self.cfg.model_dim)[0].astype(self.dtype)
+
+    def draw_frame(self, caches, pos, action_BA, rng, opts: SamplingOptions, n: int):
+        """Frame at window position ``pos`` (rope: at time ``pos``), token by token through the caches, which then
+        hold its action's and first n - 1 tokens' slots: (ids_BN, caches). See ``CachedFrames``."""
+        pe_LD = self._token_positions(pos, n)
         first_B1D = self.action_proj(action_BA.astype(self.dtype))[:, None] + pe_LD[0]
 
         def body(k, carry):
@@ -228,9 +229,14 @@ class CausalDynamics(TokenFamily, nnx.Module):
             return ids_BN, caches, x_B1D
 
         init = (jnp.zeros((action_BA.shape[0], n), jnp.int32), caches, first_B1D)
-        ids_BN, caches, last_B1D = jax.lax.fori_loop(0, n, body, init)
-        _, caches = self._step(last_B1D, caches, pos, n, n)  # the last token's slot, for later frames
+        ids_BN, caches, _ = jax.lax.fori_loop(0, n, body, init)  # the last token's slot is the commit's
         return ids_BN, caches
+
+    def commit_frame(self, caches, ids_BN, pos, action_BA, opts: SamplingOptions):
+        """The caches with the frame's last token slot written in, for later frames."""
+        n = ids_BN.shape[1]
+        last_B1D = self._embed_tokens(ids_BN[:, -1])[:, None] + self._token_positions(pos, n)[n]
+        return self._step(last_B1D, caches, pos, n, n)[1]
 
     def frame(self, ids_BWN, a_BWA, pos, rng, opts: SamplingOptions, context_rng=None, t0=0, band=None):
         """Uncached: frame ``pos`` of the window, one full forward per token (same draws as ``next_frame``);

@@ -32,8 +32,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jasmine.models.digits import SamplingOptions
-from jasmine.models.dynamics import MASKGIT_ONLY, DynamicsConfig, refuse_options
-from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat, linear_layers, sinusoidal_rows
+from jasmine.models.dynamics import MASKGIT_ONLY, CachedFrames, DynamicsConfig, refuse_options
+from jasmine.models.linear import Precision, linear_layers
+from jasmine.models.nn import Attention, AxialTransformer, Remat, sinusoidal_rows
 
 CONTEXT_NOISE_SEED = 17
 
@@ -97,7 +98,7 @@ def context_key(context_rng):
     return jax.random.key(CONTEXT_NOISE_SEED) if context_rng is None else context_rng
 
 
-class DiffusionDynamics(nnx.Module):
+class DiffusionDynamics(CachedFrames, nnx.Module):
     """x-prediction of every frame's clean latents from noisy latents, levels and actions; causal in time.
 
     The dynamics-family interface of ``jasmine.models.dynamics.MaskGITDynamics``, over MAE latents
@@ -291,22 +292,23 @@ class DiffusionDynamics(nnx.Module):
         out, kvs = self.transformer.step(x, caches, pos)
         return out[:, 0, 2:].astype(jnp.float32), kvs
 
-    def next_frame(self, caches, pos, a_BA, rng, opts: SamplingOptions, n: int):
-        """Generate the frame at window position ``pos`` (K one-frame passes), then write it to the caches at
-        the context level (one more pass). Returns (latents_BNL, caches)."""
-        opts, kv, key = self.resolve_sampling(opts), caches["kv"], caches["context_key"]
+    def draw_frame(self, caches, pos, a_BA, rng, opts: SamplingOptions, n: int):
+        """Generate the frame at window position ``pos`` (K one-frame passes), the caches unchanged: (latents_BNL,
+        caches). See :class:`jasmine.models.dynamics.CachedFrames`."""
+        opts = self.resolve_sampling(opts)
         eps = jax.random.normal(rng, (a_BA.shape[0], n, self.latent_dim), jnp.float32)
-        z_BNL = self._raw(
-            denoise(
-                lambda z, tau: self._clip(self._step(z, tau, a_BA, kv, pos)[0]),  # x̂ in the MAE's range
-                eps,
-                opts.steps,
-                self.cfg.noise_levels,
-            )
-        )
+
+        def predict(z, tau):  # x̂ in the MAE's range
+            return self._clip(self._step(z, tau, a_BA, caches["kv"], pos)[0])
+
+        return self._raw(denoise(predict, eps, opts.steps, self.cfg.noise_levels)), caches
+
+    def commit_frame(self, caches, z_BNL, pos, a_BA, opts: SamplingOptions):
+        """The caches with the frame written in at the context level (one more pass)."""
+        opts, kv, key = self.resolve_sampling(opts), caches["kv"], caches["context_key"]
         z_ctx, tau_ctx = self._context(z_BNL[:, None], pos, opts, key)
         _, kvs = self._step(z_ctx[:, 0], tau_ctx[0, 0], a_BA, kv, pos)
-        return z_BNL, {"kv": AxialTransformer.write_cache(kv, kvs, pos), "context_key": key}
+        return {"kv": AxialTransformer.write_cache(kv, kvs, pos), "context_key": key}
 
     def frame(self, z_BWNL, a_BWA, pos, rng, opts: SamplingOptions, context_rng=None, t0=0, band=None):
         """Uncached: frame ``pos`` of the window, a full forward per step (the same draws as ``next_frame``);

@@ -24,8 +24,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jasmine.models.digits import Digits, SamplingOptions, TokenFamily
+from jasmine.models.linear import Precision, linear_layers
 from jasmine.models.maskgit import generate_frame, unmask_frame
-from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat, TimePositions, linear_layers
+from jasmine.models.nn import Attention, AxialTransformer, Remat, TimePositions
 
 
 @dataclass(frozen=True)
@@ -113,10 +114,22 @@ def corrupt_context(rng, ids_BTN, mask_BTN, rate: float, vocab: int):
     return jnp.where(hit_BTN, jax.random.randint(k_id, ids_BTN.shape, 0, vocab, ids_BTN.dtype), ids_BTN)
 
 
-class MaskGITDynamics(TokenFamily, nnx.Module):
+class CachedFrames:
+    """Cached generation in two parts (every family): ``draw_frame(caches, pos, action_BA, rng, opts, n) -> (x,
+    caches)`` generates the frame at window position ``pos``, and ``commit_frame(caches, x, pos, action_BA, opts)
+    -> caches`` writes it into the caches for later frames (one more pass; the causal family's last token slot).
+    ``jasmine play`` shows a frame between the two, so the write costs the player no latency."""
+
+    def next_frame(self, caches, pos, action_BA, rng, opts: SamplingOptions, n: int):
+        """Generate the frame at window position ``pos`` and write it into the caches: (frame, caches)."""
+        x, caches = self.draw_frame(caches, pos, action_BA, rng, opts, n)
+        return x, self.commit_frame(caches, x, pos, action_BA, opts)
+
+
+class MaskGITDynamics(CachedFrames, TokenFamily, nnx.Module):
     """The dynamics-family interface (shared with ``jasmine.models.causal.CausalDynamics``): ``loss``,
-    ``prefill``, ``next_frame`` (cached) and ``frame`` (uncached), ``family``, ``maskgit_options`` and
-    ``check_config``."""
+    ``prefill``, ``next_frame`` (cached, :class:`CachedFrames`) and ``frame`` (uncached), ``family``,
+    ``maskgit_options`` and ``check_config``."""
 
     family = "maskgit"
     maskgit_options = True
@@ -206,16 +219,19 @@ class MaskGITDynamics(TokenFamily, nnx.Module):
         x = self.embed(ids_BTN, jnp.zeros(ids_BTN.shape, bool), actions_BTA)
         return self.transformer.prefill(x, window)[1]
 
-    def next_frame(self, caches, pos, action_BA, rng, opts: SamplingOptions, n: int):
+    def draw_frame(self, caches, pos, action_BA, rng, opts: SamplingOptions, n: int):
         """Generate the frame at window position ``pos`` (with rope: at time ``pos``, the caches a ring) from the
-        caches; returns (ids_BN, updated caches)."""
+        caches, leaving them unchanged; returns (ids_BN, caches). See :class:`CachedFrames`."""
 
         def frame_fn(ids_BN, mask_BN):
             return step_logits(self, ids_BN, mask_BN, action_BA, caches, pos)[0]
 
-        ids_BN = unmask_frame(frame_fn, jnp.zeros((action_BA.shape[0], n), jnp.int32), rng, opts, self.digits)
+        return unmask_frame(frame_fn, jnp.zeros((action_BA.shape[0], n), jnp.int32), rng, opts, self.digits), caches
+
+    def commit_frame(self, caches, ids_BN, pos, action_BA, opts: SamplingOptions):
+        """The caches with the frame ``ids_BN`` at ``pos`` written in: one pass over it, unmasked."""
         _, kvs = step_logits(self, ids_BN, jnp.zeros_like(ids_BN, bool), action_BA, caches, pos)
-        return ids_BN, AxialTransformer.write_cache(caches, kvs, pos)
+        return AxialTransformer.write_cache(caches, kvs, pos)
 
     def frame(self, ids_BWN, a_BWA, pos, rng, opts: SamplingOptions, context_rng=None, t0=0, band=None):
         """Uncached: frame ``pos`` of the window, a full forward per MaskGIT step (same draws as ``next_frame``).

@@ -42,8 +42,9 @@ from jasmine.models.diffusion import DiffusionDynamics
 from jasmine.models.digits import SamplingOptions, token_digits
 from jasmine.models.dynamics import DynamicsConfig, MaskGITDynamics, frame_actions
 from jasmine.models.lam import LAMConfig, LatentActionModel
+from jasmine.models.linear import Precision
 from jasmine.models.mae import MAEConfig, MAETokenizer
-from jasmine.models.nn import Attention, Precision, Remat
+from jasmine.models.nn import Attention, Remat
 from jasmine.models.tokenizer import Tokenizer, TokenizerConfig
 
 ActionSource = Literal["lam", "gt"]
@@ -229,6 +230,14 @@ class Genie(nnx.Module):
     def next_frame(self, caches, pos, action_BA, rng, opts: SamplingOptions):
         """Generate the frame at window position ``pos`` from the caches; returns (ids_BN, updated caches)."""
         return self.dynamics.next_frame(caches, pos, action_BA, rng, opts, self.tokens_per_frame)
+
+    def draw_frame(self, caches, pos, action_BA, rng, opts: SamplingOptions):
+        """``next_frame`` without writing the frame into the caches: (ids_BN, caches); see ``commit_frame``."""
+        return self.dynamics.draw_frame(caches, pos, action_BA, rng, opts, self.tokens_per_frame)
+
+    def commit_frame(self, caches, ids_BN, pos, action_BA, opts: SamplingOptions):
+        """The caches with a drawn frame written in (what ``next_frame`` does after drawing it)."""
+        return self.dynamics.commit_frame(caches, ids_BN, pos, action_BA, opts)
 
     def generate(self, ctx_BCN, a_BTA, rng, opts: SamplingOptions):
         """Tokens [B, T, N] of C context frames followed by T - C generated ones (T within one window).

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat, linear_layers, output_linear
+from jasmine.models.linear import Precision, linear_layers, output_linear
+from jasmine.models.nn import Attention, AxialTransformer, Remat
 from jasmine.models.quantize import make_quantizer
 from jasmine.models.tokenizer import TokenizerConfig, check_patch_size, patchify, unpatchify
 

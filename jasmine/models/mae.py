@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat
+from jasmine.models.linear import Precision
+from jasmine.models.nn import Attention, AxialTransformer, Remat
 from jasmine.models.tokenizer import FrameDecoding, VideoAutoencoderConfig, check_patch_size, patchify
 
 

@@ -9,7 +9,6 @@ Dimension key:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
@@ -19,72 +18,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jasmine.models.attention import Attention, attend_cache_and_self, band_mask, dot_product_attention, ring_visible
+from jasmine.models.linear import LayerNorm32, Precision, linear_layers, output_layers
 
 Remat = Literal["none", "full", "dots", "offload"]
 TimePositions = Literal["absolute", "rope"]
 SpacePositions = Literal["absolute", "rope", "none"]
-
-
-@dataclass(frozen=True)
-class Precision:
-    """Compute dtype (activations, matmuls) and parameter dtype."""
-
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
-
-
-class Linear(nnx.Linear):
-    """``nnx.Linear`` applied as one 2-D matmul over the flattened leading axes.
-
-    Same parameters; on XLA:CPU the weight gradient of an N-D dot (contracting B, T and N)
-    runs about 25% slower than the 2-D one. Half-precision products accumulate and come out in float32, then are
-    rounded to the compute dtype (see :func:`linear_layers`).
-    """
-
-    def __call__(self, x):
-        x_RI = x.reshape(-1, x.shape[-1])
-        if x_RI.shape[0] == 1 and self.preferred_element_type is not None:  # see half_dot_accumulator
-            y_RO = super().__call__(jnp.pad(x_RI, ((0, 1), (0, 0))))[:1]
-        else:
-            y_RO = super().__call__(x_RI)
-        y = y_RO.reshape(*x.shape[:-1], self.out_features)
-        return y if self.dtype is None else y.astype(self.dtype)
-
-
-def half_dot_accumulator(dtype) -> jnp.dtype | None:
-    """The output type a ``dtype`` matmul asks for: float32 for half precision on XLA:CPU, whose bf16 x bf16 →
-    bf16 dot runs ~5x slower than bf16 x bf16 → float32 (which, streaming half the bytes, beats float32 x
-    float32 by ~1.5x at a sampling pass's few rows; ``docs/benchmarks.md``); elsewhere the backend's own (GPUs
-    accumulate in float32 inside the product anyway). A one-row product (the causal sampler's one-token pass)
-    takes a path ~8x slower than two rows' there, so :class:`Linear` pads it to two."""
-    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    return jnp.float32 if half and jax.default_backend() == "cpu" else None
-
-
-def linear_layers(prec: Precision, rngs: nnx.Rngs):
-    """``Linear(in, out)`` in the compute/parameter dtypes of ``prec``."""
-    return partial(
-        Linear,
-        dtype=prec.dtype,
-        param_dtype=prec.param_dtype,
-        preferred_element_type=half_dot_accumulator(prec.dtype),
-        rngs=rngs,
-    )
-
-
-def output_linear(prec: Precision, rngs: nnx.Rngs):
-    """``Linear(in, out)`` for output heads: computed in float32 whatever the compute dtype.
-
-    Logits from a bf16 matmul keep 8 bits of mantissa: at 1024 classes that ties the argmax and MaskGIT's
-    confidence ranking. A head is one small matmul, so float32 costs little.
-    """
-    return linear_layers(Precision(dtype=jnp.float32, param_dtype=prec.param_dtype), rngs)
-
-
-def output_layers(dim: int, out_dim: int, prec: Precision, rngs: nnx.Rngs):
-    """The output head: LayerNorm and Linear ``dim`` → ``out_dim``, both in float32 (see :func:`output_linear`)."""
-    fp32 = Precision(dtype=jnp.float32, param_dtype=prec.param_dtype)
-    return LayerNorm32(dim, prec=fp32, rngs=rngs), output_linear(prec, rngs)(dim, out_dim)
 
 
 class MultiHeadAttention(nnx.Module):
@@ -111,17 +49,6 @@ class MultiHeadAttention(nnx.Module):
             q_SLHK, k_SLHK, v_SLHK, causal=causal, mask_SHLM=mask_SHLM, implementation=self.attention
         )
         return self.out(einops.rearrange(y_SLHK, "s l h k -> s l (h k)"))
-
-
-class LayerNorm32(nnx.Module):
-    """LayerNorm computed in float32, returning the compute dtype."""
-
-    def __init__(self, dim: int, *, prec: Precision, rngs: nnx.Rngs):
-        self.norm = nnx.LayerNorm(dim, dtype=jnp.float32, param_dtype=prec.param_dtype, rngs=rngs)
-        self.dtype = prec.dtype
-
-    def __call__(self, x):
-        return self.norm(x.astype(jnp.float32)).astype(self.dtype)
 
 
 class AxialBlock(nnx.Module):

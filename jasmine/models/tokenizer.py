@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jasmine.models.nn import Attention, AxialTransformer, Precision, Remat
+from jasmine.models.linear import Precision
+from jasmine.models.nn import Attention, AxialTransformer, Remat
 from jasmine.models.quantize import make_quantizer
 
 

@@ -270,15 +270,16 @@ class World:
         self.frames = collections.deque(self.ctx[0], maxlen=HISTORY)  # the last HISTORY frames (GIF download)
         self.t = C - 1  # index of the newest frame
         self.codes: list[int | None] = [None] * C
-        self.latency_ms = self.dynamics_ms = 0.0  # the last step's: in all, and generating its tokens
+        self.latency_ms = self.dynamics_ms = 0.0  # the last step's, action to frame: in all, generating its tokens
         self.decoder_caches = None  # the tokenizer decoder's K/V of the newest frame's chunk
 
     def step(self, code: int) -> np.ndarray:
         """Generate the frame after action ``code``; returns it uint8 [H, W, Ch]."""
         if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code < self.game.num_codes:
             raise PlayError(f"unknown action {code!r}: actions are integers 0..{self.game.num_codes - 1}")
+        self.settle()  # normally done already, while the player looked at the last frame
         t0 = time.perf_counter()
-        jax.block_until_ready(self.stream.step(np.array([code], np.int32)))
+        jax.block_until_ready(self.stream.step(np.array([code], np.int32), defer=True))
         self.dynamics_ms = (time.perf_counter() - t0) * 1e3
         t = self.t + 1  # the decoder is causal in time: frame t decodes from its chunk's frames up to t, cached
         x_BHWC, self.decoder_caches = self.game.roll.decode_frame(self.stream.frames, t, self.decoder_caches)
@@ -288,6 +289,16 @@ class World:
         self.codes = [*self.codes[-1:], code]
         self.latency_ms = (time.perf_counter() - t0) * 1e3
         return frame
+
+    def settle(self) -> float:
+        """Write the newest frame into the dynamics' caches (``Stream.settle``), which ``step`` leaves for after
+        the frame is shown; returns the milliseconds it took (0 when nothing was left)."""
+        if not self.stream.unsettled:
+            return 0.0
+        t0 = time.perf_counter()
+        self.stream.settle()
+        jax.block_until_ready(self.stream.caches)
+        return (time.perf_counter() - t0) * 1e3
 
     def message(self) -> dict:
         code = self.codes[-1]

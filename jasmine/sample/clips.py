@@ -50,9 +50,9 @@ def with_dtype(cfg: DynamicsTrainConfig, genie: Genie, dtype: InferenceDtype) ->
     """``genie`` computing in ``dtype`` (``run``: unchanged): with bfloat16, its weights are stored in bf16 (half the
     bytes each sampling pass streams) and its matmuls take bf16 inputs, as a run trained with ``--dtype bfloat16``
     computes; norms, softmaxes and output heads stay in float32. On XLA:CPU the products accumulate in float32
-    (``jasmine.models.nn.half_dot_accumulator``), which makes a ``coinrun``-preset play frame ~19% faster
-    (docs/benchmarks.md). Sampling is then no longer bitwise the run's own: ``jasmine eval --dtype`` measures what
-    it changes."""
+    (``jasmine.models.linear.half_dot_accumulator``) and sampling stores the kernels [out, in]
+    (``serving_layout``): a ``coinrun``-preset play frame takes 0.73x float32's (docs/benchmarks.md). Sampling
+    is then no longer bitwise the run's own: ``jasmine eval --dtype`` measures what it changes."""
     if dtype == "run":
         return genie
     recast = dataclasses.replace(cfg, dtype=dtype, param_dtype=dtype)  # inference only: no update to round away

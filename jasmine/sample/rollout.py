@@ -28,6 +28,7 @@ from flax import nnx
 
 from jasmine.models.digits import SamplingOptions
 from jasmine.models.genie import Genie, context_rng
+from jasmine.models.linear import serving_layout
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class Rollout:
     def __init__(self, genie: Genie, window: int, opts: SampleOptions = SampleOptions()):
         dyn = genie.dynamics
         type(dyn).check_sampling(opts, genie.tokenizer.cfg)
-        self.graphdef, self.state = nnx.split(genie)
+        self.graphdef, self.state = nnx.split(serving_layout(genie))  # a copy where CPU bf16 kernels flip
         self.window, self.opts = window, type(dyn).resolve_sampling(opts)
         self.rope = dyn.cfg.time_positions == "rope"
         self.receptive = dyn.receptive_frames(window) if self.rope else window
@@ -57,8 +58,12 @@ class Rollout:
         self._prefill = jax.jit(
             lambda state, ids, a, ctx_rng: nnx.merge(gd, state).prefill(ids, a, window, self.opts, ctx_rng)
         )
-        self._cached_frame = jax.jit(
-            lambda state, caches, pos, a_BA, rng: nnx.merge(gd, state).next_frame(caches, pos, a_BA, rng, opts),
+        self._draw = jax.jit(
+            lambda state, caches, pos, a_BA, rng: nnx.merge(gd, state).draw_frame(caches, pos, a_BA, rng, opts),
+            donate_argnums=1,
+        )
+        self._commit = jax.jit(
+            lambda state, caches, ids, pos, a_BA: nnx.merge(gd, state).commit_frame(caches, ids, pos, a_BA, opts),
             donate_argnums=1,
         )
         self._full_frame = jax.jit(
@@ -138,7 +143,7 @@ class Stream:
         a_BCA = roll._vectors(roll.state, jnp.asarray(ctx_action_ids_BC1, jnp.int32).reshape(B, C - 1))
         zero_BA = jnp.zeros((B, a_BCA.shape[-1]), a_BCA.dtype)
         self.actions = [zero_BA] + [a_BCA[:, c] for c in range(C - 1)]  # frame t's action latent
-        self.caches = None
+        self.caches, self._pending = None, None  # _pending: the window position of a frame drawn, not yet cached
         if roll.opts.cache:
             self.caches = roll._prefill(roll.state, ctx_ids_BCN, self._window_actions(0, C), self.context_rng)
 
@@ -146,30 +151,60 @@ class Stream:
         """Action latents [B, hi - lo, A] of frames lo..hi-1; window position 0 gets none, as in training."""
         return jnp.stack([jnp.zeros_like(self.actions[0])] + self.actions[lo + 1 : hi], 1)
 
-    def step(self, action_ids_B) -> jax.Array:
-        """Generate the next frame after the given action ids [B]; returns its token ids [B, N]."""
+    def step(self, action_ids_B, *, defer: bool = False) -> jax.Array:
+        """Generate the next frame after the given action ids [B]; returns its token ids [B, N].
+
+        ``defer``: leave writing the frame into the caches (one more pass, or a slide's re-prefill) to
+        :meth:`settle`, which the next ``step`` runs first if nobody has: ``jasmine play`` shows the frame, then
+        settles while the player decides. The frames are the same either way."""
+        self.settle()
         roll, t = self.roll, len(self.frames)
         B = self.frames[0].shape[0]
         self.actions.append(roll._vectors(roll.state, jnp.asarray(action_ids_B, jnp.int32).reshape(B, 1))[:, 0])
         key = jax.random.fold_in(self.rng, t)
         ids_BN = self._rope_step(t, key) if roll.rope else self._absolute_step(t, key)
         self.frames.append(ids_BN)
+        if not defer:
+            self.settle()
         return ids_BN
+
+    @property
+    def unsettled(self) -> bool:
+        """Whether the newest frame still has to be written into the caches (see :meth:`settle`)."""
+        return self._pending is not None
+
+    def settle(self) -> None:
+        """Write the newest frame into the caches, if a deferred ``step`` left it (else nothing). With absolute
+        positions, when the next frame slides the window, re-prefill the next window instead (it holds this
+        frame)."""
+        if self._pending is None:
+            return
+        pos, self._pending = self._pending, None
+        roll, t = self.roll, len(self.frames) - 1
+        if not roll.rope and t + 1 - self.start == roll.window:
+            self._slide(t + 1)
+        else:
+            self.caches = roll._commit(roll.state, self.caches, self.frames[t], pos, self.actions[t])
+
+    def _slide(self, t: int) -> None:
+        """Absolute positions, frame ``t`` next: keep the last W-1 frames, re-prefilled."""
+        self.start += 1
+        if self.roll.opts.cache:
+            self.caches = self.roll._prefill(
+                self.roll.state,
+                jnp.stack(self.frames[self.start : t], 1),
+                self._window_actions(self.start, t),
+                self.context_rng,
+            )
 
     def _absolute_step(self, t: int, key) -> jax.Array:
         roll, W = self.roll, self.roll.window
-        if t - self.start == W:  # slide: keep the last W-1 frames
-            self.start += 1
-            if roll.opts.cache:
-                self.caches = roll._prefill(
-                    roll.state,
-                    jnp.stack(self.frames[self.start : t], 1),
-                    self._window_actions(self.start, t),
-                    self.context_rng,
-                )
+        if t - self.start == W:  # slide (uncached; the cached path slid when it settled frame t - 1)
+            self._slide(t)
         pos = t - self.start
         if roll.opts.cache:
-            ids_BN, self.caches = roll._cached_frame(roll.state, self.caches, pos, self.actions[t], key)
+            ids_BN, self.caches = roll._draw(roll.state, self.caches, pos, self.actions[t], key)
+            self._pending = pos
             return ids_BN
         win_BWN = jnp.stack(self.frames[self.start : t] + [jnp.zeros_like(self.frames[0])] * (W - pos), 1)
         a_BWA = jnp.pad(self._window_actions(self.start, t + 1), ((0, 0), (0, W - pos - 1), (0, 0)))
@@ -180,7 +215,8 @@ class Stream:
         with its own action: only frame 0 of the rollout has none)."""
         roll, R = self.roll, self.roll.receptive
         if roll.opts.cache:
-            ids_BN, self.caches = roll._cached_frame(roll.state, self.caches, t, self.actions[t], key)
+            ids_BN, self.caches = roll._draw(roll.state, self.caches, t, self.actions[t], key)
+            self._pending = t
             return ids_BN
         lo = max(0, t + 1 - R)
         pad = R - (t + 1 - lo)

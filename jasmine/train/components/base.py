@@ -20,7 +20,7 @@ from flax import nnx
 
 from jasmine.config import TrainConfig
 from jasmine.models.fidelity import frame_psnr_ssim
-from jasmine.models.nn import Precision
+from jasmine.models.linear import Precision
 from jasmine.train.runs import Model, program_config, resolve_step, restore_model, run_config
 
 COMPONENTS: dict[str, Component] = {}

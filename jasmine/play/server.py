@@ -186,8 +186,11 @@ def make_app(
                     reply = {"type": "error", "message": f"internal error ({type(e).__name__}; see the server's log)"}
                 await asyncio.wait_for(ws.send_json(reply), send_timeout)  # a client that stops reading is dropped
                 if session.world is not None and session.world.stream.unsettled:  # the frame is out: cache it now
-                    async with model_lock:
-                        await run_in_threadpool(session.world.settle)
+                    try:
+                        async with model_lock:
+                            await run_in_threadpool(session.world.settle)
+                    except Exception:  # the next action retries it and reports what fails
+                        log.exception("play: writing a frame into the caches failed")
                 session.last_active = time.monotonic()  # idle counts from the last reply
         except (WebSocketDisconnect, RuntimeError):  # the tab went away, or the reaper closed it
             pass

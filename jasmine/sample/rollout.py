@@ -179,23 +179,21 @@ class Stream:
         frame)."""
         if self._pending is None:
             return
-        pos, self._pending = self._pending, None
-        roll, t = self.roll, len(self.frames) - 1
+        roll, t, pos = self.roll, len(self.frames) - 1, self._pending
         if not roll.rope and t + 1 - self.start == roll.window:
             self._slide(t + 1)
         else:
             self.caches = roll._commit(roll.state, self.caches, self.frames[t], pos, self.actions[t])
+        self._pending = None
 
     def _slide(self, t: int) -> None:
         """Absolute positions, frame ``t`` next: keep the last W-1 frames, re-prefilled."""
-        self.start += 1
+        start = self.start + 1
         if self.roll.opts.cache:
             self.caches = self.roll._prefill(
-                self.roll.state,
-                jnp.stack(self.frames[self.start : t], 1),
-                self._window_actions(self.start, t),
-                self.context_rng,
+                self.roll.state, jnp.stack(self.frames[start:t], 1), self._window_actions(start, t), self.context_rng
             )
+        self.start = start
 
     def _absolute_step(self, t: int, key) -> jax.Array:
         roll, W = self.roll, self.roll.window

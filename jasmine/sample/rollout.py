@@ -143,7 +143,7 @@ class Stream:
         a_BCA = roll._vectors(roll.state, jnp.asarray(ctx_action_ids_BC1, jnp.int32).reshape(B, C - 1))
         zero_BA = jnp.zeros((B, a_BCA.shape[-1]), a_BCA.dtype)
         self.actions = [zero_BA] + [a_BCA[:, c] for c in range(C - 1)]  # frame t's action latent
-        self.caches, self._pending = None, None  # _pending: the window position of a frame drawn, not yet cached
+        self.caches, self._unsettled = None, False  # whether the newest frame is drawn but not yet cached
         if roll.opts.cache:
             self.caches = roll._prefill(roll.state, ctx_ids_BCN, self._window_actions(0, C), self.context_rng)
 
@@ -171,20 +171,21 @@ class Stream:
     @property
     def unsettled(self) -> bool:
         """Whether the newest frame still has to be written into the caches (see :meth:`settle`)."""
-        return self._pending is not None
+        return self._unsettled
 
     def settle(self) -> None:
         """Write the newest frame into the caches, if a deferred ``step`` left it (else nothing). With absolute
         positions, when the next frame slides the window, re-prefill the next window instead (it holds this
         frame)."""
-        if self._pending is None:
+        if not self._unsettled:
             return
-        roll, t, pos = self.roll, len(self.frames) - 1, self._pending
+        roll, t = self.roll, len(self.frames) - 1
         if not roll.rope and t + 1 - self.start == roll.window:
             self._slide(t + 1)
-        else:
+        else:  # at the window position it was drawn at (the window slides only here)
+            pos = t if roll.rope else t - self.start
             self.caches = roll._commit(roll.state, self.caches, self.frames[t], pos, self.actions[t])
-        self._pending = None
+        self._unsettled = False
 
     def _slide(self, t: int) -> None:
         """Absolute positions, frame ``t`` next: keep the last W-1 frames, re-prefilled."""
@@ -202,7 +203,7 @@ class Stream:
         pos = t - self.start
         if roll.opts.cache:
             ids_BN, self.caches = roll._draw(roll.state, self.caches, pos, self.actions[t], key)
-            self._pending = pos
+            self._unsettled = True
             return ids_BN
         win_BWN = jnp.stack(self.frames[self.start : t] + [jnp.zeros_like(self.frames[0])] * (W - pos), 1)
         a_BWA = jnp.pad(self._window_actions(self.start, t + 1), ((0, 0), (0, W - pos - 1), (0, 0)))
@@ -214,7 +215,7 @@ class Stream:
         roll, R = self.roll, self.roll.receptive
         if roll.opts.cache:
             ids_BN, self.caches = roll._draw(roll.state, self.caches, t, self.actions[t], key)
-            self._pending = t
+            self._unsettled = True
             return ids_BN
         lo = max(0, t + 1 - R)
         pad = R - (t + 1 - lo)
